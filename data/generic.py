@@ -1,0 +1,158 @@
+"""The generic input format: an interactions table and an items table, CSV or Parquet.
+
+interactions: ``user_id, item_id, timestamp[, rating | label][, like]``
+items:        ``item_id``, text columns, optional ``image_path`` / ``audio_path``, numeric quality columns.
+
+Every check raises :class:`DataError` naming the file, the row (1-based data row, header
+excluded) and the column, so a bad export is fixed in one look.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from semrec.data.dataset import DataError, MEDIA_COLUMNS, RecDataset
+
+
+def read_table(path: str) -> pd.DataFrame:
+  """Reads a CSV or Parquet file; raises DataError for missing, unreadable or empty files."""
+  if not os.path.exists(path):
+    raise DataError(f"{path}: file not found")
+  if os.path.getsize(path) == 0:
+    raise DataError(f"{path}: file is empty")
+  try:
+    if path.endswith((".parquet", ".pq")):
+      df = pd.read_parquet(path)
+    else:
+      df = pd.read_csv(path, dtype=str, keep_default_na=False)
+  except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError, ValueError) as e:
+    raise DataError(f"{path}: cannot be read as a table ({e})") from e
+  if len(df) == 0:
+    raise DataError(f"{path}: file has a header but no rows")
+  return df
+
+
+def _require(df: pd.DataFrame, columns: Sequence[str], path: str):
+  missing = [c for c in columns if c not in df.columns]
+  if missing:
+    raise DataError(f"{path}: missing column(s) {missing}; found {list(df.columns)}")
+
+
+def _numeric(df: pd.DataFrame, column: str, path: str, dtype=np.float64, allow_empty=False) -> np.ndarray:
+  """Parses ``column`` as numbers; the first bad cell is reported by row and value."""
+  raw = df[column]
+  if raw.dtype.kind in "iufb":
+    values = raw.to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+  else:
+    s = raw.astype(str).str.strip()
+    values = pd.to_numeric(s.where(s != "", None), errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.isnan(values) & ~((s == "").to_numpy() & allow_empty)
+    bad |= np.isinf(values)
+  if bad.any():
+    row = int(np.argmax(bad))
+    raise DataError(f"{path}: row {row + 1}, column {column!r}: expected a number, got {raw.iloc[row]!r}")
+  if np.dtype(dtype).kind == "i":
+    return values.astype(dtype)
+  return values.astype(dtype)
+
+
+def _ids(df: pd.DataFrame, column: str, path: str) -> pd.Series:
+  s = df[column].astype(str).str.strip()
+  # Integer-like floats from Parquet ("12.0") become "12" so ids match across tables.
+  s = s.str.replace(r"^(-?\d+)\.0+$", r"\1", regex=True)
+  empty = (s == "") | (s.str.lower() == "nan")
+  if empty.any():
+    row = int(np.argmax(empty.to_numpy()))
+    raise DataError(f"{path}: row {row + 1}, column {column!r}: empty id")
+  return s
+
+
+def normalize_interactions(df: pd.DataFrame, path: str, positive_threshold: float = 3.5,
+                           like_threshold: float = 4.5) -> pd.DataFrame:
+  """Checks and converts a raw interactions table to the RecDataset contract.
+
+  ``label`` is taken as given (0/1) or derived from ``rating >= positive_threshold``;
+  ``like`` likewise from ``rating >= like_threshold`` when only ratings are present.
+  """
+  _require(df, ["user_id", "item_id", "timestamp"], path)
+  if "label" not in df.columns and "rating" not in df.columns:
+    raise DataError(f"{path}: needs a 'rating' or a 'label' column; found {list(df.columns)}")
+  out = pd.DataFrame({
+      "user_id": _ids(df, "user_id", path).to_numpy(),
+      "item_id": _ids(df, "item_id", path).to_numpy(),
+      "timestamp": _numeric(df, "timestamp", path, np.int64),
+  })
+  if "rating" in df.columns:
+    out["rating"] = _numeric(df, "rating", path, np.float32)
+  if "label" in df.columns:
+    label = _numeric(df, "label", path, np.float32)
+    bad = ~np.isin(label, (0.0, 1.0))
+    if bad.any():
+      row = int(np.argmax(bad))
+      raise DataError(f"{path}: row {row + 1}, column 'label': expected 0 or 1, got {df['label'].iloc[row]!r}")
+    out["label"] = label
+  else:
+    out["label"] = (out["rating"] >= positive_threshold).astype(np.float32)
+  if "like" in df.columns:
+    out["like"] = _numeric(df, "like", path, np.float32)
+  elif "rating" in df.columns:
+    out["like"] = (out["rating"] >= like_threshold).astype(np.float32)
+  return out.sort_values(["timestamp", "user_id", "item_id"], kind="stable").reset_index(drop=True)
+
+
+def normalize_items(df: pd.DataFrame, path: str, text_columns: Sequence[str],
+                    quality_columns: Sequence[str]) -> pd.DataFrame:
+  """Checks and converts a raw items table to the RecDataset contract."""
+  _require(df, ["item_id", *text_columns, *quality_columns], path)
+  out = pd.DataFrame({"item_id": _ids(df, "item_id", path).to_numpy()})
+  dup = out["item_id"].duplicated()
+  if dup.any():
+    row = int(np.argmax(dup.to_numpy()))
+    raise DataError(f"{path}: row {row + 1}, column 'item_id': duplicate item {out['item_id'].iloc[row]!r}")
+  for c in text_columns:
+    out[c] = df[c].fillna("").astype(str).to_numpy()
+  for c in MEDIA_COLUMNS:
+    out[c] = df[c].fillna("").astype(str).to_numpy() if c in df.columns else ""
+  for c in quality_columns:
+    out[c] = _numeric(df, c, path, np.float32)
+  extra = [c for c in df.columns if c not in out.columns]
+  for c in extra:
+    out[c] = df[c].to_numpy()
+  return out
+
+
+def check_item_references(interactions: pd.DataFrame, items: pd.DataFrame, path: str):
+  """Every interaction must name a catalogued item."""
+  known = pd.Index(items["item_id"])
+  unknown = ~interactions["item_id"].isin(known)
+  if unknown.any():
+    row = int(np.argmax(unknown.to_numpy()))
+    raise DataError(
+        f"{path}: row {row + 1}, column 'item_id': unknown item {interactions['item_id'].iloc[row]!r} "
+        f"(not in the items table; {int(unknown.sum())} such rows)")
+
+
+def load_generic(interactions_path: str, items_path: str, text_columns: Sequence[str] = ("title",),
+                 quality_columns: Sequence[str] = (), name: Optional[str] = None,
+                 positive_threshold: float = 3.5, like_threshold: float = 4.5) -> RecDataset:
+  """Loads the generic format (CSV or Parquet) into a :class:`RecDataset`.
+
+  Relative ``image_path``/``audio_path`` values are resolved against the items file's folder.
+  """
+  raw_inter = read_table(interactions_path)
+  raw_items = read_table(items_path)
+  inter = normalize_interactions(raw_inter, interactions_path, positive_threshold, like_threshold)
+  # Row numbers in errors refer to the file, so check references before sorting matters: re-map.
+  items = normalize_items(raw_items, items_path, text_columns, quality_columns)
+  check_item_references(pd.DataFrame({"item_id": _ids(raw_inter, "item_id", interactions_path)}), items,
+                        interactions_path)
+  base = os.path.dirname(os.path.abspath(items_path))
+  for c in MEDIA_COLUMNS:
+    items[c] = [p if (not p or os.path.isabs(p)) else os.path.join(base, p) for p in items[c]]
+  return RecDataset(name=name or os.path.splitext(os.path.basename(interactions_path))[0],
+                    interactions=inter, items=items, text_columns=text_columns,
+                    quality_columns=quality_columns)
