@@ -48,6 +48,7 @@ def load_movielens(path: Optional[str] = None, positive_threshold: float = 3.5,
     links = pd.read_csv(links_path, header=None, names=["item_id", "imdb_id", "tmdb_id"], dtype=str,
                         keep_default_na=False)
     movies = movies.merge(links, on="item_id", how="left")
+    movies[["imdb_id", "tmdb_id"]] = movies[["imdb_id", "tmdb_id"]].fillna("")
 
   items = normalize_items(movies, movies_path, ("title", "genres", "tags"), ())
   check_item_references(ratings, items, ratings_path)
