@@ -1,0 +1,303 @@
+"""Top-k retrieval indexes over candidate embeddings: ScaNN and exact brute force.
+
+Shape letters: N candidates, Q queries, d embedding width, k neighbours.
+
+``build_index(embeddings, item_ids, kind="auto")`` returns a ``RetrievalIndex`` with a numpy API
+(``search(queries, k) -> (scores [Q, k], ids [Q, k])``), ``save(dir)`` / ``RetrievalIndex.load(dir)``
+and ``to_keras_layer()``, which returns the matching TFRS layer (``tfrs.layers.factorized_top_k.ScaNN``
+or ``BruteForce``) indexed with the same candidates. ScaNN's own guidance is that below ~20k items
+an exact search is as fast as a tree + AH searcher, so ``kind="auto"`` picks brute force there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from typing import Optional
+
+import numpy as np
+
+KINDS = ("auto", "scann", "brute_force")
+_SCANN_HINT = "ScaNN is not importable; install it with `pip install 'scann[tf]==1.4.2'` (built for TF 2.20)."
+
+
+@dataclasses.dataclass
+class IndexConfig:
+  """How to build a retrieval index.
+
+  Attributes:
+    kind: "auto" (brute force below ``brute_force_below`` items, else ScaNN), "scann" or "brute_force".
+    k: Default number of neighbours returned by ``search``.
+    brute_force_below: Catalogue size under which "auto" picks brute force.
+    num_leaves: ScaNN tree leaves; default round(sqrt(N)).
+    num_leaves_to_search: Leaves probed per query; default max(1, num_leaves // 20) (5% of the tree, at
+      least 1, at most num_leaves).
+    dimensions_per_block: ScaNN AH block size (2 is ScaNN's recommended setting for AH).
+    anisotropic_quantization_threshold: ScaNN AH noise-shaping threshold (0.2 is the ScaNN README value
+      for dot product).
+    reorder: Candidates rescored exactly after AH; default max(10 * k, 100).
+    training_sample_size: Points sampled to train the tree and the AH codebooks.
+    num_threads: Search threads (0 = ScaNN's default, all cores).
+  """
+  kind: str = "auto"
+  k: int = 100
+  brute_force_below: int = 20_000
+  num_leaves: Optional[int] = None
+  num_leaves_to_search: Optional[int] = None
+  dimensions_per_block: int = 2
+  anisotropic_quantization_threshold: float = 0.2
+  reorder: Optional[int] = None
+  training_sample_size: int = 100_000
+  num_threads: int = 0
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"IndexConfig.kind must be one of {KINDS}, got {self.kind!r}")
+    if self.k < 1:
+      raise ValueError(f"IndexConfig.k must be >= 1, got {self.k}")
+    for f in ("num_leaves", "num_leaves_to_search", "reorder"):
+      v = getattr(self, f)
+      if v is not None and v < 1:
+        raise ValueError(f"IndexConfig.{f} must be >= 1 or None, got {v}")
+
+  def resolved_kind(self, n: int) -> str:
+    if self.kind != "auto":
+      return self.kind
+    return "brute_force" if n < self.brute_force_below else "scann"
+
+  def scann_params(self, n: int) -> dict:
+    """The ScaNN tree/AH/reorder parameters for a catalogue of ``n`` items."""
+    leaves = self.num_leaves or max(1, int(round(math.sqrt(n))))
+    leaves = min(leaves, n)
+    search = self.num_leaves_to_search or max(1, leaves // 20)
+    return {"num_leaves": leaves, "num_leaves_to_search": min(search, leaves),
+            "reorder": self.reorder or max(10 * self.k, 100),
+            "dimensions_per_block": self.dimensions_per_block,
+            "anisotropic_quantization_threshold": self.anisotropic_quantization_threshold,
+            "training_sample_size": min(self.training_sample_size, n)}
+
+
+def _import_scann():
+  try:
+    from scann.scann_ops.py import scann_ops_pybind
+  except ImportError as e:  # pragma: no cover - scann is a pinned dependency
+    raise ImportError(_SCANN_HINT) from e
+  return scann_ops_pybind
+
+
+def _check_embeddings(embeddings, item_ids):
+  emb = np.asarray(embeddings)
+  if emb.ndim != 2 or emb.shape[0] == 0:
+    raise ValueError(f"candidate embeddings must be a non-empty [N, d] array, got shape {emb.shape}")
+  emb = emb.astype(np.float32, copy=False)
+  bad = ~np.isfinite(emb).all(axis=1)
+  ids = np.asarray(item_ids, dtype=object) if item_ids is not None else np.arange(len(emb)).astype(str).astype(object)
+  if len(ids) != len(emb):
+    raise ValueError(f"{len(ids)} item ids for {len(emb)} candidate embeddings")
+  if bad.any():
+    raise ValueError(f"candidate embedding of item {ids[np.argmax(bad)]!r} has NaN/inf values "
+                     f"({int(bad.sum())} bad rows)")
+  if len(set(ids.tolist())) != len(ids):
+    raise ValueError("duplicate item ids in the index")
+  return np.ascontiguousarray(emb), ids
+
+
+def brute_force_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int,
+                      batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+  """Exact dot-product top-k: (scores [Q, k] float32, rows [Q, k] int64), best first.
+
+  Scores are computed in query chunks of ``batch_size`` with ``tf.linalg.matmul`` + ``tf.math.top_k``
+  (what ``tfrs.layers.factorized_top_k.BruteForce`` does), so memory stays at batch_size * N floats.
+  """
+  import tensorflow as tf
+  k = min(k, embeddings.shape[0])
+  cands = tf.constant(embeddings)
+  scores_out, rows_out = [], []
+  for s in range(0, len(queries), batch_size):
+    q = tf.constant(np.asarray(queries[s:s + batch_size], dtype=np.float32))
+    sc, idx = tf.math.top_k(tf.linalg.matmul(q, cands, transpose_b=True), k=k)
+    scores_out.append(sc.numpy())
+    rows_out.append(idx.numpy().astype(np.int64))
+  if not scores_out:
+    return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+  return np.concatenate(scores_out), np.concatenate(rows_out)
+
+
+class RetrievalIndex:
+  """A built top-k index: ``search`` returns item ids and dot-product scores.
+
+  Attributes:
+    kind: "scann" or "brute_force".
+    item_ids: [N] object array; row i of the index is item ``item_ids[i]``.
+    config: The ``IndexConfig`` it was built with.
+    params: The resolved build parameters (ScaNN leaves, reorder, ...), for reports.
+    build_seconds: Wall time of the build.
+  """
+
+  def __init__(self, kind, item_ids, embeddings, config, searcher=None, params=None, build_seconds=0.0):
+    self.kind = kind
+    self.item_ids = np.asarray(item_ids, dtype=object)
+    self.embeddings = embeddings
+    self.config = config
+    self.searcher = searcher
+    self.params = params or {}
+    self.build_seconds = build_seconds
+
+  def __len__(self):
+    return len(self.item_ids)
+
+  @property
+  def dim(self) -> int:
+    return int(self.embeddings.shape[1])
+
+  def search_rows(self, queries, k: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [Q, k] float32, rows [Q, k] int64) for ``queries`` [Q, d] float32."""
+    k = min(k or self.config.k, len(self))
+    q = np.asarray(queries, dtype=np.float32)
+    if q.ndim == 1:
+      q = q[None]
+    if q.ndim != 2 or q.shape[1] != self.dim:
+      raise ValueError(f"queries must be [Q, {self.dim}], got shape {q.shape}")
+    if not np.isfinite(q).all():
+      raise ValueError(f"query row {int(np.argmax(~np.isfinite(q).all(axis=1)))} has NaN/inf values")
+    if self.kind == "brute_force":
+      return brute_force_top_k(q, self.embeddings, k)
+    reorder = max(self.params.get("reorder", k), k)
+    rows, scores = self.searcher.search_batched(q, final_num_neighbors=k, pre_reorder_num_neighbors=reorder)
+    return np.asarray(scores, np.float32), np.asarray(rows, np.int64)
+
+  def search(self, queries, k: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [Q, k] float32, item ids [Q, k] object) for ``queries`` [Q, d] float32."""
+    scores, rows = self.search_rows(queries, k)
+    return scores, self.item_ids[rows]
+
+  def to_keras_layer(self, query_model=None, k: Optional[int] = None):
+    """The TFRS top-k layer over the same candidates (ScaNN or BruteForce), returning item ids."""
+    import tensorflow as tf
+    import tensorflow_recommenders as tfrs
+    k = min(k or self.config.k, len(self))
+    ids = tf.constant(self.item_ids.astype(str))
+    cands = tf.constant(self.embeddings)
+    if self.kind == "brute_force":
+      return tfrs.layers.factorized_top_k.BruteForce(query_model=query_model, k=k).index(cands, ids)
+    p = self.params
+    layer = tfrs.layers.factorized_top_k.ScaNN(
+        query_model=query_model, k=k, num_leaves=p["num_leaves"], num_leaves_to_search=p["num_leaves_to_search"],
+        dimensions_per_block=p["dimensions_per_block"], num_reordering_candidates=max(p["reorder"], k))
+    return layer.index(cands, ids)
+
+  def save(self, directory: str) -> str:
+    """Writes the index (ScaNN assets or embeddings, item ids, manifest) atomically to ``directory``."""
+    parent = os.path.dirname(os.path.abspath(directory))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".index-tmp-", dir=parent)
+    try:
+      np.save(os.path.join(tmp, "item_ids.npy"), self.item_ids.astype(str))
+      np.save(os.path.join(tmp, "embeddings.npy"), self.embeddings)
+      if self.kind == "scann":
+        scann_dir = os.path.join(tmp, "scann")
+        os.makedirs(scann_dir)
+        self.searcher.serialize(scann_dir, relative_path=True)
+      manifest = {"kind": self.kind, "num_items": len(self), "dim": self.dim, "params": self.params,
+                  "config": dataclasses.asdict(self.config), "build_seconds": self.build_seconds}
+      with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+      if os.path.exists(directory):
+        old = directory.rstrip("/") + f".old{os.getpid()}"
+        os.replace(directory, old)
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+      else:
+        os.replace(tmp, directory)
+    except BaseException:
+      shutil.rmtree(tmp, ignore_errors=True)
+      raise
+    return directory
+
+  @classmethod
+  def load(cls, directory: str) -> "RetrievalIndex":
+    """Reloads an index written by ``save``."""
+    path = os.path.join(directory, "manifest.json")
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"no index manifest at {path}")
+    with open(path) as f:
+      manifest = json.load(f)
+    item_ids = np.load(os.path.join(directory, "item_ids.npy")).astype(object)
+    emb = np.load(os.path.join(directory, "embeddings.npy"))
+    config = IndexConfig(**manifest["config"])
+    searcher = None
+    if manifest["kind"] == "scann":
+      searcher = _import_scann().load_searcher(os.path.join(directory, "scann"))
+    return cls(manifest["kind"], item_ids, emb, config, searcher, manifest["params"], manifest["build_seconds"])
+
+
+def build_index(embeddings, item_ids=None, kind: Optional[str] = None,
+                config: Optional[IndexConfig] = None, **overrides) -> RetrievalIndex:
+  """Builds a top-k index over candidate embeddings.
+
+  Args:
+    embeddings: [N, d] float32 candidate embeddings (rows with NaN/inf raise, naming the item).
+    item_ids: [N] item ids (default "0".."N-1").
+    kind: Shortcut for ``config.kind`` ("auto", "scann", "brute_force").
+    config: An ``IndexConfig``; ``overrides`` replace its fields.
+
+  Returns:
+    A ``RetrievalIndex``.
+  """
+  config = config or IndexConfig()
+  if kind is not None:
+    overrides["kind"] = kind
+  if overrides:
+    config = dataclasses.replace(config, **overrides)
+  emb, ids = _check_embeddings(embeddings, item_ids)
+  resolved = config.resolved_kind(len(emb))
+  t0 = time.perf_counter()
+  if resolved == "brute_force":
+    return RetrievalIndex("brute_force", ids, emb, config, params={"exact": True},
+                          build_seconds=time.perf_counter() - t0)
+  scann = _import_scann()
+  p = config.scann_params(len(emb))
+  builder = scann.builder(emb, config.k, "dot_product")
+  builder = builder.tree(num_leaves=p["num_leaves"], num_leaves_to_search=p["num_leaves_to_search"],
+                         training_sample_size=p["training_sample_size"])
+  builder = builder.score_ah(p["dimensions_per_block"],
+                             anisotropic_quantization_threshold=p["anisotropic_quantization_threshold"],
+                             training_sample_size=p["training_sample_size"])
+  builder = builder.reorder(p["reorder"])
+  searcher = builder.build()
+  if config.num_threads:
+    searcher.set_num_threads(config.num_threads)
+  return RetrievalIndex("scann", ids, emb, config, searcher, p, time.perf_counter() - t0)
+
+
+def recall_against_exact(index: RetrievalIndex, queries: np.ndarray, k: int = 10) -> float:
+  """Mean |approx top-k ∩ exact top-k| / k over ``queries`` (exact = numpy/TF brute force)."""
+  _, approx = index.search_rows(queries, k)
+  _, exact = brute_force_top_k(np.asarray(queries, np.float32), index.embeddings, k)
+  hits = [len(set(a.tolist()) & set(e.tolist())) for a, e in zip(approx, exact)]
+  return float(np.mean(hits) / min(k, len(index)))
+
+
+def index_report(index: RetrievalIndex, queries: np.ndarray, k: int = 10, repeats: int = 3) -> dict:
+  """Recall@k of ``index`` against brute force and per-batch query latency of both (best of ``repeats``)."""
+  queries = np.asarray(queries, np.float32)
+
+  def _time(fn):
+    best = float("inf")
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      fn()
+      best = min(best, time.perf_counter() - t0)
+    return best
+
+  t_index = _time(lambda: index.search_rows(queries, k))
+  t_exact = _time(lambda: brute_force_top_k(queries, index.embeddings, k))
+  return {"kind": index.kind, "num_items": len(index), "num_queries": len(queries), "k": k,
+          f"recall@{k}": recall_against_exact(index, queries, k),
+          "index_batch_seconds": t_index, "brute_force_batch_seconds": t_exact,
+          "speedup_vs_brute_force": t_exact / max(t_index, 1e-12), "params": index.params,
+          "build_seconds": index.build_seconds}
