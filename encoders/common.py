@@ -1,0 +1,79 @@
+"""Helpers shared by the modality encoders: errors, weight sources, seeded random init.
+
+Shape letters: N items, F frames, P audio patches, D embedding width.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+RANDOM = "random"
+
+
+class EncodeError(ValueError):
+  """An item could not be encoded. The message names the item id and the field.
+
+  Attributes:
+    item_id: Id of the offending item ("" when not known, e.g. a direct encoder call).
+    field: Input field at fault: ``text``, ``image_path``, ``audio_path``, or an output name.
+    reason: Short human-readable reason.
+  """
+
+  def __init__(self, item_id: str, field: str, reason: str):
+    self.item_id = str(item_id)
+    self.field = field
+    self.reason = reason
+    super().__init__(f"item {self.item_id!r}, field {field!r}: {reason}")
+
+
+def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+  """Row-wise L2 normalisation of a [N, D] array; all-zero rows stay zero."""
+  x = np.asarray(x, dtype=np.float32)
+  norm = np.linalg.norm(x, axis=-1, keepdims=True)
+  return (x / np.maximum(norm, eps)).astype(np.float32)
+
+
+def is_hub_handle(weights: str) -> bool:
+  """True for a TF Hub URL/handle or a local SavedModel directory."""
+  if weights.startswith(("http://", "https://", "gs://", "hub://")):
+    return True
+  return os.path.isdir(weights) and os.path.exists(os.path.join(weights, "saved_model.pb"))
+
+
+def keras_cache_file(filename: str) -> Optional[str]:
+  """Path of ``filename`` in the Keras model cache (``$KERAS_HOME/models`` or ``~/.keras/models``,
+  and the ``/tmp/.keras`` fallback Keras uses when home is read-only), or None if not cached."""
+  roots = []
+  if os.environ.get("KERAS_HOME"):
+    roots.append(os.environ["KERAS_HOME"])
+  roots += [os.path.join(os.path.expanduser("~"), ".keras"), os.path.join("/tmp", ".keras")]
+  for root in roots:
+    path = os.path.join(root, "models", filename)
+    if os.path.isfile(path):
+      return path
+  return None
+
+
+def seeded_reinit(model, seed: int):
+  """Re-initialises every weight of a Keras model from a NumPy generator seeded with ``seed``.
+
+  Keras initialisers draw from the global TF seed, so two processes building the same random model
+  would disagree; this makes random-init encoders a pure function of ``seed`` (needed for resumable
+  encoding, where a resumed process must reproduce the shards it did not finish). Kernels get He-normal
+  values (std sqrt(2 / fan_in), suited to the ReLU stacks of ResNet and VGGish); batch-norm gammas and
+  moving variances get 1; everything else (biases, betas, moving means) 0.
+  """
+  rng = np.random.default_rng(seed)
+  for w in model.weights:
+    name = w.name.split("/")[-1]
+    shape = tuple(w.shape)
+    if "kernel" in name and len(shape) >= 2:
+      fan_in = int(np.prod(shape[:-1]))
+      value = rng.standard_normal(shape) * np.sqrt(2.0 / max(fan_in, 1))
+    elif name.startswith(("gamma", "moving_variance")):
+      value = np.ones(shape)
+    else:
+      value = np.zeros(shape)
+    w.assign(value.astype(w.dtype.as_numpy_dtype))

