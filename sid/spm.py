@@ -251,7 +251,12 @@ def train_sid_spm(codes, weights=None, vocab_size: int = 8192, codebook_size: Op
         character_coverage=1.0, byte_fallback=False, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
         seed_sentencepieces_file=seed_path, seed_sentencepiece_size=max(int(seed_sentencepiece_size), 1),
         num_threads=int(num_threads), minloglevel=2)
-  return SidSpm(model.getvalue(), L, K)
+  # Drop the temporary seed-file path from the stored trainer spec (keeps the artefact reproducible).
+  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
+  proto = sentencepiece_model_pb2.ModelProto()
+  proto.ParseFromString(model.getvalue())
+  proto.trainer_spec.ClearField("seed_sentencepieces_file")
+  return SidSpm(proto.SerializeToString(), L, K)
 
 
 @tf.keras.utils.register_keras_serializable(package="semrec")
