@@ -1,0 +1,355 @@
+"""Exporters for every served semrec artefact (TF Serving layout, see `semrec.export.serving_layout`).
+
+| name (default)          | signature ``serving_default``                                         | ScaNN ops |
+| ----------------------- | --------------------------------------------------------------------- | --------- |
+| ``sid_assigner``        | content [B, D] f32 -> sid [B, L] i32 (+ cluster_id [B] i32)            | no        |
+| ``candidate_tower``     | item features (flat) -> embedding [B, d] f32                           | no        |
+| ``query_tower``         | user features (flat: user_id, history_item_id, ...) -> embedding [B, d] | no        |
+| ``retrieval_brute_force`` | user features -> scores [B, k] f32, item_ids [B, k] string           | no        |
+| ``retrieval_scann``     | user features -> scores [B, k] f32, item_ids [B, k] string             | **yes**   |
+| ``ranker``              | see ``semrec.ranking.serving`` -> task probabilities [B] f32           | no        |
+| ``scann_index``         | (not a SavedModel) ScaNN searcher directory + item_ids.txt             | pybind    |
+
+The exporters take Keras layers/models plus example inputs, so they work for any tower or ranker
+implementation that is called on a dict of features. Nested feature dicts (``history: {...}``) become
+flat signature inputs (``history_item_id``, ``history_sid``, ...); the examples become the warm-up requests.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from semrec.export import serving_layout as sl
+from semrec.export.serving_module import (ExampleInputs, ExportResult, ServingModule, export_keras_module,
+                                          export_serving_module, flatten_features, input_specs_from_examples,
+                                          is_nested, unflatten_features)
+
+_SCANN_HINT = "ScaNN is not importable; install it with `pip install 'scann[tf]==1.4.2'` (built for TF 2.20)."
+
+
+# ---------------------------------------------------------------------------------------------------
+# (1) SID assigner.
+
+
+def export_sid_assigner(base_dir: str, sid_assigner, example_content, *, cluster_layer=None,
+                        name: str = "sid_assigner", **kwargs) -> ExportResult:
+  """Exports content embedding -> SID codes (+ cluster ID) for assigning IDs to new items.
+
+  Args:
+    base_dir: export base directory.
+    sid_assigner: layer [B, D] float32 -> [B, L] int (e.g. ``semrec.sid.SidAssigner``).
+    example_content: [B, D] float32 example embeddings (warm-up request; fixes D in the signature).
+    cluster_layer: optional layer [B, D] -> [B] int (``semrec.sid.ClusterIdLayer``).
+    name: model name.
+    **kwargs: forwarded to `export_serving_module` (metrics, data_fingerprint, description, ...).
+
+  Signature: ``content`` float32 [B, D] -> ``sid`` int32 [B, L] (and ``cluster_id`` int32 [B]).
+  A request with NaN/inf content fails with "content: NaN/inf values"; a wrong width D is rejected by
+  the signature shape.
+  """
+  content = np.asarray(example_content, dtype=np.float32)
+  if content.ndim != 2:
+    raise sl.ExportError(f"model {name!r}: example_content must be [B, D], got shape {list(content.shape)}")
+  specs = {"content": tf.TensorSpec([None, content.shape[1]], tf.float32, name="content")}
+
+  def fn(features):
+    x = tf.debugging.assert_all_finite(features["content"], message="content: NaN/inf values")
+    out = {"sid": tf.cast(sid_assigner(x), tf.int32)}
+    if cluster_layer is not None:
+      out["cluster_id"] = tf.cast(cluster_layer(x), tf.int32)
+    return out
+
+  trackables = {"sid_assigner": sid_assigner}
+  if cluster_layer is not None:
+    trackables["cluster_layer"] = cluster_layer
+  module = ServingModule(fn, specs, trackables=trackables)
+  kwargs.setdefault("description", "content embedding -> SID codes" + (" + cluster ID" if cluster_layer else ""))
+  kwargs.setdefault("artefact", "sid_assigner")
+  extra = dict(kwargs.pop("extra", None) or {})
+  extra.setdefault("content_dim", int(content.shape[1]))
+  return export_serving_module(module, base_dir, name, {"content": content}, extra=extra, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# (2) / (3) Towers.
+
+
+def export_candidate_tower(base_dir: str, tower, example_item_features: ExampleInputs, *,
+                           name: str = "candidate_tower", output_name: str = "embedding", **kwargs) -> ExportResult:
+  """Exports item features -> candidate embedding [B, d], for (re)building the index offline.
+
+  Args:
+    tower: a layer/model (or bound method, e.g. ``retriever.candidate_embedding`` for ``[p ; f(p)]``)
+      called on the item-feature dict (``{"item_id": [B], "sid": [B, L], "content": [B, D], ...}``).
+    example_item_features: one batch (or a list of batches) of item features.
+  """
+  kwargs.setdefault("artefact", "candidate_tower")
+  kwargs.setdefault("description", "item features -> candidate embedding")
+  return export_keras_module(tower, base_dir, name, example_item_features, output_names=[output_name], **kwargs)
+
+
+def export_query_tower(base_dir: str, tower, example_query_features: ExampleInputs, *,
+                       name: str = "query_tower", output_name: str = "embedding", **kwargs) -> ExportResult:
+  """Exports user/query features -> query embedding [B, d], to query an external ScaNN/ANN service.
+
+  Args:
+    tower: a layer/model (or bound method, e.g. ``retriever.query_embedding`` for ``[q ; w]``) called on
+      the query-feature dict (``{"user_id": [B], "history": {"item_id": [B, H], ...}, ...}``).
+    example_query_features: one batch (or a list of batches); nested dicts become flat inputs
+      (``history_item_id``, ``history_sid``, ...).
+  """
+  kwargs.setdefault("artefact", "query_tower")
+  kwargs.setdefault("description", "user features -> query embedding")
+  return export_keras_module(tower, base_dir, name, example_query_features, output_names=[output_name], **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# (4) / (5) Retrieval: query features -> top-k item ids.
+
+
+def _topk_layer(kind: str, k: int, index, candidate_embeddings, item_ids, scann_options: Mapping[str, Any], name: str):
+  import tensorflow_recommenders as tfrs
+
+  if index is not None:
+    if hasattr(index, "to_keras_layer"):  # semrec.towers.RetrievalIndex
+      index_kind = getattr(index, "kind", kind)
+      if index_kind != kind:
+        raise sl.ExportError(f"model {name!r}: a {kind} retrieval export needs a {kind} index, got {index_kind!r}")
+      return index.to_keras_layer(query_model=None, k=k)
+    if isinstance(index, tfrs.layers.factorized_top_k.TopK):
+      if getattr(index, "query_model", None) is not None:
+        raise sl.ExportError(f"model {name!r}: pass the top-k layer without a query_model; the query model is "
+                             "given separately as `query_model`")
+      return index
+    raise sl.ExportError(f"model {name!r}: index must be a TFRS TopK layer or a semrec.towers.RetrievalIndex, "
+                         f"got {type(index).__name__}")
+  if candidate_embeddings is None or item_ids is None:
+    raise sl.ExportError(f"model {name!r}: give either `index` or both `candidate_embeddings` and `item_ids`")
+  emb = np.asarray(candidate_embeddings, dtype=np.float32)
+  ids = np.asarray(item_ids).astype(str)
+  if emb.ndim != 2 or emb.shape[0] != ids.shape[0]:
+    raise sl.ExportError(f"model {name!r}: candidate_embeddings {list(emb.shape)} and item_ids "
+                         f"{list(ids.shape)} must be [N, d] and [N]")
+  bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
+  if bad.size:
+    raise sl.ExportError(f"model {name!r}: candidate embedding of item {ids[bad[0]]!r} has NaN/inf values")
+  if k > emb.shape[0]:
+    raise sl.ExportError(f"model {name!r}: k={k} exceeds the {emb.shape[0]} candidates")
+  if kind == "brute_force":
+    layer = tfrs.layers.factorized_top_k.BruteForce(k=k)
+  else:
+    try:
+      import scann  # noqa: F401
+    except ImportError as e:
+      raise ImportError(_SCANN_HINT) from e
+    n = emb.shape[0]
+    leaves = int(scann_options.get("num_leaves") or max(1, min(n, round(np.sqrt(n)))))
+    opts = {"num_leaves": leaves,
+            "num_leaves_to_search": int(scann_options.get("num_leaves_to_search") or max(1, leaves // 20)),
+            "dimensions_per_block": int(scann_options.get("dimensions_per_block", 2)),
+            "num_reordering_candidates": int(scann_options.get("num_reordering_candidates") or max(10 * k, 100)),
+            "training_iterations": int(scann_options.get("training_iterations", 12))}
+    layer = tfrs.layers.factorized_top_k.ScaNN(k=k, **opts)
+  return layer.index(tf.constant(emb), tf.constant(ids))
+
+
+def export_retrieval(base_dir: str, query_model, example_query_features: ExampleInputs, *, kind: str = "brute_force",
+                     k: int = 10, index=None, candidate_embeddings=None, item_ids=None,
+                     scann_options: Optional[Mapping[str, Any]] = None, name: Optional[str] = None,
+                     **kwargs) -> ExportResult:
+  """Exports query features -> top-k (scores, item ids) with the index inside the graph.
+
+  Args:
+    base_dir: export base directory.
+    query_model: layer/model or bound method (e.g. ``retriever.query_embedding``) -> [B, d] query embedding.
+    example_query_features: warm-up batch(es) of query features (nested dicts are flattened).
+    kind: "brute_force" (``tfrs.layers.factorized_top_k.BruteForce``, standard ops only) or "scann"
+      (``tfrs.layers.factorized_top_k.ScaNN``: the SavedModel needs ScaNN's custom ops; its manifest
+      says so).
+    k: neighbours returned.
+    index: a TFRS TopK layer (already indexed, without query_model) or a ``semrec.towers.RetrievalIndex``
+      of the same kind; otherwise the index is built from ``candidate_embeddings`` [N, d] and
+      ``item_ids`` [N].
+    scann_options: ScaNN layer options (num_leaves, num_leaves_to_search, dimensions_per_block,
+      num_reordering_candidates, training_iterations) when building a ScaNN index here.
+    name: model name (default ``retrieval_<kind>``).
+
+  Signature outputs: ``scores`` float32 [B, k], ``item_ids`` string [B, k] (best first).
+  """
+  if kind not in ("brute_force", "scann"):
+    raise sl.ExportError(f"retrieval kind must be 'brute_force' or 'scann', got {kind!r}")
+  name = name or f"retrieval_{kind}"
+  if k < 1:
+    raise sl.ExportError(f"model {name!r}: k must be >= 1, got {k}")
+  if index is not None and hasattr(index, "to_keras_layer") and hasattr(index, "__len__"):
+    k = min(int(k), len(index))  # RetrievalIndex.to_keras_layer clamps k to the catalogue size too.
+  topk = _topk_layer(kind, int(k), index, candidate_embeddings, item_ids, dict(scann_options or {}), name)
+  requests = [example_query_features] if isinstance(example_query_features, Mapping) else list(example_query_features)
+  if not requests:
+    raise sl.ExportError(f"model {name!r}: no example query features given")
+  paths = None
+  if is_nested(requests[0]):
+    flat = [flatten_features(r) for r in requests]
+    paths, requests = flat[0][1], [f for f, _ in flat]
+  specs = input_specs_from_examples(requests[0])
+  owner = getattr(query_model, "__self__", None)
+  is_keras = isinstance(query_model, tf.keras.layers.Layer) or isinstance(owner, tf.keras.layers.Layer)
+
+  def fn(features):
+    x = unflatten_features(features, paths) if paths else features
+    q = query_model(x, training=False) if is_keras else query_model(x)
+    scores, ids = topk(q, k=k)
+    return {"scores": tf.ensure_shape(scores, [None, k]), "item_ids": tf.ensure_shape(ids, [None, k])}
+
+  trackables = {"query_model": owner if isinstance(owner, tf.Module) else query_model, "index": topk}
+  module = ServingModule(fn, specs, trackables=trackables)
+  kwargs.setdefault("artefact", f"retrieval_{kind}")
+  kwargs.setdefault("description", f"user features -> top-{k} item ids ({kind} index in the graph)")
+  extra = dict(kwargs.pop("extra", None) or {})
+  extra.update({"k": int(k), "index_kind": kind})
+  return export_serving_module(module, base_dir, name, requests, extra=extra,
+                               needs_scann_ops=True if kind == "scann" else None, **kwargs)
+
+
+def export_brute_force_retrieval(base_dir: str, query_model, example_query_features: ExampleInputs, **kwargs
+                                 ) -> ExportResult:
+  """`export_retrieval` with ``kind="brute_force"`` (artefact 4: standard TF ops, stock TF Serving)."""
+  return export_retrieval(base_dir, query_model, example_query_features, kind="brute_force", **kwargs)
+
+
+def export_scann_retrieval(base_dir: str, query_model, example_query_features: ExampleInputs, **kwargs
+                           ) -> ExportResult:
+  """`export_retrieval` with ``kind="scann"`` (artefact 5: needs ScaNN's custom ops to load and serve)."""
+  return export_retrieval(base_dir, query_model, example_query_features, kind="scann", **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# (6) Ranker.
+
+
+def export_ranker(base_dir: str, ranker, example_features: ExampleInputs, *, name: str = "ranker",
+                  output_names: Optional[Sequence[str]] = None, **kwargs) -> ExportResult:
+  """Exports the ranker.
+
+  A ``semrec.ranking.Ranker`` goes through the ranking package's own serving module
+  (``semrec.ranking.serving.export_ranker``: flat raw features, in-graph input checks, one-user
+  broadcast); any other tf.Module with a ``serve`` tf.function is exported as is; any other Keras model is
+  wrapped in a `KerasServingModule` (called on the feature dict).
+
+  Args:
+    ranker: the trained ranker, a serving module, or a Keras model.
+    example_features: warm-up batch(es) of raw serving features.
+    name: model name. output_names: for a Keras model returning a tensor/tuple.
+    **kwargs: metrics, data_fingerprint, extra, ... (for a semrec Ranker also sid_length, codebook_size,
+      content_dim).
+  """
+  try:
+    from semrec.ranking.model import Ranker
+    from semrec.ranking.serving import export_ranker as _ranking_export
+  except ImportError:  # ranking package not available: generic path only.
+    Ranker = None
+  if Ranker is not None and isinstance(ranker, Ranker):
+    if not isinstance(example_features, Mapping):
+      raise sl.ExportError(f"model {name!r}: a semrec Ranker export takes one dict of example features")
+    return _ranking_export(ranker, base_dir, example_features, name=name, **kwargs)
+  kwargs.setdefault("artefact", "ranker")
+  if isinstance(ranker, tf.Module) and hasattr(getattr(ranker, "serve", None), "get_concrete_function"):
+    return export_serving_module(ranker, base_dir, name, example_features, **kwargs)
+  kwargs.setdefault("description", "raw features -> ranking scores")
+  return export_keras_module(ranker, base_dir, name, example_features, output_names=output_names, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------------
+# ScaNN searcher directory.
+
+
+def export_scann_searcher(base_dir: str, index, example_queries, *, item_ids=None, k: int = 10,
+                          name: str = "scann_index", data_fingerprint: Optional[str] = None,
+                          metrics: Optional[Mapping[str, Any]] = None, description: str = "",
+                          extra: Optional[Mapping[str, Any]] = None, rtol: float = 1e-4, atol: float = 1e-5
+                          ) -> ExportResult:
+  """Serialises a ScaNN searcher with its item-ID mapping as ``<base>/<name>/<version>/``.
+
+  Layout: ``searcher/`` (ScaNN assets, relative paths: the directory can be moved), ``item_ids.txt``
+  (line i = item id of ScaNN row i), ``assets.extra/semrec_expected_outputs.npz`` (example queries and
+  their top-k at export time), ``manifest.json``. Load with
+  ``scann.scann_ops_pybind.load_searcher(<version>/searcher)``; it is for an external ANN service fed by
+  the exported query tower, not for TF Serving.
+
+  Args:
+    index: a ``semrec.towers.RetrievalIndex`` of kind "scann", or a ``scann_ops_pybind`` searcher (then
+      ``item_ids`` is required).
+    example_queries: [Q, d] float32 query embeddings, searched at export time and by `verify_export`.
+    item_ids: [N] item ids (taken from the index when it has them).
+    k: neighbours per query for the stored check.
+  """
+  sl.check_model_name(name)
+  searcher = index
+  if hasattr(index, "searcher") and hasattr(index, "item_ids"):
+    if getattr(index, "kind", "scann") != "scann" or index.searcher is None:
+      raise sl.ExportError(f"model {name!r}: the index is {getattr(index, 'kind', '?')!r}, not ScaNN; brute-force "
+                           "indexes are served by the retrieval SavedModel (export_brute_force_retrieval)")
+    searcher = index.searcher
+    item_ids = index.item_ids if item_ids is None else item_ids
+  if not hasattr(searcher, "serialize") or not hasattr(searcher, "search_batched"):
+    raise sl.ExportError(f"model {name!r}: expected a scann_ops_pybind searcher, got {type(searcher).__name__}")
+  if item_ids is None:
+    raise sl.ExportError(f"model {name!r}: item_ids are required to map ScaNN rows to items")
+  ids = [str(x) for x in np.asarray(item_ids, dtype=object)]
+  for i, x in enumerate(ids):
+    if "\n" in x or "\r" in x:
+      raise sl.ExportError(f"model {name!r}: item id at row {i} ({x!r}) contains a newline")
+  size = searcher.size() if hasattr(searcher, "size") else len(ids)
+  if size != len(ids):
+    raise sl.ExportError(f"model {name!r}: the searcher holds {size} rows but {len(ids)} item ids were given")
+  q = np.asarray(example_queries, dtype=np.float32)
+  if q.ndim != 2 or not np.isfinite(q).all():
+    raise sl.ExportError(f"model {name!r}: example_queries must be a finite [Q, d] float32 array, got {list(q.shape)}")
+  k = min(int(k), len(ids))
+  rows, dist = searcher.search_batched(q, final_num_neighbors=k)
+  rows = np.asarray(rows)
+  expected = {"queries": q, "scores": np.asarray(dist, np.float32),
+              "item_ids": np.array([[ids[j].encode() for j in r] for r in rows], dtype=bytes)}
+
+  with sl.staging_dir(base_dir, name) as tmp:
+    sdir = os.path.join(tmp, "searcher")
+    os.makedirs(sdir)
+    searcher.serialize(sdir, relative_path=True)
+    with open(os.path.join(tmp, "item_ids.txt"), "w", encoding="utf-8") as f:
+      f.write("".join(x + "\n" for x in ids))
+    os.makedirs(os.path.join(tmp, sl.ASSETS_EXTRA), exist_ok=True)
+    np.savez(os.path.join(tmp, sl.EXPECTED_OUTPUTS_FILE), **expected)
+    version, _ = sl.next_version_dir(base_dir, name)
+    manifest = sl.build_manifest(
+        name=name, version=version, kind="scann_searcher", artefact="scann_searcher",
+        inputs={"queries": {"dtype": "float32", "shape": [None, int(q.shape[1])]}},
+        outputs={"item_ids": {"dtype": "string", "shape": [None, k]}, "scores": {"dtype": "float32", "shape": [None, k]}},
+        files=sl.file_inventory(tmp), signature_name="", needs_scann_ops=False, data_fingerprint=data_fingerprint,
+        metrics=metrics, description=description or "ScaNN searcher (pybind) + item-ID mapping",
+        expected_outputs={"file": sl.EXPECTED_OUTPUTS_FILE, "rtol": rtol, "atol": atol},
+        extra={**dict(extra or {}), "k": k, "num_items": len(ids), "dim": int(q.shape[1]),
+               "load": "scann.scann_ops_pybind.load_searcher('<version>/searcher')",
+               "params": dict(getattr(index, "params", {}) or {})})
+    manifest["serving_note"] = ("not a SavedModel: load with scann.scann_ops_pybind.load_searcher; row i of the "
+                                "searcher is the item on line i of item_ids.txt")
+    sl.write_json_atomic(os.path.join(tmp, sl.MANIFEST_FILE), manifest)
+    published, path = sl.publish_staging_dir(tmp, base_dir, name, version)
+  if published != version:
+    manifest["version"] = published
+    sl.write_json_atomic(os.path.join(path, sl.MANIFEST_FILE), manifest)
+  return ExportResult(name=name, version=published, path=path, manifest=manifest)
+
+
+def write_serving_configs(base_dir: str, base_path_prefix: Optional[str] = None) -> dict[str, str]:
+  """Writes ``models.config`` (every SavedModel) and ``models.stock.config`` (only those stock TF Serving
+  can load, i.e. without ScaNN ops). Returns ``{"all": path, "stock": path}`` (``stock`` absent when every
+  model needs ScaNN ops)."""
+  out = {"all": sl.write_models_config(base_dir, base_path_prefix=base_path_prefix)}
+  stock = sl.discover_models(base_dir, include_scann=False)
+  if stock:
+    out["stock"] = sl.write_models_config(base_dir, stock, base_path_prefix=base_path_prefix,
+                                          path=os.path.join(base_dir, "models.stock.config"))
+  return out

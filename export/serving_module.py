@@ -1,0 +1,374 @@
+"""Explicit serving modules and the generic SavedModel exporter.
+
+Every artefact goes through one path (STYLE.md item 9, as in tensorflow/models ``official/core/export_base.py``):
+a ``tf.Module`` whose ``serve`` is a ``tf.function`` with a fixed input signature over *raw* features
+(a dict of named tensors, leading batch dimension B), saved with the named signature ``serving_default``
+into the next integer version directory, together with warm-up requests, the outputs those requests
+gave at export time, and a manifest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import numpy as np
+import tensorflow as tf
+
+from semrec.export import serving_layout as sl
+
+Features = Mapping[str, Any]
+ExampleInputs = Union[Features, Sequence[Features]]
+
+
+@dataclasses.dataclass
+class ExportResult:
+  """What an exporter wrote.
+
+  Attributes:
+    name: TF Serving model name (``<base>/<name>/``).
+    version: integer version written.
+    path: the version directory.
+    manifest: the manifest dict written to ``<path>/manifest.json``.
+  """
+  name: str
+  version: int
+  path: str
+  manifest: dict
+
+  @property
+  def needs_scann_ops(self) -> bool:
+    return bool(self.manifest.get("needs_scann_ops"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Signatures.
+
+
+def _tf_dtype_for(arr: np.ndarray) -> tf.DType:
+  kind = arr.dtype.kind
+  if kind in ("U", "S", "O"):
+    return tf.string
+  if kind == "f":
+    return tf.float32 if arr.dtype != np.float16 else tf.float16
+  if kind == "b":
+    return tf.bool
+  if kind in ("i", "u"):
+    return tf.as_dtype(arr.dtype)
+  raise sl.ExportError(f"unsupported input dtype {arr.dtype}")
+
+
+def input_specs_from_examples(example: Features, dtypes: Optional[Mapping[str, tf.DType]] = None
+                              ) -> dict[str, tf.TensorSpec]:
+  """Serving input specs ``{name: TensorSpec([None, ...], dtype, name)}`` from one example batch.
+
+  The batch dimension becomes ``None``; inner dimensions stay fixed (so a server rejects, e.g., a
+  content embedding of the wrong width). str/bytes/object arrays become ``tf.string``, float64 becomes
+  float32 (Keras' default); ``dtypes`` overrides per input.
+  """
+  if not example:
+    raise sl.ExportError("example inputs are empty: need at least one named input")
+  specs = {}
+  for key, value in example.items():
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+      raise sl.ExportError(f"example input {key!r} is a scalar: every input needs a leading batch dimension")
+    dtype = (dtypes or {}).get(key) or _tf_dtype_for(arr)
+    specs[key] = tf.TensorSpec([None] + list(arr.shape[1:]), tf.as_dtype(dtype), name=key)
+  return specs
+
+
+def spec_to_json(spec: tf.TensorSpec) -> dict[str, Any]:
+  shape = None if spec.shape.rank is None else [d for d in spec.shape.as_list()]
+  return {"dtype": spec.dtype.name, "shape": shape}
+
+
+def flatten_features(features: Features, sep: str = "_") -> tuple[dict[str, Any], dict[str, tuple[str, ...]]]:
+  """Flattens nested feature dicts for a serving signature, whose inputs must be flat named tensors.
+
+  ``{"user_id": u, "history": {"item_id": h, "sid": s}}`` -> ``{"user_id": u, "history_item_id": h,
+  "history_sid": s}`` plus the paths ``{"history_item_id": ("history", "item_id"), ...}`` that
+  `unflatten_features` uses to rebuild the nesting inside the graph (names are never split on ``sep``).
+  """
+  flat: dict[str, Any] = {}
+  paths: dict[str, tuple[str, ...]] = {}
+
+  def visit(prefix: tuple[str, ...], value):
+    if isinstance(value, Mapping):
+      for k, v in value.items():
+        visit(prefix + (str(k),), v)
+      return
+    key = sep.join(prefix)
+    if key in flat:
+      raise sl.ExportError(f"flattened feature name {key!r} is produced by both {paths[key]} and {prefix}; "
+                           "rename one of the features")
+    flat[key] = value
+    paths[key] = prefix
+
+  visit((), features)
+  return flat, paths
+
+
+def unflatten_features(flat: Mapping[str, Any], paths: Mapping[str, Sequence[str]]) -> dict[str, Any]:
+  """Inverse of `flatten_features` given its ``paths``."""
+  out: dict[str, Any] = {}
+  for key, value in flat.items():
+    path = tuple(paths.get(key, (key,)))
+    node = out
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    node[path[-1]] = value
+  return out
+
+
+def is_nested(features: Features) -> bool:
+  return any(isinstance(v, Mapping) for v in features.values())
+
+
+def cast_features(features: Features, specs: Mapping[str, tf.TensorSpec], where: str = "input") -> dict[str, np.ndarray]:
+  """Checks ``features`` against ``specs`` and returns numpy arrays of the spec dtypes.
+
+  Raises ExportError naming the feature for a missing/unexpected key, a wrong rank or inner dimension,
+  or values that cannot be converted.
+  """
+  missing = sorted(set(specs) - set(features))
+  extra = sorted(set(features) - set(specs))
+  if missing or extra:
+    raise sl.ExportError(f"{where}: features {sorted(features)} do not match the signature inputs "
+                         f"{sorted(specs)} (missing {missing}, unexpected {extra})")
+  out = {}
+  for key, spec in specs.items():
+    value = features[key]
+    try:
+      if spec.dtype == tf.string:
+        arr = np.asarray(value, dtype=object)
+        arr = np.vectorize(lambda v: v.encode("utf-8") if isinstance(v, str) else bytes(v), otypes=[object])(arr) \
+            if arr.size else arr
+      else:
+        arr = np.asarray(value, dtype=spec.dtype.as_numpy_dtype)
+    except (TypeError, ValueError) as e:
+      raise sl.ExportError(f"{where}: feature {key!r} cannot be converted to {spec.dtype.name} ({e})") from e
+    if not spec.shape.is_compatible_with(arr.shape):
+      raise sl.ExportError(f"{where}: feature {key!r} has shape {list(arr.shape)}, the signature expects "
+                           f"{spec.shape.as_list()} (None = any)")
+    out[key] = arr
+  return out
+
+
+def _name_outputs(result: Any, output_names: Optional[Sequence[str]]) -> dict[str, tf.Tensor]:
+  if isinstance(result, Mapping):
+    out = dict(result)
+  elif isinstance(result, (tuple, list)):
+    names = list(output_names) if output_names else [f"output_{i}" for i in range(len(result))]
+    if len(names) != len(result):
+      raise sl.ExportError(f"the model returns {len(result)} outputs but output_names has {len(names)}: {names}")
+    out = dict(zip(names, result))
+  else:
+    names = list(output_names) if output_names else ["output_0"]
+    if len(names) != 1:
+      raise sl.ExportError(f"the model returns one tensor but output_names has {len(names)}: {names}")
+    out = {names[0]: result}
+  for key in out:
+    if not isinstance(key, str) or not key:
+      raise sl.ExportError(f"output names must be non-empty strings, got {key!r}")
+  return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Serving modules.
+
+
+class ServingModule(tf.Module):
+  """A ``tf.Module`` with ``serve(features) -> {output_name: tensor}`` over a fixed input signature.
+
+  Args:
+    fn: ``fn(features: dict[str, Tensor]) -> Tensor | tuple | dict``; outputs are named by ``output_names``
+      (default ``output_0``, ``output_1``, ...) unless ``fn`` returns a dict.
+    input_specs: ``{name: tf.TensorSpec}``; the leading dimension is the batch B.
+    trackables: the Keras layers / tf.Modules / variables ``fn`` uses, ``{attribute_name: object}``; they are
+      attached to the module so their variables and assets are saved with it.
+    output_names: names for tensor / tuple outputs.
+  """
+
+  def __init__(self, fn: Callable[[dict], Any], input_specs: Mapping[str, tf.TensorSpec],
+               trackables: Optional[Mapping[str, Any]] = None, output_names: Optional[Sequence[str]] = None,
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self._fn = fn
+    self._output_names = list(output_names) if output_names else None
+    for attr, obj in (trackables or {}).items():
+      setattr(self, attr, obj)
+    self.input_specs = {k: tf.TensorSpec(s.shape, s.dtype, name=k) for k, s in input_specs.items()}
+    self.serve = tf.function(self._serve, input_signature=[dict(self.input_specs)])
+
+  def _serve(self, features):
+    return _name_outputs(self._fn(features), self._output_names)
+
+
+class KerasServingModule(ServingModule):
+  """Serves a Keras layer/model called on the dict of raw features (``model(features, training=False)``).
+
+  Args:
+    model: a Keras layer or model, or a bound method of one (e.g. ``retriever.query_embedding``), taking the
+      feature dict; with ``unpack_single_input`` it is called on the single input tensor instead.
+    input_specs: flat serving input specs, e.g. from `input_specs_from_examples`.
+    output_names: names for a tensor / tuple output.
+    feature_paths: ``{flat_name: path}`` from `flatten_features` when the model takes nested dicts.
+  """
+
+  def __init__(self, model, input_specs: Mapping[str, tf.TensorSpec], output_names: Optional[Sequence[str]] = None,
+               unpack_single_input: bool = False, feature_paths: Optional[Mapping[str, Sequence[str]]] = None,
+               name: Optional[str] = None):
+    if unpack_single_input and len(input_specs) != 1:
+      raise sl.ExportError(f"unpack_single_input needs exactly one input, got {sorted(input_specs)}")
+    self._unpack = unpack_single_input
+    self._paths = {k: tuple(v) for k, v in (feature_paths or {}).items()}
+    owner = getattr(model, "__self__", None)  # bound method: save the object that owns the variables.
+    self._model_fn = model
+    self._is_keras = isinstance(model, tf.keras.layers.Layer) or isinstance(owner, tf.keras.layers.Layer)
+    trackables = {"model": owner if isinstance(owner, tf.Module) else model}
+    if not isinstance(trackables["model"], (tf.Module, tf.Variable)):
+      trackables = {}
+    super().__init__(self._call_model, input_specs, trackables=trackables, output_names=output_names, name=name)
+
+  def _call_model(self, features):
+    if self._unpack:
+      x = next(iter(features.values()))
+    elif self._paths:
+      x = unflatten_features(features, self._paths)
+    else:
+      x = features
+    if self._is_keras:
+      return self._model_fn(x, training=False)
+    return self._model_fn(x)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Export.
+
+
+def _normalise_requests(example_inputs: ExampleInputs, specs: Mapping[str, tf.TensorSpec]) -> list[dict]:
+  requests = [example_inputs] if isinstance(example_inputs, Mapping) else list(example_inputs)
+  if not requests:
+    raise sl.ExportError("no example inputs given: they become the warm-up requests and are required")
+  return [cast_features(r, specs, where=f"example input {i}") for i, r in enumerate(requests)]
+
+
+def saved_model_ops(export_dir: str) -> set[str]:
+  """Op type names used by a SavedModel's graph and function library."""
+  from tensorflow.core.protobuf import saved_model_pb2
+
+  sm = saved_model_pb2.SavedModel()
+  with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+    sm.ParseFromString(f.read())
+  ops = set()
+  for mg in sm.meta_graphs:
+    ops.update(n.op for n in mg.graph_def.node)
+    for fn in mg.graph_def.library.function:
+      ops.update(n.op for n in fn.node_def)
+  return ops
+
+
+def export_serving_module(module: tf.Module, base_dir: str, name: str, example_inputs: ExampleInputs, *,
+                          artefact: str = "generic", signature_name: str = sl.SIGNATURE_NAME,
+                          data_fingerprint: Optional[str] = None, metrics: Optional[Mapping[str, Any]] = None,
+                          description: str = "", extra: Optional[Mapping[str, Any]] = None,
+                          needs_scann_ops: Optional[bool] = None, rtol: float = 1e-4, atol: float = 1e-5
+                          ) -> ExportResult:
+  """Saves ``module`` as ``<base_dir>/<name>/<next version>/`` with warm-up records and a manifest.
+
+  Args:
+    module: a tf.Module whose ``serve`` attribute is a ``tf.function`` with an ``input_signature`` of one
+      dict of named TensorSpecs (a `ServingModule`, or e.g. the ranking package's serving module).
+    base_dir: export base directory (TF Serving's ``--model_base_path`` parent).
+    name: model name.
+    example_inputs: one dict of arrays ``{input_name: [B, ...]}`` or a list of such dicts; each becomes a
+      warm-up request, and its outputs are stored for `verify_export`.
+    artefact: kind of artefact, recorded in the manifest.
+    data_fingerprint: training-data fingerprint recorded in the manifest.
+    metrics: metrics at export time, recorded in the manifest.
+    needs_scann_ops: default: detected from the saved graph (any ``Scann>*`` op).
+    rtol, atol: tolerance `verify_export` uses when comparing reloaded outputs with the stored ones.
+
+  Returns:
+    ExportResult. An existing version is never modified; the new version appears atomically.
+  """
+  sl.check_model_name(name)
+  serve = getattr(module, "serve", None)
+  if serve is None or not hasattr(serve, "get_concrete_function"):
+    raise sl.ExportError(f"model {name!r}: the serving module needs a tf.function attribute `serve`")
+  signature = getattr(serve, "input_signature", None)
+  if not signature or len(signature) != 1 or not isinstance(signature[0], Mapping):
+    raise sl.ExportError(f"model {name!r}: `serve` needs input_signature=[{{name: tf.TensorSpec}}] "
+                         f"(one dict of named raw features), got {signature!r}")
+  specs = dict(signature[0])
+  requests = _normalise_requests(example_inputs, specs)
+  concrete = serve.get_concrete_function()
+  outputs = []
+  for i, req in enumerate(requests):
+    result = serve({k: tf.constant(v, dtype=specs[k].dtype) for k, v in req.items()})
+    if not isinstance(result, Mapping):
+      raise sl.ExportError(f"model {name!r}: `serve` must return a dict of named outputs, got {type(result).__name__}")
+    outputs.append({k: v.numpy() for k, v in result.items()})
+  output_specs = concrete.structured_outputs
+  outputs_json = {k: {"dtype": v.dtype.name, "shape": None if v.shape.rank is None else v.shape.as_list()}
+                  for k, v in output_specs.items()}
+
+  with sl.staging_dir(base_dir, name) as tmp:
+    tf.saved_model.save(module, tmp, signatures={signature_name: concrete},
+                        options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+    ops = saved_model_ops(tmp)
+    custom_ops = sorted(op for op in ops if ">" in op)
+    detected_scann = any(op.startswith("Scann>") for op in ops)
+    if needs_scann_ops is False and detected_scann:
+      raise sl.ExportError(f"model {name!r}: needs_scann_ops=False but the graph uses ScaNN ops {custom_ops}")
+    uses_scann = bool(needs_scann_ops) or detected_scann
+    sl.write_warmup_requests(tmp, signature_name, requests, model_name=name)
+    sl.write_expected_outputs(tmp, outputs)
+    version, _ = sl.next_version_dir(base_dir, name)
+    manifest = sl.build_manifest(
+        name=name, version=version, kind="saved_model", artefact=artefact,
+        inputs={k: spec_to_json(s) for k, s in specs.items()}, outputs=outputs_json,
+        files=sl.file_inventory(tmp), signature_name=signature_name, needs_scann_ops=uses_scann,
+        data_fingerprint=data_fingerprint, metrics=metrics, description=description,
+        warmup={"file": sl.WARMUP_FILE, "num_requests": len(requests),
+                "batch_sizes": [int(next(iter(r.values())).shape[0]) for r in requests]},
+        expected_outputs={"file": sl.EXPECTED_OUTPUTS_FILE, "rtol": rtol, "atol": atol},
+        extra={**dict(extra or {}), "custom_ops": custom_ops})
+    sl.write_json_atomic(os.path.join(tmp, sl.MANIFEST_FILE), manifest)
+    published, path = sl.publish_staging_dir(tmp, base_dir, name, version)
+  if published != version:  # a concurrent exporter took `version`; the manifest must say the real one.
+    manifest["version"] = published
+    sl.write_json_atomic(os.path.join(path, sl.MANIFEST_FILE), manifest)
+  return ExportResult(name=name, version=published, path=path, manifest=manifest)
+
+
+def export_keras_module(model, base_dir: str, name: str, example_inputs: ExampleInputs, *,
+                        output_names: Optional[Sequence[str]] = None,
+                        input_specs: Optional[Mapping[str, tf.TensorSpec]] = None,
+                        unpack_single_input: bool = False, **kwargs) -> ExportResult:
+  """Exports a Keras layer/model called on a dict of raw features, via a `KerasServingModule`.
+
+  Args:
+    model: Keras layer/model (or a bound method of one) ``model(features) -> Tensor | tuple | dict``;
+      ``features`` may be nested (e.g. the query tower's ``{"user_id", "history": {...}}``): the signature
+      then takes flat inputs named by `flatten_features` (``history_item_id``, ...).
+    base_dir, name, example_inputs: see `export_serving_module`.
+    output_names: names of tensor/tuple outputs in the signature (default ``output_0``, ...).
+    input_specs: serving input specs; default `input_specs_from_examples` of the first example.
+    unpack_single_input: call the model on the only input tensor instead of the dict.
+    **kwargs: forwarded to `export_serving_module` (artefact, metrics, data_fingerprint, ...).
+  """
+  requests = [example_inputs] if isinstance(example_inputs, Mapping) else list(example_inputs)
+  if not requests:
+    raise sl.ExportError(f"model {name!r}: no example inputs given")
+  paths = None
+  if is_nested(requests[0]):
+    flat = [flatten_features(r) for r in requests]
+    paths = flat[0][1]
+    requests = [f for f, _ in flat]
+  if input_specs is None:
+    input_specs = input_specs_from_examples(requests[0])
+  module = KerasServingModule(model, input_specs, output_names=output_names,
+                              unpack_single_input=unpack_single_input, feature_paths=paths)
+  return export_serving_module(module, base_dir, name, requests, **kwargs)

@@ -1,0 +1,461 @@
+"""Verification of an export base directory, each model in a fresh process.
+
+For every model under ``<base>/`` (latest version, or all versions):
+1. structure: ``manifest.json`` present and readable; every file the manifest lists present with the
+   recorded size and SHA-256 (names truncated / altered / missing files); ``saved_model.pb``,
+   ``variables/``, the warm-up file and the expected outputs present.
+2. a fresh ``python`` subprocess that imports only ``tensorflow`` (plus ``scann`` for models whose manifest
+   says they need ScaNN ops) loads the SavedModel, replays the warm-up requests through the
+   ``serving_default`` signature and compares the outputs with those stored at export time. The child
+   reports which of semrec / tensorflow_recommenders / tf_keras / scann it had loaded: any of them
+   (scann aside, when allowed) fails the check.
+3. ``saved_model_cli show --dir <version> --all`` must succeed and list the signature.
+ScaNN searcher artefacts (kind ``scann_searcher``) are loaded with ``scann`` alone and re-run their stored
+queries.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Optional, Sequence
+
+from semrec.export import serving_layout as sl
+
+RESULT_MARKER = "SEMREC_VERIFY_RESULT "
+FORBIDDEN_MODULES = ("semrec", "tensorflow_recommenders", "tf_keras", "scann")
+
+# The child imports nothing from semrec: it must show that the export stands on TensorFlow alone. The
+# warm-up PredictionLog records are decoded with a few lines of protobuf wire-format parsing, so not even
+# tensorflow-serving-api is needed; tensors are parsed with TensorFlow's own TensorProto.
+_CHILD_SCRIPT = r'''
+import json, sys, time
+args = json.loads(sys.argv[1])
+res = {"errors": [], "max_abs_diff": None, "num_requests": 0, "load_seconds": None, "import_seconds": None}
+t0 = time.time()
+try:
+  import numpy as np
+  if args["kind"] == "saved_model":
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2
+  if args["import_scann"]:
+    import scann  # registers the Scann>* TF ops
+    from scann.scann_ops.py import scann_ops_pybind
+  res["import_seconds"] = time.time() - t0
+  t0 = time.time()
+
+  def varint(b, i):
+    shift = result = 0
+    while True:
+      c = b[i]; i += 1
+      result |= (c & 0x7F) << shift
+      if not c & 0x80:
+        return result, i
+      shift += 7
+
+  def fields(b):
+    i = 0
+    while i < len(b):
+      key, i = varint(b, i)
+      fno, wt = key >> 3, key & 7
+      if wt == 0:
+        v, i = varint(b, i)
+      elif wt == 2:
+        n, i = varint(b, i); v = b[i:i + n]; i += n
+        if i > len(b):
+          raise ValueError("truncated protobuf field")
+      elif wt == 1:
+        v = b[i:i + 8]; i += 8
+      elif wt == 5:
+        v = b[i:i + 4]; i += 4
+      else:
+        raise ValueError("unsupported protobuf wire type %d" % wt)
+      yield fno, v
+
+  def parse_prediction_log(rec):
+    # PredictionLog.predict_log = 6 -> PredictLog.request = 1 -> PredictRequest{model_spec = 1, inputs = 2}.
+    sig, inputs = "", {}
+    for f1, v1 in fields(rec):
+      if f1 != 6:
+        continue
+      for f2, v2 in fields(v1):
+        if f2 != 1:
+          continue
+        for f3, v3 in fields(v2):
+          if f3 == 1:
+            for f4, v4 in fields(v3):
+              if f4 == 3:
+                sig = bytes(v4).decode()
+          elif f3 == 2:
+            key, tensor = None, None
+            for f4, v4 in fields(v3):
+              if f4 == 1:
+                key = bytes(v4).decode()
+              elif f4 == 2:
+                tensor = tensor_pb2.TensorProto.FromString(bytes(v4))
+            inputs[key] = tensor
+    if not inputs:
+      raise ValueError("record holds no PredictRequest inputs")
+    return sig, inputs
+
+  def compare(i, key, got, exp, rtol, atol):
+    got = np.asarray(got)
+    if got.dtype.kind == "O":
+      got = np.array([bytes(v) for v in got.ravel()], dtype=bytes).reshape(got.shape)
+    if got.shape != exp.shape:
+      res["errors"].append("request %d, output %r: shape %s, expected %s" % (i, key, list(got.shape), list(exp.shape)))
+      return
+    if exp.dtype.kind in "fc":
+      diff = float(np.max(np.abs(got.astype(np.float64) - exp.astype(np.float64)))) if exp.size else 0.0
+      res["max_abs_diff"] = max(res["max_abs_diff"] or 0.0, diff)
+      if not np.allclose(got, exp, rtol=rtol, atol=atol, equal_nan=True):
+        res["errors"].append("request %d, output %r: max |diff| %.3g exceeds rtol=%g atol=%g" % (i, key, diff, rtol, atol))
+    elif not np.array_equal(got, exp):
+      bad = int(np.sum(got != exp))
+      res["errors"].append("request %d, output %r: %d of %d values differ from those stored at export time" % (i, key, bad, exp.size))
+
+  d = args["dir"]
+  if args["kind"] == "saved_model":
+    model = tf.saved_model.load(d)
+    res["load_seconds"] = time.time() - t0
+    sig_name = args["signature_name"]
+    if sig_name not in model.signatures:
+      raise KeyError("signature %r not found; the SavedModel has %s" % (sig_name, sorted(model.signatures)))
+    fn = model.signatures[sig_name]
+    expected = np.load(args["expected"], allow_pickle=False)
+    records = [bytes(r.numpy()) for r in tf.data.TFRecordDataset(args["warmup"])]
+    if not records:
+      raise ValueError("the warm-up file holds no records")
+    for i, rec in enumerate(records):
+      rsig, tensors = parse_prediction_log(rec)
+      if rsig and rsig != sig_name:
+        res["errors"].append("warm-up request %d calls signature %r, not %r" % (i, rsig, sig_name))
+      out = fn(**{k: tf.constant(tf.make_ndarray(t)) for k, t in tensors.items()})
+      for key in args["output_names"]:
+        if key not in out:
+          res["errors"].append("request %d: output %r missing from the signature outputs %s" % (i, key, sorted(out)))
+          continue
+        name = "r%d__%s" % (i, key)
+        if name not in expected.files:
+          res["errors"].append("request %d, output %r: no expected value stored" % (i, key))
+          continue
+        compare(i, key, out[key].numpy(), expected[name], args["rtol"], args["atol"])
+    res["num_requests"] = len(records)
+  else:
+    searcher = scann_ops_pybind.load_searcher(d + "/searcher")
+    res["load_seconds"] = time.time() - t0
+    with open(d + "/item_ids.txt", encoding="utf-8") as f:
+      item_ids = f.read().split("\n")[:-1]
+    if len(item_ids) != args["num_items"]:
+      raise ValueError("item_ids.txt has %d ids, the manifest records %d" % (len(item_ids), args["num_items"]))
+    expected = np.load(args["expected"], allow_pickle=False)
+    idx, dist = searcher.search_batched(expected["queries"], final_num_neighbors=args["k"])
+    got_ids = np.array([[item_ids[j].encode() for j in row] for row in np.asarray(idx)], dtype=bytes)
+    compare(0, "item_ids", got_ids, expected["item_ids"], args["rtol"], args["atol"])
+    compare(0, "scores", np.asarray(dist), expected["scores"], args["rtol"], args["atol"])
+    res["num_requests"] = 1
+except Exception as e:  # reported, not raised: the parent names the model and version.
+  res["errors"].append("%s: %s" % (type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else ""))
+res["modules"] = sorted({m.split(".")[0] for m in sys.modules} & set(args["watch_modules"]))
+print("''' + RESULT_MARKER + r'''" + json.dumps(res))
+'''
+
+
+@dataclasses.dataclass
+class ModelCheck:
+  """The verification result of one model version.
+
+  Attributes:
+    name: model name. version: integer version (None if the model has no version directory).
+    path: version directory. kind: "saved_model" / "scann_searcher" / "unknown".
+    artefact: artefact type from the manifest. needs_scann_ops: from the manifest.
+    errors: what is wrong, each message naming the model, version and file. warnings: non-fatal notes.
+    num_requests: warm-up requests replayed. max_abs_diff: largest float deviation from the stored outputs.
+    load_seconds: SavedModel / searcher load time in the child (after imports). import_seconds: the child's
+    ``import tensorflow`` (+ scann) time. child_modules: semrec/TFRS/tf_keras/scann modules the
+    child had imported. saved_model_cli_ok: None when not run.
+  """
+  name: str
+  version: Optional[int]
+  path: str
+  kind: str = "unknown"
+  artefact: str = ""
+  needs_scann_ops: bool = False
+  errors: list = dataclasses.field(default_factory=list)
+  warnings: list = dataclasses.field(default_factory=list)
+  num_requests: int = 0
+  max_abs_diff: Optional[float] = None
+  load_seconds: Optional[float] = None
+  import_seconds: Optional[float] = None
+  child_modules: list = dataclasses.field(default_factory=list)
+  saved_model_cli_ok: Optional[bool] = None
+  seconds: float = 0.0
+
+  @property
+  def ok(self) -> bool:
+    return not self.errors
+
+  def error(self, msg: str) -> None:
+    self.errors.append(f"{self.name} v{self.version}: {msg}")
+
+
+@dataclasses.dataclass
+class VerifyReport:
+  """All model checks of one base directory (plus models.config problems)."""
+  base_dir: str
+  models: list
+  errors: list = dataclasses.field(default_factory=list)
+
+  @property
+  def ok(self) -> bool:
+    return not self.errors and all(m.ok for m in self.models)
+
+  @property
+  def all_errors(self) -> list[str]:
+    return list(self.errors) + [e for m in self.models for e in m.errors]
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"base_dir": self.base_dir, "ok": self.ok, "errors": self.errors,
+            "models": [{**dataclasses.asdict(m), "ok": m.ok} for m in self.models]}
+
+  def to_markdown(self) -> str:
+    return report_markdown_table(self)
+
+
+def report_markdown_table(report: VerifyReport) -> str:
+  """A Markdown table, one row per model version, then the list of errors."""
+  lines = ["| model | version | artefact | ScaNN ops | requests | max abs diff | load s | saved_model_cli | status |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for m in report.models:
+    diff = "-" if m.max_abs_diff is None else f"{m.max_abs_diff:.2g}"
+    load = "-" if m.load_seconds is None else f"{m.load_seconds:.1f}"
+    cli = {None: "-", True: "ok", False: "FAIL"}[m.saved_model_cli_ok]
+    lines.append(f"| {m.name} | {m.version if m.version is not None else '-'} | {m.artefact or m.kind} | "
+                 f"{'yes' if m.needs_scann_ops else 'no'} | {m.num_requests} | {diff} | {load} | {cli} | "
+                 f"{'ok' if m.ok else 'FAIL'} |")
+  errs = report.all_errors
+  if errs:
+    lines += ["", "Errors:"] + [f"- {e}" for e in errs]
+  return "\n".join(lines) + "\n"
+
+
+def _saved_model_cli() -> Optional[str]:
+  candidate = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+  if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+    return candidate
+  return shutil.which("saved_model_cli")
+
+
+def _child_env() -> dict[str, str]:
+  env = dict(os.environ)
+  env.pop("TF_USE_LEGACY_KERAS", None)  # a serving process knows nothing of semrec's Keras choice.
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  env.setdefault("CUDA_VISIBLE_DEVICES", "")
+  return env
+
+
+def _check_structure(check: ModelCheck, manifest: Optional[dict]) -> None:
+  vdir = check.path
+  if manifest is not None:
+    files = manifest.get("files") or {}
+    if not files:
+      check.error(f"{sl.MANIFEST_FILE} lists no files")
+    for rel, info in files.items():
+      full = os.path.join(vdir, rel)
+      if not os.path.isfile(full):
+        check.error(f"missing file {rel} (listed in {sl.MANIFEST_FILE})")
+        continue
+      size = os.path.getsize(full)
+      if size != info.get("size"):
+        what = "truncated" if size < info.get("size", 0) else "changed size"
+        check.error(f"{what} file {rel}: {size} bytes, {sl.MANIFEST_FILE} records {info.get('size')}")
+      elif info.get("sha256") and sl.sha256_file(full) != info["sha256"]:
+        check.error(f"corrupted file {rel}: SHA-256 differs from the one recorded in {sl.MANIFEST_FILE}")
+    listed = set(files)
+    for root, _, fnames in os.walk(vdir):
+      for fname in fnames:
+        rel = os.path.relpath(os.path.join(root, fname), vdir).replace(os.sep, "/")
+        if rel != sl.MANIFEST_FILE and rel not in listed:
+          check.warnings.append(f"{check.name} v{check.version}: file {rel} is not listed in {sl.MANIFEST_FILE}")
+  if check.kind == "saved_model":
+    required = ["saved_model.pb", "variables/variables.index", sl.WARMUP_FILE, sl.EXPECTED_OUTPUTS_FILE]
+    for rel in required:
+      if not os.path.isfile(os.path.join(vdir, rel)) and not any(rel in e for e in check.errors):
+        check.error(f"missing file {rel}")
+    var_dir = os.path.join(vdir, "variables")
+    if os.path.isdir(var_dir) and not any(f.startswith("variables.data-") for f in os.listdir(var_dir)):
+      check.error("missing file variables/variables.data-*: the variables directory holds no data shard")
+  elif check.kind == "scann_searcher":
+    for rel in ("searcher/scann_assets.pbtxt", "item_ids.txt", sl.EXPECTED_OUTPUTS_FILE):
+      if not os.path.isfile(os.path.join(vdir, rel)) and not any(rel in e for e in check.errors):
+        check.error(f"missing file {rel}")
+
+
+def _run_child(check: ModelCheck, manifest: dict, timeout: float) -> None:
+  vdir = check.path
+  args = {"dir": vdir, "kind": check.kind, "import_scann": check.kind == "scann_searcher" or check.needs_scann_ops,
+          "signature_name": manifest.get("signature_name", sl.SIGNATURE_NAME),
+          "warmup": os.path.join(vdir, sl.WARMUP_FILE), "expected": os.path.join(vdir, sl.EXPECTED_OUTPUTS_FILE),
+          "output_names": sorted(manifest.get("outputs") or {}),
+          "rtol": float((manifest.get("expected_outputs") or {}).get("rtol", 1e-4)),
+          "atol": float((manifest.get("expected_outputs") or {}).get("atol", 1e-5)),
+          "k": int((manifest.get("extra") or {}).get("k", 0)),
+          "num_items": int((manifest.get("extra") or {}).get("num_items", 0)),
+          "watch_modules": list(FORBIDDEN_MODULES)}
+  try:
+    proc = subprocess.run([sys.executable, "-c", _CHILD_SCRIPT, json.dumps(args)], capture_output=True, text=True,
+                          timeout=timeout, env=_child_env(), cwd=tempfile.gettempdir())
+  except subprocess.TimeoutExpired:
+    check.error(f"loading in a fresh process timed out after {timeout:.0f}s")
+    return
+  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
+  if not lines:
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    check.error(f"the fresh process loading {vdir} exited with code {proc.returncode} without a result: "
+                + " | ".join(tail))
+    return
+  res = json.loads(lines[-1][len(RESULT_MARKER):])
+  for e in res["errors"]:
+    check.error(f"fresh-process check of {vdir}: {e}")
+  check.num_requests = res["num_requests"]
+  check.max_abs_diff = res["max_abs_diff"]
+  check.load_seconds = res["load_seconds"]
+  check.import_seconds = res.get("import_seconds")
+  check.child_modules = res["modules"]
+  allowed = {"scann"} if args["import_scann"] else set()
+  leaked = sorted(set(res["modules"]) - allowed)
+  if leaked:
+    check.error(f"the fresh process had to import {leaked}: the export is not self-contained")
+
+
+def _run_saved_model_cli(check: ModelCheck, signature_name: str, timeout: float) -> None:
+  cli = _saved_model_cli()
+  if cli is None:
+    check.warnings.append(f"{check.name} v{check.version}: saved_model_cli not found next to {sys.executable} "
+                          "or on PATH; skipped")
+    return
+  try:
+    proc = subprocess.run([cli, "show", "--dir", check.path, "--all"], capture_output=True, text=True,
+                          timeout=timeout, env=_child_env(), cwd=tempfile.gettempdir())
+  except subprocess.TimeoutExpired:
+    check.saved_model_cli_ok = False
+    check.error(f"saved_model_cli show timed out after {timeout:.0f}s")
+    return
+  check.saved_model_cli_ok = proc.returncode == 0 and f"signature_def['{signature_name}']" in proc.stdout
+  if not check.saved_model_cli_ok:
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-2:]
+    check.error(f"`saved_model_cli show --dir {check.path} --all` failed (exit {proc.returncode}) or does not "
+                f"list signature {signature_name!r}: " + " | ".join(tail))
+
+
+def verify_model_version(base_dir: str, name: str, version: int, run_saved_model_cli: bool = True,
+                         timeout: float = 300.0) -> ModelCheck:
+  """Verifies ``<base_dir>/<name>/<version>/`` (structure, fresh-process replay, saved_model_cli)."""
+  t0 = time.time()
+  vdir = os.path.join(base_dir, name, str(version))
+  check = ModelCheck(name=name, version=version, path=vdir)
+  manifest = None
+  try:
+    manifest = sl.read_manifest(vdir)
+  except sl.ExportError as e:
+    if not os.path.isfile(os.path.join(vdir, sl.MANIFEST_FILE)):
+      check.error(f"missing file {sl.MANIFEST_FILE} (an incomplete export: file sizes, expected outputs and "
+                  "ScaNN needs cannot be checked)")
+    else:
+      check.error(f"unreadable file {sl.MANIFEST_FILE}: {str(e).split(': ', 1)[-1]}")
+  if manifest is not None:
+    check.kind = manifest.get("kind", "unknown")
+    check.artefact = manifest.get("artefact", "")
+    check.needs_scann_ops = bool(manifest.get("needs_scann_ops"))
+    if manifest.get("version") not in (None, version):
+      check.warnings.append(f"{name} v{version}: manifest records version {manifest.get('version')}")
+  else:
+    check.kind = "saved_model" if os.path.exists(os.path.join(vdir, "saved_model.pb")) or \
+        os.path.isdir(os.path.join(vdir, "variables")) else "unknown"
+  if check.kind not in ("saved_model", "scann_searcher"):
+    if manifest is not None:
+      check.error(f"unknown export kind {check.kind!r} in {sl.MANIFEST_FILE}")
+    else:
+      check.error("missing file saved_model.pb (no SavedModel or ScaNN searcher found)")
+  _check_structure(check, manifest)
+  if check.errors:
+    check.warnings.append(f"{name} v{version}: not loaded, because of the errors above")
+  else:
+    _run_child(check, manifest, timeout)
+    if run_saved_model_cli and check.kind == "saved_model":
+      _run_saved_model_cli(check, manifest.get("signature_name", sl.SIGNATURE_NAME), timeout)
+  check.seconds = time.time() - t0
+  return check
+
+
+def verify_export(base_dir: str, names: Optional[Sequence[str]] = None, all_versions: bool = False,
+                  run_saved_model_cli: bool = True, timeout: float = 300.0, max_workers: int = 1) -> VerifyReport:
+  """Verifies every model under an export base directory; returns a `VerifyReport` (never raises for a bad
+  export: problems are in ``report.errors`` / each ``ModelCheck.errors``, naming model, version and file).
+
+  Args:
+    base_dir: the directory holding ``<name>/<version>/`` (and optionally ``models.config``).
+    names: models to check (default: every directory under ``base_dir``).
+    all_versions: check every version, not only the latest (the one TF Serving serves).
+    run_saved_model_cli: also run ``saved_model_cli show --all`` on each SavedModel.
+    timeout: seconds per subprocess.
+    max_workers: models verified concurrently (each in its own process).
+  """
+  report = VerifyReport(base_dir=base_dir, models=[])
+  if not os.path.isdir(base_dir):
+    report.errors.append(f"{base_dir}: export directory does not exist")
+    return report
+  if os.path.isfile(os.path.join(base_dir, "saved_model.pb")):
+    report.errors.append(f"{base_dir} is a SavedModel version directory; pass the base directory that holds "
+                         "<name>/<version>/")
+    return report
+  if names is None:
+    names = sorted(d for d in os.listdir(base_dir)
+                   if os.path.isdir(os.path.join(base_dir, d)) and not d.startswith("."))
+  jobs = []
+  for name in names:
+    model_dir = os.path.join(base_dir, name)
+    if not os.path.isdir(model_dir):
+      report.models.append(ModelCheck(name=name, version=None, path=model_dir,
+                                      errors=[f"{name}: model directory {model_dir} does not exist"]))
+      continue
+    versions = sl.list_versions(base_dir, name)
+    if not versions:
+      report.models.append(ModelCheck(name=name, version=None, path=model_dir,
+                                      errors=[f"{name}: no integer version directory under {model_dir}"]))
+      continue
+    for v in (versions if all_versions else versions[-1:]):
+      jobs.append((name, v))
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+    futures = [pool.submit(verify_model_version, base_dir, n, v, run_saved_model_cli, timeout) for n, v in jobs]
+    checks = [f.result() for f in futures]
+  staged = {n: [d for d in os.listdir(os.path.join(base_dir, n)) if d.startswith(sl.STAGING_PREFIX)]
+            for n in names if os.path.isdir(os.path.join(base_dir, n))}
+  for check in checks:
+    for d in staged.get(check.name, []):
+      check.warnings.append(f"{check.name}: leftover {d}/ from an interrupted export (not served; safe to delete)")
+  report.models.extend(checks)
+  report.models.sort(key=lambda m: (m.name, m.version or 0))
+  _check_models_config(report)
+  return report
+
+
+def _check_models_config(report: VerifyReport) -> None:
+  path = os.path.join(report.base_dir, sl.MODELS_CONFIG_FILE)
+  if not os.path.isfile(path):
+    return
+  try:
+    configs = sl.read_models_config(path)
+  except sl.ExportError as e:
+    report.errors.append(str(e))
+    return
+  for c in configs:
+    local = os.path.join(report.base_dir, c["name"])
+    if not os.path.isdir(local):
+      report.errors.append(f"{path}: model {c['name']!r} is configured but {local} does not exist")
