@@ -20,7 +20,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import tensorflow as tf
 
-from semrec.encoders.common import RANDOM, EncodeError, is_hub_handle, seeded_reinit
+from semrec.encoders.common import RANDOM, EncodeError, is_hub_handle, load_hub_model, seeded_reinit
 
 SAMPLE_RATE = 16000
 WINDOW_SECONDS = 0.025
@@ -144,6 +144,8 @@ def prepare_waveform(samples: np.ndarray, sample_rate: int, item_id: str = "",
     raise EncodeError(item_id, field, f"audio must be [samples] or [samples, channels], got shape {x.shape}")
   if x.size == 0:
     raise EncodeError(item_id, field, "audio has no samples")
+  if not np.isfinite(x).all():
+    raise EncodeError(item_id, field, "audio has NaN/inf samples")
   if sample_rate != SAMPLE_RATE:
     g = math.gcd(int(sample_rate), SAMPLE_RATE)
     x = resample_poly(x, SAMPLE_RATE // g, int(sample_rate) // g)
@@ -234,11 +236,7 @@ class AudioEncoder:
       self.model = build_vggish(architecture)
       seeded_reinit(self.model, seed)
     elif is_hub_handle(self.weights):
-      import tensorflow_hub as hub
-      try:
-        self._hub = hub.load(self.weights)
-      except Exception as e:  # network or format failure: say which handle
-        raise ValueError(f"cannot load VGGish from TF Hub handle {self.weights!r}: {e}") from e
+      self._hub = load_hub_model(self.weights)
     elif self.weights.endswith((".h5", ".hdf5", ".weights.h5")):
       if not os.path.isfile(self.weights):
         raise FileNotFoundError(f"VGGish weights file not found: {self.weights}")

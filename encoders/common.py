@@ -42,6 +42,33 @@ def is_hub_handle(weights: str) -> bool:
   return os.path.isdir(weights) and os.path.exists(os.path.join(weights, "saved_model.pb"))
 
 
+def load_hub_model(handle: str):
+  """A TF Hub handle or local Hub/SavedModel directory -> a callable (the loaded SavedModel).
+
+  Local directories load with ``tf.saved_model.load`` (a TF2 Hub module is a SavedModel), so they do
+  not need ``tensorflow_hub``; remote handles are resolved (downloaded and cached) by ``tensorflow_hub``.
+  Objects without ``__call__`` are called through their ``serving_default`` signature.
+  """
+  import tensorflow as tf
+
+  try:
+    if not os.path.isdir(handle):
+      try:
+        import tensorflow_hub as hub
+      except Exception as e:  # tensorflow_hub 0.16 needs pkg_resources (setuptools < 81)
+        raise ImportError(f"resolving the remote TF Hub handle needs a working tensorflow_hub: {e}") from e
+      handle = hub.resolve(handle)
+    obj = tf.saved_model.load(handle)
+  except Exception as e:
+    raise ValueError(f"cannot load TF Hub model {handle!r}: {type(e).__name__}: {e}") from e
+  if callable(obj):
+    return obj
+  if "serving_default" in getattr(obj, "signatures", {}):
+    sig = obj.signatures["serving_default"]
+    return lambda x: next(iter(sig(x).values()))
+  raise ValueError(f"TF Hub model {handle!r} is neither callable nor has a serving_default signature")
+
+
 def keras_cache_file(filename: str) -> Optional[str]:
   """Path of ``filename`` in the Keras model cache (``$KERAS_HOME/models`` or ``~/.keras/models``,
   and the ``/tmp/.keras`` fallback Keras uses when home is read-only), or None if not cached."""

@@ -11,7 +11,8 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from semrec.encoders.common import RANDOM, EncodeError, is_hub_handle, keras_cache_file, seeded_reinit
+from semrec.encoders.common import (RANDOM, EncodeError, is_hub_handle, keras_cache_file, load_hub_model,
+                                     seeded_reinit)
 
 IMAGENET = "imagenet"
 RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
@@ -79,11 +80,7 @@ class ImageEncoder:
     self.hub = is_hub_handle(self.weights)
     self.weights_file = self.weights
     if self.hub:
-      import tensorflow_hub as hub
-      try:
-        self.model = hub.KerasLayer(self.weights, trainable=False)
-      except Exception as e:
-        raise ValueError(f"cannot load image model from TF Hub handle {self.weights!r}: {e}") from e
+      self.model = load_hub_model(self.weights)
       self.architecture = "tfhub"
     else:
       self.model = self._build()

@@ -249,8 +249,9 @@ class MultimodalEncoder:
         "config": self.config.to_dict(),
     }
 
-  def _bad(self, fallbacks, item_id, field, reason):
-    if self.config.on_bad_input == "raise":
+  @staticmethod
+  def _bad(policy, fallbacks, item_id, field, reason):
+    if policy == "raise":
       raise EncodeError(item_id, field, reason)
     fallbacks.append({"item_id": item_id, "field": field, "reason": reason})
 
@@ -272,8 +273,14 @@ class MultimodalEncoder:
       raise EncodeError(item.item_id, "audio_path", f"silent audio (all samples zero) in {item.audio_path!r}")
     return clip
 
-  def encode(self, items: Sequence[ItemContent]) -> EncodedBatch:
-    """N items -> ``EncodedBatch`` (embeddings [N, D] float32, mask [N, M] float32, fallbacks)."""
+  def encode(self, items: Sequence[ItemContent], on_bad_input: Optional[str] = None) -> EncodedBatch:
+    """N items -> ``EncodedBatch`` (embeddings [N, D] float32, mask [N, M] float32, fallbacks).
+
+    ``on_bad_input`` overrides ``config.on_bad_input`` for this call (``"mask"`` or ``"raise"``).
+    """
+    policy = on_bad_input or self.config.on_bad_input
+    if policy not in ("mask", "raise"):
+      raise ValueError(f"on_bad_input must be 'mask' or 'raise', got {policy!r}")
     items = list(items)
     n = len(items)
     ids = np.array([it.item_id for it in items], dtype=object)
@@ -286,7 +293,7 @@ class MultimodalEncoder:
         try:
           x = self._load(m, item)
         except EncodeError as e:
-          self._bad(fallbacks, e.item_id, e.field, e.reason)
+          self._bad(policy, fallbacks, e.item_id, e.field, e.reason)
           continue
         if x is not None:
           rows.append(r)
@@ -302,7 +309,7 @@ class MultimodalEncoder:
       finite = np.isfinite(emb).all(axis=1)
       for r, ok in zip(rows, finite):
         if not ok:
-          self._bad(fallbacks, items[r].item_id, _FIELDS[m], f"{m} encoder output has NaN/inf values")
+          self._bad(policy, fallbacks, items[r].item_id, _FIELDS[m], f"{m} encoder output has NaN/inf values")
       keep = np.flatnonzero(finite)
       emb = l2_normalize(emb[keep])
       if m in self.projections:

@@ -21,3 +21,14 @@ def synthetic_small(tmp_path_factory):
 def movielens():
   from semrec.data import load_movielens
   return load_movielens()
+
+
+@pytest.fixture(scope="session")
+def synthetic_encoder():
+  """A fast MultimodalEncoder for the synthetic corpus: real MiniLM text, light random-init image/audio nets.
+
+  Output width 384 (text) + 512 (resnet18 image) + 128 (vggish-small audio) = 1024, mask [N, 3].
+  """
+  from semrec.encoders import EncoderConfig, build_encoder
+  return build_encoder(EncoderConfig.synthetic(image_architecture="resnet18", image_size=32,
+                                               audio_architecture="vggish-small"))
