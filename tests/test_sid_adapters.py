@@ -154,6 +154,23 @@ class ItemRepresentationTest(tf.test.TestCase, parameterized.TestCase):
     model.fit(x, y, epochs=20, verbose=0)
     self.assertLess(model.evaluate(x, y, verbose=0), first)
 
+  def test_keras_saved_model_round_trip(self):
+    # A functional model with an spm + n-gram + hash representation saves and reloads (piece table in weights).
+    layer = _layer(("spm", "bigram", "random_hash"), combiner="sum")
+    inputs = {"item_id": tf.keras.Input((None,), dtype=tf.string, name="item_id"),
+              "sid": tf.keras.Input((None, L), dtype=tf.int32, name="sid")}
+    model = tf.keras.Model(inputs, layer(inputs))
+    feats = _features("BH")
+    x = {"item_id": feats["item_id"], "sid": feats["sid"]}
+    expected = model(x).numpy()
+    path = self.get_temp_dir() + "/rep_model"
+    model.save(path, save_format="tf")
+    again = tf.keras.models.load_model(path)
+    self.assertAllClose(again(x).numpy(), expected)
+    rep = [l for l in again.layers if isinstance(l, ItemRepresentation)]
+    self.assertLen(rep, 1)
+    self.assertAllEqual(rep[0].lookup_ids(x)["spm"].numpy(), layer.lookup_ids(x)["spm"].numpy())
+
 
 class BadInputTest(tf.test.TestCase, parameterized.TestCase):
 
