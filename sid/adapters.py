@@ -11,7 +11,7 @@ d embedding width. Leading dims ``[...]`` may be ``[B]`` or ``[B, H]``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import tensorflow as tf
 
