@@ -159,7 +159,7 @@ def _topk_layer(kind: str, k: int, index, candidate_embeddings, item_ids, scann_
 def export_retrieval(base_dir: str, query_model, example_query_features: ExampleInputs, *, kind: str = "brute_force",
                      k: int = 10, index=None, candidate_embeddings=None, item_ids=None,
                      scann_options: Optional[Mapping[str, Any]] = None, name: Optional[str] = None,
-                     **kwargs) -> ExportResult:
+                     track: Optional[Mapping[str, Any]] = None, **kwargs) -> ExportResult:
   """Exports query features -> top-k (scores, item ids) with the index inside the graph.
 
   Args:
@@ -176,6 +176,7 @@ def export_retrieval(base_dir: str, query_model, example_query_features: Example
     scann_options: ScaNN layer options (num_leaves, num_leaves_to_search, dimensions_per_block,
       num_reordering_candidates, training_iterations) when building a ScaNN index here.
     name: model name (default ``retrieval_<kind>``).
+    track: layers a plain-function ``query_model`` closes over, saved with the module.
 
   Signature outputs: ``scores`` float32 [B, k], ``item_ids`` string [B, k] (best first).
   """
@@ -205,6 +206,9 @@ def export_retrieval(base_dir: str, query_model, example_query_features: Example
     return {"scores": tf.ensure_shape(scores, [None, k]), "item_ids": tf.ensure_shape(ids, [None, k])}
 
   trackables = {"query_model": owner if isinstance(owner, tf.Module) else query_model, "index": topk}
+  if not isinstance(trackables["query_model"], tf.Module):
+    del trackables["query_model"]
+  trackables.update({f"tracked_{k}": v for k, v in (track or {}).items()})
   module = ServingModule(fn, specs, trackables=trackables)
   kwargs.setdefault("artefact", f"retrieval_{kind}")
   kwargs.setdefault("description", f"user features -> top-{k} item ids ({kind} index in the graph)")

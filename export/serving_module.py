@@ -214,11 +214,13 @@ class KerasServingModule(ServingModule):
     input_specs: flat serving input specs, e.g. from `input_specs_from_examples`.
     output_names: names for a tensor / tuple output.
     feature_paths: ``{flat_name: path}`` from `flatten_features` when the model takes nested dicts.
+    track: extra ``{name: layer/variable}`` to save with the module, for a plain-function ``model`` whose
+      variables live in layers it closes over.
   """
 
   def __init__(self, model, input_specs: Mapping[str, tf.TensorSpec], output_names: Optional[Sequence[str]] = None,
                unpack_single_input: bool = False, feature_paths: Optional[Mapping[str, Sequence[str]]] = None,
-               name: Optional[str] = None):
+               track: Optional[Mapping[str, Any]] = None, name: Optional[str] = None):
     if unpack_single_input and len(input_specs) != 1:
       raise sl.ExportError(f"unpack_single_input needs exactly one input, got {sorted(input_specs)}")
     self._unpack = unpack_single_input
@@ -229,6 +231,7 @@ class KerasServingModule(ServingModule):
     trackables = {"model": owner if isinstance(owner, tf.Module) else model}
     if not isinstance(trackables["model"], (tf.Module, tf.Variable)):
       trackables = {}
+    trackables.update({f"tracked_{k}": v for k, v in (track or {}).items()})
     super().__init__(self._call_model, input_specs, trackables=trackables, output_names=output_names, name=name)
 
   def _call_model(self, features):
@@ -315,8 +318,15 @@ def export_serving_module(module: tf.Module, base_dir: str, name: str, example_i
                   for k, v in output_specs.items()}
 
   with sl.staging_dir(base_dir, name) as tmp:
-    tf.saved_model.save(module, tmp, signatures={signature_name: concrete},
-                        options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+    try:
+      tf.saved_model.save(module, tmp, signatures={signature_name: concrete},
+                          options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+    except AssertionError as e:
+      if "untracked" not in str(e):
+        raise
+      raise sl.ExportError(f"model {name!r}: the serving function uses variables of an object the module does not "
+                           "track (e.g. a lambda or plain function wrapping a layer); pass that layer/model itself, "
+                           f"or list it in `track={{'name': layer}}`. TensorFlow said: {str(e).splitlines()[0]}") from e
     ops = saved_model_ops(tmp)
     custom_ops = sorted(op for op in ops if ">" in op)
     detected_scann = any(op.startswith("Scann>") for op in ops)
@@ -346,7 +356,8 @@ def export_serving_module(module: tf.Module, base_dir: str, name: str, example_i
 def export_keras_module(model, base_dir: str, name: str, example_inputs: ExampleInputs, *,
                         output_names: Optional[Sequence[str]] = None,
                         input_specs: Optional[Mapping[str, tf.TensorSpec]] = None,
-                        unpack_single_input: bool = False, **kwargs) -> ExportResult:
+                        unpack_single_input: bool = False, track: Optional[Mapping[str, Any]] = None,
+                        **kwargs) -> ExportResult:
   """Exports a Keras layer/model called on a dict of raw features, via a `KerasServingModule`.
 
   Args:
@@ -357,6 +368,7 @@ def export_keras_module(model, base_dir: str, name: str, example_inputs: Example
     output_names: names of tensor/tuple outputs in the signature (default ``output_0``, ...).
     input_specs: serving input specs; default `input_specs_from_examples` of the first example.
     unpack_single_input: call the model on the only input tensor instead of the dict.
+    track: layers/variables a plain-function ``model`` closes over (see `KerasServingModule`).
     **kwargs: forwarded to `export_serving_module` (artefact, metrics, data_fingerprint, ...).
   """
   requests = [example_inputs] if isinstance(example_inputs, Mapping) else list(example_inputs)
@@ -370,5 +382,5 @@ def export_keras_module(model, base_dir: str, name: str, example_inputs: Example
   if input_specs is None:
     input_specs = input_specs_from_examples(requests[0])
   module = KerasServingModule(model, input_specs, output_names=output_names,
-                              unpack_single_input=unpack_single_input, feature_paths=paths)
+                              unpack_single_input=unpack_single_input, feature_paths=paths, track=track)
   return export_serving_module(module, base_dir, name, requests, **kwargs)
