@@ -1,0 +1,230 @@
+"""Serving the ranker: an explicit ``tf.Module`` over raw features, exported in TF Serving layout.
+
+The ``serving_default`` signature takes raw features, i.e. item ids and their SID codes (and content
+for dense modes), never precomputed pieces: SPM segmentation of the codes happens in-graph inside the
+``ItemRepresentation`` (``semrec.sid.SpmSegmenter``, standard TF ops only), so the SavedModel loads
+and answers in a process that imports only TensorFlow.
+
+Inputs (B candidates; U = 1 or B rows of user-side features, broadcast over the candidates, so one
+request can score 100 candidates for one user without repeating the history 100 times):
+
+  candidate_item_id  [B] string        candidate_sid  [B, L] int32     (candidate_content [B, D] float32)
+  last_item_id       [U] string        last_sid       [U, L] int32     (last_content      [U, D] float32)
+  history_item_id    [U, H] string     history_sid    [U, H, L] int32  (history_content   [U, H, D] float32)
+  context            [U, C] float32
+
+(``history_*`` only when the model uses history, ``*_content`` only for dense modes.) Padding items
+are id ``""`` (their codes are ignored). Outputs: task name -> [B] float32 probability.
+
+Malformed requests fail an in-graph ``tf.debugging`` assert whose message names the feature: wrong
+number of SID levels L, codes outside [0, K), a batch size that is neither 1 nor B, history ids and
+codes of different shapes, a context or content of the wrong width.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+from typing import Mapping, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from semrec.ranking.model import Ranker
+
+
+class RankerServingModule(tf.Module):
+  """Explicit serving module for a trained :class:`Ranker`.
+
+  Args:
+    model: The trained ranker.
+    sid_length: L, SID levels per item.
+    codebook_size: K, codes per level (valid codes are [0, K)).
+    content_dim: D, for dense representations (ignored otherwise).
+  """
+
+  def __init__(self, model: Ranker, sid_length: int, codebook_size: int, content_dim: Optional[int] = None,
+               name: Optional[str] = None):
+    super().__init__(name=name)
+    self.model = model
+    self.sid_length = int(sid_length)
+    self.codebook_size = int(codebook_size)
+    self.uses_history = bool(model.config.use_history)
+    self.uses_content = bool(model.uses_content)
+    self.context_dim = int(model.config.context_dim)
+    self.tasks = tuple(model.config.tasks)
+    if self.uses_content and not content_dim:
+      raise ValueError("RankerServingModule: content_dim is required for a dense item representation")
+    self.content_dim = int(content_dim) if self.uses_content else None
+    self.input_specs = self._specs()
+    self.serve = tf.function(self._serve, input_signature=[dict(self.input_specs)])
+
+  def _specs(self) -> dict:
+    s = {}
+    for slot, lead in (("candidate", [None]), ("last", [None]), ("history", [None, None])):
+      if slot == "history" and not self.uses_history:
+        continue
+      s[f"{slot}_item_id"] = tf.TensorSpec(lead, tf.string, name=f"{slot}_item_id")
+      # L is dynamic in the signature so a wrong L reaches the assert with its message below.
+      s[f"{slot}_sid"] = tf.TensorSpec(lead + [None], tf.int32, name=f"{slot}_sid")
+      if self.uses_content:
+        s[f"{slot}_content"] = tf.TensorSpec(lead + [None], tf.float32, name=f"{slot}_content")
+    s["context"] = tf.TensorSpec([None, None], tf.float32, name="context")
+    return s
+
+  def _checks(self, f) -> list:
+    L, K = self.sid_length, self.codebook_size
+    b = tf.shape(f["candidate_item_id"])[0]
+    checks = []
+
+    def batch_ok(name, n):
+      return tf.debugging.Assert(
+          tf.logical_or(tf.equal(n, 1), tf.equal(n, b)),
+          [f"{name}: batch size must be 1 or the number of candidates; got", n, "candidates:", b])
+
+    for slot in ("candidate", "last", "history"):
+      if slot == "history" and not self.uses_history:
+        continue
+      ids, sid = f[f"{slot}_item_id"], f[f"{slot}_sid"]
+      checks.append(tf.debugging.assert_equal(
+          tf.shape(sid)[-1], L, message=f"{slot}_sid: each item needs L={L} SID codes (last dimension)"))
+      checks.append(tf.debugging.assert_equal(
+          tf.shape(sid)[:-1], tf.shape(ids),
+          message=f"{slot}_sid: leading shape must equal the shape of {slot}_item_id"))
+      pad = tf.equal(ids, "")[..., None]
+      in_range = tf.logical_and(sid >= 0, sid < K)
+      checks.append(tf.debugging.assert_equal(
+          tf.reduce_all(tf.logical_or(in_range, pad)), True,
+          message=f"{slot}_sid: codes must be in [0, {K}) for every non-padding item"))
+      if self.uses_content:
+        content = f[f"{slot}_content"]
+        checks.append(tf.debugging.assert_equal(
+            tf.shape(content)[-1], self.content_dim,
+            message=f"{slot}_content: width must be D={self.content_dim}"))
+        checks.append(tf.debugging.assert_equal(
+            tf.shape(content)[:-1], tf.shape(ids),
+            message=f"{slot}_content: leading shape must equal the shape of {slot}_item_id"))
+        checks.append(tf.debugging.assert_all_finite(content, message=f"{slot}_content: NaN/inf values"))
+      if slot != "candidate":
+        checks.append(batch_ok(f"{slot}_item_id", tf.shape(ids)[0]))
+    ctx = f["context"]
+    checks.append(tf.debugging.assert_equal(tf.shape(ctx)[-1], self.context_dim,
+                                            message=f"context: width must be C={self.context_dim}"))
+    checks.append(batch_ok("context", tf.shape(ctx)[0]))
+    checks.append(tf.debugging.assert_all_finite(ctx, message="context: NaN/inf values"))
+    return checks
+
+  def _serve(self, features):
+    with tf.control_dependencies(self._checks(features)):
+      f = {k: tf.identity(v) for k, v in features.items()}
+    b = tf.shape(f["candidate_item_id"])[0]
+    m = self.model
+    cand = m.embed_items(f, "candidate", dedupe=False)
+    d = tf.shape(cand)[-1]
+    last = tf.broadcast_to(m.embed_items(f, "last", dedupe=False), [b, d])
+    hist = tf.broadcast_to(m.pool_history(f, dedupe=False), [b, d]) if self.uses_history else None
+    ctx = tf.broadcast_to(f["context"], [b, self.context_dim])
+    logits = m.score(cand, last, hist, ctx, training=False)
+    return {t: tf.sigmoid(v) for t, v in logits.items()}
+
+
+def export_ranker(model: Ranker, base_dir: str, example_features: Mapping[str, np.ndarray], name: str = "ranker",
+                  sid_length: Optional[int] = None, codebook_size: Optional[int] = None,
+                  content_dim: Optional[int] = None, metrics: Optional[dict] = None,
+                  data_fingerprint: Optional[str] = None, extra: Optional[dict] = None):
+  """Writes the ranker as ``<base_dir>/<name>/<next integer version>/`` for TF Serving.
+
+  Uses ``semrec.export``'s layout helpers: the version appears atomically, an existing version is
+  never modified, ``assets.extra/tf_serving_warmup_requests`` holds PredictionLog warm-up records,
+  and a manifest records inputs, outputs, library versions, metrics and file hashes.
+
+  Args:
+    model: The trained ranker.
+    base_dir: Export base directory.
+    example_features: One batch of raw features in the serving format (e.g.
+      ``RankingFeaturizer.features(examples)``); they become the warm-up requests, together with a
+      one-user request (user-side features of the first row broadcast over all candidates).
+    name: TF Serving model name.
+    sid_length, codebook_size, content_dim: L, K, D (default: from the model's representation config).
+    metrics, data_fingerprint, extra: Recorded in the manifest.
+
+  Returns:
+    ``semrec.export.serving_module.ExportResult`` (``.path`` is the version directory).
+  """
+  from semrec.export.serving_module import export_serving_module
+
+  rep = model.config.item_representation
+  L = int(sid_length or getattr(rep, "num_levels"))
+  K = int(codebook_size or getattr(rep, "codebook_size"))
+  D = content_dim or (getattr(rep, "content_dim", None) if model.uses_content else None)
+  module = RankerServingModule(model, L, K, content_dim=D)
+  req = {k: np.asarray(v) for k, v in example_features.items() if k in module.input_specs}
+  missing = sorted(set(module.input_specs) - set(req))
+  if missing:
+    raise ValueError(f"export_ranker: example_features lack serving inputs {missing}")
+  one_user = {k: (v[:1] if not k.startswith("candidate_") else v) for k, v in req.items()}
+  info = {"tasks": list(model.config.tasks), "sid_length": L, "codebook_size": K,
+          "ranker_config": model.config.to_dict(), **dict(extra or {})}
+  return export_serving_module(module, base_dir, name, [req, one_user], artefact="ranker",
+                               data_fingerprint=data_fingerprint, metrics=metrics,
+                               description="SID ranker: raw item ids + SID codes -> task probabilities",
+                               extra=info, needs_scann_ops=False)
+
+
+_FRESH_SCRIPT = textwrap.dedent("""
+    import os, sys
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    export_dir, in_dir, out_dir = sys.argv[1:4]
+    fn = tf.saved_model.load(export_dir).signatures["serving_default"]
+    feats = {}
+    for name in sorted(os.listdir(in_dir)):
+      spec = fn.structured_input_signature[1][name]
+      feats[name] = tf.io.parse_tensor(tf.io.read_file(os.path.join(in_dir, name)), spec.dtype)
+    try:
+      out = fn(**feats)
+    except tf.errors.InvalidArgumentError as e:
+      sys.stderr.write("SERVING_ERROR: " + e.message + "\\n")
+      sys.exit(3)
+    for k, v in out.items():
+      tf.io.write_file(os.path.join(out_dir, k), tf.io.serialize_tensor(v))
+    bad = [m for m in ("semrec", "tensorflow_recommenders", "sentencepiece") if m in sys.modules]
+    if bad:
+      sys.stderr.write("imported non-tensorflow modules: %s\\n" % bad)
+      sys.exit(4)
+    """)
+
+
+class ServingError(RuntimeError):
+  """The exported model rejected a request (message from its in-graph asserts)."""
+
+
+def score_in_fresh_process(export_dir: str, features: Mapping[str, np.ndarray], timeout: float = 300) -> dict:
+  """Loads ``export_dir`` in a new Python process that imports only tensorflow and scores ``features``.
+
+  Returns task -> numpy scores. Raises :class:`ServingError` (with the model's assert message) when
+  the model rejects the request, ``RuntimeError`` for any other failure.
+  """
+  with tempfile.TemporaryDirectory() as tmp:
+    in_dir, out_dir = os.path.join(tmp, "in"), os.path.join(tmp, "out")
+    os.makedirs(in_dir)
+    os.makedirs(out_dir)
+    for k, v in features.items():
+      arr = np.asarray(v)
+      t = tf.constant(arr.astype(str) if arr.dtype == object else arr)
+      tf.io.write_file(os.path.join(in_dir, k), tf.io.serialize_tensor(t))
+    script = os.path.join(tmp, "score.py")
+    with open(script, "w") as fh:
+      fh.write(_FRESH_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, script, export_dir, in_dir, out_dir], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=tmp)
+    if proc.returncode == 3:
+      msg = [ln for ln in proc.stderr.splitlines() if "SERVING_ERROR" in ln or "must" in ln]
+      raise ServingError("\n".join(msg) or proc.stderr[-2000:])
+    if proc.returncode != 0:
+      raise RuntimeError(f"fresh-process scoring failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return {k: tf.io.parse_tensor(tf.io.read_file(os.path.join(out_dir, k)), tf.float32).numpy()
+            for k in os.listdir(out_dir)}
