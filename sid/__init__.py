@@ -2,8 +2,19 @@
 from semrec.sid.adapters import ItemRepresentation, ItemRepresentationConfig  # noqa: E402
 from semrec.sid.budget import budget_table, lookups_per_item, ngram_spans, table_rows  # noqa: E402
 from semrec.sid.spm import SidSpm, SpmSegmenter, sid_to_string, train_sid_spm  # noqa: E402
+from semrec.sid.kmeans import (ClusterIdEmbedding, ClusterIdLayer, fit_cluster_granularities, fit_kmeans,  # noqa: E402
+                                validate_embeddings)
+from semrec.sid.quantizer import ResidualQuantizer, rq_vae_loss  # noqa: E402
+from semrec.sid.assign import InputNormalizer, SidAssigner, assign_sids, predict_codes  # noqa: E402
+from semrec.sid.rqvae import RQVAE, RQVAEConfig, SidModel, train_sid_model  # noqa: E402
+from semrec.sid.table import SidTable, compute_suffix  # noqa: E402
+from semrec.sid.health import format_health_table, plot_code_usage, sid_health  # noqa: E402
 
 __all__ = [
     "ItemRepresentation", "ItemRepresentationConfig", "budget_table", "lookups_per_item", "ngram_spans",
     "table_rows", "SidSpm", "SpmSegmenter", "sid_to_string", "train_sid_spm",
+    "ClusterIdEmbedding", "ClusterIdLayer", "fit_cluster_granularities", "fit_kmeans", "validate_embeddings",
+    "ResidualQuantizer", "rq_vae_loss", "InputNormalizer", "SidAssigner", "assign_sids", "predict_codes",
+    "RQVAE", "RQVAEConfig", "SidModel", "train_sid_model", "SidTable", "compute_suffix",
+    "format_health_table", "plot_code_usage", "sid_health",
 ]

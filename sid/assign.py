@@ -1,0 +1,235 @@
+"""Frozen SID inference: the ``SidAssigner`` layer and the resumable batch job ``assign_sids``.
+
+Shape letters: N items, B batch, F content width, D latent width, L levels.
+
+``SidAssigner`` holds the input normaliser, the encoder MLP (absent in RQ-KMeans mode) and the
+residual quantiser. The RQ-VAE trains *these same layer objects*, so ``SidAssigner`` runs exactly
+the training-time quantisation path. It is an ordinary serialisable Keras layer: drop it into a
+candidate tower to turn raw content embeddings into SIDs in-graph, or run ``assign_sids`` over an
+embedding store to give every (including every new) item its SID without retraining.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from semrec.data import DataError
+from semrec.sid.kmeans import validate_embeddings
+from semrec.sid.quantizer import ResidualQuantizer
+
+NORMALIZATIONS = ("standardize", "center", "none")
+
+
+@tf.keras.utils.register_keras_serializable(package="semrec")
+class InputNormalizer(tf.keras.layers.Layer):
+  """Fixed affine input normalisation, x -> (x - mean) / scale, statistics adapted from data.
+
+  Modes: "standardize" (per-feature mean and std), "center" (per-feature mean, one global scale so
+  that the mean squared norm per feature is 1: keeps the geometry of cosine embeddings), "none".
+  Input [B, F] float32 -> [B, F] float32. Statistics are non-trainable weights.
+  """
+
+  def __init__(self, dim: int, mode: str = "center", **kwargs):
+    kwargs.setdefault("trainable", False)
+    super().__init__(**kwargs)
+    if mode not in NORMALIZATIONS:
+      raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
+    self.dim = int(dim)
+    self.mode = mode
+    self.mean = self.add_weight(name="mean", shape=(self.dim,), initializer="zeros", trainable=False)
+    self.scale = self.add_weight(name="scale", shape=(self.dim,), initializer="ones", trainable=False)
+
+  def adapt(self, x: np.ndarray):
+    """Sets the statistics from [N, F] data."""
+    x = np.asarray(x, np.float64)
+    if self.mode == "none":
+      mean, scale = np.zeros(self.dim), np.ones(self.dim)
+    elif self.mode == "standardize":
+      mean = x.mean(0)
+      scale = np.maximum(x.std(0), 1e-6)
+    else:
+      mean = x.mean(0)
+      scale = np.full(self.dim, max(np.sqrt(((x - mean) ** 2).mean()), 1e-6))
+    self.mean.assign(mean.astype(np.float32))
+    self.scale.assign(scale.astype(np.float32))
+
+  def call(self, x):
+    return (tf.cast(x, tf.float32) - self.mean) / self.scale
+
+  def invert(self, y):
+    """Maps normalised values back to the input space."""
+    return y * self.scale + self.mean
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({"dim": self.dim, "mode": self.mode})
+    return config
+
+
+@tf.keras.utils.register_keras_serializable(package="semrec")
+class SidAssigner(tf.keras.layers.Layer):
+  """Content embedding -> Semantic ID codes, frozen.
+
+  Input: [B, F] float32 content embeddings. Output: [B, L] int32 codes in [0, K).
+
+  Args:
+    input_dim: F, the content width (checked at build time).
+    num_levels: L.
+    codebook_size: K.
+    hidden_dims: encoder MLP hidden widths; empty with ``latent_dim=None`` for RQ-KMeans (the
+      quantiser then works on the normalised input).
+    latent_dim: D; None means no encoder (RQ-KMeans).
+    normalization: "standardize" | "center" | "none" (see ``InputNormalizer``).
+    activation: hidden activation of the encoder.
+    dead_code_window: passed to the quantiser (used only while training).
+  """
+
+  def __init__(self, input_dim: int, num_levels: int, codebook_size: int, hidden_dims: Sequence[int] = (),
+               latent_dim: Optional[int] = None, normalization: str = "center", activation: str = "relu",
+               dead_code_window: int = 50, **kwargs):
+    super().__init__(**kwargs)
+    self.input_dim = int(input_dim)
+    self.num_levels = int(num_levels)
+    self.codebook_size = int(codebook_size)
+    self.hidden_dims = tuple(int(h) for h in hidden_dims)
+    self.latent_dim = int(latent_dim) if latent_dim else None
+    self.normalization = normalization
+    self.activation = activation
+    self.dead_code_window = int(dead_code_window)
+    if self.latent_dim is None and self.hidden_dims:
+      raise ValueError("hidden_dims given without latent_dim")
+    self.normalizer = InputNormalizer(self.input_dim, normalization, name="normalizer")
+    self.encoder_layers = []
+    if self.latent_dim is not None:
+      for i, h in enumerate(self.hidden_dims):
+        self.encoder_layers.append(tf.keras.layers.Dense(h, activation=activation, name=f"encoder_{i}"))
+      self.encoder_layers.append(tf.keras.layers.Dense(self.latent_dim, name="encoder_out"))
+    self.quantizer = ResidualQuantizer(self.num_levels, self.codebook_size, self.latent_dim or self.input_dim,
+                                       dead_code_window=dead_code_window, name="quantizer")
+
+  def build(self, input_shape):
+    if input_shape[-1] is not None and input_shape[-1] != self.input_dim:
+      raise ValueError(f"{self.name}: wrong embedding width {input_shape[-1]}, the SID model expects {self.input_dim}")
+    h = tf.TensorShape([None, self.input_dim])
+    self.normalizer.build(h)
+    for layer in self.encoder_layers:
+      layer.build(h)
+      h = layer.compute_output_shape(h)
+    self.quantizer.build(h)
+    super().build(input_shape)
+
+  def encode(self, x: tf.Tensor) -> tf.Tensor:
+    """[B, F] -> [B, D] latent (normalised input when there is no encoder)."""
+    h = self.normalizer(x)
+    for layer in self.encoder_layers:
+      h = layer(h)
+    return h
+
+  def call(self, x):
+    return self.quantizer.codes(self.encode(x))
+
+  def fingerprint(self) -> str:
+    """Short hash of config and weights; shards written by another model are not reused."""
+    h = hashlib.sha256(json.dumps(self.get_config(), sort_keys=True, default=str).encode())
+    for w in self.get_weights():
+      if w.ndim and w.shape != (self.num_levels, self.codebook_size):  # skip the idle counters
+        h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()[:16]
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({"input_dim": self.input_dim, "num_levels": self.num_levels,
+                   "codebook_size": self.codebook_size, "hidden_dims": list(self.hidden_dims),
+                   "latent_dim": self.latent_dim, "normalization": self.normalization,
+                   "activation": self.activation, "dead_code_window": self.dead_code_window})
+    return config
+
+
+def predict_codes(assigner: SidAssigner, x: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+  """Runs the assigner over [N, F] float32 in batches -> [N, L] int32 (one compiled graph)."""
+  fn = _compiled(assigner)
+  out = np.empty((x.shape[0], assigner.num_levels), np.int32)
+  for s in range(0, x.shape[0], batch_size):
+    out[s:s + batch_size] = fn(tf.constant(x[s:s + batch_size])).numpy()
+  return out
+
+
+def _compiled(assigner: SidAssigner):
+  fn = getattr(assigner, "_semrec_compiled", None)
+  if fn is None:
+    fn = tf.function(assigner.call, input_signature=[tf.TensorSpec([None, assigner.input_dim], tf.float32)],
+                     jit_compile=False)
+    assigner._semrec_compiled = fn
+  return fn
+
+
+def _load_source(store_or_array, item_ids):
+  """Returns (item_ids [N] object, embeddings [N, F]) from an array, a store, or store contents."""
+  if isinstance(store_or_array, (np.ndarray, list, tuple)) or tf.is_tensor(store_or_array):
+    x = np.asarray(store_or_array)
+    ids = np.asarray(item_ids, dtype=object) if item_ids is not None else np.array(
+        [str(i) for i in range(len(x))], dtype=object)
+    return ids, x
+  contents = store_or_array.load() if hasattr(store_or_array, "load") else store_or_array
+  if not hasattr(contents, "embeddings") or not hasattr(contents, "item_ids"):
+    raise TypeError("assign_sids expects an array, an EmbeddingStore (with .load()) or StoreContents "
+                    f"(with .item_ids/.embeddings); got {type(store_or_array).__name__}")
+  return np.asarray(contents.item_ids, dtype=object), np.asarray(contents.embeddings)
+
+
+def assign_sids(store_or_array, assigner: SidAssigner, out_dir: str, item_ids=None, shard_size: int = 65536,
+                batch_size: int = 8192, suffix: bool = False, progress: bool = True):
+  """Assigns SIDs to every item of an embedding store, in resumable shards.
+
+  Each shard ``codes-<start>.npz`` is written atomically; a rerun skips shards already written by
+  the same assigner (checked by its fingerprint), so an interrupted job resumes where it stopped.
+  At the end the full ``SidTable`` is saved under ``out_dir/table``.
+
+  Args:
+    store_or_array: [N, F] array, or an ``EmbeddingStore`` / ``StoreContents`` (item_ids, embeddings).
+    assigner: a trained ``SidAssigner`` (e.g. ``train_sid_model(...).assigner``).
+    out_dir: output directory (created).
+    item_ids: [N] ids when an array is given (default "0".."N-1").
+    shard_size: items per shard file.
+    batch_size: items per assigner call.
+    suffix: also add the TIGER-style uniqueness suffix to the table.
+    progress: show a tqdm bar.
+
+  Returns:
+    the ``SidTable`` (also saved in ``out_dir/table``).
+
+  Raises:
+    DataError: empty store, wrong embedding width, NaN/inf rows (named by item id).
+  """
+  from tqdm.auto import tqdm
+  from semrec.sid.table import SidTable
+
+  ids, x = _load_source(store_or_array, item_ids)
+  x = validate_embeddings(x, item_ids=ids, expected_dim=assigner.input_dim, name="embedding store")
+  os.makedirs(out_dir, exist_ok=True)
+  fp = assigner.fingerprint()
+  n = x.shape[0]
+  codes = np.empty((n, assigner.num_levels), np.int32)
+  starts = list(range(0, n, shard_size))
+  for start in tqdm(starts, desc="assign SIDs", unit="shard", disable=not progress):
+    stop = min(start + shard_size, n)
+    path = os.path.join(out_dir, f"codes-{start:012d}.npz")
+    if os.path.exists(path):
+      with np.load(path, allow_pickle=False) as f:
+        if str(f["fingerprint"]) == fp and int(f["stop"]) == stop and f["codes"].shape[0] == stop - start:
+          codes[start:stop] = f["codes"]
+          continue
+    codes[start:stop] = predict_codes(assigner, x[start:stop], batch_size=batch_size)
+    tmp = path + f".tmp{os.getpid()}.npz"
+    np.savez(tmp, codes=codes[start:stop], start=start, stop=stop, fingerprint=fp)
+    os.replace(tmp, path)
+  table = SidTable(ids, codes, assigner.codebook_size)
+  if suffix:
+    table = table.with_suffix()
+  table.save(os.path.join(out_dir, "table"))
+  return table
