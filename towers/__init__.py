@@ -3,7 +3,7 @@ from semrec.towers.index import IndexConfig, RetrievalIndex, brute_force_top_k, 
 from semrec.towers.inputs import RetrievalInputs, item_frequencies
 from semrec.towers.metrics import metrics_from_ranks, rank_of_targets, sliced_metrics
 from semrec.towers.model import (QUALITY_MODES, RetrieverConfig, TwoTowerRetriever, compile_retriever, embed_candidates,
-                                 embed_queries, load_retriever, save_retriever, tune_quality_weights)
+                                 embed_queries, init_model, load_retriever, save_retriever, tune_quality_weights)
 from semrec.towers.quality import QualityConfig, QualityVector
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                                   QueryTowerConfig)
@@ -11,7 +11,7 @@ from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEnco
 __all__ = [
     "IndexConfig", "RetrievalIndex", "brute_force_top_k", "build_index", "index_report", "recall_against_exact",
     "RetrievalInputs", "item_frequencies", "metrics_from_ranks", "rank_of_targets", "sliced_metrics",
-    "QUALITY_MODES", "RetrieverConfig", "TwoTowerRetriever", "compile_retriever", "embed_candidates", "embed_queries",
+    "QUALITY_MODES", "RetrieverConfig", "TwoTowerRetriever", "compile_retriever", "embed_candidates", "embed_queries", "init_model",
     "load_retriever", "save_retriever", "tune_quality_weights", "QualityConfig", "QualityVector", "CandidateTower",
     "CandidateTowerConfig", "ItemEncoder", "ItemEncoderConfig", "QueryTower", "QueryTowerConfig",
 ]

@@ -34,8 +34,8 @@ class IndexConfig:
     k: Default number of neighbours returned by ``search``.
     brute_force_below: Catalogue size under which "auto" picks brute force.
     num_leaves: ScaNN tree leaves; default round(sqrt(N)).
-    num_leaves_to_search: Leaves probed per query; default max(1, num_leaves // 20) (5% of the tree, at
-      least 1, at most num_leaves).
+    num_leaves_to_search: Leaves probed per query; default max(10, num_leaves // 20) (5% of the tree as in
+      the ScaNN README example, at least 10 so small trees keep their recall; at most num_leaves).
     dimensions_per_block: ScaNN AH block size (2 is ScaNN's recommended setting for AH).
     anisotropic_quantization_threshold: ScaNN AH noise-shaping threshold (0.2 is the ScaNN README value
       for dot product).
@@ -73,7 +73,7 @@ class IndexConfig:
     """The ScaNN tree/AH/reorder parameters for a catalogue of ``n`` items."""
     leaves = self.num_leaves or max(1, int(round(math.sqrt(n))))
     leaves = min(leaves, n)
-    search = self.num_leaves_to_search or max(1, leaves // 20)
+    search = self.num_leaves_to_search or max(10, leaves // 20)
     return {"num_leaves": leaves, "num_leaves_to_search": min(search, leaves),
             "reorder": self.reorder or max(10 * self.k, 100),
             "dimensions_per_block": self.dimensions_per_block,

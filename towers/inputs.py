@@ -16,7 +16,7 @@ Batch layout (nested dict):
   history: {"item_id" string [B, H], "sid" int32 [B, H, L], "content" [B, H, D], "cluster_id" [B, H]}
 
 Unknown items (ids without a row in ``ItemFeatures``) are a documented fallback, not an error: their
-feature rows are zeros (and their quality row is the new-item prior when a ``QualityVector`` is used),
+content row is zeros and their SID / cluster-id rows are -1, which the towers map to zero vectors (and their quality row is the new-item prior when a ``QualityVector`` is used),
 while their id string is kept, so a hashed item-ID part still sees them.
 """
 from __future__ import annotations
@@ -64,8 +64,10 @@ class RetrievalInputs:
           raise ValueError(f"item {item_features.item_ids[np.argmax(bad)]!r}: feature {k!r} has NaN/inf values")
       else:
         arr = arr.astype(np.int32)
-      # one extra all-zero row: padding and unknown items gather it.
-      self.tables[k] = np.concatenate([arr, np.zeros((1,) + arr.shape[1:], arr.dtype)])
+      # One extra row that padding and unknown items gather: zeros for content, -1 for codes and
+      # cluster ids (ItemRepresentation and ItemEncoder map -1 to a zero vector).
+      fill = 0 if arr.dtype.kind == "f" else -1
+      self.tables[k] = np.concatenate([arr, np.full((1,) + arr.shape[1:], fill, arr.dtype)])
     self.quality_dim = 0
     if quality is not None:
       q = np.asarray(quality, np.float32)

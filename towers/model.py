@@ -156,9 +156,14 @@ def compile_retriever(model: TwoTowerRetriever, learning_rate: Optional[float] =
   return model
 
 
-def _init_model(model: TwoTowerRetriever, batch):
-  """Builds all variables by running one batch through both towers."""
+def init_model(model: TwoTowerRetriever, batch) -> TwoTowerRetriever:
+  """Builds all variables by running one batch through both towers eagerly.
+
+  Call it before ``fit``: layers that create lookup tables in ``build`` (e.g. SPM segmenters) are then
+  built outside ``tf.function``.
+  """
   model(batch, training=False)
+  return model
 
 
 def embed_candidates(model: TwoTowerRetriever, inputs, item_ids=None, batch_size: int = 2048,
@@ -180,8 +185,8 @@ def embed_queries(model: TwoTowerRetriever, inputs, encoded: dict, batch_size: i
 
 
 def tune_quality_weights(query_base: np.ndarray, candidate_base: np.ndarray, quality: np.ndarray,
-                         target_rows: np.ndarray, exclude=None, grid: Sequence[float] = (-0.2, -0.1, -0.05, -0.02, 0.0,
-                                                                                         0.02, 0.05, 0.1, 0.2),
+                         target_rows: np.ndarray, exclude=None, grid: Sequence[float] = (-0.5, -0.2, -0.1, -0.05, 0.0,
+                                                                                         0.05, 0.1, 0.2, 0.5, 1.0),
                          k: int = 100, passes: int = 2) -> tuple[np.ndarray, dict]:
   """Coordinate-wise grid search for w maximising Recall@k on a validation window (towers frozen).
 
@@ -265,6 +270,9 @@ def load_retriever(directory: str, example_batch) -> TwoTowerRetriever:
   layers = {k: de(meta[k]) if meta.get(k) else None for k in ("item_representation", "sid_assigner",
                                                               "cluster_assigner")}
   model = TwoTowerRetriever(RetrieverConfig(**meta["config"]), **layers)
-  _init_model(model, example_batch)
-  tf.train.Checkpoint(model=model).read(os.path.join(directory, "weights", "ckpt")).assert_existing_objects_matched()
+  # Read before building: variables are restored as they are created (deferred restoration), so layers
+  # whose call needs their saved state (e.g. an SPM piece table) already hold it on the first call.
+  status = tf.train.Checkpoint(model=model).read(os.path.join(directory, "weights", "ckpt"))
+  init_model(model, example_batch)
+  status.assert_existing_objects_matched()
   return model

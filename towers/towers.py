@@ -214,7 +214,8 @@ class ItemEncoder(tf.keras.layers.Layer):
         cid = _apply_flat(self.cluster_assigner, features["content"], 1)
       else:
         cid = features["cluster_id"]
-      parts.append(self.cluster_embedding(tf.maximum(tf.cast(cid, tf.int32), 0)))
+      cid = tf.cast(cid, tf.int32)  # -1 = unknown item: zero vector
+      parts.append(self.cluster_embedding(tf.maximum(cid, 0)) * tf.cast(cid >= 0, tf.float32)[..., None])
     if self.content_projection is not None:
       parts.append(self.content_projection(tf.cast(features["content"], tf.float32)))
     x = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)

@@ -1,0 +1,99 @@
+"""Retrieval indexes: ScaNN and brute force compared with a NumPy brute force."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl.testing import parameterized
+
+from semrec.towers import IndexConfig, RetrievalIndex, brute_force_top_k, build_index, index_report
+
+
+def _clustered(n, dim=16, queries=50, seed=0):
+  rng = np.random.default_rng(seed)
+  centers = rng.normal(size=(20, dim))
+  x = (centers[rng.integers(0, 20, n)] + 0.5 * rng.normal(size=(n, dim))).astype(np.float32)
+  q = (centers[rng.integers(0, 20, queries)] + 0.5 * rng.normal(size=(queries, dim))).astype(np.float32)
+  return x, q
+
+
+def _numpy_top_k(q, x, k):
+  s = q @ x.T
+  return np.argsort(-s, axis=1, kind="stable")[:, :k], np.sort(s, axis=1)[:, ::-1][:, :k]
+
+
+class IndexTest(tf.test.TestCase, parameterized.TestCase):
+
+  @parameterized.parameters(1, 5, 20)
+  def test_brute_force_matches_numpy(self, k):
+    x, q = _clustered(300)
+    scores, rows = brute_force_top_k(q, x, k, batch_size=7)  # odd chunking on purpose
+    np_rows, np_scores = _numpy_top_k(q, x, k)
+    self.assertAllClose(scores, np_scores, atol=1e-4)
+    # rows agree wherever scores are not tied
+    self.assertGreaterEqual(np.mean(rows == np_rows), 0.99)
+
+  def test_scann_recall_against_numpy(self):
+    x, q = _clustered(5000)
+    index = build_index(x, np.arange(5000).astype(str), kind="scann", k=10)
+    self.assertEqual(index.kind, "scann")
+    self.assertEqual(index.params["num_leaves"], 71)  # round(sqrt(5000))
+    _, rows = index.search_rows(q, 10)
+    np_rows, _ = _numpy_top_k(q, x, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows.tolist(), np_rows.tolist())])
+    self.assertGreaterEqual(recall, 0.9)
+    rep = index_report(index, q, k=10, repeats=1)
+    self.assertAllClose(rep["recall@10"], recall)
+    self.assertGreater(rep["index_batch_seconds"], 0)
+
+  def test_auto_picks_brute_force_below_threshold(self):
+    x, _ = _clustered(200)
+    self.assertEqual(build_index(x).kind, "brute_force")
+    self.assertEqual(build_index(x, brute_force_below=100, k=5).kind, "scann")
+
+  @parameterized.parameters("scann", "brute_force")
+  def test_save_load_roundtrip(self, kind):
+    x, q = _clustered(2000)
+    ids = np.array([f"item_{i}" for i in range(2000)], dtype=object)
+    index = build_index(x, ids, kind=kind, k=5)
+    path = os.path.join(self.get_temp_dir(), f"idx_{kind}")
+    index.save(path)
+    index.save(path)  # overwriting an existing index is atomic and works
+    back = RetrievalIndex.load(path)
+    s0, i0 = index.search(q, 5)
+    s1, i1 = back.search(q, 5)
+    self.assertAllEqual(i0, i1)
+    self.assertAllClose(s0, s1)
+    self.assertEqual(back.kind, kind)
+
+  @parameterized.parameters("scann", "brute_force")
+  def test_keras_layer_returns_same_ids(self, kind):
+    x, q = _clustered(1500)
+    ids = np.array([f"m{i}" for i in range(1500)], dtype=object)
+    index = build_index(x, ids, kind=kind, k=5)
+    layer = index.to_keras_layer(k=5)
+    _, layer_ids = layer(tf.constant(q))
+    _, np_ids = index.search(q, 5)
+    agree = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(layer_ids.numpy().astype(str).tolist(),
+                                                               np_ids.astype(str).tolist())])
+    self.assertGreaterEqual(agree, 0.9 if kind == "scann" else 1.0)
+
+  def test_bad_input(self):
+    x, q = _clustered(100)
+    x[7, 3] = np.nan
+    with self.assertRaisesRegex(ValueError, "item '7'"):
+      build_index(x)
+    x, q = _clustered(100)
+    with self.assertRaisesRegex(ValueError, "duplicate"):
+      build_index(x, ["a"] * 100)
+    index = build_index(x)
+    with self.assertRaisesRegex(ValueError, r"\[Q, 16\]"):
+      index.search(np.zeros((2, 8), np.float32))
+    with self.assertRaisesRegex(ValueError, "kind"):
+      IndexConfig(kind="faiss")
+    with self.assertRaises(FileNotFoundError):
+      RetrievalIndex.load(self.get_temp_dir() + "/nothing-here")
+
+
+if __name__ == "__main__":
+  tf.test.main()
