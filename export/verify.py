@@ -354,9 +354,29 @@ def _run_saved_model_cli(check: ModelCheck, signature_name: str, timeout: float)
                 f"list signature {signature_name!r}: " + " | ".join(tail))
 
 
+def _manifest_from_files(vdir: str) -> dict:
+  """What verification needs when manifest.json is missing: outputs from the stored expected outputs,
+  ScaNN needs from the graph bytes (the proto may be truncated, so no parsing)."""
+  import numpy as np
+
+  outputs = {}
+  try:
+    with np.load(os.path.join(vdir, sl.EXPECTED_OUTPUTS_FILE), allow_pickle=False) as data:
+      outputs = {k.split("__", 1)[1]: {} for k in data.files if "__" in k}
+  except (OSError, ValueError):
+    pass
+  with open(os.path.join(vdir, "saved_model.pb"), "rb") as f:
+    needs_scann = b"Scann>" in f.read()
+  return {"kind": "saved_model", "signature_name": sl.SIGNATURE_NAME, "outputs": outputs,
+          "needs_scann_ops": needs_scann, "expected_outputs": {}, "extra": {}}
+
+
 def verify_model_version(base_dir: str, name: str, version: int, run_saved_model_cli: bool = True,
-                         timeout: float = 300.0) -> ModelCheck:
-  """Verifies ``<base_dir>/<name>/<version>/`` (structure, fresh-process replay, saved_model_cli)."""
+                         timeout: float = 300.0, load: bool = True) -> ModelCheck:
+  """Verifies ``<base_dir>/<name>/<version>/`` (structure, fresh-process replay, saved_model_cli).
+
+  With ``load=False`` only the structure is checked (no subprocess).
+  """
   t0 = time.time()
   vdir = os.path.join(base_dir, name, str(version))
   check = ModelCheck(name=name, version=version, path=vdir)
@@ -383,10 +403,18 @@ def verify_model_version(base_dir: str, name: str, version: int, run_saved_model
       check.error(f"unknown export kind {check.kind!r} in {sl.MANIFEST_FILE}")
     else:
       check.error("missing file saved_model.pb (no SavedModel or ScaNN searcher found)")
+  n_before = len(check.errors)
   _check_structure(check, manifest)
-  if check.errors:
+  if len(check.errors) > n_before or check.kind not in ("saved_model", "scann_searcher") or (
+      manifest is None and check.kind != "saved_model"):
     check.warnings.append(f"{name} v{version}: not loaded, because of the errors above")
+  elif not load:
+    check.warnings.append(f"{name} v{version}: structure checked only (load=False)")
   else:
+    if manifest is None:
+      # Still load and replay what is there: a truncated saved_model.pb is only visible to the loader.
+      manifest = _manifest_from_files(vdir)
+      check.needs_scann_ops = manifest["needs_scann_ops"]
     _run_child(check, manifest, timeout)
     if run_saved_model_cli and check.kind == "saved_model":
       _run_saved_model_cli(check, manifest.get("signature_name", sl.SIGNATURE_NAME), timeout)
@@ -395,7 +423,8 @@ def verify_model_version(base_dir: str, name: str, version: int, run_saved_model
 
 
 def verify_export(base_dir: str, names: Optional[Sequence[str]] = None, all_versions: bool = False,
-                  run_saved_model_cli: bool = True, timeout: float = 300.0, max_workers: int = 1) -> VerifyReport:
+                  run_saved_model_cli: bool = True, timeout: float = 300.0, max_workers: int = 1,
+                  load: bool = True) -> VerifyReport:
   """Verifies every model under an export base directory; returns a `VerifyReport` (never raises for a bad
   export: problems are in ``report.errors`` / each ``ModelCheck.errors``, naming model, version and file).
 
@@ -406,6 +435,7 @@ def verify_export(base_dir: str, names: Optional[Sequence[str]] = None, all_vers
     run_saved_model_cli: also run ``saved_model_cli show --all`` on each SavedModel.
     timeout: seconds per subprocess.
     max_workers: models verified concurrently (each in its own process).
+    load: False checks only the directory structure and file inventory (fast, no subprocess).
   """
   report = VerifyReport(base_dir=base_dir, models=[])
   if not os.path.isdir(base_dir):
@@ -433,7 +463,7 @@ def verify_export(base_dir: str, names: Optional[Sequence[str]] = None, all_vers
     for v in (versions if all_versions else versions[-1:]):
       jobs.append((name, v))
   with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
-    futures = [pool.submit(verify_model_version, base_dir, n, v, run_saved_model_cli, timeout) for n, v in jobs]
+    futures = [pool.submit(verify_model_version, base_dir, n, v, run_saved_model_cli, timeout, load) for n, v in jobs]
     checks = [f.result() for f in futures]
   staged = {n: [d for d in os.listdir(os.path.join(base_dir, n)) if d.startswith(sl.STAGING_PREFIX)]
             for n in names if os.path.isdir(os.path.join(base_dir, n))}

@@ -251,7 +251,11 @@ def _pristine_export():
 
 
 class CorruptionTest(tf.test.TestCase, parameterized.TestCase):
-  """Incomplete / corrupted version directories are reported with model, version and file (no load)."""
+  """Incomplete / corrupted version directories are reported with model, version and file.
+
+  ``load=False`` keeps these in-process; with the default ``load=True`` a directory whose files are
+  missing or do not match the manifest is not loaded at all (see test_export_verify.py for the
+  fresh-process side)."""
 
   @parameterized.named_parameters(
       ("missing_saved_model_pb", "delete", "saved_model.pb", "missing file saved_model.pb"),
@@ -282,11 +286,11 @@ class CorruptionTest(tf.test.TestCase, parameterized.TestCase):
         b = f.read(1)
         f.seek(10)
         f.write(bytes([b[0] ^ 0xFF]))
-    check = ex.verify_model_version(base, "scorer", 1, run_saved_model_cli=False)
+    check = ex.verify_model_version(base, "scorer", 1, load=False)
     self.assertFalse(check.ok)
     self.assertTrue(any(e.startswith("scorer v1: ") and message in e for e in check.errors), check.errors)
-    self.assertIsNone(check.load_seconds)  # caught before any load
-    report = ex.verify_export(base, run_saved_model_cli=False)
+    self.assertIsNone(check.load_seconds)
+    report = ex.verify_export(base, load=False)
     self.assertFalse(report.ok)
     self.assertIn("FAIL", report.to_markdown())
     self.assertIn(message, report.to_markdown())
