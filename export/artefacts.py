@@ -284,13 +284,16 @@ def export_scann_searcher(base_dir: str, index, example_queries, *, item_ids=Non
   the exported query tower, not for TF Serving.
 
   Args:
-    index: a ``semrec.towers.RetrievalIndex`` of kind "scann", or a ``scann_ops_pybind`` searcher (then
-      ``item_ids`` is required).
+    index: a ``semrec.towers.RetrievalIndex`` of kind "scann", a ``scann_ops_pybind`` searcher (then
+      ``item_ids`` is required), or the path of a saved one (``RetrievalIndex.save`` directory or a ScaNN
+      ``serialize`` directory): it is loaded and re-serialised, so the copy is verified like a fresh one.
     example_queries: [Q, d] float32 query embeddings, searched at export time and by `verify_export`.
     item_ids: [N] item ids (taken from the index when it has them).
     k: neighbours per query for the stored check.
   """
   sl.check_model_name(name)
+  if isinstance(index, (str, os.PathLike)):
+    index = _load_searcher_dir(os.fspath(index), name)
   searcher = index
   if hasattr(index, "searcher") and hasattr(index, "item_ids"):
     if getattr(index, "kind", "scann") != "scann" or index.searcher is None:
@@ -345,6 +348,22 @@ def export_scann_searcher(base_dir: str, index, example_queries, *, item_ids=Non
     manifest["version"] = published
     sl.write_json_atomic(os.path.join(path, sl.MANIFEST_FILE), manifest)
   return ExportResult(name=name, version=published, path=path, manifest=manifest)
+
+
+def _load_searcher_dir(path: str, name: str):
+  """A saved index directory: ``RetrievalIndex.save`` output (manifest.json + scann/) or a bare ScaNN
+  ``serialize`` directory (scann_assets.pbtxt)."""
+  if os.path.isfile(os.path.join(path, "manifest.json")) and os.path.isdir(os.path.join(path, "scann")):
+    from semrec.towers import RetrievalIndex
+    return RetrievalIndex.load(path)
+  if os.path.isfile(os.path.join(path, "scann_assets.pbtxt")):
+    try:
+      from scann.scann_ops.py import scann_ops_pybind
+    except ImportError as e:
+      raise ImportError(_SCANN_HINT) from e
+    return scann_ops_pybind.load_searcher(path)
+  raise sl.ExportError(f"model {name!r}: {path} is neither a saved semrec.towers index (manifest.json + scann/) "
+                       "nor a ScaNN searcher directory (scann_assets.pbtxt)")
 
 
 def write_serving_configs(base_dir: str, base_path_prefix: Optional[str] = None) -> dict[str, str]:

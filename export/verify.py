@@ -179,7 +179,8 @@ class ModelCheck:
     num_requests: warm-up requests replayed. max_abs_diff: largest float deviation from the stored outputs.
     load_seconds: SavedModel / searcher load time in the child (after imports). import_seconds: the child's
     ``import tensorflow`` (+ scann) time. child_modules: semrec/TFRS/tf_keras/scann modules the
-    child had imported. saved_model_cli_ok: None when not run.
+    child had imported. saved_model_cli_ok: None when not run. signature_text: the signature block
+    ``saved_model_cli show --all`` printed.
   """
   name: str
   version: Optional[int]
@@ -195,6 +196,7 @@ class ModelCheck:
   import_seconds: Optional[float] = None
   child_modules: list = dataclasses.field(default_factory=list)
   saved_model_cli_ok: Optional[bool] = None
+  signature_text: str = ""
   seconds: float = 0.0
 
   @property
@@ -334,22 +336,36 @@ def _run_child(check: ModelCheck, manifest: dict, timeout: float) -> None:
     check.error(f"the fresh process had to import {leaked}: the export is not self-contained")
 
 
-def _run_saved_model_cli(check: ModelCheck, signature_name: str, timeout: float) -> None:
+def _start_saved_model_cli(check: ModelCheck) -> Optional[subprocess.Popen]:
+  """Starts ``saved_model_cli show --dir <version> --all`` (runs alongside the fresh-process replay)."""
   cli = _saved_model_cli()
   if cli is None:
     check.warnings.append(f"{check.name} v{check.version}: saved_model_cli not found next to {sys.executable} "
                           "or on PATH; skipped")
+    return None
+  return subprocess.Popen([cli, "show", "--dir", check.path, "--all"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, env=_child_env(), cwd=tempfile.gettempdir())
+
+
+def _finish_saved_model_cli(check: ModelCheck, proc: Optional[subprocess.Popen], signature_name: str,
+                            timeout: float) -> None:
+  if proc is None:
     return
   try:
-    proc = subprocess.run([cli, "show", "--dir", check.path, "--all"], capture_output=True, text=True,
-                          timeout=timeout, env=_child_env(), cwd=tempfile.gettempdir())
+    stdout, stderr = proc.communicate(timeout=timeout)
   except subprocess.TimeoutExpired:
+    proc.kill()
+    proc.communicate()
     check.saved_model_cli_ok = False
     check.error(f"saved_model_cli show timed out after {timeout:.0f}s")
     return
-  check.saved_model_cli_ok = proc.returncode == 0 and f"signature_def['{signature_name}']" in proc.stdout
+  check.saved_model_cli_ok = proc.returncode == 0 and f"signature_def['{signature_name}']" in stdout
+  if check.saved_model_cli_ok:
+    block = stdout[stdout.index(f"signature_def['{signature_name}']"):]
+    end = block.find("Method name is:")
+    check.signature_text = block[:block.find("\n", end) if end >= 0 else len(block)].rstrip()
   if not check.saved_model_cli_ok:
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-2:]
+    tail = (stderr or stdout).strip().splitlines()[-2:]
     check.error(f"`saved_model_cli show --dir {check.path} --all` failed (exit {proc.returncode}) or does not "
                 f"list signature {signature_name!r}: " + " | ".join(tail))
 
@@ -415,9 +431,11 @@ def verify_model_version(base_dir: str, name: str, version: int, run_saved_model
       # Still load and replay what is there: a truncated saved_model.pb is only visible to the loader.
       manifest = _manifest_from_files(vdir)
       check.needs_scann_ops = manifest["needs_scann_ops"]
-    _run_child(check, manifest, timeout)
-    if run_saved_model_cli and check.kind == "saved_model":
-      _run_saved_model_cli(check, manifest.get("signature_name", sl.SIGNATURE_NAME), timeout)
+    cli = _start_saved_model_cli(check) if run_saved_model_cli and check.kind == "saved_model" else None
+    try:
+      _run_child(check, manifest, timeout)
+    finally:
+      _finish_saved_model_cli(check, cli, manifest.get("signature_name", sl.SIGNATURE_NAME), timeout)
   check.seconds = time.time() - t0
   return check
 

@@ -307,6 +307,15 @@ class CorruptionTest(tf.test.TestCase, parameterized.TestCase):
     report = ex.verify_export(base, names=["ghost"])
     self.assertIn("ghost: model directory", report.all_errors[0])
 
+  def test_damaged_export_is_not_loaded(self):
+    base = os.path.join(self.get_temp_dir(), "damaged")
+    shutil.copytree(_pristine_export(), base)
+    os.remove(os.path.join(base, "scorer", "1", "variables", "variables.index"))
+    check = ex.verify_model_version(base, "scorer", 1)  # load=True, but the structure is already wrong
+    self.assertFalse(check.ok)
+    self.assertIsNone(check.load_seconds)
+    self.assertIn("scorer v1: not loaded, because of the errors above", check.warnings)
+
   def test_models_config_pointing_to_missing_model_is_reported(self):
     base = self.get_temp_dir()
     _export_tiny(base, name="a")

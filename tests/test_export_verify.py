@@ -126,6 +126,9 @@ def exported():
   index = build_index(c_emb, item_ids, kind="scann", k=5, num_leaves=4, num_leaves_to_search=2)
   results["scann"] = ex.export_scann_retrieval(base, retriever.query_embedding, query, k=5, index=index)
   results["searcher"] = ex.export_scann_searcher(base, index, q_emb, k=5)
+  saved = index.save(tempfile.mkdtemp(prefix="semrec_index_") + "/index")
+  results["searcher_copy"] = ex.export_scann_searcher(base, saved, q_emb, k=5)  # version 2, from a saved dir
+  shutil.rmtree(os.path.dirname(saved))
   ranker, rank_feats, _ = _ranker()
   results["ranker"] = ex.export_ranker(base, ranker, rank_feats)
   ex.write_serving_configs(base, base_path_prefix="/models")
@@ -136,10 +139,11 @@ def exported():
 
 def test_every_artefact_verifies_in_a_fresh_process(exported):
   base, results, _ = exported
-  report = ex.verify_export(base, max_workers=2)
+  report = ex.verify_export(base, max_workers=2, all_versions=True)
   table = report.to_markdown()
   print(table)
   assert report.ok, report.all_errors
+  assert [m.version for m in report.models if m.name == "scann_index"] == [1, 2]
   by_name = {m.name: m for m in report.models}
   assert sorted(by_name) == ["candidate_tower", "query_tower", "ranker", "retrieval_brute_force",
                              "retrieval_scann", "scann_index", "sid_assigner"]
@@ -186,7 +190,12 @@ def test_exported_artefacts_answer_like_the_python_objects(exported):
   assert got_rows.shape == (5, 5) and all(len(set(r)) == 5 for r in got_rows)
   np.testing.assert_allclose(np.take_along_axis(scores, got_rows, 1), got["scores"].numpy(), atol=1e-4)
   assert (np.diff(got["scores"].numpy(), axis=1) <= 1e-6).all()
-  # Searcher directory: item-id mapping with one line per ScaNN row.
+  # Searcher directory: item-id mapping with one line per ScaNN row; the copy from a saved index
+  # directory is the same searcher (same stored answers).
+  assert (results["searcher"].version, results["searcher_copy"].version) == (1, 2)
+  first = np.load(os.path.join(results["searcher"].path, sl.EXPECTED_OUTPUTS_FILE))
+  copy = np.load(os.path.join(results["searcher_copy"].path, sl.EXPECTED_OUTPUTS_FILE))
+  assert (first["item_ids"] == copy["item_ids"]).all()
   with open(os.path.join(results["searcher"].path, "item_ids.txt")) as f:
     assert f.read().split("\n")[:-1] == list(ctx["item_ids"])
   # Ranker REST :predict (row form) through the reloaded SavedModel.
