@@ -13,7 +13,8 @@ from semrec.export.serving_layout import (ExportError, build_manifest, discover_
 from semrec.export.serving_module import (ExportResult, KerasServingModule, ServingModule, export_keras_module,
                                           export_serving_module, flatten_features, input_specs_from_examples,
                                           unflatten_features)
-from semrec.export.verify import ModelCheck, VerifyReport, report_markdown_table, verify_export, verify_model_version
+from semrec.export.verify import (ModelCheck, VerifyReport, report_markdown_table, verification_table, verify_export,
+                                  verify_model_version)
 
 __all__ = [
     "export_brute_force_retrieval", "export_candidate_tower", "export_query_tower", "export_ranker",
@@ -24,6 +25,6 @@ __all__ = [
     "publish_staging_dir", "read_expected_outputs", "read_manifest", "read_models_config", "read_warmup_requests",
     "staging_dir", "write_expected_outputs", "write_models_config", "write_warmup_requests", "ExportResult",
     "KerasServingModule", "ServingModule", "export_keras_module", "export_serving_module", "flatten_features",
-    "input_specs_from_examples", "unflatten_features", "ModelCheck", "VerifyReport", "report_markdown_table",
+    "input_specs_from_examples", "unflatten_features", "ModelCheck", "VerifyReport", "report_markdown_table", "verification_table",
     "verify_export", "verify_model_version",
 ]

@@ -247,6 +247,10 @@ def report_markdown_table(report: VerifyReport) -> str:
   return "\n".join(lines) + "\n"
 
 
+# The name the CLI uses.
+verification_table = report_markdown_table
+
+
 def _saved_model_cli() -> Optional[str]:
   candidate = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
   if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
