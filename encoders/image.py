@@ -83,11 +83,15 @@ class ImageEncoder:
       self.model = load_hub_model(self.weights)
       self.architecture = "tfhub"
     else:
+      cached = self._imagenet_file(allow_download) if self.weights == IMAGENET else None
       self.model = self._build()
       if self.weights == RANDOM:
         seeded_reinit(self.model, seed)
       elif self.weights == IMAGENET:
-        self._load_imagenet(allow_download)
+        self.weights_file = cached or tf.keras.utils.get_file(
+            RESNET50_NOTOP, "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_NOTOP,
+            cache_subdir="models")
+        self.model.load_weights(self.weights_file)
       else:
         if not os.path.isfile(self.weights):
           raise FileNotFoundError(f"image weights {self.weights!r} is not 'imagenet', 'random', a TF Hub "
@@ -103,21 +107,17 @@ class ImageEncoder:
     return tf.keras.applications.ResNet50(include_top=False, weights=None, pooling="avg",
                                           input_shape=(self.image_size, self.image_size, 3))
 
-  def _load_imagenet(self, allow_download: bool):
+  def _imagenet_file(self, allow_download: bool) -> Optional[str]:
+    """The cached ImageNet weights file; None when absent but downloads are allowed."""
     if self.architecture != "resnet50":
       raise ValueError(f"ImageNet weights exist for resnet50 only, not {self.architecture!r}")
     path = keras_cache_file(RESNET50_NOTOP)
-    if path is None:
-      if not allow_download:
-        raise FileNotFoundError(
-            f"ImageNet ResNet50 weights are not in the Keras cache (~/.keras/models/{RESNET50_NOTOP}) and "
-            "downloads are off. Put the file there, pass a local .h5 path or TF Hub directory as weights, "
-            "or ask for weights='random' explicitly.")
-      path = tf.keras.utils.get_file(
-          RESNET50_NOTOP, "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_NOTOP,
-          cache_subdir="models")
-    self.model.load_weights(path)
-    self.weights_file = path
+    if path is None and not allow_download:
+      raise FileNotFoundError(
+          f"ImageNet ResNet50 weights are not in the Keras cache (~/.keras/models/{RESNET50_NOTOP}) and "
+          "downloads are off. Put the file there, pass a local .h5 path or TF Hub directory as weights, "
+          "or ask for weights='random' explicitly.")
+    return path
 
   def _embed_fn(self, images):
     """[B, S, S, 3] float32 RGB in [0, 255] -> [B, D] float32."""

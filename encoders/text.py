@@ -145,12 +145,17 @@ class TextEncoder:
         raise EncodeError(i, "text", f"expected a string, got {type(t).__name__}")
       if not t.strip():
         raise EncodeError(i, "text", "empty text")
-    out = []
-    for s in range(0, len(texts), self.batch_size):
-      batch = self.tokenizer(list(texts[s:s + self.batch_size]), padding=True, truncation=True,
-                             max_length=self.max_length, return_tensors="np")
-      out.append(self._embed(*(tf.constant(batch[k], tf.int32)
-                               for k in ("input_ids", "attention_mask", "token_type_ids"))).numpy())
-    if not out:
+    if not len(texts):
       return np.zeros([0, self.dim], np.float32)
-    return np.concatenate(out, axis=0).astype(np.float32)
+    # Batch texts of similar length together (like sentence-transformers): padding to each batch's
+    # longest text is then small. Rows are put back in input order at the end.
+    lengths = [len(self.tokenizer.tokenize(t)) for t in texts]
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    out = np.zeros([len(texts), self.dim], np.float32)
+    for s in range(0, len(texts), self.batch_size):
+      idx = order[s:s + self.batch_size]
+      batch = self.tokenizer([texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="np")
+      out[idx] = self._embed(*(tf.constant(batch[k], tf.int32)
+                               for k in ("input_ids", "attention_mask", "token_type_ids"))).numpy()
+    return out
