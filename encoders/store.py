@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import os
-from typing import Callable, List, Optional
+from typing import Callable, Optional
 
 import numpy as np
 

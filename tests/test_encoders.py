@@ -1,7 +1,6 @@
 """Encoders: VGGish front end vs NumPy, VGGish/ResNet/BERT shapes, weights loading, determinism, text parity,
 multimodal concatenation, masking and bad-input handling."""
 import os
-import shutil
 import wave
 
 import numpy as np
@@ -176,6 +175,27 @@ class AudioEncoderTest(tf.test.TestCase):
     self.assertAllEqual(from_ckpt.encode(clip), expected)
     with self.assertRaisesRegex(ValueError, "shape"):
       AudioEncoder(prefix, "vggish")  # full-width model, small checkpoint
+
+
+  def test_hub_directory_weights(self):
+    # A local Hub/SavedModel VGGish stand-in: waveform [S] -> [P, 128], one row per 0.96 s (15360 samples),
+    # row p = mean(abs(patch p)) * [0, 1, ..., 127]. The encoder mean-pools the rows of each clip.
+    class Vggish(tf.Module):
+      @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+      def __call__(self, waveform):
+        patches = tf.signal.frame(waveform, 15360, 15360)
+        return tf.reduce_mean(tf.abs(patches), axis=1, keepdims=True) * tf.range(128, dtype=tf.float32)[None]
+
+    hub_dir = os.path.join(self.get_temp_dir(), "vggish_hub")
+    tf.saved_model.save(Vggish(), hub_dir)
+    enc = AudioEncoder(hub_dir)
+    self.assertEqual(enc.info["model"], "vggish-tfhub")
+    clip = np.concatenate([np.full(15360, 0.5), np.full(15360, -0.25)]).astype(np.float32)
+    out = enc.encode([clip, clip[::2]], [16000, 8000])
+    self.assertEqual(out.shape, (2, 128))
+    # patch means |0.5| and |-0.25| -> clip mean 0.375; the 8 kHz copy is resampled to the same clip.
+    self.assertAllClose(out[0], 0.375 * np.arange(128), rtol=1e-6)
+    self.assertAllClose(out[1], 0.375 * np.arange(128), rtol=2e-2)
 
 
 class ImageEncoderTest(tf.test.TestCase):
@@ -488,3 +508,12 @@ def test_nan_output_is_masked_or_raised(tmp_path, synthetic_small):
   np.testing.assert_array_equal(out.embeddings, np.zeros((1, 128)))
   with pytest.raises(EncodeError, match=f"'{item.item_id}'.*'audio_path'.*NaN"):
     enc.encode([item], on_bad_input="raise")
+
+
+def test_item_contents_of_movielens_and_synthetic(movielens, synthetic_small):
+  ml = item_contents(movielens)
+  assert len(ml) == movielens.num_items
+  assert all(c.text.strip() and c.image_path == "" and c.audio_path == "" for c in ml)
+  assert ml[0].text == movielens.item_texts()[0]
+  syn = item_contents(synthetic_small)
+  assert all(os.path.isfile(c.image_path) and c.audio_path.endswith(".wav") for c in syn)
