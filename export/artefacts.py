@@ -135,7 +135,7 @@ def _topk_layer(kind: str, k: int, index, candidate_embeddings, item_ids, scann_
                          f"{list(ids.shape)} must be [N, d] and [N]")
   bad = np.flatnonzero(~np.isfinite(emb).all(axis=1))
   if bad.size:
-    raise sl.ExportError(f"model {name!r}: candidate embedding of item {ids[bad[0]]!r} has NaN/inf values")
+    raise sl.ExportError(f"model {name!r}: candidate embedding of item {str(ids[bad[0]])!r} has NaN/inf values")
   if k > emb.shape[0]:
     raise sl.ExportError(f"model {name!r}: k={k} exceeds the {emb.shape[0]} candidates")
   if kind == "brute_force":

@@ -202,6 +202,22 @@ class ServingModule(tf.Module):
     self.serve = tf.function(self._serve, input_signature=[dict(self.input_specs)])
 
   def _serve(self, features):
+    checks = []
+    for key, spec in self.input_specs.items():
+      # A model server hands the graph whatever shape the client sent; fail with the feature's name rather
+      # than deep inside a matmul.
+      if spec.shape.rank is None:
+        continue
+      x = features[key]
+      checks.append(tf.debugging.assert_equal(
+          tf.rank(x), spec.shape.rank, message=f"{key}: expected rank {spec.shape.rank} {spec.shape.as_list()}"))
+      for axis, dim in enumerate(spec.shape.as_list()):
+        if dim is not None:
+          checks.append(tf.debugging.assert_equal(
+              tf.shape(x)[axis], dim, message=f"{key}: dimension {axis} must be {dim} (shape {spec.shape.as_list()})"))
+    if checks:
+      with tf.control_dependencies(checks):
+        features = {k: tf.identity(v) for k, v in features.items()}
     return _name_outputs(self._fn(features), self._output_names)
 
 

@@ -395,3 +395,75 @@ class RestTest(tf.test.TestCase, parameterized.TestCase):
     json.dumps(out)  # the response is plain JSON
     with self.assertRaisesRegex(ex.PredictRequestError, "signature 'nope' not found"):
       ex.rest_predict(loaded, {"signature_name": "nope", "inputs": cols["inputs"]})
+
+
+class ArtefactExporterTest(tf.test.TestCase):
+  """Per-artefact exporters with plain Keras stand-ins (the real classes are in test_export_verify.py)."""
+
+  def test_sid_assigner_signature_and_bad_content(self):
+    base = self.get_temp_dir()
+
+    class Codes(tf.keras.layers.Layer):  # [B, 4] -> [B, 2]: sign bits of two column pairs
+      def call(self, x):
+        return tf.cast(x[:, ::2] > 0, tf.int32) + 2 * tf.cast(x[:, 1::2] > 0, tf.int32)
+
+    content = np.array([[1, 1, -1, -1], [-1, 1, 1, -1]], np.float32)
+    res = ex.export_sid_assigner(base, Codes(), content)
+    self.assertEqual(sorted(res.manifest["outputs"]), ["sid"])
+    self.assertEqual(res.manifest["inputs"]["content"]["shape"], [None, 4])
+    fn = tf.saved_model.load(res.path).signatures["serving_default"]
+    self.assertAllEqual(fn(content=tf.constant(content))["sid"], [[3, 0], [2, 1]])  # x0>0 + 2*(x1>0), ...
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "content: NaN/inf values"):
+      fn(content=tf.constant([[np.nan, 0, 0, 0]], tf.float32))
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, r"content: dimension 1 must be 4"):
+      fn(content=tf.zeros([1, 5]))
+    with self.assertRaisesRegex(ex.ExportError, r"must be \[B, D\]"):
+      ex.export_sid_assigner(base, Codes(), np.zeros(4, np.float32))
+
+  def test_retrieval_input_errors(self):
+    base = self.get_temp_dir()
+    query = tf.keras.layers.Dense(2)
+    feats = {"x": np.ones((2, 3), np.float32)}
+    ids = [f"i{i}" for i in range(4)]
+    kw = dict(candidate_embeddings=np.ones((4, 2), np.float32), item_ids=ids)
+    with self.assertRaisesRegex(ex.ExportError, "k=5 exceeds the 4 candidates"):
+      ex.export_brute_force_retrieval(base, lambda f: query(f["x"]), feats, k=5, track={"q": query}, **kw)
+    bad = np.ones((4, 2), np.float32)
+    bad[2, 1] = np.inf
+    with self.assertRaisesRegex(ex.ExportError, "item 'i2' has NaN/inf"):
+      ex.export_brute_force_retrieval(base, lambda f: query(f["x"]), feats, k=2, candidate_embeddings=bad,
+                                      item_ids=ids, track={"q": query})
+    with self.assertRaisesRegex(ex.ExportError, "either `index` or both"):
+      ex.export_brute_force_retrieval(base, lambda f: query(f["x"]), feats, k=2, track={"q": query})
+    with self.assertRaisesRegex(ex.ExportError, "kind must be"):
+      ex.export_retrieval(base, query, feats, kind="annoy", **kw)
+    self.assertEqual(os.listdir(base), [])
+
+  def test_brute_force_retrieval_returns_exact_top_k(self):
+    base = self.get_temp_dir()
+    query = tf.keras.layers.Dense(2, use_bias=False, kernel_initializer="identity")  # q = x[:, :2]
+    feats = {"x": np.array([[1, 0, 0], [0, 1, 0]], np.float32)}
+    cands = np.array([[0.9, 0], [0, 0.8], [0.5, 0.5], [-1, 0]], np.float32)
+    res = ex.export_brute_force_retrieval(base, lambda f: query(f["x"]), feats, k=2, candidate_embeddings=cands,
+                                          item_ids=["a", "b", "c", "d"], track={"q": query})
+    self.assertFalse(res.needs_scann_ops)
+    self.assertEqual(res.manifest["extra"]["custom_ops"], [])
+    out = tf.saved_model.load(res.path).signatures["serving_default"](x=tf.constant(feats["x"]))
+    # query (1, 0): scores a=0.9, c=0.5; query (0, 1): b=0.8, c=0.5
+    self.assertAllEqual(out["item_ids"], [[b"a", b"c"], [b"b", b"c"]])
+    self.assertAllClose(out["scores"], [[0.9, 0.5], [0.8, 0.5]])
+
+  def test_generic_keras_ranker_and_serving_module_paths(self):
+    base = self.get_temp_dir()
+    inputs = {"candidate_item_id": tf.keras.Input((), dtype=tf.string, name="candidate_item_id"),
+              "context": tf.keras.Input((2,), name="context")}
+    h = tf.keras.layers.Dense(1, activation="sigmoid", kernel_initializer="ones")(inputs["context"])[:, 0]
+    model = tf.keras.Model(inputs, {"label": h})
+    feats = {"candidate_item_id": np.array(["a", "b"], dtype=object), "context": np.array([[0, 0], [1, 1]], np.float32)}
+    res = ex.export_ranker(base, model, feats)
+    self.assertEqual(res.manifest["artefact"], "ranker")
+    stored = ex.read_expected_outputs(res.path, 1, ["label"])[0]["label"]
+    self.assertAllClose(stored, [0.5, 1 / (1 + np.exp(-2))])  # sigmoid(0), sigmoid(1 + 1)
+    module = ex.KerasServingModule(model, ex.input_specs_from_examples(feats))
+    res2 = ex.export_ranker(base, module, feats)  # a serving module is exported as is
+    self.assertEqual(res2.version, 2)
