@@ -6,7 +6,8 @@ import pytest
 import tensorflow as tf
 from absl.testing import parameterized
 
-from semrec.towers import IndexConfig, RetrievalIndex, brute_force_top_k, build_index, index_report
+from semrec.towers import (IndexConfig, RetrievalIndex, brute_force_top_k, build_and_save_index, build_index,
+                           index_report)
 
 
 def _clustered(n, dim=16, queries=50, seed=0):
@@ -77,6 +78,14 @@ class IndexTest(tf.test.TestCase, parameterized.TestCase):
     agree = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(layer_ids.numpy().astype(str).tolist(),
                                                                np_ids.astype(str).tolist())])
     self.assertGreaterEqual(agree, 0.9 if kind == "scann" else 1.0)
+
+  def test_build_and_save_index_reports_and_reloads(self):
+    x, q = _clustered(3000)
+    out = os.path.join(self.get_temp_dir(), "cli_index")
+    rep = build_and_save_index(x, np.arange(3000).astype(str), out, kind="scann", k=10, queries=q)
+    self.assertGreaterEqual(rep["recall@10"], 0.9)
+    self.assertTrue(os.path.exists(os.path.join(out, "report.json")))
+    self.assertEqual(RetrievalIndex.load(out).kind, "scann")
 
   def test_bad_input(self):
     x, q = _clustered(100)

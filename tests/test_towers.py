@@ -100,6 +100,24 @@ def test_quality_vector_uses_train_only_and_priors(world):
   assert np.isfinite(qv.features()).all()
 
 
+def test_quality_vector_new_item_policies(world):
+  neutral = world.quality  # default policy
+  prior = QualityVector.fit(world.split.train, world.ds.items, world.split.cutoff, world.ds.quality_columns,
+                            config=QualityConfig(new_item_policy="prior"))
+  unseen = ~neutral.seen
+  assert unseen.any() and neutral.seen.any()
+  beh = neutral.behavioural
+  assert beh.tolist() == [True, True, True, True, False, False]
+  # neutral: behavioural features of unseen items are 0 (the train mean), catalogue columns are kept.
+  np.testing.assert_array_equal(neutral.features()[np.ix_(unseen, beh)], 0.0)
+  np.testing.assert_allclose(neutral.features()[:, ~beh], prior.features()[:, ~beh])
+  np.testing.assert_allclose(neutral.features()[neutral.seen], prior.features()[neutral.seen])
+  # prior: log_count 0 is the lowest standardised count of all.
+  j = prior.feature_names.index("log_count")
+  assert prior.features()[unseen, j].max() < prior.features()[neutral.seen, j].min()
+  np.testing.assert_array_equal(neutral.new_item_features()[beh], 0.0)
+
+
 def test_quality_vector_nan_raises_naming_item_and_feature(world):
   items = world.ds.items.copy()
   items.loc[3, "production_score"] = np.nan
@@ -250,6 +268,21 @@ def test_training_lowers_loss(world):
   model.fit(inputs.dataset(enc, 32, shuffle=True, seed=0), epochs=6, verbose=0)
   after = model.evaluate(fixed, verbose=0, return_dict=True)["loss"]
   assert after < 0.9 * before, (before, after)
+
+
+@pytest.mark.parametrize("options", [
+    dict(num_hard_negatives=4),
+    dict(temperature=None, logq_correction=False, remove_accidental_hits=False),
+])
+def test_training_options_give_finite_loss(world, options):
+  cfg = dataclasses.replace(_config(), **options)
+  model = TwoTowerRetriever(cfg)
+  inputs = _inputs(world, model)
+  enc = inputs.encode(world.pos, item_probs=item_frequencies(world.pos))
+  batch = next(iter(inputs.dataset(enc, 32)))
+  init_model(model, batch)
+  loss = model.compute_loss(batch).numpy()
+  assert np.isfinite(loss) and loss > 0
 
 
 def test_learned_quality_weights_move(world):

@@ -67,6 +67,7 @@ class ComparisonConfig:
     spm_vocab_size: SentencePiece vocabulary (= table budget) of the SPM variants.
     ks: Recall cut-offs.
     max_tune_queries: Validation queries sampled for the w search.
+    quality_new_item_policy: ``QualityConfig.new_item_policy`` for items without train interactions.
     seed: Seeds TF, k-means, SIDs and shuffling.
   """
   variants: Sequence[str] = VARIANTS
@@ -79,9 +80,9 @@ class ComparisonConfig:
   embedding_dim: int = 32
   output_dim: int = 32
   mlp_dims: Sequence[int] = (64,)
-  epochs: int = 4
-  batch_size: int = 512
-  learning_rate: float = 3e-3
+  epochs: int = 3
+  batch_size: int = 1024
+  learning_rate: float = 5e-3
   temperature: float = 0.05
   hash_bins: int = 0
   num_clusters: int = 256
@@ -91,6 +92,7 @@ class ComparisonConfig:
   spm_vocab_size: int = 1024
   ks: Sequence[int] = (10, 50, 100)
   max_tune_queries: int = 3000
+  quality_new_item_policy: str = "neutral"
   seed: int = 0
 
   def __post_init__(self):
@@ -196,7 +198,7 @@ def run_retrieval_comparison(dataset: RecDataset, content_ids, content, config: 
   from semrec.towers.metrics import rank_of_targets, sliced_metrics
   from semrec.towers.model import (RetrieverConfig, TwoTowerRetriever, compile_retriever, embed_candidates,
                                    embed_queries, init_model, tune_quality_weights)
-  from semrec.towers.quality import QualityVector
+  from semrec.towers.quality import QualityConfig, QualityVector
   from semrec.towers.towers import CandidateTowerConfig, QueryTowerConfig
 
   cfg = config or ComparisonConfig()
@@ -245,10 +247,11 @@ def run_retrieval_comparison(dataset: RecDataset, content_ids, content, config: 
       weights = fit_rows["item_id"].astype(str).value_counts().reindex(ids).fillna(0).to_numpy()
       spm = train_sid_spm(sid_codes, weights=weights, vocab_size=cfg.spm_vocab_size, codebook_size=k, item_ids=ids)
   features = ItemFeatures(ids, arrays)
+  qcfg = QualityConfig(new_item_policy=cfg.quality_new_item_policy)
   q_val = QualityVector.fit(fit_rows, dataset.items, reference_time=val_start,
-                            quality_columns=dataset.quality_columns)
+                            quality_columns=dataset.quality_columns, config=qcfg)
   q_test = QualityVector.fit(train, dataset.items, reference_time=split.cutoff,
-                             quality_columns=dataset.quality_columns)
+                             quality_columns=dataset.quality_columns, config=qcfg)
 
   probs = item_frequencies(pos(fit_rows))
   hash_bins = cfg.hash_bins or 2 * n_items
