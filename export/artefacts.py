@@ -99,11 +99,20 @@ def export_query_tower(base_dir: str, tower, example_query_features: ExampleInpu
     tower: a layer/model (or bound method, e.g. ``retriever.query_embedding`` for ``[q ; w]``) called on
       the query-feature dict (``{"user_id": [B], "history": {"item_id": [B, H], ...}, ...}``).
     example_query_features: one batch (or a list of batches); nested dicts become flat inputs
-      (``history_item_id``, ``history_sid``, ...).
+      (``history_item_id``, ``history_sid``, ...). The history length H is left free in the signature
+      (override with ``dynamic_axes={}``).
   """
   kwargs.setdefault("artefact", "query_tower")
   kwargs.setdefault("description", "user features -> query embedding")
+  kwargs.setdefault("dynamic_axes", _history_axes(example_query_features))
   return export_keras_module(tower, base_dir, name, example_query_features, output_names=[output_name], **kwargs)
+
+
+def _history_axes(example_query_features: ExampleInputs) -> dict[str, list[int]]:
+  """Flat inputs under ``history`` get a free axis 1 (H): clients may send any history length."""
+  first = example_query_features if isinstance(example_query_features, Mapping) else list(example_query_features)[0]
+  _, paths = flatten_features(first)
+  return {k: [1] for k, p in paths.items() if len(p) > 1 and p[0] == "history"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -177,6 +186,7 @@ def export_retrieval(base_dir: str, query_model, example_query_features: Example
       num_reordering_candidates, training_iterations) when building a ScaNN index here.
     name: model name (default ``retrieval_<kind>``).
     track: layers a plain-function ``query_model`` closes over, saved with the module.
+    dynamic_axes: free axes besides the batch (default: axis 1, H, of every ``history_*`` input).
 
   Signature outputs: ``scores`` float32 [B, k], ``item_ids`` string [B, k] (best first).
   """
@@ -195,7 +205,10 @@ def export_retrieval(base_dir: str, query_model, example_query_features: Example
   if is_nested(requests[0]):
     flat = [flatten_features(r) for r in requests]
     paths, requests = flat[0][1], [f for f, _ in flat]
-  specs = input_specs_from_examples(requests[0])
+  dynamic_axes = kwargs.pop("dynamic_axes", None)
+  if dynamic_axes is None:
+    dynamic_axes = {k: [1] for k, p in (paths or {}).items() if len(p) > 1 and p[0] == "history"}
+  specs = input_specs_from_examples(requests[0], dynamic_axes=dynamic_axes)
   owner = getattr(query_model, "__self__", None)
   is_keras = isinstance(query_model, tf.keras.layers.Layer) or isinstance(owner, tf.keras.layers.Layer)
 

@@ -58,13 +58,14 @@ def _tf_dtype_for(arr: np.ndarray) -> tf.DType:
   raise sl.ExportError(f"unsupported input dtype {arr.dtype}")
 
 
-def input_specs_from_examples(example: Features, dtypes: Optional[Mapping[str, tf.DType]] = None
-                              ) -> dict[str, tf.TensorSpec]:
+def input_specs_from_examples(example: Features, dtypes: Optional[Mapping[str, tf.DType]] = None,
+                              dynamic_axes: Optional[Mapping[str, Sequence[int]]] = None) -> dict[str, tf.TensorSpec]:
   """Serving input specs ``{name: TensorSpec([None, ...], dtype, name)}`` from one example batch.
 
   The batch dimension becomes ``None``; inner dimensions stay fixed (so a server rejects, e.g., a
   content embedding of the wrong width). str/bytes/object arrays become ``tf.string``, float64 becomes
-  float32 (Keras' default); ``dtypes`` overrides per input.
+  float32 (Keras' default); ``dtypes`` overrides per input; ``dynamic_axes`` ``{name: [axis, ...]}`` leaves
+  more axes free (e.g. a history length H that may vary per request).
   """
   if not example:
     raise sl.ExportError("example inputs are empty: need at least one named input")
@@ -74,7 +75,12 @@ def input_specs_from_examples(example: Features, dtypes: Optional[Mapping[str, t
     if arr.ndim == 0:
       raise sl.ExportError(f"example input {key!r} is a scalar: every input needs a leading batch dimension")
     dtype = (dtypes or {}).get(key) or _tf_dtype_for(arr)
-    specs[key] = tf.TensorSpec([None] + list(arr.shape[1:]), tf.as_dtype(dtype), name=key)
+    shape = [None] + list(arr.shape[1:])
+    for axis in (dynamic_axes or {}).get(key, ()):
+      if not 0 < axis < len(shape):
+        raise sl.ExportError(f"dynamic axis {axis} of input {key!r} is out of range for shape {list(arr.shape)}")
+      shape[axis] = None
+    specs[key] = tf.TensorSpec(shape, tf.as_dtype(dtype), name=key)
   return specs
 
 
@@ -373,7 +379,7 @@ def export_keras_module(model, base_dir: str, name: str, example_inputs: Example
                         output_names: Optional[Sequence[str]] = None,
                         input_specs: Optional[Mapping[str, tf.TensorSpec]] = None,
                         unpack_single_input: bool = False, track: Optional[Mapping[str, Any]] = None,
-                        **kwargs) -> ExportResult:
+                        dynamic_axes: Optional[Mapping[str, Sequence[int]]] = None, **kwargs) -> ExportResult:
   """Exports a Keras layer/model called on a dict of raw features, via a `KerasServingModule`.
 
   Args:
@@ -385,6 +391,7 @@ def export_keras_module(model, base_dir: str, name: str, example_inputs: Example
     input_specs: serving input specs; default `input_specs_from_examples` of the first example.
     unpack_single_input: call the model on the only input tensor instead of the dict.
     track: layers/variables a plain-function ``model`` closes over (see `KerasServingModule`).
+    dynamic_axes: ``{flat input name: [axis, ...]}`` left free in the signature besides the batch axis.
     **kwargs: forwarded to `export_serving_module` (artefact, metrics, data_fingerprint, ...).
   """
   requests = [example_inputs] if isinstance(example_inputs, Mapping) else list(example_inputs)
@@ -396,7 +403,7 @@ def export_keras_module(model, base_dir: str, name: str, example_inputs: Example
     paths = flat[0][1]
     requests = [f for f, _ in flat]
   if input_specs is None:
-    input_specs = input_specs_from_examples(requests[0])
+    input_specs = input_specs_from_examples(requests[0], dynamic_axes=dynamic_axes)
   module = KerasServingModule(model, input_specs, output_names=output_names,
                               unpack_single_input=unpack_single_input, feature_paths=paths, track=track)
   return export_serving_module(module, base_dir, name, requests, **kwargs)

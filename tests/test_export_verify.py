@@ -171,6 +171,11 @@ def test_exported_artefacts_answer_like_the_python_objects(exported):
   assert sorted(results["query"].manifest["inputs"]) == ["history_item_id", "history_sid", "user_id"]
   out = qt(**{k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in flat.items()})
   np.testing.assert_allclose(out["embedding"].numpy(), ctx["q_emb"], atol=1e-5)
+  # The history length is free: a longer history is truncated by the tower to its most recent H items.
+  assert results["query"].manifest["inputs"]["history_sid"]["shape"] == [None, None, L]
+  longer = {k: np.concatenate([v[:, :1], v], axis=1) if k.startswith("history") else v for k, v in flat.items()}
+  out = qt(**{k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in longer.items()})
+  np.testing.assert_allclose(out["embedding"].numpy(), ctx["q_emb"], atol=1e-5)
   # Brute-force retrieval: exact top-5 by dot product over the candidate embeddings.
   bf = tf.saved_model.load(results["brute"].path).signatures["serving_default"]
   got = bf(**{k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in flat.items()})
