@@ -446,7 +446,7 @@ def verify_model_version(base_dir: str, name: str, version: int, run_saved_model
 
 def verify_export(base_dir: str, names: Optional[Sequence[str]] = None, all_versions: bool = False,
                   run_saved_model_cli: bool = True, timeout: float = 300.0, max_workers: int = 1,
-                  load: bool = True) -> VerifyReport:
+                  load: bool = True, progress: bool = True) -> VerifyReport:
   """Verifies every model under an export base directory; returns a `VerifyReport` (never raises for a bad
   export: problems are in ``report.errors`` / each ``ModelCheck.errors``, naming model, version and file).
 
@@ -458,6 +458,7 @@ def verify_export(base_dir: str, names: Optional[Sequence[str]] = None, all_vers
     timeout: seconds per subprocess.
     max_workers: models verified concurrently (each in its own process).
     load: False checks only the directory structure and file inventory (fast, no subprocess).
+    progress: show a tqdm bar (one step per model version).
   """
   report = VerifyReport(base_dir=base_dir, models=[])
   if not os.path.isdir(base_dir):
@@ -484,9 +485,16 @@ def verify_export(base_dir: str, names: Optional[Sequence[str]] = None, all_vers
       continue
     for v in (versions if all_versions else versions[-1:]):
       jobs.append((name, v))
-  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool:
+  from tqdm.auto import tqdm
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, max_workers)) as pool, \
+      tqdm(total=len(jobs), desc="verify-export", unit="model", disable=not progress or not jobs) as bar:
     futures = [pool.submit(verify_model_version, base_dir, n, v, run_saved_model_cli, timeout, load) for n, v in jobs]
-    checks = [f.result() for f in futures]
+    checks = []
+    for f in concurrent.futures.as_completed(futures):
+      checks.append(f.result())
+      bar.set_postfix_str(f"{checks[-1].name} v{checks[-1].version}: {'ok' if checks[-1].ok else 'FAIL'}")
+      bar.update(1)
   staged = {n: [d for d in os.listdir(os.path.join(base_dir, n)) if d.startswith(sl.STAGING_PREFIX)]
             for n in names if os.path.isdir(os.path.join(base_dir, n))}
   for check in checks:
