@@ -22,52 +22,85 @@ from semrec.data import DataError
 from semrec.sid.kmeans import validate_embeddings
 from semrec.sid.quantizer import ResidualQuantizer
 
-NORMALIZATIONS = ("standardize", "center", "none")
+NORMALIZATIONS = ("center", "standardize", "whiten", "none")
 
 
 @tf.keras.utils.register_keras_serializable(package="semrec")
 class InputNormalizer(tf.keras.layers.Layer):
-  """Fixed affine input normalisation, x -> (x - mean) / scale, statistics adapted from data.
+  """Fixed input normalisation with statistics adapted from data.
 
-  Modes: "standardize" (per-feature mean and std), "center" (per-feature mean, one global scale so
-  that the mean squared norm per feature is 1: keeps the geometry of cosine embeddings), "none".
-  Input [B, F] float32 -> [B, F] float32. Statistics are non-trainable weights.
+  Modes:
+    "center": x - mean, divided by one global scale (mean squared value per feature = 1); keeps
+      the geometry of cosine embeddings.
+    "standardize": per-feature z-score.
+    "whiten": PCA whitening onto the top ``output_dim`` principal directions, (x - mean) @ W with
+      unit variance per output dimension. Spreads residuals over many directions, which keeps the
+      deeper code levels balanced (higher unique-SID ratio).
+    "none": identity.
+  Input [B, F] float32 -> [B, output_dim] float32 (output_dim = F except for "whiten").
+  Statistics are non-trainable weights.
   """
 
-  def __init__(self, dim: int, mode: str = "center", **kwargs):
+  def __init__(self, dim: int, mode: str = "center", output_dim: Optional[int] = None, **kwargs):
     kwargs.setdefault("trainable", False)
     super().__init__(**kwargs)
     if mode not in NORMALIZATIONS:
       raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {mode!r}")
     self.dim = int(dim)
     self.mode = mode
+    self.output_dim = int(output_dim) if (mode == "whiten" and output_dim) else self.dim
+    if mode == "whiten" and not 1 <= self.output_dim <= self.dim:
+      raise ValueError(f"whiten output_dim must be in [1, {self.dim}], got {output_dim}")
     self.mean = self.add_weight(name="mean", shape=(self.dim,), initializer="zeros", trainable=False)
-    self.scale = self.add_weight(name="scale", shape=(self.dim,), initializer="ones", trainable=False)
+    if mode == "whiten":
+      self.projection = self.add_weight(name="projection", shape=(self.dim, self.output_dim),
+                                        initializer="zeros", trainable=False)
+      self.inverse = self.add_weight(name="inverse", shape=(self.output_dim, self.dim), initializer="zeros",
+                                     trainable=False)
+    else:
+      self.scale = self.add_weight(name="scale", shape=(self.dim,), initializer="ones", trainable=False)
 
   def adapt(self, x: np.ndarray):
     """Sets the statistics from [N, F] data."""
     x = np.asarray(x, np.float64)
+    mean = x.mean(0) if self.mode != "none" else np.zeros(self.dim)
+    self.mean.assign(mean.astype(np.float32))
+    if self.mode == "whiten":
+      xc = x - mean
+      _, s, vt = np.linalg.svd(xc, full_matrices=False)
+      if len(s) < self.output_dim:
+        raise ValueError(f"whitening to {self.output_dim} dims needs at least {self.output_dim} items, got {len(s)}")
+      std = np.maximum(s[:self.output_dim] / np.sqrt(max(x.shape[0] - 1, 1)), 1e-6)
+      v = vt[:self.output_dim].T  # [F, P]
+      self.projection.assign((v / std).astype(np.float32))
+      self.inverse.assign((v * std).T.astype(np.float32))
+      return
     if self.mode == "none":
-      mean, scale = np.zeros(self.dim), np.ones(self.dim)
+      scale = np.ones(self.dim)
     elif self.mode == "standardize":
-      mean = x.mean(0)
       scale = np.maximum(x.std(0), 1e-6)
     else:
-      mean = x.mean(0)
       scale = np.full(self.dim, max(np.sqrt(((x - mean) ** 2).mean()), 1e-6))
-    self.mean.assign(mean.astype(np.float32))
     self.scale.assign(scale.astype(np.float32))
 
   def call(self, x):
-    return (tf.cast(x, tf.float32) - self.mean) / self.scale
+    x = tf.cast(x, tf.float32) - self.mean
+    if self.mode == "whiten":
+      return tf.matmul(x, self.projection)
+    return x / self.scale
 
   def invert(self, y):
-    """Maps normalised values back to the input space."""
+    """Maps normalised values back to the input space (projection onto the kept PCA directions)."""
+    if self.mode == "whiten":
+      return tf.matmul(y, self.inverse) + self.mean
     return y * self.scale + self.mean
+
+  def compute_output_shape(self, input_shape):
+    return tf.TensorShape(input_shape)[:-1].concatenate([self.output_dim])
 
   def get_config(self):
     config = super().get_config()
-    config.update({"dim": self.dim, "mode": self.mode})
+    config.update({"dim": self.dim, "mode": self.mode, "output_dim": self.output_dim})
     return config
 
 
@@ -84,14 +117,15 @@ class SidAssigner(tf.keras.layers.Layer):
     hidden_dims: encoder MLP hidden widths; empty with ``latent_dim=None`` for RQ-KMeans (the
       quantiser then works on the normalised input).
     latent_dim: D; None means no encoder (RQ-KMeans).
-    normalization: "standardize" | "center" | "none" (see ``InputNormalizer``).
+    normalization: "center" | "standardize" | "whiten" | "none" (see ``InputNormalizer``).
+    whiten_dim: output width of "whiten" normalisation (PCA components kept).
     activation: hidden activation of the encoder.
     dead_code_window: passed to the quantiser (used only while training).
   """
 
   def __init__(self, input_dim: int, num_levels: int, codebook_size: int, hidden_dims: Sequence[int] = (),
-               latent_dim: Optional[int] = None, normalization: str = "center", activation: str = "relu",
-               dead_code_window: int = 50, **kwargs):
+               latent_dim: Optional[int] = None, normalization: str = "center", whiten_dim: Optional[int] = None,
+               activation: str = "relu", dead_code_window: int = 50, **kwargs):
     super().__init__(**kwargs)
     self.input_dim = int(input_dim)
     self.num_levels = int(num_levels)
@@ -99,28 +133,32 @@ class SidAssigner(tf.keras.layers.Layer):
     self.hidden_dims = tuple(int(h) for h in hidden_dims)
     self.latent_dim = int(latent_dim) if latent_dim else None
     self.normalization = normalization
+    self.whiten_dim = int(whiten_dim) if whiten_dim else None
     self.activation = activation
     self.dead_code_window = int(dead_code_window)
     if self.latent_dim is None and self.hidden_dims:
       raise ValueError("hidden_dims given without latent_dim")
-    self.normalizer = InputNormalizer(self.input_dim, normalization, name="normalizer")
+    self.normalizer = InputNormalizer(self.input_dim, normalization, output_dim=self.whiten_dim, name="normalizer")
     self.encoder_layers = []
     if self.latent_dim is not None:
       for i, h in enumerate(self.hidden_dims):
         self.encoder_layers.append(tf.keras.layers.Dense(h, activation=activation, name=f"encoder_{i}"))
       self.encoder_layers.append(tf.keras.layers.Dense(self.latent_dim, name="encoder_out"))
-    self.quantizer = ResidualQuantizer(self.num_levels, self.codebook_size, self.latent_dim or self.input_dim,
+    self.quantizer = ResidualQuantizer(self.num_levels, self.codebook_size,
+                                       self.latent_dim or self.normalizer.output_dim,
                                        dead_code_window=dead_code_window, name="quantizer")
 
   def build(self, input_shape):
     if input_shape[-1] is not None and input_shape[-1] != self.input_dim:
       raise ValueError(f"{self.name}: wrong embedding width {input_shape[-1]}, the SID model expects {self.input_dim}")
     h = tf.TensorShape([None, self.input_dim])
-    self.normalizer.build(h)
-    for layer in self.encoder_layers:
-      layer.build(h)
+    # Sublayers may already be built (the RQ-VAE trains them directly): never rebuild (re-initialise) them.
+    for layer in [self.normalizer] + self.encoder_layers:
+      if not layer.built:
+        layer.build(h)
       h = layer.compute_output_shape(h)
-    self.quantizer.build(h)
+    if not self.quantizer.built:
+      self.quantizer.build(h)
     super().build(input_shape)
 
   def encode(self, x: tf.Tensor) -> tf.Tensor:
@@ -136,9 +174,9 @@ class SidAssigner(tf.keras.layers.Layer):
   def fingerprint(self) -> str:
     """Short hash of config and weights; shards written by another model are not reused."""
     h = hashlib.sha256(json.dumps(self.get_config(), sort_keys=True, default=str).encode())
-    for w in self.get_weights():
-      if w.ndim and w.shape != (self.num_levels, self.codebook_size):  # skip the idle counters
-        h.update(np.ascontiguousarray(w).tobytes())
+    for w in self.weights:
+      if w is not self.quantizer.steps_since_used:  # training-only idle counters
+        h.update(np.ascontiguousarray(w.numpy()).tobytes())
     return h.hexdigest()[:16]
 
   def get_config(self):
@@ -146,7 +184,7 @@ class SidAssigner(tf.keras.layers.Layer):
     config.update({"input_dim": self.input_dim, "num_levels": self.num_levels,
                    "codebook_size": self.codebook_size, "hidden_dims": list(self.hidden_dims),
                    "latent_dim": self.latent_dim, "normalization": self.normalization,
-                   "activation": self.activation, "dead_code_window": self.dead_code_window})
+                   "whiten_dim": self.whiten_dim, "activation": self.activation, "dead_code_window": self.dead_code_window})
     return config
 
 

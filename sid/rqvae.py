@@ -46,7 +46,8 @@ class RQVAEConfig:
     hidden_dims: encoder MLP hidden widths (the decoder mirrors them). rqvae only.
     latent_dim: D, the quantised latent width. rqvae only.
     normalization: input normalisation, "center" (mean-centre, one global scale), "standardize"
-      (per-feature z-score) or "none".
+      (per-feature z-score), "whiten" (PCA whitening to ``whiten_dim`` dims) or "none".
+    whiten_dim: PCA components kept by "whiten" (None keeps all; capped at min(N, F) when training).
     activation: MLP hidden activation.
     beta: commitment weight of the loss.
     epochs: training epochs (rqvae).
@@ -65,7 +66,8 @@ class RQVAEConfig:
   codebook_size: int = 256
   hidden_dims: Tuple[int, ...] = (256, 128)
   latent_dim: int = 32
-  normalization: str = "center"
+  normalization: str = "whiten"
+  whiten_dim: Optional[int] = 64
   activation: str = "relu"
   beta: float = 0.25
   epochs: int = 40
@@ -120,16 +122,17 @@ class RQVAE(tf.keras.Model):
 
   def __init__(self, input_dim: int, num_levels: int = 3, codebook_size: int = 256,
                hidden_dims: Sequence[int] = (256, 128), latent_dim: int = 32, normalization: str = "center",
-               activation: str = "relu", beta: float = 0.25, dead_code_window: int = 50, **kwargs):
+               whiten_dim: Optional[int] = None, activation: str = "relu", beta: float = 0.25,
+               dead_code_window: int = 50, **kwargs):
     super().__init__(**kwargs)
     self.input_dim = int(input_dim)
     self.beta = float(beta)
     self.assigner = SidAssigner(input_dim, num_levels, codebook_size, hidden_dims=hidden_dims,
-                                latent_dim=latent_dim, normalization=normalization, activation=activation,
-                                dead_code_window=dead_code_window, name="assigner")
+                                latent_dim=latent_dim, normalization=normalization, whiten_dim=whiten_dim,
+                                activation=activation, dead_code_window=dead_code_window, name="assigner")
     self.decoder_layers = [tf.keras.layers.Dense(h, activation=activation, name=f"decoder_{i}")
                            for i, h in enumerate(reversed(tuple(hidden_dims)))]
-    self.decoder_layers.append(tf.keras.layers.Dense(self.input_dim, name="decoder_out"))
+    self.decoder_layers.append(tf.keras.layers.Dense(self.assigner.normalizer.output_dim, name="decoder_out"))
     self._trackers = {k: tf.keras.metrics.Mean(name=k)
                       for k in ("loss", "reconstruction", "commitment", "codebook", "codes_reset")}
 
@@ -182,7 +185,7 @@ class RQVAE(tf.keras.Model):
     a = self.assigner
     return {"input_dim": self.input_dim, "num_levels": a.num_levels, "codebook_size": a.codebook_size,
             "hidden_dims": list(a.hidden_dims), "latent_dim": a.latent_dim, "normalization": a.normalization,
-            "activation": a.activation, "beta": self.beta, "dead_code_window": a.dead_code_window,
+            "whiten_dim": a.whiten_dim, "activation": a.activation, "beta": self.beta, "dead_code_window": a.dead_code_window,
             "name": self.name}
 
 
@@ -331,6 +334,7 @@ class SidModel:
       arrays = {k: f[k] for k in f.files}
     network = _build_network(config, manifest["input_dim"]) if config.mode == "rqvae" else None
     assigner = network.assigner if network is not None else _build_assigner(config, manifest["input_dim"])
+    assigner.trainable = False  # get_weights order depends on trainability; saved models are frozen
     assigner.set_weights([arrays[k] for k in sorted(a for a in arrays if a.startswith("assigner/"))])
     if network is not None:
       for j, layer in enumerate(network.decoder_layers):
@@ -343,15 +347,18 @@ class SidModel:
 
 def _build_assigner(config: RQVAEConfig, input_dim: int) -> SidAssigner:
   a = SidAssigner(input_dim, config.num_levels, config.codebook_size, hidden_dims=(), latent_dim=None,
-                  normalization=config.normalization, dead_code_window=config.dead_code_window, name="assigner")
+                  normalization=config.normalization, whiten_dim=config.whiten_dim,
+                  dead_code_window=config.dead_code_window, name="assigner")
   a.build(tf.TensorShape([None, input_dim]))
   return a
 
 
 def _build_network(config: RQVAEConfig, input_dim: int) -> RQVAE:
   net = RQVAE(input_dim, config.num_levels, config.codebook_size, hidden_dims=config.hidden_dims,
-              latent_dim=config.latent_dim, normalization=config.normalization, activation=config.activation,
+              latent_dim=config.latent_dim, normalization=config.normalization, whiten_dim=config.whiten_dim,
+              activation=config.activation,
               beta=config.beta, dead_code_window=config.dead_code_window)
+  net.assigner(tf.zeros([1, input_dim]))
   net(tf.zeros([1, input_dim]))
   return net
 
@@ -376,6 +383,8 @@ def train_sid_model(embeddings, config: Optional[RQVAEConfig] = None, item_ids=N
   if config.codebook_size > n:
     raise ValueError(f"codebook_size K={config.codebook_size} is larger than the number of items N={n}: "
                      "every code needs at least one item; use K <= N (e.g. K ~ N/30 or less)")
+  if config.normalization == "whiten" and (config.whiten_dim is None or config.whiten_dim > min(n, f)):
+    config = dataclasses.replace(config, whiten_dim=min(n, f))
   tf.keras.utils.set_random_seed(config.seed)
   t0 = time.time()
   if config.mode == "rqkmeans":
