@@ -34,9 +34,67 @@ FORBIDDEN_MODULES = ("semrec", "tensorflow_recommenders", "tf_keras", "scann")
 # The child imports nothing from semrec: it must show that the export stands on TensorFlow alone. The
 # warm-up PredictionLog records are decoded with a few lines of protobuf wire-format parsing, so not even
 # tensorflow-serving-api is needed; tensors are parsed with TensorFlow's own TensorProto.
+_WIRE_PARSER = r'''
+# Minimal protobuf wire-format decoding of a PredictionLog (needs `tensor_pb2` from TensorFlow in globals).
+def varint(b, i):
+  shift = result = 0
+  while True:
+    c = b[i]; i += 1
+    result |= (c & 0x7F) << shift
+    if not c & 0x80:
+      return result, i
+    shift += 7
+
+def fields(b):
+  i = 0
+  while i < len(b):
+    key, i = varint(b, i)
+    fno, wt = key >> 3, key & 7
+    if wt == 0:
+      v, i = varint(b, i)
+    elif wt == 2:
+      n, i = varint(b, i); v = b[i:i + n]; i += n
+      if i > len(b):
+        raise ValueError("truncated protobuf field")
+    elif wt == 1:
+      v = b[i:i + 8]; i += 8
+    elif wt == 5:
+      v = b[i:i + 4]; i += 4
+    else:
+      raise ValueError("unsupported protobuf wire type %d" % wt)
+    yield fno, v
+
+def parse_prediction_log(rec):
+  # PredictionLog.predict_log = 6 -> PredictLog.request = 1 -> PredictRequest{model_spec = 1, inputs = 2}.
+  sig, inputs = "", {}
+  for f1, v1 in fields(rec):
+    if f1 != 6:
+      continue
+    for f2, v2 in fields(v1):
+      if f2 != 1:
+        continue
+      for f3, v3 in fields(v2):
+        if f3 == 1:
+          for f4, v4 in fields(v3):
+            if f4 == 3:
+              sig = bytes(v4).decode()
+        elif f3 == 2:
+          key, tensor = None, None
+          for f4, v4 in fields(v3):
+            if f4 == 1:
+              key = bytes(v4).decode()
+            elif f4 == 2:
+              tensor = tensor_pb2.TensorProto.FromString(bytes(v4))
+          inputs[key] = tensor
+  if not inputs:
+    raise ValueError("record holds no PredictRequest inputs")
+  return sig, inputs
+'''
+
 _CHILD_SCRIPT = r'''
 import json, sys, time
 args = json.loads(sys.argv[1])
+''' + _WIRE_PARSER + r'''
 res = {"errors": [], "max_abs_diff": None, "num_requests": 0, "load_seconds": None, "import_seconds": None}
 t0 = time.time()
 try:
@@ -49,60 +107,6 @@ try:
     from scann.scann_ops.py import scann_ops_pybind
   res["import_seconds"] = time.time() - t0
   t0 = time.time()
-
-  def varint(b, i):
-    shift = result = 0
-    while True:
-      c = b[i]; i += 1
-      result |= (c & 0x7F) << shift
-      if not c & 0x80:
-        return result, i
-      shift += 7
-
-  def fields(b):
-    i = 0
-    while i < len(b):
-      key, i = varint(b, i)
-      fno, wt = key >> 3, key & 7
-      if wt == 0:
-        v, i = varint(b, i)
-      elif wt == 2:
-        n, i = varint(b, i); v = b[i:i + n]; i += n
-        if i > len(b):
-          raise ValueError("truncated protobuf field")
-      elif wt == 1:
-        v = b[i:i + 8]; i += 8
-      elif wt == 5:
-        v = b[i:i + 4]; i += 4
-      else:
-        raise ValueError("unsupported protobuf wire type %d" % wt)
-      yield fno, v
-
-  def parse_prediction_log(rec):
-    # PredictionLog.predict_log = 6 -> PredictLog.request = 1 -> PredictRequest{model_spec = 1, inputs = 2}.
-    sig, inputs = "", {}
-    for f1, v1 in fields(rec):
-      if f1 != 6:
-        continue
-      for f2, v2 in fields(v1):
-        if f2 != 1:
-          continue
-        for f3, v3 in fields(v2):
-          if f3 == 1:
-            for f4, v4 in fields(v3):
-              if f4 == 3:
-                sig = bytes(v4).decode()
-          elif f3 == 2:
-            key, tensor = None, None
-            for f4, v4 in fields(v3):
-              if f4 == 1:
-                key = bytes(v4).decode()
-              elif f4 == 2:
-                tensor = tensor_pb2.TensorProto.FromString(bytes(v4))
-            inputs[key] = tensor
-    if not inputs:
-      raise ValueError("record holds no PredictRequest inputs")
-    return sig, inputs
 
   def compare(i, key, got, exp, rtol, atol):
     got = np.asarray(got)

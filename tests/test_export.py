@@ -467,3 +467,35 @@ class ArtefactExporterTest(tf.test.TestCase):
     module = ex.KerasServingModule(model, ex.input_specs_from_examples(feats))
     res2 = ex.export_ranker(base, module, feats)  # a serving module is exported as is
     self.assertEqual(res2.version, 2)
+
+
+class WireParserTest(tf.test.TestCase):
+  """The fresh-process verifier decodes warm-up records without tensorflow-serving-api; check it against
+  the real protos on several dtypes and ranks."""
+
+  def test_wire_parser_matches_the_serving_protos(self):
+    from tensorflow.core.framework import tensor_pb2
+
+    from semrec.export import verify
+
+    compile(verify._CHILD_SCRIPT, "<verify child>", "exec")  # the child script is valid Python
+    ns = {"tensor_pb2": tensor_pb2}
+    exec(verify._WIRE_PARSER, ns)  # noqa: S102 - our own constant
+    d = self.get_temp_dir()
+    requests = [
+        {"ids": np.array([["a", ""], ["é", "long id " * 40]], dtype=object), "codes": np.arange(12, dtype=np.int32).reshape(2, 2, 3)},
+        {"f": np.array([[1.5, -2.0]], np.float32), "big": np.array([2**40], np.int64), "flag": np.array([True, False])},
+    ]
+    ex.write_warmup_requests(d, "serving_default", requests, model_name="m")
+    expected = ex.read_warmup_requests(d)
+    raw = [r.numpy() for r in tf.data.TFRecordDataset(os.path.join(d, sl.WARMUP_FILE))]
+    self.assertLen(raw, 2)
+    for rec, (sig, inputs) in zip(raw, expected):
+      got_sig, got = ns["parse_prediction_log"](rec)
+      self.assertEqual(got_sig, sig)
+      self.assertEqual(sorted(got), sorted(inputs))
+      for k in inputs:
+        self.assertAllEqual(tf.make_ndarray(got[k]), inputs[k])
+    self.assertEqual(tf.make_ndarray(ns["parse_prediction_log"](raw[0])[1]["ids"])[1, 0].decode(), "é")
+    with self.assertRaisesRegex(ValueError, "truncated|no PredictRequest"):
+      ns["parse_prediction_log"](raw[0][: len(raw[0]) // 2])
