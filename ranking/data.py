@@ -27,15 +27,17 @@ import pandas as pd
 from semrec.data import PAD_ITEM, DataError, ItemFeatures, user_histories
 
 ITEM_SLOTS = ("candidate", "last", "history")
-CONTEXT_COLUMNS = ("hour_sin", "hour_cos", "weekday_sin", "weekday_cos", "log_user_activity")
+CONTEXT_COLUMNS = ("hour_sin", "hour_cos", "weekday_sin", "weekday_cos", "log_user_activity", "user_positive_rate")
 CONTEXT_DIM = len(CONTEXT_COLUMNS)
 
 
 def context_features(interactions: pd.DataFrame, log: pd.DataFrame) -> np.ndarray:
-  """[n, C] float32 request context: time of day and of week (sin/cos) and the user's activity.
+  """[n, C] float32 request context: time of day and of week (sin/cos), the user's activity and
+  the user's positive rate.
 
-  ``log_user_activity`` is log1p(number of the user's interactions in ``log`` strictly before the
-  row's timestamp) / 5, a causal feature that is available at serving time.
+  Both user columns are causal (computed from the user's interactions in ``log`` strictly before
+  the row's timestamp, so they are available at serving time): ``log_user_activity`` =
+  log1p(count) / 5, ``user_positive_rate`` = (positives + 1) / (count + 2) (0.5 with no past).
   """
   ts = interactions["timestamp"].to_numpy(np.int64)
   hour = (ts % 86400) / 86400.0
@@ -46,16 +48,22 @@ def context_features(interactions: pd.DataFrame, log: pd.DataFrame) -> np.ndarra
   log_t = log["timestamp"].to_numpy(np.int64)
   order = np.lexsort((log_t, log_u))
   log_u, log_t = log_u[order], log_t[order]
+  log_y = log["label"].to_numpy(np.float64)[order] if "label" in log.columns else np.zeros(len(log))
+  cum_y = np.concatenate([[0.0], np.cumsum(log_y)])
   q_u = users.get_indexer(interactions["user_id"]).astype(np.int64)
   start = np.searchsorted(log_u, q_u, side="left")
   end = np.searchsorted(log_u, q_u, side="right")
-  activity = np.empty(len(interactions), np.float64)
+  activity = np.zeros(len(interactions), np.float64)
+  positives = np.zeros(len(interactions), np.float64)
   for u in np.unique(q_u):
     rows = np.flatnonzero(q_u == u)
     lo, hi = start[rows[0]], end[rows[0]]
-    activity[rows] = np.searchsorted(log_t[lo:hi], ts[rows], side="left")
+    count = np.searchsorted(log_t[lo:hi], ts[rows], side="left")
+    activity[rows] = count
+    positives[rows] = cum_y[lo + count] - cum_y[lo]
   out = np.stack([np.sin(2 * np.pi * hour), np.cos(2 * np.pi * hour), np.sin(2 * np.pi * weekday),
-                  np.cos(2 * np.pi * weekday), np.log1p(activity) / 5.0], axis=1)
+                  np.cos(2 * np.pi * weekday), np.log1p(activity) / 5.0, (positives + 1) / (activity + 2)],
+                 axis=1)
   return out.astype(np.float32)
 
 

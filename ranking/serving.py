@@ -75,46 +75,54 @@ class RankerServingModule(tf.Module):
     return s
 
   def _checks(self, f) -> list:
+    """In-graph request validation. Shape checks run first: value checks (code range, finiteness)
+    are built under their control dependency, so a shape error is reported as such rather than as
+    a broadcasting failure inside a value check."""
     L, K = self.sid_length, self.codebook_size
     b = tf.shape(f["candidate_item_id"])[0]
-    checks = []
+    slots = [s for s in ("candidate", "last", "history") if s != "history" or self.uses_history]
+    shape_checks = []
 
     def batch_ok(name, n):
       return tf.debugging.Assert(
           tf.logical_or(tf.equal(n, 1), tf.equal(n, b)),
           [f"{name}: batch size must be 1 or the number of candidates; got", n, "candidates:", b])
 
-    for slot in ("candidate", "last", "history"):
-      if slot == "history" and not self.uses_history:
-        continue
+    for slot in slots:
       ids, sid = f[f"{slot}_item_id"], f[f"{slot}_sid"]
-      checks.append(tf.debugging.assert_equal(
+      shape_checks.append(tf.debugging.assert_equal(
           tf.shape(sid)[-1], L, message=f"{slot}_sid: each item needs L={L} SID codes (last dimension)"))
-      checks.append(tf.debugging.assert_equal(
+      shape_checks.append(tf.debugging.assert_equal(
           tf.shape(sid)[:-1], tf.shape(ids),
           message=f"{slot}_sid: leading shape must equal the shape of {slot}_item_id"))
-      pad = tf.equal(ids, "")[..., None]
-      in_range = tf.logical_and(sid >= 0, sid < K)
-      checks.append(tf.debugging.assert_equal(
-          tf.reduce_all(tf.logical_or(in_range, pad)), True,
-          message=f"{slot}_sid: codes must be in [0, {K}) for every non-padding item"))
       if self.uses_content:
         content = f[f"{slot}_content"]
-        checks.append(tf.debugging.assert_equal(
-            tf.shape(content)[-1], self.content_dim,
-            message=f"{slot}_content: width must be D={self.content_dim}"))
-        checks.append(tf.debugging.assert_equal(
+        shape_checks.append(tf.debugging.assert_equal(
+            tf.shape(content)[-1], self.content_dim, message=f"{slot}_content: width must be D={self.content_dim}"))
+        shape_checks.append(tf.debugging.assert_equal(
             tf.shape(content)[:-1], tf.shape(ids),
             message=f"{slot}_content: leading shape must equal the shape of {slot}_item_id"))
-        checks.append(tf.debugging.assert_all_finite(content, message=f"{slot}_content: NaN/inf values"))
       if slot != "candidate":
-        checks.append(batch_ok(f"{slot}_item_id", tf.shape(ids)[0]))
+        shape_checks.append(batch_ok(f"{slot}_item_id", tf.shape(ids)[0]))
     ctx = f["context"]
-    checks.append(tf.debugging.assert_equal(tf.shape(ctx)[-1], self.context_dim,
-                                            message=f"context: width must be C={self.context_dim}"))
-    checks.append(batch_ok("context", tf.shape(ctx)[0]))
-    checks.append(tf.debugging.assert_all_finite(ctx, message="context: NaN/inf values"))
-    return checks
+    shape_checks.append(tf.debugging.assert_equal(tf.shape(ctx)[-1], self.context_dim,
+                                                  message=f"context: width must be C={self.context_dim}"))
+    shape_checks.append(batch_ok("context", tf.shape(ctx)[0]))
+
+    value_checks = []
+    with tf.control_dependencies(shape_checks):
+      for slot in slots:
+        ids, sid = f[f"{slot}_item_id"], f[f"{slot}_sid"]
+        pad = tf.equal(ids, "")[..., None]
+        in_range = tf.logical_and(sid >= 0, sid < K)
+        value_checks.append(tf.debugging.assert_equal(
+            tf.reduce_all(tf.logical_or(in_range, pad)), True,
+            message=f"{slot}_sid: codes must be in [0, {K}) for every non-padding item"))
+        if self.uses_content:
+          value_checks.append(tf.debugging.assert_all_finite(f[f"{slot}_content"],
+                                                             message=f"{slot}_content: NaN/inf values"))
+      value_checks.append(tf.debugging.assert_all_finite(ctx, message="context: NaN/inf values"))
+    return shape_checks + value_checks
 
   def _serve(self, features):
     with tf.control_dependencies(self._checks(features)):
