@@ -386,3 +386,23 @@ def test_rank_metrics_golden():
   # recall@1 = 1/3, recall@10 = 2/3, ndcg@10 = (1/log2(2) + 1/log2(3)) / 3
   np.testing.assert_allclose([m["recall@1"], m["recall@10"], m["ndcg@10"]],
                              [1 / 3, 2 / 3, (1 + 1 / np.log2(3)) / 3])
+
+
+def test_run_retrieval_comparison_tiny(world, tmp_path):
+  from semrec.towers import ComparisonConfig, run_retrieval_comparison
+  cfg = ComparisonConfig(variants=("hashed_id", "sid_spm"), quality_modes=("none", "tuned"),
+                         max_history=H, embedding_dim=8, output_dim=8, mlp_dims=(16,), epochs=1, batch_size=32,
+                         num_clusters=4, sid_levels=2, sid_codebook_size=4, spm_vocab_size=16, max_tune_queries=50)
+  out = run_retrieval_comparison(world.ds, world.ds.item_ids, world.content, cfg, output_dir=str(tmp_path),
+                                 verbose=False)
+  table = out["table"]
+  assert len(table) == 2 * 2 * 3  # variants x quality modes x slices
+  assert set(table["slice"]) == {"overall", "warm", "cold"}
+  assert table[["recall@10", "recall@50", "recall@100"]].stack().between(0, 1).all()
+  overall = table[table["slice"] == "overall"]
+  assert (overall["recall@10"] <= overall["recall@100"]).all()
+  assert set(out["acceptance"]) == {"sid_spm/none", "sid_spm/tuned"}
+  assert (tmp_path / "retrieval_recall.png").stat().st_size > 0
+  assert (tmp_path / "retrieval_comparison.json").exists()
+  with pytest.raises(ValueError, match="unknown variants"):
+    ComparisonConfig(variants=("bigram_tower",))
