@@ -34,7 +34,7 @@ class _Fixture:
   """Shared tiny world + features, built once per module."""
 
   def __init__(self, tmp_dir):
-    from semrec.sid.rqvae import RQVAEConfig, train_sid_model
+    from semrec.sid import RQVAEConfig, train_sid_model
     self.ds = _world(tmp_dir)
     self.split = temporal_split(self.ds)
     self.content = _content(self.ds)

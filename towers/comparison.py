@@ -110,7 +110,7 @@ class ComparisonConfig:
 
 def _content_matrix(dataset: RecDataset, content_ids, content) -> np.ndarray:
   """[N, D] content rows in catalogue order; every catalogue item must have one."""
-  from semrec.sid.kmeans import validate_embeddings
+  from semrec.sid import validate_embeddings
   emb = validate_embeddings(content, item_ids=np.asarray(content_ids), name="content embeddings")
   idx = pd.Index(np.asarray(content_ids).astype(str)).get_indexer(dataset.item_ids.astype(str))
   if (idx < 0).any():
@@ -134,7 +134,7 @@ def _item_encoder_config(variant: str, cfg: ComparisonConfig, hash_bins: int):
 
 
 def _item_representation(variant: str, cfg: ComparisonConfig, spm, levels: int, k: int):
-  from semrec.sid.adapters import ItemRepresentation, ItemRepresentationConfig
+  from semrec.sid import ItemRepresentation, ItemRepresentationConfig
   if variant == "sid_unigram":
     rc = ItemRepresentationConfig(modes=("unigram",), embedding_dim=cfg.embedding_dim, num_levels=levels,
                                   codebook_size=k, table_budget=max(levels * k, 1))
@@ -229,7 +229,7 @@ def run_retrieval_comparison(dataset: RecDataset, content_ids, content, config: 
   spm = None
   if needs_sid:
     if sid_codes is None:
-      from semrec.sid.rqvae import RQVAEConfig, train_sid_model
+      from semrec.sid import RQVAEConfig, train_sid_model
       sid_model = train_sid_model(x, RQVAEConfig(mode=cfg.sid_mode, num_levels=levels, codebook_size=k,
                                                  seed=cfg.seed), item_ids=ids)
       sid_codes = sid_model.codes(x)
@@ -242,7 +242,7 @@ def run_retrieval_comparison(dataset: RecDataset, content_ids, content, config: 
       levels, k = int(sid_codes.shape[1]), int(sid_codebook_size)
     arrays["sid"] = sid_codes.astype(np.int32)
     if any(v in ("sid_spm", "sid_spm_hashed") for v in cfg.variants):
-      from semrec.sid.spm import train_sid_spm
+      from semrec.sid import train_sid_spm
       # Impression-weighted SID corpus: items weighted by their interactions before the validation window.
       weights = fit_rows["item_id"].astype(str).value_counts().reindex(ids).fillna(0).to_numpy()
       spm = train_sid_spm(sid_codes, weights=weights, vocab_size=cfg.spm_vocab_size, codebook_size=k, item_ids=ids)

@@ -171,10 +171,7 @@ class ItemEncoder(tf.keras.layers.Layer):
                            if c.hash_bins else None)
     self.cluster_embedding = None
     if c.num_clusters:
-      try:
-        from semrec.sid import ClusterIdEmbedding
-      except ImportError:  # sid/__init__ not re-exporting yet
-        from semrec.sid.kmeans import ClusterIdEmbedding
+      from semrec.sid import ClusterIdEmbedding
       self.cluster_embedding = ClusterIdEmbedding(c.num_clusters, c.cluster_dim, name="cluster_embedding")
     self.content_projection = (tf.keras.layers.Dense(c.content_dim, name="content_projection")
                                if c.content_dim else None)
