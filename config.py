@@ -58,8 +58,11 @@ def _dataclass_in(hint) -> Any:
 
 
 def _is_tuple(hint) -> bool:
-  return hint is tuple or typing.get_origin(hint) is tuple or any(
-      typing.get_origin(a) is tuple for a in typing.get_args(hint))
+  """Tuple-like hints (``tuple``, ``Tuple[...]``, ``Sequence[...]``): YAML lists come back as tuples."""
+  import collections.abc
+  seqs = (tuple, collections.abc.Sequence)
+  return hint in seqs or typing.get_origin(hint) in seqs or any(
+      a in seqs or typing.get_origin(a) in seqs for a in typing.get_args(hint))
 
 
 def save_yaml(config, path: str):

@@ -1,0 +1,92 @@
+"""End-to-end: `semrec run --dataset synthetic --quick` on tiny data, resume, report, exports; config round trip."""
+import json
+import os
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from semrec.cli import main
+from semrec.config import from_dict, load_yaml, save_yaml, to_dict
+from semrec.pipeline import STAGE_ORDER, STAGES, DataConfig, Run, RunConfig, run_stages
+
+
+def test_config_yaml_round_trip(tmp_path):
+  cfg = RunConfig().quick()
+  path = str(tmp_path / "c.yaml")
+  save_yaml(cfg, path)
+  assert load_yaml(RunConfig, path) == cfg
+  with pytest.raises(ValueError, match="unknown config key"):
+    from_dict(RunConfig, {"sid": {"modle": {}}})
+  with pytest.raises(ValueError, match="data.type"):
+    DataConfig(type="imagenet")
+  assert to_dict(cfg)["sid"]["model"]["codebook_size"] == 16
+
+
+def test_stage_dependencies():
+  assert STAGES.dependencies("index") == ["encode", "sid", "retrieval"]
+  assert STAGES.dependencies("encode") == []
+
+
+def test_cli_usage_errors():
+  runner = CliRunner()
+  res = runner.invoke(main, ["run", "--dataset", "generic"])
+  assert res.exit_code != 0 and "--interactions and --items" in res.output
+
+
+def test_interrupted_stage_is_rerun_and_finished_stages_skipped(tmp_path):
+  calls = []
+
+  def ok(run):
+    calls.append("ok")
+    return {"x": 1}
+
+  def boom(run):
+    calls.append("boom")
+    raise KeyboardInterrupt
+
+  run = Run(RunConfig(), str(tmp_path))
+  with pytest.raises(KeyboardInterrupt):
+    run_stages(run, ["a", "b"], {"a": ok, "b": boom}, log=lambda m: None)
+  assert run.is_done("a") and not run.is_done("b")
+  run_stages(run, ["a", "b"], {"a": ok, "b": ok}, log=lambda m: None)
+  assert calls == ["ok", "boom", "ok"]  # "a" was not recomputed
+
+
+def test_semrec_run_synthetic_quick_end_to_end(tmp_path):
+  run_dir = str(tmp_path / "run")
+  data_cfg = tmp_path / "c.yaml"
+  cfg = RunConfig(data=DataConfig(type="synthetic"))
+  cfg.data.synthetic.output_dir = str(tmp_path / "media")
+  save_yaml(cfg, str(data_cfg))
+  runner = CliRunner()
+  res = runner.invoke(main, ["run", "--config", str(data_cfg), "--quick", "--run-dir", run_dir],
+                      catch_exceptions=False)
+  assert res.exit_code == 0, res.output
+  # The console metrics table.
+  assert "utilisation per level" in res.output and "recall@100" in res.output and "AUC" in res.output
+  for stage in STAGE_ORDER:
+    assert os.path.exists(os.path.join(run_dir, stage, "_DONE.json")), stage
+  metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
+  assert metrics["dataset"]["modalities"] == ["text", "image", "audio"]
+  enc = metrics["stages"]["encode"]
+  assert enc["modalities"] == ["text", "image", "audio"] and enc["random_init"]["image"]
+  assert metrics["stages"]["verify"]["ok"]
+  names = {m["name"] for m in metrics["stages"]["verify"]["models"]}
+  assert {"sid_assigner", "candidate_tower", "query_tower", "retrieval_brute_force", "retrieval_scann",
+          "ranker", "scann_index"} <= names
+  report = open(os.path.join(run_dir, "report.md")).read()
+  for png in ("sid_code_usage.png", "sid_prefix_similarity.png", "retrieval_recall.png", "ranking_auc_by_mode.png"):
+    assert os.path.getsize(os.path.join(run_dir, "plots", png)) > 1000
+    assert f"plots/{png}" in report
+  assert yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))["data"]["type"] == "synthetic"
+
+  # Resume: a second invocation reuses every finished stage and rewrites the report.
+  res2 = runner.invoke(main, ["run", "--config", str(data_cfg), "--quick", "--run-dir", run_dir],
+                       catch_exceptions=False)
+  assert res2.exit_code == 0, res2.output
+  assert res2.output.count("already done") == len(STAGE_ORDER)
+
+  res3 = runner.invoke(main, ["verify-export", os.path.join(run_dir, "export", "models")])
+  assert res3.exit_code == 0, res3.output
+  assert "ranker" in res3.output
