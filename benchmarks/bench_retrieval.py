@@ -94,6 +94,8 @@ def main(argv=None):
   ap.add_argument("--content-npz", default=None)
   ap.add_argument("--epochs", type=int, default=None)
   ap.add_argument("--learned", action="store_true", help="also train towers with a learned quality w")
+  ap.add_argument("--tune-new-item-weight", type=float, default=None,
+                  help="ComparisonConfig.tune_new_item_weight (weight of new-item queries in the w search)")
   ap.add_argument("--tfrs-protocol", action="store_true", help="also run the TFRS tutorial protocol")
   ap.add_argument("--out", default=None, help="default results/bench_retrieval[_quick].json")
   args = ap.parse_args(argv)
@@ -108,6 +110,8 @@ def main(argv=None):
                                                                  mlp_dims=(128,), max_history=20)
   if args.epochs:
     cfg = dataclasses.replace(cfg, epochs=args.epochs)
+  if args.tune_new_item_weight is not None:
+    cfg = dataclasses.replace(cfg, tune_new_item_weight=args.tune_new_item_weight)
   if args.learned:
     cfg = dataclasses.replace(cfg, quality_modes=tuple(cfg.quality_modes) + ("learned",))
   out_dir = os.path.splitext(os.path.abspath(args.out))[0]  # table CSV, full JSON and PNG go here

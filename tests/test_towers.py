@@ -320,6 +320,10 @@ def test_tune_quality_weights_recovers_a_quality_signal():
   w, info = tune_quality_weights(q, p, f, np.array([2, 2, 2, 2]), k=1, grid=(-1.0, 0.0, 1.0))
   assert info["baseline_recall"] == 0.0 and info["recall"] == 1.0
   assert w[0] == 1.0
+  # Query weights: targets 2 (3 queries) vs 0 (1 query, weight 5); w[0] = 1 now loses the heavier query.
+  w, info = tune_quality_weights(q, p, f, np.array([2, 2, 2, 0]), k=1, grid=(-1.0, 0.0, 1.0),
+                                 query_weights=np.array([1.0, 1.0, 1.0, 5.0]))
+  assert w[0] != 1.0 and info["recall"] == 5.0 / 8.0
 
 
 def test_save_load_and_tuned_w_applied_at_serving(world, tmp_path):

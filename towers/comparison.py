@@ -68,6 +68,8 @@ class ComparisonConfig:
     ks: Recall cut-offs.
     max_tune_queries: Validation queries sampled for the w search.
     quality_new_item_policy: ``QualityConfig.new_item_policy`` for items without train interactions.
+    tune_new_item_weight: Weight, in the w search, of validation queries whose target item is new in the
+      window (1 = plain recall; > 1 protects new-item recall).
     seed: Seeds TF, k-means, SIDs and shuffling.
   """
   variants: Sequence[str] = VARIANTS
@@ -93,6 +95,7 @@ class ComparisonConfig:
   ks: Sequence[int] = (10, 50, 100)
   max_tune_queries: int = 3000
   quality_new_item_policy: str = "neutral"
+  tune_new_item_weight: float = 1.0
   seed: int = 0
 
   def __post_init__(self):
@@ -274,6 +277,8 @@ def run_retrieval_comparison(dataset: RecDataset, content_ids, content, config: 
   enc_val = base_inputs.encode(val_pos, context=train)
   val_targets = base_inputs.rows_of(enc_val["item_id"])
   val_excl = base_inputs.exclusions(enc_val, train)
+  val_new = ~np.isin(enc_val["item_id"], fit_rows["item_id"].astype(str).unique())
+  val_weights = np.where(val_new, cfg.tune_new_item_weight, 1.0)
 
   rows_out, weights_out, per_variant = [], {}, {}
   progress = tqdm(cfg.variants, desc="retrieval comparison", disable=not verbose)
@@ -322,7 +327,8 @@ def run_retrieval_comparison(dataset: RecDataset, content_ids, content, config: 
         if "tuned" in cfg.quality_modes:
           qb = embed_queries(model, in_val, enc_val, with_quality=False)
           cb = embed_candidates(model, in_val, with_quality=False)
-          w, info = tune_quality_weights(qb, cb, q_val.features(), val_targets, val_excl, k=max(cfg.ks))
+          w, info = tune_quality_weights(qb, cb, q_val.features(), val_targets, val_excl, k=max(cfg.ks),
+                                         query_weights=val_weights)
           weights_out[f"{variant}/tuned"] = {"w": dict(zip(q_val.feature_names, map(float, w))), **info}
           results["tuned"] = evaluate(w)
       else:

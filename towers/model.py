@@ -187,7 +187,8 @@ def embed_queries(model: TwoTowerRetriever, inputs, encoded: dict, batch_size: i
 def tune_quality_weights(query_base: np.ndarray, candidate_base: np.ndarray, quality: np.ndarray,
                          target_rows: np.ndarray, exclude=None, grid: Sequence[float] = (-0.5, -0.2, -0.1, -0.05, 0.0,
                                                                                          0.05, 0.1, 0.2, 0.5, 1.0),
-                         k: int = 100, passes: int = 2) -> tuple[np.ndarray, dict]:
+                         k: int = 100, passes: int = 2, query_weights: Optional[np.ndarray] = None
+                         ) -> tuple[np.ndarray, dict]:
   """Coordinate-wise grid search for w maximising Recall@k on a validation window (towers frozen).
 
   Args:
@@ -198,6 +199,8 @@ def tune_quality_weights(query_base: np.ndarray, candidate_base: np.ndarray, qua
     exclude: optional per-query arrays of candidate rows to remove (items seen before).
     grid: candidate values for each coordinate of w (q.p is a cosine when the towers normalise).
     k: the Recall@k cut-off optimised (ties broken by NDCG@10).
+    query_weights: optional [V] weights of the queries in the objective (e.g. > 1 for queries whose target
+      is a new item, to keep w from trading new-item recall for popularity).
 
   Returns:
     (w [Q] float32, {"recall": best validation recall, "baseline_recall": recall at w = 0, "evaluations": n}).
@@ -210,13 +213,17 @@ def tune_quality_weights(query_base: np.ndarray, candidate_base: np.ndarray, qua
       base[i, ex[ex != t[i]]] = -np.inf
   f = np.asarray(quality, np.float32)
   rows = np.arange(len(t))
+  qw = np.ones(len(t)) if query_weights is None else np.asarray(query_weights, np.float64)
+  if qw.shape != (len(t),) or (qw < 0).any() or qw.sum() <= 0:
+    raise ValueError(f"query_weights must be {len(t)} non-negative values with a positive sum")
 
   def score(w):
     bias = f @ w  # [N]
     s = base + bias[None, :]
     ts = s[rows, t]
     rank = (s > ts[:, None]).sum(axis=1)
-    return float(np.mean(rank < k)), float(np.mean(np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0)))
+    return (float(np.average(rank < k, weights=qw)),
+            float(np.average(np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0), weights=qw)))
 
   w = np.zeros(f.shape[1], np.float32)
   best = score(w)
