@@ -8,7 +8,7 @@ from semrec.sid.quantizer import ResidualQuantizer, rq_vae_loss  # noqa: E402
 from semrec.sid.assign import InputNormalizer, SidAssigner, assign_sids, predict_codes  # noqa: E402
 from semrec.sid.rqvae import RQVAE, RQVAEConfig, SidModel, train_sid_model  # noqa: E402
 from semrec.sid.table import SidTable, compute_suffix  # noqa: E402
-from semrec.sid.health import format_health_table, plot_code_usage, sid_health  # noqa: E402
+from semrec.sid.health import format_health_table, plot_code_usage, sid_health, write_health_report  # noqa: E402
 
 __all__ = [
     "ItemRepresentation", "ItemRepresentationConfig", "budget_table", "lookups_per_item", "ngram_spans",
@@ -16,5 +16,5 @@ __all__ = [
     "ClusterIdEmbedding", "ClusterIdLayer", "fit_cluster_granularities", "fit_kmeans", "validate_embeddings",
     "ResidualQuantizer", "rq_vae_loss", "InputNormalizer", "SidAssigner", "assign_sids", "predict_codes",
     "RQVAE", "RQVAEConfig", "SidModel", "train_sid_model", "SidTable", "compute_suffix",
-    "format_health_table", "plot_code_usage", "sid_health",
+    "format_health_table", "plot_code_usage", "sid_health", "write_health_report",
 ]

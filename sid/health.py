@@ -216,3 +216,33 @@ def plot_code_usage(codes, codebook_size: int, path: str, title: Optional[str] =
   plt.close(fig)
   os.replace(tmp, path)
   return path
+
+
+def write_health_report(model, embeddings, out_dir: str, item_ids=None, title: Optional[str] = None,
+                        **health_kwargs) -> dict:
+  """Computes a trained model's health and writes ``health.json``, ``health.md`` and ``code_usage.png``.
+
+  Args:
+    model: a trained ``SidModel`` (anything with ``codes``, ``reconstruct``, ``codebook_size``).
+    embeddings: [N, F] content embeddings to assess (usually the training catalogue).
+    out_dir: output directory (created); each file is written atomically.
+    item_ids: optional [N] ids for error messages.
+    title: PNG title.
+
+  Returns:
+    the health dict (also printed by callers with ``format_health_table``).
+  """
+  import json
+
+  x = validate_embeddings(embeddings, item_ids=item_ids, expected_dim=model.input_dim)
+  codes = model.codes(x)
+  health = sid_health(codes, x, model.codebook_size, reconstructions=model.reconstruct(x), item_ids=item_ids,
+                      **health_kwargs)
+  os.makedirs(out_dir, exist_ok=True)
+  for name, text in (("health.json", json.dumps(health, indent=2)), ("health.md", format_health_table(health))):
+    path = os.path.join(out_dir, name)
+    with open(path + ".tmp", "w") as f:
+      f.write(text)
+    os.replace(path + ".tmp", path)
+  plot_code_usage(codes, model.codebook_size, os.path.join(out_dir, "code_usage.png"), title=title)
+  return health

@@ -216,9 +216,11 @@ def _refresh_codebooks(z: np.ndarray, books: np.ndarray, steps: int) -> np.ndarr
     for _ in range(steps):
       a = nearest_centroid(r, book)
       counts = np.bincount(a, minlength=k)
-      sums = np.zeros_like(book)
-      np.add.at(sums, a, r)
+      order = np.argsort(a, kind="stable")
       used = counts > 0
+      sums = np.zeros_like(book)
+      starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[used]
+      sums[used] = np.add.reduceat(r[order], starts, axis=0)
       book[used] = sums[used] / counts[used, None]
       empty = np.flatnonzero(~used)
       if len(empty):
@@ -284,6 +286,12 @@ class SidModel:
         y = tf.add_n([tf.gather(books[l], c[:, l]) for l in range(self.num_levels)])
       out[s:s + batch_size] = self.assigner.normalizer.invert(y).numpy()
     return out
+
+  def table(self, x, item_ids, suffix: bool = True, cluster_ids=None):
+    """``SidTable`` of [N, F] embeddings with their item ids (TIGER suffix added by default)."""
+    from semrec.sid.table import SidTable
+    t = SidTable(item_ids, self.codes(x, item_ids=item_ids), self.codebook_size, cluster_ids=cluster_ids)
+    return t.with_suffix() if suffix else t
 
   def health(self, x, item_ids=None, **kwargs) -> dict:
     """``sid_health`` of this model's codes and reconstructions on [N, F] embeddings."""

@@ -7,7 +7,8 @@ import semrec  # noqa: F401  (before tensorflow)
 import tensorflow as tf
 
 from semrec.data import DataError
-from semrec.sid import RQVAEConfig, SidAssigner, SidModel, SidTable, assign_sids, train_sid_model
+from semrec.sid import (RQVAEConfig, SidAssigner, SidModel, SidTable, assign_sids, train_sid_model,
+                        write_health_report)
 from semrec.tests.test_sid_kmeans import purity, random_purity, title_features
 
 TINY = dict(num_levels=2, codebook_size=8, hidden_dims=(16,), latent_dim=4, epochs=3, batch_size=32,
@@ -42,6 +43,15 @@ def test_codes_shape_range_and_health(trained, data):
     assert h["reconstruction"]["mse"] < ((data - data.mean(0)) ** 2).sum(1).mean()
   if trained.config.mode == "rqvae":
     assert len(trained.history["loss"]) == 3
+
+
+def test_health_report_and_table(trained, data, tmp_path):
+  h = write_health_report(trained, data, str(tmp_path / "h"), title="tiny")
+  assert sorted(os.listdir(tmp_path / "h")) == ["code_usage.png", "health.json", "health.md"]
+  assert h["num_items"] == len(data) and h["reconstruction"] is not None
+  t = trained.table(data, [f"x{i}" for i in range(len(data))])
+  assert t.suffix is not None and len(np.unique(t.full_codes(), axis=0)) == len(data)
+  np.testing.assert_array_equal(t.codes, trained.codes(data))
 
 
 def test_save_load_identical_codes(trained, data, tmp_path):
