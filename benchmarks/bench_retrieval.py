@@ -78,6 +78,18 @@ def tfrs_tutorial_protocol(dataset, epochs: int = 3, seed: int = 42) -> dict:
           "published_ml100k_top_100_accuracy": 0.23, "train_seconds": train_seconds}
 
 
+def _provenance() -> dict:
+  """The code the figures came from: git commit, and whether towers/ or sid/ had uncommitted edits."""
+  import subprocess
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  def git(*a):
+    try:
+      return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+      return ""
+  return {"git_commit": git("rev-parse", "HEAD"), "uncommitted": git("status", "--short", "--", "towers", "sid")}
+
+
 def load_content(dataset, npz_path):
   if npz_path:
     z = np.load(npz_path, allow_pickle=False)
@@ -123,7 +135,7 @@ def main(argv=None):
   cols = ["variant", "quality", "slice", "recall@10", "recall@50", "recall@100", "ndcg@10", "num_queries"]
   print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
   print("acceptance:", json.dumps(res["acceptance"], indent=1, default=str))
-  result = {"benchmark": "bench_retrieval", "quick": args.quick, "content": source,
+  result = {"benchmark": "bench_retrieval", "quick": args.quick, "content": source, "provenance": _provenance(),
             "comparison_seconds": time.time() - t0, **{k: v for k, v in res.items() if k != "table"},
             "table": table.to_dict("records")}
   if args.tfrs_protocol:
