@@ -60,28 +60,37 @@ class InputNormalizer(tf.keras.layers.Layer):
     else:
       self.scale = self.add_weight(name="scale", shape=(self.dim,), initializer="ones", trainable=False)
 
-  def adapt(self, x: np.ndarray):
-    """Sets the statistics from [N, F] data."""
-    x = np.asarray(x, np.float64)
-    mean = x.mean(0) if self.mode != "none" else np.zeros(self.dim)
+  def adapt(self, x: np.ndarray, chunk_size: int = 65536):
+    """Sets the statistics from [N, F] data (float64 accumulation over chunks; N may be millions)."""
+    n = x.shape[0]
+    total = np.zeros(self.dim)
+    for s in range(0, n, chunk_size):
+      total += np.asarray(x[s:s + chunk_size], np.float64).sum(0)
+    mean = total / n if self.mode != "none" else np.zeros(self.dim)
     self.mean.assign(mean.astype(np.float32))
+    if self.mode == "none":
+      self.scale.assign(np.ones(self.dim, np.float32))
+      return
+    sq = np.zeros(self.dim)
+    cov = np.zeros((self.dim, self.dim)) if self.mode == "whiten" else None
+    for s in range(0, n, chunk_size):
+      xc = np.asarray(x[s:s + chunk_size], np.float64) - mean
+      sq += (xc ** 2).sum(0)
+      if cov is not None:
+        cov += xc.T @ xc
     if self.mode == "whiten":
-      xc = x - mean
-      _, s, vt = np.linalg.svd(xc, full_matrices=False)
-      if len(s) < self.output_dim:
-        raise ValueError(f"whitening to {self.output_dim} dims needs at least {self.output_dim} items, got {len(s)}")
-      std = np.maximum(s[:self.output_dim] / np.sqrt(max(x.shape[0] - 1, 1)), 1e-6)
-      v = vt[:self.output_dim].T  # [F, P]
+      if n <= self.output_dim:
+        raise ValueError(f"whitening to {self.output_dim} dims needs more than {self.output_dim} items, got {n}")
+      eigval, eigvec = np.linalg.eigh(cov / (n - 1))
+      top = np.argsort(eigval)[::-1][:self.output_dim]
+      std = np.sqrt(np.maximum(eigval[top], 1e-12))
+      v = eigvec[:, top]  # [F, P]
       self.projection.assign((v / std).astype(np.float32))
       self.inverse.assign((v * std).T.astype(np.float32))
-      return
-    if self.mode == "none":
-      scale = np.ones(self.dim)
     elif self.mode == "standardize":
-      scale = np.maximum(x.std(0), 1e-6)
+      self.scale.assign(np.maximum(np.sqrt(sq / n), 1e-6).astype(np.float32))
     else:
-      scale = np.full(self.dim, max(np.sqrt(((x - mean) ** 2).mean()), 1e-6))
-    self.scale.assign(scale.astype(np.float32))
+      self.scale.assign(np.full(self.dim, max(np.sqrt(sq.sum() / (n * self.dim)), 1e-6), np.float32))
 
   def call(self, x):
     x = tf.cast(x, tf.float32) - self.mean

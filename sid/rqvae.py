@@ -56,7 +56,8 @@ class RQVAEConfig:
     init_batch_size: size of the first batch whose residuals initialise the codebooks by k-means.
     dead_code_window: steps a code may stay unused before it is reset (0 disables).
     refresh_steps: k-means passes per level over all residuals after training (rqvae; 0 disables).
-    kmeans_sample_size: rqkmeans: fit each level on a sample of this many items (None = all).
+    kmeans_sample_size: rqkmeans: fit each level on a random sample of this many items when the
+      catalogue is larger (None = all items; 65,536 = 256 points per code at K=256, faiss' default).
     kmeans_max_iter: Lloyd iterations per k-means fit.
     seed: seeds shuffling, initialisation and k-means.
     verbose: Keras fit verbosity.
@@ -76,7 +77,7 @@ class RQVAEConfig:
   init_batch_size: int = 4096
   dead_code_window: int = 50
   refresh_steps: int = 3
-  kmeans_sample_size: Optional[int] = None
+  kmeans_sample_size: Optional[int] = 65536
   kmeans_max_iter: int = 100
   seed: int = 0
   verbose: int = 0
@@ -371,13 +372,32 @@ def _build_network(config: RQVAEConfig, input_dim: int) -> RQVAE:
   return net
 
 
-def train_sid_model(embeddings, config: Optional[RQVAEConfig] = None, item_ids=None) -> SidModel:
+class _TqdmEpochs(tf.keras.callbacks.Callback):
+  """One tqdm bar over epochs with the latest losses (Keras' own bar is off: verbose=0)."""
+
+  def __init__(self, epochs: int):
+    super().__init__()
+    from tqdm.auto import tqdm
+    self.bar = tqdm(total=epochs, desc="RQ-VAE", unit="epoch")
+
+  def on_epoch_end(self, epoch, logs=None):
+    logs = logs or {}
+    self.bar.set_postfix({k: f"{logs[k]:.3g}" for k in ("loss", "reconstruction", "codes_reset") if k in logs})
+    self.bar.update(1)
+
+  def on_train_end(self, logs=None):
+    self.bar.close()
+
+
+def train_sid_model(embeddings, config: Optional[RQVAEConfig] = None, item_ids=None,
+                    progress: bool = True) -> SidModel:
   """Trains an RQ-VAE or RQ-KMeans Semantic-ID model on [N, F] content embeddings.
 
   Args:
     embeddings: [N, F] float content embeddings (e.g. ``EmbeddingStore.load().embeddings``).
     config: ``RQVAEConfig`` (defaults: rqvae, L=3, K=256).
     item_ids: optional [N] ids, only used to name bad rows in errors.
+    progress: show a tqdm bar over epochs (rqvae) when ``config.verbose`` is 0.
 
   Returns:
     a ``SidModel`` with ``.assigner``, ``.save(dir)``, ``SidModel.load(dir)``, ``.health(x)``.
@@ -420,7 +440,8 @@ def train_sid_model(embeddings, config: Optional[RQVAEConfig] = None, item_ids=N
   net.compile(optimizer=tf.keras.optimizers.Adam(schedule))
   ds = (tf.data.Dataset.from_tensor_slices(x).shuffle(n, seed=config.seed, reshuffle_each_iteration=True)
         .batch(batch, drop_remainder=True).prefetch(2))
-  hist = net.fit(ds, epochs=config.epochs, verbose=config.verbose)
+  callbacks = [_TqdmEpochs(config.epochs)] if (progress and not config.verbose) else []
+  hist = net.fit(ds, epochs=config.epochs, verbose=config.verbose, callbacks=callbacks)
   t_fit = time.time() - t0
   if config.refresh_steps:
     z = np.concatenate([net.assigner.encode(tf.constant(x[s:s + 8192])).numpy() for s in range(0, n, 8192)])
