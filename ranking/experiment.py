@@ -132,11 +132,15 @@ def run_ranking_experiment(dataset: RecDataset, item_features: ItemFeatures,
                                     base.tasks)
 
   # One SPM per budget, trained on the training periods' impression-weighted SIDs.
-  spms = {}
+  spms, cold_unseen, cold_support = {}, {}, {}
   if any(m.startswith("spm") for m in modes):
     weights = data.item_impressions()
+    cold_rows = item_features.index_of(data.split.cold_items)
     for b in budgets:
       spms[b] = train_sid_spm(codes, weights, vocab_size=b, codebook_size=K, item_ids=item_features.item_ids)
+      pieces_b = spms[b].segment_padded(codes)
+      cold_unseen[b] = unseen_piece_share(pieces_b, weights > 0, cold_rows)
+      cold_support[b] = piece_support(pieces_b, weights, cold_rows)
 
   from semrec.sid import budget as sb
   plan = []
@@ -158,12 +162,15 @@ def run_ranking_experiment(dataset: RecDataset, item_features: ItemFeatures,
     # sentencepiece may stop below the budget: record the vocabulary it actually learned.
     spm_vocab = spm.vocab_size if uses_spm else np.nan
     pieces = float(np.mean(sb.pieces_per_item(spm.segment_padded(codes)))) if uses_spm else np.nan
+    unseen = cold_unseen[b] if uses_spm else np.nan
+    support = cold_support[b] if uses_spm else np.nan
     same_for = budgets if _budget_independent(mode, L, K, budgets) else (b,)
     for task, m in run.metrics.items():
       for rb in same_for:
         rows.append({"use_history": hist, "mode": mode, "budget": rb, "rows": int(n_rows), "seed": seed,
                      "task": task, "auc": m["auc"], "cold_auc": m["cold_auc"], "warm_auc": m["warm_auc"],
                      "n_eval": m["n"], "n_cold": m["n_cold"], "spm_vocab": spm_vocab, "spm_pieces_per_item": pieces,
+                     "spm_cold_unseen_piece_share": unseen, "spm_cold_piece_support": support,
                      "train_seconds": run.train_seconds, "examples_per_second": run.examples_per_second})
   runs = pd.DataFrame(rows)
   summary = summarise(runs)
@@ -172,6 +179,40 @@ def run_ranking_experiment(dataset: RecDataset, item_features: ItemFeatures,
   if output_dir:
     result.files = write_outputs(result, output_dir)
   return result
+
+
+def unseen_piece_share(pieces: np.ndarray, trained: np.ndarray, rows: np.ndarray) -> float:
+  """Share of the pieces of items ``rows`` that no trained item uses (their embeddings never get a
+  gradient, so they stay at their random initialisation).
+
+  Args:
+    pieces: [N, L] piece ids per item, -1 padded (``SidSpm.segment_padded``).
+    trained: [N] bool, items with training impressions.
+    rows: Item rows to measure (e.g. the cold items).
+  """
+  used = np.unique(pieces[trained][pieces[trained] >= 0])
+  p = pieces[rows]
+  p = p[p >= 0]
+  return float(np.mean(~np.isin(p, used))) if p.size else float("nan")
+
+
+def piece_support(pieces: np.ndarray, weights: np.ndarray, rows: np.ndarray) -> float:
+  """Median, over the pieces of items ``rows``, of the training impressions that reach each piece
+  (sum of ``weights`` of every item whose segmentation contains it): how well trained the
+  embeddings a (cold) item falls back to are.
+
+  Args:
+    pieces: [N, L] piece ids per item, -1 padded.
+    weights: [N] training impressions per item.
+    rows: Item rows to measure.
+  """
+  valid = pieces >= 0
+  n = int(pieces.max()) + 1 if valid.any() else 0
+  support = np.zeros(n, np.float64)
+  np.add.at(support, pieces[valid], np.broadcast_to(np.asarray(weights, np.float64)[:, None], pieces.shape)[valid])
+  p = pieces[rows]
+  p = p[p >= 0]
+  return float(np.median(support[p])) if p.size else float("nan")
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -191,7 +232,9 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
       auc=("auc", "mean"), auc_std=("auc", "std"), cold_auc=("cold_auc", "mean"), cold_auc_std=("cold_auc", "std"),
       d_auc_vs_hash=("d_auc_vs_hash", "mean"), d_auc_vs_hash_std=("d_auc_vs_hash", "std"),
       d_cold_auc_vs_hash=("d_cold_auc_vs_hash", "mean"), d_cold_auc_vs_hash_std=("d_cold_auc_vs_hash", "std"),
-      spm_vocab=("spm_vocab", "first"), spm_pieces_per_item=("spm_pieces_per_item", "first"))
+      spm_vocab=("spm_vocab", "first"), spm_pieces_per_item=("spm_pieces_per_item", "first"),
+      spm_cold_unseen_piece_share=("spm_cold_unseen_piece_share", "first"),
+      spm_cold_piece_support=("spm_cold_piece_support", "first"))
   agg = agg.reset_index()
   mode_order = {m: i for i, m in enumerate(dict.fromkeys(runs["mode"]))}
   agg["_m"] = agg["mode"].map(mode_order)

@@ -76,7 +76,12 @@ class RankerConfig:
   def to_dict(self) -> dict:
     d = dataclasses.asdict(self)
     rep = self.item_representation
-    d["item_representation"] = dataclasses.asdict(rep) if dataclasses.is_dataclass(rep) else rep
+    if hasattr(rep, "to_dict"):
+      d["item_representation"] = rep.to_dict()
+    elif dataclasses.is_dataclass(rep):
+      d["item_representation"] = dataclasses.asdict(rep)
+    d["tasks"] = list(self.tasks)
+    d["hidden_units"] = list(self.hidden_units)
     return d
 
 
@@ -202,6 +207,19 @@ class Ranker(tfrs.Model):
   def call(self, features, training: bool = False) -> dict:
     """task -> [B] float32 probabilities."""
     return {t: tf.sigmoid(v) for t, v in self.logits(features, training=training).items()}
+
+  def get_config(self) -> dict:
+    return {"config": self.config.to_dict()}
+
+  @classmethod
+  def from_config(cls, config: dict) -> "Ranker":
+    """Rebuilds an untrained ranker; an SPM representation gets its piece table from the weights
+    restored afterwards (e.g. ``model.load_weights``)."""
+    from semrec.sid.adapters import ItemRepresentation, ItemRepresentationConfig
+    d = dict(config["config"])
+    rep = ItemRepresentationConfig(**d.pop("item_representation"))
+    cfg = RankerConfig(item_representation=rep, **d)
+    return cls(cfg, item_representation=ItemRepresentation(rep))
 
   def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
     features, labels = inputs

@@ -84,6 +84,21 @@ class AucTest(parameterized.TestCase):
     self.assertEqual(out["label"]["n_cold"], 2)
 
 
+def test_unseen_piece_share():
+  from semrec.ranking.experiment import unseen_piece_share
+  pieces = np.array([[0, 1, -1], [0, 2, -1], [3, -1, -1]])
+  # trained item 0 uses pieces {0, 1}; items 1, 2 have pieces 0, 2, 3 -> 2 of 3 never trained.
+  assert unseen_piece_share(pieces, np.array([True, False, False]), np.array([1, 2])) == pytest.approx(2 / 3)
+
+
+def test_piece_support():
+  from semrec.ranking.experiment import piece_support
+  pieces = np.array([[0, 1, -1], [0, 2, -1], [3, -1, -1]])
+  # supports: piece 0 <- items 0, 1 = 5 + 2 = 7; piece 1 = 5; piece 2 = 2; piece 3 = 0.
+  # item 1 uses pieces (0, 2) -> supports (7, 2) -> median 4.5.
+  assert piece_support(pieces, np.array([5, 2, 0]), np.array([1])) == pytest.approx(4.5)
+
+
 def test_examples_are_causal_and_shaped(world):
   ds, fi, data = world
   feats = RankingFeaturizer(fi, history_length=8).features(data.eval_examples.take(np.arange(50)))
@@ -135,6 +150,20 @@ def test_every_mode_beats_constant_and_sweep_writes_table(world, tmp_path):
   # The random-hash rows are the reference: their paired difference is exactly 0.
   ref = res.summary[res.summary["mode"] == "random_hash"]
   assert np.allclose(ref["d_auc_vs_hash"], 0.0)
+
+
+def test_ranker_config_round_trip(world):
+  from semrec.ranking import Ranker
+  ds, fi, data = world
+  cfg = _config("prefix")
+  feats = RankingFeaturizer(fi, history_length=8).features(data.eval_examples.take(np.arange(16)))
+  a = Ranker(cfg)
+  out_a = a(feats)
+  b = Ranker.from_config(a.get_config())
+  b(feats)
+  b.set_weights(a.get_weights())
+  assert b.config.to_dict() == cfg.to_dict()
+  np.testing.assert_allclose(b(feats)["like"].numpy(), out_a["like"].numpy(), rtol=1e-6)
 
 
 def test_experiment_rejects_bad_arguments(world):
