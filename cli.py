@@ -139,10 +139,15 @@ experiment_group.add_command(_stage_command("retrieval", "retrieval",
 
 @main.command("verify-export")
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False))
-def verify_export_cmd(export_dir):
-  """Load every SavedModel under EXPORT_DIR in a fresh process and check its answers."""
+@click.option("--structure-only", is_flag=True,
+              help="Only check files against the manifests (no fresh-process load, no saved_model_cli).")
+@click.option("--no-saved-model-cli", is_flag=True, help="Skip `saved_model_cli show` on each model.")
+def verify_export_cmd(export_dir, structure_only, no_saved_model_cli):
+  """Load every SavedModel under EXPORT_DIR in a fresh process, replay its warm-up requests against the
+  outputs stored at export time, and run saved_model_cli on it. Exits 1 on any problem."""
   from semrec.export import verify_export, verification_table
-  report = verify_export(export_dir)
+  report = verify_export(export_dir, load=not structure_only,
+                         run_saved_model_cli=not (structure_only or no_saved_model_cli))
   click.echo(verification_table(report))
   sys.exit(0 if report.ok else 1)
 

@@ -196,6 +196,19 @@ class RetrievalStageConfig:
 
 
 @dataclasses.dataclass
+class ExportStageConfig:
+  """The export and verify stages.
+
+  Attributes:
+    base_path_prefix: Path prefix written into models.config (where TF Serving will see the models, e.g.
+      "/models" in the tensorflow/serving container); empty = the local absolute paths.
+    verify_saved_model_cli: Also run ``saved_model_cli show --all`` on each export during verification.
+  """
+  base_path_prefix: str = ""
+  verify_saved_model_cli: bool = True
+
+
+@dataclasses.dataclass
 class RunConfig:
   """Everything `semrec run` does, in one place (written to ``<run_dir>/config.yaml``).
 
@@ -206,6 +219,7 @@ class RunConfig:
     sid: Cluster IDs and Semantic IDs.
     retrieval: The retrieval comparison, the production retriever and its index.
     ranking: The ranker comparison and the production ranker.
+    export: Export and verification.
     seed: Global seed (copied into the sub-configs that take one).
   """
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -213,6 +227,7 @@ class RunConfig:
   sid: SidStageConfig = dataclasses.field(default_factory=SidStageConfig)
   retrieval: RetrievalStageConfig = dataclasses.field(default_factory=RetrievalStageConfig)
   ranking: RankingStageConfig = dataclasses.field(default_factory=RankingStageConfig)
+  export: ExportStageConfig = dataclasses.field(default_factory=ExportStageConfig)
   seed: int = 0
 
   def encoder_config(self) -> EncoderConfig:
@@ -242,7 +257,8 @@ class RunConfig:
         embedding_dim=8, output_dim=8, mlp_dims=(16,), max_history=5))
     ranking = rep(self.ranking, modes=("random_hash", "unigram", "spm"), budgets=(64, 128), use_history=(True,),
                   num_periods=4, history_length=5, embedding_dim=8, batch_size=64)
-    return rep(self, data=data, encoder=encoder, sid=sid, retrieval=retrieval, ranking=ranking)
+    export = rep(self.export, verify_saved_model_cli=False)
+    return rep(self, data=data, encoder=encoder, sid=sid, retrieval=retrieval, ranking=ranking, export=export)
 
   def validate(self):
     """Cross-field checks (each sub-config validates itself at construction)."""
@@ -427,7 +443,7 @@ def stage_export(run: Run) -> dict:
   res = export_sid_assigner(export_dir(run), sid_model.assigner, x[:8], cluster_layer=cluster,
                             data_fingerprint=run.dataset.fingerprint(),
                             metrics={k: sid.get(k) for k in ("utilisation", "unique_ratio")})
-  configs = write_serving_configs(export_dir(run))
+  configs = write_serving_configs(export_dir(run), run.config.export.base_path_prefix or None)
   return {"sid_assigner": res.path, "serving_configs": configs,
           "models": sorted(d for d in os.listdir(export_dir(run)) if os.path.isdir(os.path.join(export_dir(run), d)))}
 
@@ -436,7 +452,7 @@ def stage_verify(run: Run) -> dict:
   """Loads every export in a fresh process, replays its warm-up requests, runs saved_model_cli."""
   from semrec.export import verify_export
   from semrec.report import atomic_write_text
-  report = verify_export(export_dir(run))
+  report = verify_export(export_dir(run), run_saved_model_cli=run.config.export.verify_saved_model_cli)
   table = report.to_markdown()
   atomic_write_text(run.path("export", "verify.md"), table)
   print(table)

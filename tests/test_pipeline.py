@@ -87,6 +87,11 @@ def test_semrec_run_synthetic_quick_end_to_end(tmp_path):
   assert res2.exit_code == 0, res2.output
   assert res2.output.count("already done") == len(STAGE_ORDER)
 
-  res3 = runner.invoke(main, ["verify-export", os.path.join(run_dir, "export", "models")])
+  # verify-export CLI (structure pass; the fresh-process pass ran in the verify stage above).
+  models = os.path.join(run_dir, "export", "models")
+  res3 = runner.invoke(main, ["verify-export", "--structure-only", models])
   assert res3.exit_code == 0, res3.output
   assert "ranker" in res3.output
+  os.remove(os.path.join(models, "ranker", "1", "saved_model.pb"))
+  res4 = runner.invoke(main, ["verify-export", "--structure-only", models])
+  assert res4.exit_code == 1 and "saved_model.pb" in res4.output
