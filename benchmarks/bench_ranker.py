@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 
@@ -142,6 +143,7 @@ def main(argv=None):
         "batch_1000_rows": _percentiles(lambda: fn(**batch_t), max(repeats // 4, 10)),
     }
 
+  shutil.rmtree(export_base, ignore_errors=True)
   base_train = results["training"]["random_hash"]["steady_examples_per_second"]
   base_req = results["serving"]["random_hash"]["request_1_user_100_candidates"]["p50_ms"]
   base_batch = results["serving"]["random_hash"]["batch_1000_rows"]["p50_ms"]
