@@ -351,6 +351,11 @@ def test_save_load_and_tuned_w_applied_at_serving(world, tmp_path):
   _, top = index.search_rows(queries, 5)
   expected = qb[:8] @ cb.T + (world.quality.features() @ w)[None, :]
   np.testing.assert_array_equal(top[:, 0], expected.argmax(axis=1))
+  # The TFRS top-k layer over the same index answers raw query features through the model's query side.
+  layer = index.to_keras_layer(query_model=back.query_embedding, k=5)
+  first = {k: v[:8] for k, v in enc.items()}
+  _, ids = layer(next(iter(inputs.dataset(first, 8))))
+  np.testing.assert_array_equal(ids.numpy()[:, 0].astype(str), world.ds.item_ids[expected.argmax(axis=1)])
 
 
 def test_retriever_beats_random_on_synthetic_topics(world):
