@@ -164,17 +164,19 @@ class RankingStageConfig:
     history_length: H, history items per example.
     embedding_dim: d of every item representation.
     batch_size: Training batch size.
-    production_mode: Mode of the ranker exported for serving (trained at the largest budget, with history).
+    production_mode: Mode of the ranker exported for serving (trained with history).
+    production_budget: Its table budget (rows).
   """
   modes: tuple = ("random_hash", "unigram", "bigram", "spm", "spm+hash")
-  budgets: tuple = (1024, 8192)
+  budgets: tuple = (1024, 4096)
   num_seeds: int = 1
   use_history: tuple = (True, False)
   num_periods: int = 10
   history_length: int = 20
   embedding_dim: int = 32
   batch_size: int = 512
-  production_mode: str = "spm"
+  production_mode: str = "spm+hash"
+  production_budget: int = 1024
 
 
 @dataclasses.dataclass
@@ -256,7 +258,7 @@ class RunConfig:
         self.retrieval.comparison, epochs=1, batch_size=64, num_clusters=16, sid_codebook_size=16, spm_vocab_size=64,
         embedding_dim=8, output_dim=8, mlp_dims=(16,), max_history=5))
     ranking = rep(self.ranking, modes=("random_hash", "unigram", "spm"), budgets=(64, 128), use_history=(True,),
-                  num_periods=4, history_length=5, embedding_dim=8, batch_size=64)
+                  num_periods=4, history_length=5, embedding_dim=8, batch_size=64, production_budget=64)
     export = rep(self.export, verify_saved_model_cli=False)
     return rep(self, data=data, encoder=encoder, sid=sid, retrieval=retrieval, ranking=ranking, export=export)
 
@@ -404,7 +406,7 @@ def stage_ranking(run: Run) -> dict:
   # The production ranker: the configured mode at the largest budget, with history.
   rep = ItemRepresentationConfig(modes=MODE_COMPONENTS[cfg.production_mode], combiner="sum",
                                  embedding_dim=cfg.embedding_dim, num_levels=L, codebook_size=K,
-                                 table_budget=max(cfg.budgets), hash_buckets=max(cfg.budgets),
+                                 table_budget=cfg.production_budget, hash_buckets=cfg.production_budget,
                                  content_dim=feats.arrays["content"].shape[1] if cfg.production_mode == "dense" else 0)
   prod = train_ranker(dataclasses.replace(base, item_representation=rep, use_history=True), feats,
                       run.dataset.interactions, num_periods=cfg.num_periods, data=data, progress=False)
@@ -417,7 +419,7 @@ def stage_ranking(run: Run) -> dict:
       "summary": summary.to_dict("records"),
       "split": result.split,
       "experiment_seconds": round(result.seconds, 1),
-      "production": {"mode": cfg.production_mode, "budget": max(cfg.budgets), "metrics": prod.metrics,
+      "production": {"mode": cfg.production_mode, "budget": cfg.production_budget, "metrics": prod.metrics,
                      "export": exported.path},
       "files": {k: str(v) for k, v in result.files.items()},
   }

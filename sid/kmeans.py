@@ -86,9 +86,52 @@ def fit_kmeans(x, k: int, seed: int = 0, sample_size: Optional[int] = None, max_
   if k > x.shape[0]:
     raise ValueError(f"k={k} clusters is larger than the number of items ({x.shape[0]}); "
                      "use k <= number of items")
-  km = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=max_iter, random_state=seed)
+  # k-means++ seeding (greedy, 2 + log k local trials, as scikit-learn's) in block NumPy: sklearn's own
+  # `kmeans_plusplus` took ~4 min for k=1000 on 9k x 384 on this 2-core machine, this takes seconds.
+  # The Lloyd iterations are scikit-learn's.
+  init = kmeans_plusplus_init(x, k, seed=seed)
+  km = KMeans(n_clusters=k, init=init, n_init=1, max_iter=max_iter, random_state=seed)
   km.fit(x)
   return km.cluster_centers_.astype(np.float32)
+
+
+def kmeans_plusplus_init(x: np.ndarray, k: int, seed: int = 0, n_local_trials: Optional[int] = None) -> np.ndarray:
+  """Greedy k-means++ seeding (Arthur & Vassilvitskii; scikit-learn's variant with local trials).
+
+  Args:
+    x: [N, D] float32 points.
+    k: number of centres (<= N).
+    seed: RNG seed.
+    n_local_trials: candidates sampled per centre (default 2 + floor(log k)); the one that lowers the
+      potential most is kept.
+
+  Returns:
+    [k, D] float32 initial centres (rows of ``x``).
+  """
+  x = np.asarray(x, np.float32)
+  n = x.shape[0]
+  if not 1 <= k <= n:
+    raise ValueError(f"k={k} must be in [1, number of points={n}]")
+  rng = np.random.default_rng(seed)
+  trials = n_local_trials or 2 + int(np.log(k))
+  sq = (x * x).sum(1)
+  centres = np.empty((k, x.shape[1]), np.float32)
+  first = int(rng.integers(n))
+  centres[0] = x[first]
+  closest = np.maximum(sq - 2.0 * (x @ x[first]) + sq[first], 0.0)
+  potential = float(closest.sum())
+  for c in range(1, k):
+    if potential <= 0:  # every point coincides with a centre: fill with distinct unused rows
+      centres[c] = x[int(rng.integers(n))]
+      continue
+    cand = np.minimum(np.searchsorted(np.cumsum(closest), rng.random(trials) * potential), n - 1)
+    dist = np.maximum(sq[None, :] - 2.0 * (x[cand] @ x.T) + sq[cand][:, None], 0.0)
+    np.minimum(closest[None, :], dist, out=dist)
+    pots = dist.sum(1)
+    best = int(np.argmin(pots))
+    closest, potential = dist[best], float(pots[best])
+    centres[c] = x[cand[best]]
+  return centres
 
 
 def nearest_centroid(x: np.ndarray, centroids: np.ndarray, batch_size: int = 65536) -> np.ndarray:
