@@ -297,10 +297,9 @@ def load_embeddings(run: Run):
 
 
 def stage_sid(run: Run) -> dict:
-  """Fits k-means cluster IDs and the SID model; writes the SID table, health table and code-usage plot."""
-  from semrec.report import atomic_write_text
-  from semrec.sid import (SidTable, fit_cluster_granularities, format_health_table, plot_code_usage,
-                          train_sid_model)
+  """Fits k-means cluster IDs and the SID model; writes the SID table, health table and plots."""
+  import shutil
+  from semrec.sid import fit_cluster_granularities, format_health_table, train_sid_model, write_health_report
   cfg = run.config.sid
   ids, x = load_embeddings(run)
   model_cfg = dataclasses.replace(cfg.model, seed=run.config.seed)
@@ -308,21 +307,16 @@ def stage_sid(run: Run) -> dict:
   sid_model = train_sid_model(x, model_cfg, item_ids=ids)
   train_seconds = time.time() - t0
   sid_model.save(run.path("sid", "model"))
-  codes = sid_model.codes(x, item_ids=ids)
   ks = tuple(dict.fromkeys(min(int(k), len(ids)) for k in cfg.cluster_ks))
   cluster_layers = fit_cluster_granularities(x, ks=ks, seed=run.config.seed)
   cluster_ids = {name: layer(x).numpy().astype("int32") for name, layer in cluster_layers.items()}
   for name, layer in cluster_layers.items():
     np.save(run.path("sid", f"centroids_{name}.npy"), layer.get_weights()[0])
-  table = SidTable(ids, codes, sid_model.codebook_size, cluster_ids=cluster_ids)
-  if cfg.unique_suffix:
-    table = table.with_suffix()
+  table = sid_model.table(x, ids, suffix=cfg.unique_suffix, cluster_ids=cluster_ids)
   table.save(run.path("sid", "table"))
-  health = sid_model.health(x, item_ids=ids, seed=run.config.seed)
-  atomic_write_text(run.path("sid", "health.md"), format_health_table(health))
-  atomic_write_json(run.path("sid", "health.json"), health)
-  plot = plot_code_usage(codes, sid_model.codebook_size, run.path("plots", "sid_code_usage.png"),
-                         title=f"{run.dataset.name}: items per code, {model_cfg.mode}")
+  health = write_health_report(sid_model, x, run.path("sid"), item_ids=ids, seed=run.config.seed,
+                               title=f"{run.dataset.name}: items per code, {model_cfg.mode}")
+  shutil.copyfile(run.path("sid", "code_usage.png"), run.path("plots", "sid_code_usage.png"))
   _plot_prefix_similarity(health, run.path("plots", "sid_prefix_similarity.png"), run.dataset.name)
   print(format_health_table(health))
   return {
@@ -334,7 +328,7 @@ def stage_sid(run: Run) -> dict:
       "prefix_cosine_strictly_rising": health["prefix_cosine_strictly_rising"],
       "reconstruction_cosine": (health.get("reconstruction") or {}).get("cosine"),
       "cluster_granularities": list(cluster_ids),
-      "plots": [plot, run.path("plots", "sid_prefix_similarity.png")],
+      "example_sids": {str(ids[i]): table.token_string(i) for i in range(min(3, len(ids)))},
   }
 
 
@@ -471,8 +465,9 @@ def stage_sid_assign(run: Run) -> dict:
   from semrec.sid import SidModel, assign_sids
   sid_model = SidModel.load(run.path("sid", "model"))
   out = run.path("sid", "assigned")
-  result = assign_sids(EmbeddingStore(run.path("encode", "store")), sid_model.assigner, out)
-  return {"output": out, "result": result if isinstance(result, dict) else str(result)}
+  table = assign_sids(EmbeddingStore(run.path("encode", "store")), sid_model.assigner, out,
+                      suffix=run.config.sid.unique_suffix)
+  return {"output": out, "num_items": len(table), "unique_ratio": table.unique_ratio()}
 
 
 # ----------------------------------------------------------------------------------------------------
