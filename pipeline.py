@@ -501,11 +501,9 @@ def stage_retrieval(run: Run) -> dict:
                              export_scann_retrieval)
   from semrec.report import atomic_write_text
   from semrec.sid import train_sid_spm
-  from semrec.towers import (CandidateTowerConfig, QualityVector, QueryTowerConfig, RetrievalInputs, RetrieverConfig,
-                             TwoTowerRetriever, build_index, compile_retriever, embed_candidates, embed_queries,
-                             init_model, item_frequencies, rank_of_targets, run_retrieval_comparison,
-                             save_retriever, sliced_metrics)
-  from semrec.towers.comparison import _item_encoder_config, _item_representation
+  from semrec.towers import (QualityVector, RetrievalInputs, build_index, build_variant_retriever, embed_candidates,
+                             embed_queries, fit_retriever, item_frequencies, rank_of_targets,
+                             run_retrieval_comparison, save_retriever, sliced_metrics)
 
   rcfg = run.config.retrieval
   cmp = dataclasses.replace(rcfg.comparison, seed=run.config.seed, train_fraction=run.config.data.train_fraction)
@@ -541,23 +539,15 @@ def stage_retrieval(run: Run) -> dict:
   quality_mode = "tuned" if rcfg.production_quality == "tuned" else "none"
   t = split.train["timestamp"]
   tf.keras.utils.set_random_seed(run.config.seed)
-  config = RetrieverConfig(
-      item=_item_encoder_config(variant, cmp, cmp.hash_bins or 2 * len(ids)),
-      candidate=CandidateTowerConfig(mlp_dims=cmp.mlp_dims, output_dim=cmp.output_dim),
-      query=QueryTowerConfig(user_hash_bins=cmp.user_hash_bins, user_dim=cmp.embedding_dim, max_history=cmp.max_history,
-                             pooling=cmp.pooling, mlp_dims=cmp.mlp_dims, output_dim=cmp.output_dim,
-                             time_mean=float(t.mean()), time_scale=float(max(t.std(), 1.0))),
-      temperature=cmp.temperature, quality_dim=qv.dim if quality_mode != "none" else 0, quality_mode=quality_mode,
-      learning_rate=cmp.learning_rate)
-  model = TwoTowerRetriever(config, item_representation=_item_representation(variant, cmp, spm, L, K))
+  model = build_variant_retriever(variant, cmp, quality_dim=qv.dim, quality_mode=quality_mode, spm=spm, num_levels=L,
+                                  codebook_size=K, hash_bins=cmp.hash_bins or 2 * len(ids),
+                                  time_mean=float(t.mean()), time_scale=float(max(t.std(), 1.0)))
   inputs = RetrievalInputs(features, model.item_encoder.required_features(), cmp.max_history,
                            quality=qv.features() if quality_mode != "none" else None,
                            unknown_quality=qv.new_item_features() if quality_mode != "none" else None)
   train_ds = inputs.dataset(inputs.encode(train_pos, item_probs=item_frequencies(train_pos)), cmp.batch_size,
                             shuffle=True, seed=run.config.seed)
-  init_model(model, next(iter(train_ds)))
-  compile_retriever(model)
-  hist = model.fit(train_ds, epochs=cmp.epochs, verbose=0)
+  hist = fit_retriever(model, train_ds, cmp.epochs)
   if quality_mode == "tuned":
     w = res["quality_weights"].get(f"{variant}/tuned", {}).get("w")
     if w is None:

@@ -149,6 +149,46 @@ def _item_representation(variant: str, cfg: ComparisonConfig, spm, levels: int, 
   return None
 
 
+def build_variant_retriever(variant: str, cfg: ComparisonConfig, quality_dim: int = 0, quality_mode: str = "none",
+                            spm=None, num_levels: Optional[int] = None, codebook_size: Optional[int] = None,
+                            hash_bins: int = 0, time_mean: float = 0.0, time_scale: float = 1.0):
+  """The ``TwoTowerRetriever`` of one comparison variant (the comparison and the served model share it).
+
+  Args:
+    variant: One of ``VARIANTS``.
+    cfg: Sizes (embedding/output dims, MLPs, history, temperature, learning rate, SPM budget, ...).
+    quality_dim, quality_mode: The Etsy quality vector (Q features; "none" | "tuned" | "learned").
+    spm: Trained ``SidSpm`` for the SPM variants.
+    num_levels, codebook_size: L and K of the SIDs (default ``cfg.sid_levels`` / ``cfg.sid_codebook_size``).
+    hash_bins: Item hash rows of the hashed variants.
+    time_mean, time_scale: Normalisation of the query tower's request time.
+  """
+  from semrec.towers.model import RetrieverConfig, TwoTowerRetriever
+  from semrec.towers.towers import CandidateTowerConfig, QueryTowerConfig
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+  if variant in ("sid_spm", "sid_spm_hashed") and spm is None:
+    raise ValueError(f"variant {variant!r} needs a trained SidSpm (spm=...)")
+  rc = RetrieverConfig(
+      item=_item_encoder_config(variant, cfg, hash_bins),
+      candidate=CandidateTowerConfig(mlp_dims=cfg.mlp_dims, output_dim=cfg.output_dim),
+      query=QueryTowerConfig(user_hash_bins=cfg.user_hash_bins, user_dim=cfg.embedding_dim,
+                             max_history=cfg.max_history, pooling=cfg.pooling, mlp_dims=cfg.mlp_dims,
+                             output_dim=cfg.output_dim, time_mean=time_mean, time_scale=time_scale),
+      temperature=cfg.temperature, quality_dim=quality_dim if quality_mode != "none" else 0,
+      quality_mode=quality_mode, learning_rate=cfg.learning_rate)
+  rep = _item_representation(variant, cfg, spm, num_levels or cfg.sid_levels, codebook_size or cfg.sid_codebook_size)
+  return TwoTowerRetriever(rc, item_representation=rep)
+
+
+def fit_retriever(model, train_ds, epochs: int):
+  """Builds ``model`` eagerly on the first batch, compiles it and runs Keras ``fit``; returns the History."""
+  from semrec.towers.model import compile_retriever, init_model
+  init_model(model, next(iter(train_ds)))
+  compile_retriever(model)
+  return model.fit(train_ds, epochs=epochs, verbose=0)
+
+
 def _plot(table: pd.DataFrame, path: str, k: int = 100):
   import matplotlib
   matplotlib.use("Agg")
@@ -199,10 +239,8 @@ def run_retrieval_comparison(dataset: RecDataset, content_ids, content, config: 
   from tqdm.auto import tqdm
   from semrec.towers.inputs import RetrievalInputs, item_frequencies
   from semrec.towers.metrics import rank_of_targets, sliced_metrics
-  from semrec.towers.model import (RetrieverConfig, TwoTowerRetriever, compile_retriever, embed_candidates,
-                                   embed_queries, init_model, tune_quality_weights)
+  from semrec.towers.model import embed_candidates, embed_queries, tune_quality_weights
   from semrec.towers.quality import QualityConfig, QualityVector
-  from semrec.towers.towers import CandidateTowerConfig, QueryTowerConfig
 
   cfg = config or ComparisonConfig()
   t_start = time.time()
@@ -291,15 +329,9 @@ def run_retrieval_comparison(dataset: RecDataset, content_ids, content, config: 
     for train_mode in modes_to_train:
       progress.set_postfix_str(f"{variant}/{train_mode}")
       tf.keras.utils.set_random_seed(cfg.seed)
-      rc = RetrieverConfig(
-          item=_item_encoder_config(variant, cfg, hash_bins),
-          candidate=CandidateTowerConfig(mlp_dims=cfg.mlp_dims, output_dim=cfg.output_dim),
-          query=QueryTowerConfig(user_hash_bins=cfg.user_hash_bins, user_dim=cfg.embedding_dim,
-                                 max_history=cfg.max_history, pooling=cfg.pooling, mlp_dims=cfg.mlp_dims,
-                                 output_dim=cfg.output_dim, time_mean=t_mean, time_scale=t_scale),
-          temperature=cfg.temperature, quality_dim=q_val.dim, quality_mode=train_mode,
-          learning_rate=cfg.learning_rate)
-      model = TwoTowerRetriever(rc, item_representation=_item_representation(variant, cfg, spm, levels, k))
+      model = build_variant_retriever(variant, cfg, quality_dim=q_val.dim, quality_mode=train_mode, spm=spm,
+                                      num_levels=levels, codebook_size=k, hash_bins=hash_bins, time_mean=t_mean,
+                                      time_scale=t_scale)
       names = model.item_encoder.required_features()
       in_val = RetrievalInputs(features, names, cfg.max_history, quality=q_val.features(),
                                unknown_quality=q_val.new_item_features())
@@ -307,9 +339,7 @@ def run_retrieval_comparison(dataset: RecDataset, content_ids, content, config: 
                                 unknown_quality=q_test.new_item_features())
       train_ds = in_val.dataset(enc_fit, cfg.batch_size, shuffle=True, seed=cfg.seed)
       t0 = time.time()
-      init_model(model, next(iter(train_ds)))
-      compile_retriever(model)
-      hist = model.fit(train_ds, epochs=cfg.epochs, verbose=0)
+      hist = fit_retriever(model, train_ds, cfg.epochs)
       train_seconds = time.time() - t0
 
       def evaluate(w):
