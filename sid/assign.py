@@ -83,7 +83,7 @@ class InputNormalizer(tf.keras.layers.Layer):
         raise ValueError(f"whitening to {self.output_dim} dims needs more than {self.output_dim} items, got {n}")
       eigval, eigvec = np.linalg.eigh(cov / (n - 1))
       top = np.argsort(eigval)[::-1][:self.output_dim]
-      std = np.sqrt(np.maximum(eigval[top], 1e-12))
+      std = np.sqrt(np.maximum(eigval[top], 1e-6 * max(eigval.max(), 1e-12)))  # no blow-up of null directions
       v = eigvec[:, top]  # [F, P]
       self.projection.assign((v / std).astype(np.float32))
       self.inverse.assign((v * std).T.astype(np.float32))

@@ -47,7 +47,7 @@ class RQVAEConfig:
     latent_dim: D, the quantised latent width. rqvae only.
     normalization: input normalisation, "center" (mean-centre, one global scale), "standardize"
       (per-feature z-score), "whiten" (PCA whitening to ``whiten_dim`` dims) or "none".
-    whiten_dim: PCA components kept by "whiten" (None keeps all; capped at min(N, F) when training).
+    whiten_dim: PCA components kept by "whiten" (None keeps all; capped at min(N - 1, F) when training).
     activation: MLP hidden activation.
     beta: commitment weight of the loss.
     epochs: training epochs (rqvae).
@@ -411,8 +411,10 @@ def train_sid_model(embeddings, config: Optional[RQVAEConfig] = None, item_ids=N
   if config.codebook_size > n:
     raise ValueError(f"codebook_size K={config.codebook_size} is larger than the number of items N={n}: "
                      "every code needs at least one item; use K <= N (e.g. K ~ N/30 or less)")
-  if config.normalization == "whiten" and (config.whiten_dim is None or config.whiten_dim > min(n, f)):
-    config = dataclasses.replace(config, whiten_dim=min(n, f))
+  if config.normalization == "whiten" and (config.whiten_dim is None or config.whiten_dim > min(n - 1, f)):
+    if n < 3:
+      raise ValueError(f"whitening needs at least 3 items, got {n}; use normalization='center'")
+    config = dataclasses.replace(config, whiten_dim=min(n - 1, f))
   tf.keras.utils.set_random_seed(config.seed)
   t0 = time.time()
   if config.mode == "rqkmeans":

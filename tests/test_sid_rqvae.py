@@ -123,6 +123,13 @@ def test_bad_input(trained, data, tmp_path):
     train_sid_model(bad, RQVAEConfig(mode=trained.config.mode, **TINY))
 
 
+def test_whitening_small_catalogue(data):
+  # whiten_dim=64 > N - 1 = 19: capped, trains, codes for all items.
+  model = train_sid_model(data[:20], RQVAEConfig(mode="rqkmeans", num_levels=2, codebook_size=4, whiten_dim=64))
+  assert model.config.whiten_dim == 12  # min(N - 1, F)
+  assert model.codes(data[:20]).shape == (20, 2)
+
+
 def test_config_validation():
   with pytest.raises(ValueError, match="mode must be one of"):
     RQVAEConfig(mode="vqvae")
