@@ -18,7 +18,6 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from semrec.data import DataError
 from semrec.sid.kmeans import validate_embeddings
 from semrec.sid.quantizer import ResidualQuantizer
 
@@ -193,7 +192,8 @@ class SidAssigner(tf.keras.layers.Layer):
     config.update({"input_dim": self.input_dim, "num_levels": self.num_levels,
                    "codebook_size": self.codebook_size, "hidden_dims": list(self.hidden_dims),
                    "latent_dim": self.latent_dim, "normalization": self.normalization,
-                   "whiten_dim": self.whiten_dim, "activation": self.activation, "dead_code_window": self.dead_code_window})
+                   "whiten_dim": self.whiten_dim, "activation": self.activation,
+                   "dead_code_window": self.dead_code_window})
     return config
 
 

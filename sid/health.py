@@ -181,7 +181,8 @@ def format_health_table(health: dict) -> str:
     out.append(f"| {name} | {cos} | {row['pairs']} / {row['pairs_total']} | {row['groups']} | "
                f"{row['mean_subtrie_size']:.2f} |")
   out.append("")
-  out.append(f"Mean cosine strictly rising with prefix length: {'yes' if health['prefix_cosine_strictly_rising'] else 'no'}")
+  rising = "yes" if health["prefix_cosine_strictly_rising"] else "no"
+  out.append(f"Mean cosine strictly rising with prefix length: {rising}")
   return "\n".join(out) + "\n"
 
 

@@ -186,7 +186,8 @@ class RQVAE(tf.keras.Model):
     a = self.assigner
     return {"input_dim": self.input_dim, "num_levels": a.num_levels, "codebook_size": a.codebook_size,
             "hidden_dims": list(a.hidden_dims), "latent_dim": a.latent_dim, "normalization": a.normalization,
-            "whiten_dim": a.whiten_dim, "activation": a.activation, "beta": self.beta, "dead_code_window": a.dead_code_window,
+            "whiten_dim": a.whiten_dim, "activation": a.activation, "beta": self.beta,
+            "dead_code_window": a.dead_code_window,
             "name": self.name}
 
 
