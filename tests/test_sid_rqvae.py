@@ -108,6 +108,15 @@ def test_assign_sids_resumable(trained, data, tmp_path):
   assert len(np.unique(loaded.full_codes(), axis=0)) == len(data)
 
 
+def test_assign_sids_from_store_contents(trained, data, tmp_path):
+  from semrec.encoders import StoreContents
+  ids = np.array([f"s{i}" for i in range(len(data))], dtype=object)
+  contents = StoreContents(ids, data, np.ones((len(data), 1), np.float32), {})
+  table = assign_sids(contents, trained.assigner, str(tmp_path / "s"), progress=False)
+  assert list(table.item_ids) == list(ids)
+  np.testing.assert_array_equal(table.codes, trained.codes(data))
+
+
 def test_bad_input(trained, data, tmp_path):
   with pytest.raises(DataError, match="wrong embedding width 5"):
     trained.codes(np.zeros((3, 5), np.float32))
