@@ -18,7 +18,8 @@ import numpy as np
 from semrec.config import save_yaml, to_dict
 from semrec.data import (RecDataset, SyntheticConfig, load_generic, load_movielens, make_synthetic,
                          temporal_split)
-from semrec.report import atomic_write_json
+from semrec.atomic import write_json as atomic_write_json
+from semrec.atomic import write_text as atomic_write_text
 
 STAGE_ORDER = ("encode", "sid", "retrieval", "index", "ranking", "export", "verify")
 
@@ -447,7 +448,6 @@ def stage_export(run: Run) -> dict:
 def stage_verify(run: Run) -> dict:
   """Loads every export in a fresh process, replays its warm-up requests, runs saved_model_cli."""
   from semrec.export import verify_export
-  from semrec.report import atomic_write_text
   report = verify_export(export_dir(run), run_saved_model_cli=run.config.export.verify_saved_model_cli)
   table = report.to_markdown()
   atomic_write_text(run.path("export", "verify.md"), table)
@@ -499,7 +499,6 @@ def stage_retrieval(run: Run) -> dict:
   import tensorflow as tf
   from semrec.export import (export_brute_force_retrieval, export_candidate_tower, export_query_tower,
                              export_scann_retrieval)
-  from semrec.report import atomic_write_text
   from semrec.sid import train_sid_spm
   from semrec.towers import (QualityVector, RetrievalInputs, build_index, build_variant_retriever, embed_candidates,
                              embed_queries, fit_retriever, item_frequencies, rank_of_targets,

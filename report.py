@@ -1,32 +1,12 @@
 """The run report: ``metrics.json``, ``report.md`` with tables and PNG plots, and a console table."""
 from __future__ import annotations
 
-import json
 import math
 import os
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
-
-def atomic_write_text(path: str, text: str):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def atomic_write_json(path: str, obj):
-  atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(o):
-  import numpy as np
-  if isinstance(o, np.integer):
-    return int(o)
-  if isinstance(o, np.floating):
-    return float(o)
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  return str(o)
+from semrec.atomic import write_json as atomic_write_json
+from semrec.atomic import write_text as atomic_write_text
 
 
 def _fmt(v) -> str:

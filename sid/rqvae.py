@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import time
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -304,31 +303,19 @@ class SidModel:
   # ---- persistence -------------------------------------------------------------------------------
   def save(self, directory: str):
     """Writes manifest.json + weights.npz atomically (a temp dir swapped into place)."""
-    directory = os.path.abspath(directory)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = f"{directory}.tmp{os.getpid()}"
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
-    os.makedirs(tmp)
-    arrays = {f"assigner/{i:03d}": w for i, w in enumerate(self.assigner.get_weights())}
-    if self.network is not None:
-      for j, layer in enumerate(self.network.decoder_layers):
-        for i, w in enumerate(layer.get_weights()):
-          arrays[f"decoder/{j:03d}/{i:03d}"] = w
-    np.savez(os.path.join(tmp, "weights.npz"), **arrays)
-    manifest = {"format_version": FORMAT_VERSION, "kind": "semrec.sid.SidModel", "config": self.config.to_dict(),
-                "input_dim": self.input_dim, "assigner_config": self.assigner.get_config(),
-                "fingerprint": self.assigner.fingerprint(), "history": self.history}
-    with open(os.path.join(tmp, "manifest.json"), "w") as f:
-      json.dump(manifest, f, indent=2, default=float)
-    old = None
-    if os.path.exists(directory):
-      old = f"{directory}.old{os.getpid()}"
-      os.replace(directory, old)
-    os.replace(tmp, directory)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
+    from semrec.atomic import atomic_directory
+    with atomic_directory(directory) as tmp:
+      arrays = {f"assigner/{i:03d}": w for i, w in enumerate(self.assigner.get_weights())}
+      if self.network is not None:
+        for j, layer in enumerate(self.network.decoder_layers):
+          for i, w in enumerate(layer.get_weights()):
+            arrays[f"decoder/{j:03d}/{i:03d}"] = w
+      np.savez(os.path.join(tmp, "weights.npz"), **arrays)
+      manifest = {"format_version": FORMAT_VERSION, "kind": "semrec.sid.SidModel", "config": self.config.to_dict(),
+                  "input_dim": self.input_dim, "assigner_config": self.assigner.get_config(),
+                  "fingerprint": self.assigner.fingerprint(), "history": self.history}
+      with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2, default=float)
 
   @classmethod
   def load(cls, directory: str) -> "SidModel":

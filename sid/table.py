@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import string
 from typing import Dict, Mapping, Optional, Union
 
@@ -168,31 +167,20 @@ class SidTable:
   # ---- persistence -------------------------------------------------------------------------------
   def save(self, directory: str):
     """Writes ``table.npz`` + ``manifest.json`` into ``directory`` atomically (temp dir swap)."""
-    directory = os.path.abspath(directory)
-    os.makedirs(os.path.dirname(directory), exist_ok=True)
-    tmp = f"{directory}.tmp{os.getpid()}"
-    if os.path.exists(tmp):
-      shutil.rmtree(tmp)
-    os.makedirs(tmp)
-    arrays = {"item_ids": self.item_ids.astype(str), "codes": self.codes}
-    if self.suffix is not None:
-      arrays["suffix"] = self.suffix
-    for name, arr in self.cluster_ids.items():
-      arrays[f"cluster_ids/{name}"] = arr
-    np.savez(os.path.join(tmp, "table.npz"), **arrays)
-    manifest = {"format_version": FORMAT_VERSION, "kind": "semrec.sid.SidTable", "num_items": len(self),
-                "num_levels": self.num_levels, "codebook_size": self.codebook_size,
-                "has_suffix": self.suffix is not None, "cluster_ids": sorted(self.cluster_ids),
-                "unique_ratio_before_suffix": self.unique_ratio()}
-    with open(os.path.join(tmp, "manifest.json"), "w") as f:
-      json.dump(manifest, f, indent=2)
-    old = None
-    if os.path.exists(directory):
-      old = f"{directory}.old{os.getpid()}"
-      os.replace(directory, old)
-    os.replace(tmp, directory)
-    if old:
-      shutil.rmtree(old, ignore_errors=True)
+    from semrec.atomic import atomic_directory
+    with atomic_directory(directory) as tmp:
+      arrays = {"item_ids": self.item_ids.astype(str), "codes": self.codes}
+      if self.suffix is not None:
+        arrays["suffix"] = self.suffix
+      for name, arr in self.cluster_ids.items():
+        arrays[f"cluster_ids/{name}"] = arr
+      np.savez(os.path.join(tmp, "table.npz"), **arrays)
+      manifest = {"format_version": FORMAT_VERSION, "kind": "semrec.sid.SidTable", "num_items": len(self),
+                  "num_levels": self.num_levels, "codebook_size": self.codebook_size,
+                  "has_suffix": self.suffix is not None, "cluster_ids": sorted(self.cluster_ids),
+                  "unique_ratio_before_suffix": self.unique_ratio()}
+      with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
 
   @classmethod
   def load(cls, directory: str) -> "SidTable":

@@ -14,8 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from typing import Optional
 
@@ -192,10 +190,8 @@ class RetrievalIndex:
 
   def save(self, directory: str) -> str:
     """Writes the index (ScaNN assets or embeddings, item ids, manifest) atomically to ``directory``."""
-    parent = os.path.dirname(os.path.abspath(directory))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".index-tmp-", dir=parent)
-    try:
+    from semrec.atomic import atomic_directory
+    with atomic_directory(directory) as tmp:
       np.save(os.path.join(tmp, "item_ids.npy"), self.item_ids.astype(str))
       np.save(os.path.join(tmp, "embeddings.npy"), self.embeddings)
       if self.kind == "scann":
@@ -206,16 +202,6 @@ class RetrievalIndex:
                   "config": dataclasses.asdict(self.config), "build_seconds": self.build_seconds}
       with open(os.path.join(tmp, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=2)
-      if os.path.exists(directory):
-        old = directory.rstrip("/") + f".old{os.getpid()}"
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-      else:
-        os.replace(tmp, directory)
-    except BaseException:
-      shutil.rmtree(tmp, ignore_errors=True)
-      raise
     return directory
 
   @classmethod

@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
@@ -243,10 +241,8 @@ def tune_quality_weights(query_base: np.ndarray, candidate_base: np.ndarray, qua
 
 def save_retriever(model: TwoTowerRetriever, directory: str) -> str:
   """Writes config.json (incl. serialised SID layers) + TF checkpoint of all weights, atomically."""
-  parent = os.path.dirname(os.path.abspath(directory))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".retriever-tmp-", dir=parent)
-  try:
+  from semrec.atomic import atomic_directory
+  with atomic_directory(directory) as tmp:
     ser = tf.keras.utils.serialize_keras_object
     enc = model.item_encoder
     meta = {"config": model.config.to_dict(),
@@ -256,16 +252,6 @@ def save_retriever(model: TwoTowerRetriever, directory: str) -> str:
     with open(os.path.join(tmp, "config.json"), "w") as f:
       json.dump(meta, f, indent=2, default=str)
     tf.train.Checkpoint(model=model).write(os.path.join(tmp, "weights", "ckpt"))
-    if os.path.exists(directory):
-      old = directory.rstrip("/") + f".old{os.getpid()}"
-      os.replace(directory, old)
-      os.replace(tmp, directory)
-      shutil.rmtree(old, ignore_errors=True)
-    else:
-      os.replace(tmp, directory)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
   return directory
 
 
