@@ -652,12 +652,14 @@ def _headline_rows(results: dict) -> list[dict]:
                  "value": f"{r['all']:.4f} / {r['warm']:.4f} / {r['cold']:.4f}"})
   idx = results.get("index") or {}
   if idx:
-    rows.append({"stage": "index", "metric": f"{idx.get('kind')} recall@10 vs brute force",
+    rows.append({"stage": "index", "metric": f"served index ({idx.get('kind')}) recall@10 vs brute force",
                  "value": f"{idx.get('recall_at_10', float('nan')):.4f}"})
+    if idx.get("scann_recall_at_10") is not None:
+      rows.append({"stage": "index", "metric": "ScaNN searcher recall@10 vs brute force",
+                   "value": f"{idx['scann_recall_at_10']:.4f}"})
   rk = results.get("ranking") or {}
   for r in rk.get("summary", []):
-    if r.get("use_history") and r.get("task") == "label" and r.get("budget") == max(
-        x.get("budget", 0) for x in rk["summary"]):
+    if r.get("use_history") and r.get("task") == rk["summary"][0].get("task"):
       rows.append({"stage": "ranking", "metric": f"{r['mode']} AUC / cold AUC (history, budget {r['budget']})",
                    "value": f"{r['auc']:.4f} / {r['cold_auc']:.4f}"})
   ver = results.get("verify") or {}
