@@ -26,9 +26,7 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
@@ -51,14 +49,8 @@ def hierarchical_sids(n: int, num_levels: int, codebook_size: int, seed: int = 0
 
 
 def _median_seconds(fn, repeats: int, warmup: int = 2) -> float:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  from semrec.benchmarks.timing import call_times
+  return float(np.median(call_times(fn, repeats, warmup)))
 
 
 def bench_throughput(args) -> dict:

@@ -29,13 +29,8 @@ import numpy as np
 
 def _rate(fn, n_items: int, repeats: int) -> float:
   """Best items/s over ``repeats`` timed calls of ``fn`` (after one warm-up call)."""
-  fn()
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    best = min(best, time.perf_counter() - t)
-  return n_items / best
+  from semrec.benchmarks.timing import call_times
+  return n_items / float(call_times(fn, repeats, warmup=1).min())
 
 
 def main(argv=None):

@@ -66,14 +66,8 @@ def movielens_item_features(embeddings_path=None, num_levels: int = 3, codebook_
 
 
 def _percentiles(fn, repeats: int, warmup: int = 3) -> dict:
-  for _ in range(warmup):
-    fn()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t)
-  ms = np.array(times) * 1e3
+  from semrec.benchmarks.timing import call_times
+  ms = call_times(fn, repeats, warmup) * 1e3
   return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "repeats": repeats}
 
 

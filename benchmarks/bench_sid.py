@@ -46,12 +46,8 @@ def synthetic_embeddings(n: int, dim: int = 384, seed: int = 0, topics: int = 20
 
 
 def _throughput(fn, x, repeats: int = 1) -> float:
-  best = float("inf")
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn(x)
-    best = min(best, time.perf_counter() - t)
-  return x.shape[0] / best
+  from semrec.benchmarks.timing import call_times
+  return x.shape[0] / float(call_times(lambda: fn(x), repeats, warmup=0).min())
 
 
 def bench_speed(n: int, levels: int = 3, k: int = 256, epochs: int = 1, threads: int = 2, seed: int = 0) -> dict:
