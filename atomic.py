@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Iterator
+from typing import Iterator, Optional
 
 
 def write_text(path: str, text: str):
@@ -61,3 +61,20 @@ def atomic_directory(directory: str) -> Iterator[str]:
     shutil.rmtree(old, ignore_errors=True)
   else:
     os.replace(tmp, directory)
+
+
+def read_manifest(directory: str, what: str, kind: Optional[str] = None) -> dict:
+  """The ``manifest.json`` of an artefact directory written with :func:`atomic_directory`.
+
+  Raises:
+    FileNotFoundError: no manifest ("no <what> at <directory> (missing manifest.json)").
+    ValueError: the manifest's ``kind`` is not ``kind``.
+  """
+  path = os.path.join(directory, "manifest.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no {what} at {directory!r} (missing manifest.json)")
+  with open(path) as f:
+    manifest = json.load(f)
+  if kind is not None and manifest.get("kind") != kind:
+    raise ValueError(f"{path}: not a semrec {what} manifest (kind {manifest.get('kind')!r}, expected {kind!r})")
+  return manifest

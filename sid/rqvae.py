@@ -319,13 +319,8 @@ class SidModel:
 
   @classmethod
   def load(cls, directory: str) -> "SidModel":
-    path = os.path.join(directory, "manifest.json")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"no SID model at {directory!r} (missing manifest.json)")
-    with open(path) as f:
-      manifest = json.load(f)
-    if manifest.get("kind") != "semrec.sid.SidModel":
-      raise ValueError(f"{path}: not a semrec SID model manifest")
+    from semrec.atomic import read_manifest
+    manifest = read_manifest(directory, "SID model", kind="semrec.sid.SidModel")
     config = RQVAEConfig.from_dict(manifest["config"])
     with np.load(os.path.join(directory, "weights.npz"), allow_pickle=False) as f:
       arrays = {k: f[k] for k in f.files}

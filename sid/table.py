@@ -184,13 +184,8 @@ class SidTable:
 
   @classmethod
   def load(cls, directory: str) -> "SidTable":
-    path = os.path.join(directory, "manifest.json")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"no SID table at {directory!r} (missing manifest.json)")
-    with open(path) as f:
-      manifest = json.load(f)
-    if manifest.get("kind") != "semrec.sid.SidTable":
-      raise ValueError(f"{path}: not a semrec SID table manifest")
+    from semrec.atomic import read_manifest
+    manifest = read_manifest(directory, "SID table", kind="semrec.sid.SidTable")
     with np.load(os.path.join(directory, "table.npz"), allow_pickle=False) as f:
       clusters = {k.split("/", 1)[1]: f[k] for k in f.files if k.startswith("cluster_ids/")}
       return cls(f["item_ids"], f["codes"], manifest["codebook_size"],

@@ -207,11 +207,8 @@ class RetrievalIndex:
   @classmethod
   def load(cls, directory: str) -> "RetrievalIndex":
     """Reloads an index written by ``save``."""
-    path = os.path.join(directory, "manifest.json")
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"no index manifest at {path}")
-    with open(path) as f:
-      manifest = json.load(f)
+    from semrec.atomic import read_manifest
+    manifest = read_manifest(directory, "retrieval index")
     item_ids = np.load(os.path.join(directory, "item_ids.npy")).astype(object)
     emb = np.load(os.path.join(directory, "embeddings.npy"))
     config = IndexConfig(**manifest["config"])
