@@ -11,6 +11,23 @@ import sys
 import click
 
 
+class _UserErrors:
+  """Turns bad-input errors (which name the file, row, item and field) into a clean `Error: ...` exit 1."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc is None:
+      return False
+    from semrec.data import DataError
+    from semrec.encoders import EncodeError
+    from semrec.export import ExportError
+    if isinstance(exc, (DataError, EncodeError, ExportError, FileNotFoundError)):
+      raise click.ClickException(str(exc)) from exc
+    return False
+
+
 def _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick):
   from semrec.config import load_yaml
   from semrec.pipeline import RunConfig
@@ -70,9 +87,10 @@ def _stage_command(name: str, stage: str, help_text: str):
   @_run_options
   def cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
     from semrec.pipeline import STAGES, run_stages
-    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick)
-    run_stages(run, STAGES.dependencies(stage), STAGES.registry)
-    run_stages(run, [stage], STAGES.registry, force=force)
+    with _UserErrors():
+      run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+      run_stages(run, STAGES.dependencies(stage), STAGES.registry)
+      run_stages(run, [stage], STAGES.registry, force=force)
     click.echo(f"{stage} finished: {run.path(stage)}")
   cmd.__doc__ = help_text
   return click.command(name=name, help=help_text)(cmd)
@@ -89,8 +107,9 @@ def main():
 def run_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
   """The whole job: encode -> SIDs -> retrieval comparison -> index -> ranker comparison -> export -> verify."""
   from semrec.pipeline import run_all
-  run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick)
-  summary = run_all(run, force=force)
+  with _UserErrors():
+    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+    summary = run_all(run, force=force)
   click.echo(summary)
 
 

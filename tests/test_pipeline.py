@@ -34,6 +34,18 @@ def test_cli_usage_errors():
   assert res.exit_code != 0 and "--interactions and --items" in res.output
 
 
+def test_cli_bad_data_is_a_clean_error(tmp_path):
+  inter = tmp_path / "i.csv"
+  inter.write_text("user_id,item_id,timestamp,rating\nu1,a,10,4\nu1,zzz,11,4\n")
+  items = tmp_path / "items.csv"
+  items.write_text("item_id,title\na,Alpha\n")
+  res = CliRunner().invoke(main, ["encode", "--dataset", "generic", "--interactions", str(inter), "--items",
+                                  str(items), "--run-dir", str(tmp_path / "run")])
+  assert res.exit_code == 1
+  assert "Error:" in res.output and "row 2, column 'item_id': unknown item 'zzz'" in res.output
+  assert "Traceback" not in res.output
+
+
 def test_interrupted_stage_is_rerun_and_finished_stages_skipped(tmp_path):
   calls = []
 
