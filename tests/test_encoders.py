@@ -144,7 +144,7 @@ class AudioEncoderTest(tf.test.TestCase):
     # 2.0 s -> 2 patches; the clip vector is the mean of the patch vectors.
     patches = enc.patch_embeddings(prepare_waveform(clips[0], 16000))
     self.assertEqual(patches.shape, (2, 128))
-    self.assertAllClose(out[0], patches.mean(axis=0), rtol=1e-5, atol=1e-5)
+    self.assertAllClose(out[0], patches.mean(axis=0), rtol=1e-3, atol=1e-4)
     self.assertTrue(enc.info["random_init"])
 
   def test_needs_weights(self):
@@ -211,8 +211,9 @@ class ImageEncoderTest(tf.test.TestCase):
     self.assertTrue(np.isfinite(out).all())
     self.assertAllEqual(out, ImageEncoder("random", "resnet18", image_size=32, seed=1).encode(images + [video]))
     frames = enc.encode(list(video))
-    self.assertAllClose(out[2], frames.mean(axis=0), rtol=1e-5)
-    self.assertAllClose(enc.encode_video(video), out[2], rtol=1e-5)
+    # Batch composition changes oneDNN's summation order, so equality holds to float32 noise only.
+    self.assertAllClose(out[2], frames.mean(axis=0), rtol=1e-3, atol=1e-3)
+    self.assertAllClose(enc.encode_video(video), out[2], rtol=1e-3, atol=1e-3)
     self.assertEqual(enc.info["model"], "resnet18")
     self.assertTrue(enc.info["random_init"])
     with self.assertRaisesRegex(EncodeError, "'bad'.*image_path.*shape"):
