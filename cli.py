@@ -78,9 +78,13 @@ def _run_options(f):
 def _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick):
   from semrec.pipeline import Run, write_config
   cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick)
-  run = Run(cfg, run_dir or os.path.join("runs", cfg.data.type + ("-quick" if quick else "")))
+  run = Run(cfg, run_dir or _default_run_dir(cfg, quick))
   write_config(run)
   return run
+
+
+def _default_run_dir(cfg, quick: bool) -> str:
+  return os.path.join("runs", cfg.data.type + ("-quick" if quick else ""))
 
 
 def _stage_command(name: str, stage: str, help_text: str):
@@ -125,13 +129,28 @@ main.add_command(_stage_command("export", "export", "Export every served artefac
 @main.command("evaluate")
 @_run_options
 def evaluate_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
-  """Collect the metrics of a run's finished stages into metrics.json + report.md and print the table."""
-  from semrec.pipeline import STAGE_ORDER, write_report
-  run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick)
-  results = {s: run.stage_result(s) for s in STAGE_ORDER if run.is_done(s)}
-  if not results:
-    raise click.ClickException(f"no finished stage in {run.run_dir}: run `semrec run` first")
-  click.echo(write_report(run, results))
+  """Collect the metrics of a run's finished stages into metrics.json + report.md and print the table.
+
+  Without --config it uses the config the run was made with (<run-dir>/config.yaml) and leaves it as is.
+  """
+  from semrec.config import load_yaml
+  from semrec.pipeline import STAGE_ORDER, Run, RunConfig, write_report
+  with _UserErrors():
+    cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+    run_dir = run_dir or _default_run_dir(cfg, quick)
+    saved = os.path.join(run_dir, "config.yaml")
+    if not config_path and os.path.isfile(saved):
+      cfg = load_yaml(RunConfig, saved)
+    run = Run(cfg, run_dir)
+    results = {s: run.stage_result(s) for s in STAGE_ORDER if run.is_done(s)}
+    if not results:
+      raise click.ClickException(f"no finished stage in {run.run_dir}: run `semrec run` first")
+    for s in results:
+      stale = run.stale_sections(s)
+      if stale:
+        click.echo(f"Warning: stage {s!r} ran with a different config ({', '.join(stale)}); "
+                   "`semrec run` with this config recomputes it", err=True)
+    click.echo(write_report(run, results))
   click.echo(f"report: {run.path('report.md')}")
 
 

@@ -3,13 +3,17 @@
 A run directory holds ``config.yaml``, one sub-directory per stage (each finished stage writes
 ``<stage>/_DONE.json`` atomically, with its metrics), ``metrics.json``, ``report.md`` and ``plots/``.
 Re-running the same command on the same directory skips finished stages, so an interrupted job
-resumes where it stopped.
+resumes where it stopped. Each ``_DONE.json`` also records a key of the config a stage ran with (its own
+sections, its prerequisites' sections and the seed): a finished stage whose config has changed since is
+stale, and is recomputed (its directory cleared first) together with every later stage that depends on it.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import time
 from typing import Callable, Optional
 
@@ -94,28 +98,59 @@ class Run:
     return self._split
 
   def is_done(self, stage: str) -> bool:
+    """True when ``stage`` finished in this directory (whatever config it ran with; see ``stale_sections``)."""
     return os.path.exists(self.path(stage, "_DONE.json"))
 
   def stage_result(self, stage: str) -> dict:
+    """The metrics dict a finished stage recorded (without the bookkeeping ``_config`` entry)."""
     with open(self.path(stage, "_DONE.json")) as f:
-      return json.load(f)
+      result = json.load(f)
+    result.pop("_config", None)
+    return result
+
+  def config_sections(self, stage: str) -> Optional[dict]:
+    """{config section: short hash} that ``stage`` depends on (None for stages outside ``STAGES``)."""
+    return STAGES.config_sections(self, stage)
+
+  def stale_sections(self, stage: str) -> list:
+    """Config sections that changed since the finished ``stage`` ran ([] when unchanged or unknown)."""
+    now = self.config_sections(stage)
+    if now is None or not self.is_done(stage):
+      return []
+    with open(self.path(stage, "_DONE.json")) as f:
+      then = json.load(f).get("_config")
+    if then is None:  # written before config keys were recorded: trust it
+      return []
+    return sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
 
   def mark_done(self, stage: str, result: dict):
-    atomic_write_json(os.path.join(self.stage_dir(stage), "_DONE.json"), result)
+    record = dict(result)
+    sections = self.config_sections(stage)
+    if sections is not None:
+      record["_config"] = sections
+    atomic_write_json(os.path.join(self.stage_dir(stage), "_DONE.json"), record)
 
 
 def run_stages(run: Run, stages, registry: dict[str, Callable], log: Callable[[str], None] = print,
                force: bool = False) -> dict:
-  """Runs ``stages`` in order, skipping finished ones; returns {stage: result}."""
+  """Runs ``stages`` in order, skipping finished ones; returns {stage: result}.
+
+  A finished stage is reused unless ``force`` or its config changed since it ran (``Run.stale_sections``);
+  a stale stage's directory is cleared before it is recomputed, so no artefact of the old config survives.
+  """
   unknown = [s for s in stages if s not in registry]
   if unknown:
     raise ValueError(f"unknown stage(s) {unknown}; known: {list(registry)}")
   results = {}
   for stage in stages:
-    if run.is_done(stage) and not force:
+    stale = run.stale_sections(stage)
+    if run.is_done(stage) and not force and not stale:
       log(f"[semrec] {stage}: already done in {run.path(stage)} (resuming)")
       results[stage] = run.stage_result(stage)
       continue
+    if stale:
+      log(f"[semrec] {stage}: config changed since it ran ({', '.join(stale)}); clearing {run.path(stage)}")
+      shutil.rmtree(run.path(stage))
     log(f"[semrec] {stage}: running")
     t0 = time.time()
     result = registry[stage](run) or {}
@@ -719,6 +754,25 @@ class _Stages:
     self.requires = {"encode": (), "sid": ("encode",), "sid-assign": ("sid",), "retrieval": ("sid",),
                      "index": ("retrieval",), "ranking": ("sid",), "export": ("sid",),
                      "verify": ("export",)}
+    # RunConfig sections each stage reads itself (besides `seed`). export and verify cover every
+    # SavedModel the run wrote, so they depend on the whole config.
+    everything = ("data", "encoder", "sid", "retrieval", "ranking", "export")
+    self.reads = {"encode": ("data", "encoder"), "sid": ("sid",), "sid-assign": (), "retrieval": ("retrieval",),
+                  "index": ("retrieval",), "ranking": ("ranking",), "export": everything, "verify": everything}
+
+  def config_sections(self, run: "Run", stage: str) -> Optional[dict]:
+    """{section: 16-hex hash} of the config ``stage`` and its prerequisites read; None if unknown."""
+    if stage not in self.reads:
+      return None
+    cfg = run.config
+    names = {n for s in [stage] + self.dependencies(stage) for n in self.reads[s]}
+    values = {"seed": cfg.seed}
+    for n in names:
+      values[n] = to_dict(cfg.encoder_config() if n == "encoder" else getattr(cfg, n))
+    if "data" in names and cfg.data.type == "generic":  # the files can change under the same paths
+      values["data_files"] = run.dataset.fingerprint()
+    digest = lambda v: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()[:16]  # noqa: E731
+    return {n: digest(v) for n, v in values.items()}
 
   def dependencies(self, stage: str) -> list[str]:
     out = []

@@ -1,4 +1,5 @@
 """End-to-end: `semrec run --dataset synthetic --quick` on tiny data, resume, report, exports; config round trip."""
+import dataclasses
 import json
 import os
 
@@ -21,6 +22,17 @@ def test_config_yaml_round_trip(tmp_path):
   with pytest.raises(ValueError, match="data.type"):
     DataConfig(type="imagenet")
   assert to_dict(cfg)["sid"]["model"]["codebook_size"] == 16
+
+
+def test_docs_config_examples_load():
+  import re
+  doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "config.md")).read()
+  blocks = re.findall(r"```yaml\n(.*?)```", doc, re.S)
+  assert len(blocks) == 2
+  fast, generic = (from_dict(RunConfig, yaml.safe_load(b)) for b in blocks)
+  assert fast.sid.model.mode == "rqkmeans" and fast.ranking.modes == ("random_hash", "unigram", "spm")
+  assert fast.retrieval == RunConfig().retrieval  # untouched sections keep their defaults
+  assert generic.data.text_columns == ("title", "description") and generic.data.quality_columns == ("avg_rating",)
 
 
 def test_stage_dependencies():
@@ -65,6 +77,51 @@ def test_interrupted_stage_is_rerun_and_finished_stages_skipped(tmp_path):
   assert calls == ["ok", "boom", "ok"]  # "a" was not recomputed
 
 
+def test_changed_config_recomputes_stale_stage_and_what_depends_on_it(tmp_path):
+  calls = []
+  registry = {s: (lambda s: lambda run: calls.append(s) or {"stage": s})(s) for s in ("encode", "sid", "ranking")}
+  stages = list(registry)
+  rep = dataclasses.replace
+
+  def run_with(cfg, log=lambda m: None):
+    calls.clear()
+    run = Run(cfg, str(tmp_path))
+    results = run_stages(run, stages, registry, log=log)
+    return run, results
+
+  cfg = RunConfig()
+  run, results = run_with(cfg)
+  assert calls == stages and results["sid"] == {"seconds": results["sid"]["seconds"], "stage": "sid"}
+  assert run.stage_result("sid")["stage"] == "sid" and "_config" not in run.stage_result("sid")
+  open(run.path("sid", "artefact_of_old_config.txt"), "w").close()
+
+  run_with(cfg)
+  assert calls == []  # same config: everything resumes
+
+  logs = []
+  cfg_sid = rep(cfg, sid=rep(cfg.sid, cluster_ks=(10,)))
+  run, _ = run_with(cfg_sid, logs.append)
+  assert calls == ["sid", "ranking"]  # encode does not read `sid`
+  assert any("sid: config changed since it ran (sid); clearing" in m for m in logs)
+  assert not os.path.exists(run.path("sid", "artefact_of_old_config.txt"))
+  assert run.stale_sections("sid") == [] and run.stale_sections("ranking") == []
+
+  run_with(rep(cfg_sid, ranking=rep(cfg_sid.ranking, num_seeds=2)))
+  assert calls == ["ranking"]
+  run_with(rep(cfg_sid, ranking=rep(cfg_sid.ranking, num_seeds=2), seed=7))
+  assert calls == stages  # every stage is seeded
+
+  # A run directory written before config keys were recorded is trusted as it is.
+  done = run.path("sid", "_DONE.json")
+  with open(done) as f:
+    record = json.load(f)
+  record.pop("_config")
+  with open(done, "w") as f:
+    json.dump(record, f)
+  assert Run(cfg, str(tmp_path)).stale_sections("sid") == []
+  assert Run(cfg, str(tmp_path)).stale_sections("ranking") == ["encoder", "ranking", "seed", "sid"]  # the encoder preset is seeded
+
+
 def test_semrec_run_synthetic_quick_end_to_end(tmp_path):
   run_dir = str(tmp_path / "run")
   data_cfg = tmp_path / "c.yaml"
@@ -98,6 +155,14 @@ def test_semrec_run_synthetic_quick_end_to_end(tmp_path):
                        catch_exceptions=False)
   assert res2.exit_code == 0, res2.output
   assert res2.output.count("already done") == len(STAGE_ORDER)
+
+  # evaluate: without --config it reads the run's own config.yaml (not the CLI defaults) and keeps it.
+  os.remove(os.path.join(run_dir, "metrics.json"))
+  res_eval = runner.invoke(main, ["evaluate", "--run-dir", run_dir], catch_exceptions=False)
+  assert res_eval.exit_code == 0, res_eval.output
+  assert "recall@100" in res_eval.output and "Warning" not in res_eval.output
+  assert json.load(open(os.path.join(run_dir, "metrics.json")))["stages"]["verify"]["ok"]
+  assert yaml.safe_load(open(os.path.join(run_dir, "config.yaml")))["data"]["type"] == "synthetic"
 
   # verify-export CLI (structure pass; the fresh-process pass ran in the verify stage above).
   models = os.path.join(run_dir, "export", "models")
