@@ -101,10 +101,13 @@ class Run:
     """True when ``stage`` finished in this directory (whatever config it ran with; see ``stale_sections``)."""
     return os.path.exists(self.path(stage, "_DONE.json"))
 
+  def _done_record(self, stage: str) -> dict:
+    with open(self.path(stage, "_DONE.json")) as f:
+      return json.load(f)
+
   def stage_result(self, stage: str) -> dict:
     """The metrics dict a finished stage recorded (without the bookkeeping ``_config`` entry)."""
-    with open(self.path(stage, "_DONE.json")) as f:
-      result = json.load(f)
+    result = self._done_record(stage)
     result.pop("_config", None)
     return result
 
@@ -114,12 +117,10 @@ class Run:
 
   def stale_sections(self, stage: str) -> list:
     """Config sections that changed since the finished ``stage`` ran ([] when unchanged or unknown)."""
-    now = self.config_sections(stage)
-    if now is None or not self.is_done(stage):
+    if not self.is_done(stage):
       return []
-    with open(self.path(stage, "_DONE.json")) as f:
-      then = json.load(f).get("_config")
-    if then is None:  # written before config keys were recorded: trust it
+    now, then = self.config_sections(stage), self._done_record(stage).get("_config")
+    if now is None or then is None:  # a stage outside STAGES, or recorded before config keys were: trust it
       return []
     return sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
 
