@@ -76,6 +76,7 @@ class Run:
     os.makedirs(self.path("plots"), exist_ok=True)
     self._dataset = None
     self._split = None
+    self._fingerprint = None
 
   def path(self, *parts) -> str:
     return os.path.join(self.run_dir, *parts)
@@ -90,6 +91,13 @@ class Run:
     if self._dataset is None:
       self._dataset = load_dataset(self.config.data)
     return self._dataset
+
+  @property
+  def data_fingerprint(self) -> str:
+    """``dataset.fingerprint()``, hashed once per run (stage keys and every export manifest use it)."""
+    if self._fingerprint is None:
+      self._fingerprint = self.dataset.fingerprint()
+    return self._fingerprint
 
   @property
   def split(self):
@@ -444,7 +452,7 @@ def stage_ranking(run: Run) -> dict:
   example = prod.featurizer.features(data.eval_examples.take(np.arange(min(8, len(data.eval_examples)))))
   from semrec.export import export_ranker
   exported = export_ranker(export_dir(run), prod.model, example, name="ranker", metrics=prod.metrics,
-                           data_fingerprint=run.dataset.fingerprint())
+                           data_fingerprint=run.data_fingerprint)
   summary = result.summary
   return {
       "summary": summary.to_dict("records"),
@@ -474,7 +482,7 @@ def stage_export(run: Run) -> dict:
     cluster = ClusterIdLayer(np.load(run.path("sid", f"centroids_{finest}.npy")), name=f"cluster_id_{finest}")
   sid = run.stage_result("sid") if run.is_done("sid") else {}
   res = export_sid_assigner(export_dir(run), sid_model.assigner, x[:8], cluster_layer=cluster,
-                            data_fingerprint=run.dataset.fingerprint(),
+                            data_fingerprint=run.data_fingerprint,
                             metrics={k: sid.get(k) for k in ("utilisation", "unique_ratio")})
   configs = write_serving_configs(export_dir(run), run.config.export.base_path_prefix or None)
   return {"sid_assigner": res.path, "serving_configs": configs,
@@ -610,7 +618,7 @@ def stage_retrieval(run: Run) -> dict:
   q_batch = next(iter(inputs.dataset({k: v[:8] for k, v in enc_test.items()}, 8)))
   query_ex = {"user_id": q_batch["user_id"].numpy(), "timestamp": q_batch["timestamp"].numpy(),
               "history": {k: v.numpy() for k, v in q_batch["history"].items()}}
-  fp = run.dataset.fingerprint()
+  fp = run.data_fingerprint
   summary = {s: {k: float(v) for k, v in m.items()} for s, m in metrics.items()}
   base = export_dir(run)
   k = min(rcfg.top_k, len(ids))
@@ -657,7 +665,7 @@ def stage_index(run: Run) -> dict:
   scann = served if served["kind"] == "scann" else build_and_save_index(
       cands, ids, run.path("index", "scann"), kind="scann", k=k, queries=queries)
   res = export_scann_searcher(export_dir(run), run.path("index", "served" if served is scann else "scann"),
-                              queries[:8], k=10, data_fingerprint=run.dataset.fingerprint(),
+                              queries[:8], k=10, data_fingerprint=run.data_fingerprint,
                               metrics={"recall@10_vs_brute_force": scann.get("recall@10")})
   return {"kind": served["kind"], "recall_at_10": served.get("recall@10"),
           "scann_recall_at_10": scann.get("recall@10"),
@@ -771,7 +779,7 @@ class _Stages:
     for n in names:
       values[n] = to_dict(cfg.encoder_config() if n == "encoder" else getattr(cfg, n))
     if "data" in names and cfg.data.type == "generic":  # the files can change under the same paths
-      values["data_files"] = run.dataset.fingerprint()
+      values["data_files"] = run.data_fingerprint
     digest = lambda v: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()[:16]  # noqa: E731
     return {n: digest(v) for n, v in values.items()}
 
