@@ -28,6 +28,7 @@ import tempfile
 import time
 
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from semrec.atomic import write_json
 import numpy as np
 from tqdm import tqdm
 
@@ -81,7 +82,8 @@ def main(argv=None):
   args = p.parse_args(argv)
 
   import tensorflow as tf
-  from semrec.ranking import (ALL_MODES, RankerConfig, export_ranker, prepare_sequential, train_sequential)
+  from semrec.export import export_ranker
+  from semrec.ranking import ALL_MODES, RankerConfig, prepare_sequential, train_sequential
   from semrec.ranking.experiment import _rep_config
   from semrec.ranking.training import build_item_representation
 
@@ -126,7 +128,7 @@ def main(argv=None):
     request["candidate_sid"] = fi.arrays["sid"][cand_rows]
     if "candidate_content" in one:
       request["candidate_content"] = fi.arrays["content"][cand_rows]
-    res = export_ranker(run.model, export_base, batch, name=f"ranker_{mode.replace('+', '_')}")
+    res = export_ranker(export_base, run.model, batch, name=f"ranker_{mode.replace('+', '_')}")
     fn = tf.saved_model.load(res.path).signatures["serving_default"]
     req_t = {k: tf.constant(np.asarray(v).astype(str) if np.asarray(v).dtype == object else v)
              for k, v in request.items()}
@@ -159,10 +161,7 @@ def main(argv=None):
   payload = {"quick": args.quick, "budget": args.budget, "num_periods": num_periods, "sids": sid_info,
              "cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__,
              "baseline": "random_hash", **results}
-  tmp = f"{out}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=1)
-  os.replace(tmp, out)
+  write_json(out, payload, indent=1)
   print(f"wrote {out}")
 
 

@@ -5,7 +5,7 @@ from semrec.ranking.experiment import (ALL_MODES, HEADLINE_BUDGETS, HEADLINE_MOD
                                        ExperimentResult, format_summary, plot_experiment, run_ranking_experiment)
 from semrec.ranking.metrics import auc, sliced_auc
 from semrec.ranking.model import Ranker, RankerConfig, needs_content
-from semrec.ranking.serving import RankerServingModule, ServingError, export_ranker, score_in_fresh_process
+from semrec.ranking.serving import RankerServingModule
 from semrec.ranking.training import (RankerRun, SequentialData, build_item_representation, evaluate,
                                      make_featurizer, predict, prepare_sequential, train_ranker, train_sequential)
 
@@ -13,7 +13,7 @@ __all__ = [
     "CONTEXT_COLUMNS", "CONTEXT_DIM", "RankingExamples", "RankingFeaturizer", "SequentialSplit", "context_features",
     "sequential_split", "ALL_MODES", "HEADLINE_BUDGETS", "HEADLINE_MODES", "MODE_COMPONENTS", "ExperimentResult",
     "format_summary", "plot_experiment", "run_ranking_experiment", "auc", "sliced_auc", "Ranker", "RankerConfig",
-    "needs_content", "RankerServingModule", "ServingError", "export_ranker", "score_in_fresh_process", "RankerRun",
+    "needs_content", "RankerServingModule", "RankerRun",
     "SequentialData", "build_item_representation", "evaluate", "make_featurizer", "predict", "prepare_sequential",
     "train_ranker", "train_sequential",
 ]
