@@ -26,8 +26,12 @@ def to_dict(config) -> dict:
 
 
 def from_dict(cls: Type[T], data: dict | None) -> T:
-  """Builds ``cls`` from a dict, recursing into nested dataclass fields; unknown keys are an error."""
-  data = dict(data or {})
+  """Builds ``cls`` from a dict, recursing into nested dataclass fields; unknown keys are an error.
+
+  A config class may list keys that moved into a sub-config in a class attribute ``MOVED_KEYS``
+  (``{"old_key": "sub.new_key"}``): an old file's value is used at the new place (unless that is set too).
+  """
+  data = _relocate_moved_keys(cls, dict(data or {}))
   hints = typing.get_type_hints(cls)
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(data) - names)
@@ -46,6 +50,18 @@ def from_dict(cls: Type[T], data: dict | None) -> T:
       v = tuple(tuple(x) if isinstance(x, list) else x for x in v)
     kwargs[f.name] = v
   return cls(**kwargs)
+
+
+def _relocate_moved_keys(cls, data: dict) -> dict:
+  for old, new in getattr(cls, "MOVED_KEYS", {}).items():
+    if old in data:
+      value = data.pop(old)
+      *parents, leaf = new.split(".")
+      node = data
+      for p in parents:
+        node = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else {}
+      node.setdefault(leaf, value)
+  return data
 
 
 def _dataclass_in(hint) -> Any:

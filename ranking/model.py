@@ -11,7 +11,9 @@ from typing import Optional, Sequence
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from semrec.config import from_dict, to_dict
 from semrec.ranking.data import CONTEXT_DIM, ITEM_SLOTS
+from semrec.sid.adapters import ItemRepresentationConfig
 
 
 @dataclasses.dataclass
@@ -35,7 +37,7 @@ class RankerConfig:
     batch_size: Training batch size.
     seed: Seed for weight initialisation and shuffling.
   """
-  item_representation: object = None
+  item_representation: Optional[ItemRepresentationConfig] = None
   use_history: bool = True
   history_length: int = 20
   tasks: Sequence[str] = ("label", "like")
@@ -70,19 +72,7 @@ class RankerConfig:
     if self.learning_rate <= 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
     if self.item_representation is None:
-      from semrec.sid.adapters import ItemRepresentationConfig
       self.item_representation = ItemRepresentationConfig()
-
-  def to_dict(self) -> dict:
-    d = dataclasses.asdict(self)
-    rep = self.item_representation
-    if hasattr(rep, "to_dict"):
-      d["item_representation"] = rep.to_dict()
-    elif dataclasses.is_dataclass(rep):
-      d["item_representation"] = dataclasses.asdict(rep)
-    d["tasks"] = list(self.tasks)
-    d["hidden_units"] = list(self.hidden_units)
-    return d
 
 
 def needs_content(rep_config) -> bool:
@@ -209,17 +199,15 @@ class Ranker(tfrs.Model):
     return {t: tf.sigmoid(v) for t, v in self.logits(features, training=training).items()}
 
   def get_config(self) -> dict:
-    return {"config": self.config.to_dict()}
+    return {"config": to_dict(self.config)}
 
   @classmethod
   def from_config(cls, config: dict) -> "Ranker":
     """Rebuilds an untrained ranker; an SPM representation gets its piece table from the weights
     restored afterwards (e.g. ``model.load_weights``)."""
-    from semrec.sid.adapters import ItemRepresentation, ItemRepresentationConfig
-    d = dict(config["config"])
-    rep = ItemRepresentationConfig(**d.pop("item_representation"))
-    cfg = RankerConfig(item_representation=rep, **d)
-    return cls(cfg, item_representation=ItemRepresentation(rep))
+    from semrec.sid.adapters import ItemRepresentation
+    cfg = from_dict(RankerConfig, config["config"])
+    return cls(cfg, item_representation=ItemRepresentation(cfg.item_representation))
 
   def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
     features, labels = inputs
