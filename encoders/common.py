@@ -4,8 +4,9 @@ Shape letters: N items, F frames, P audio patches, D embedding width.
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Optional
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -26,6 +27,47 @@ class EncodeError(ValueError):
     self.field = field
     self.reason = reason
     super().__init__(f"item {self.item_id!r}, field {field!r}: {reason}")
+
+
+class WeightsHashError(ValueError):
+  """A weights or tokenizer file does not have its pinned SHA-256 (a different or corrupted copy).
+
+  Attributes:
+    path: The file checked.
+    expected: Pinned SHA-256 (hex).
+    actual: SHA-256 of the file on disk (hex).
+  """
+
+  def __init__(self, path: str, expected: str, actual: str):
+    self.path, self.expected, self.actual = path, expected, actual
+    super().__init__(f"{path}: SHA-256 mismatch, expected {expected}, got {actual}. The file is corrupted or "
+                     "is not the pinned release: reinstall the package that ships it, or pass a local model "
+                     "directory explicitly")
+
+
+def file_sha256(path: str, chunk_bytes: int = 1 << 20) -> str:
+  """Hex SHA-256 of a file, read in chunks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(chunk_bytes), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def verify_sha256(directory: str, expected: Mapping[str, str]):
+  """Checks ``{relative file name: hex SHA-256}`` under ``directory``.
+
+  Raises:
+    FileNotFoundError: a listed file is missing (naming it).
+    WeightsHashError: a file's hash differs (naming the file, the expected and the actual hash).
+  """
+  for name, want in expected.items():
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: missing (expected SHA-256 {want})")
+    got = file_sha256(path)
+    if got != want.lower():
+      raise WeightsHashError(path, want.lower(), got)
 
 
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
