@@ -10,7 +10,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-RANDOM = "random"
+RANDOM = "random"  # weights value: explicit seeded random initialisation
+PRETRAINED = "pretrained"  # weights value: the weights shipped in a Python package
 
 
 class EncodeError(ValueError):
@@ -78,29 +79,32 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 def is_hub_handle(weights: str) -> bool:
-  """True for a TF Hub URL/handle or a local SavedModel directory."""
+  """True for a TF Hub URL/handle or a local Hub directory (TF2 SavedModel or TF1 Hub module)."""
   if weights.startswith(("http://", "https://", "gs://", "hub://")):
     return True
-  return os.path.isdir(weights) and os.path.exists(os.path.join(weights, "saved_model.pb"))
+  return os.path.isdir(weights) and any(os.path.exists(os.path.join(weights, f))
+                                        for f in ("saved_model.pb", "tfhub_module.pb"))
 
 
 def load_hub_model(handle: str):
-  """A TF Hub handle or local Hub/SavedModel directory -> a callable (the loaded SavedModel).
+  """A TF Hub handle or local Hub directory -> a callable, loaded with ``tensorflow_hub.load``.
 
-  Local directories load with ``tf.saved_model.load`` (a TF2 Hub module is a SavedModel), so they do
-  not need ``tensorflow_hub``; remote handles are resolved (downloaded and cached) by ``tensorflow_hub``.
-  Objects without ``__call__`` are called through their ``serving_default`` signature.
+  ``tensorflow_hub`` resolves remote handles (download + cache under ``TFHUB_CACHE_DIR``) and loads
+  local directories as they are. Objects without ``__call__`` are called through their
+  ``serving_default`` signature (first output). Outputs are returned as the model gives them (a
+  tensor, a tuple such as YAMNet's ``(scores, embeddings, log_mel)``, or a dict).
+
+  Raises:
+    ImportError: ``tensorflow_hub`` does not import (0.16 needs ``setuptools<82`` for pkg_resources).
+    ValueError: the handle cannot be loaded or is not callable (naming it).
   """
-  import tensorflow as tf
-
   try:
-    if not os.path.isdir(handle):
-      try:
-        import tensorflow_hub as hub
-      except Exception as e:  # tensorflow_hub 0.16 needs pkg_resources (setuptools < 81)
-        raise ImportError(f"resolving the remote TF Hub handle needs a working tensorflow_hub: {e}") from e
-      handle = hub.resolve(handle)
-    obj = tf.saved_model.load(handle)
+    import tensorflow_hub as hub
+  except Exception as e:
+    raise ImportError(f"loading TF Hub model {handle!r} needs tensorflow_hub, which failed to import ({e}); "
+                      "tensorflow-hub 0.16 needs setuptools<82: pip install 'setuptools<82'") from e
+  try:
+    obj = hub.load(handle)
   except Exception as e:
     raise ValueError(f"cannot load TF Hub model {handle!r}: {type(e).__name__}: {e}") from e
   if callable(obj):
