@@ -28,7 +28,8 @@ class _UserErrors:
     return False
 
 
-def _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick):
+def _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+                  no_exclude_history):
   from semrec.config import load_yaml
   from semrec.pipeline import RunConfig
   cfg = load_yaml(RunConfig, config_path) if config_path else RunConfig()
@@ -46,6 +47,10 @@ def _build_config(config_path, dataset, interactions, items, text_columns, quali
     raise click.UsageError("--dataset generic needs --interactions and --items")
   if seed is not None:
     cfg.seed = seed
+  if split:
+    cfg.data.split = split
+  if no_exclude_history:
+    cfg.data.exclude_history = False
   if quick:
     cfg = cfg.quick()
   cfg.validate()
@@ -67,6 +72,10 @@ def _run_options(f):
       click.option("--text-columns", default=None, help="Generic format: comma-separated item text columns."),
       click.option("--quality-columns", default=None, help="Generic format: comma-separated numeric quality columns."),
       click.option("--seed", type=int, default=None, help="Global seed."),
+      click.option("--split", type=click.Choice(["temporal", "leave_one_out", "cold_items"]), default=None,
+                   help="Retrieval evaluation protocol (docs/protocols.md); default temporal."),
+      click.option("--no-exclude-history", is_flag=True,
+                   help="Keep each user's earlier items in the retrieval ranking (excluded by default)."),
       click.option("--quick", is_flag=True, help="Tiny sizes and epochs (smoke test of the whole job)."),
       click.option("--force", is_flag=True, help="Recompute the stage(s) even if finished."),
   ]
@@ -75,9 +84,11 @@ def _run_options(f):
   return f
 
 
-def _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick):
+def _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+              no_exclude_history):
   from semrec.pipeline import Run, write_config
-  cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+  cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+                      no_exclude_history)
   run = Run(cfg, run_dir or _default_run_dir(cfg, quick))
   write_config(run)
   return run
@@ -89,10 +100,12 @@ def _default_run_dir(cfg, quick: bool) -> str:
 
 def _stage_command(name: str, stage: str, help_text: str):
   @_run_options
-  def cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
+  def cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+          no_exclude_history, force):
     from semrec.pipeline import STAGES, run_stages
     with _UserErrors():
-      run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+      run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                      split, no_exclude_history)
       run_stages(run, STAGES.dependencies(stage), STAGES.registry)
       run_stages(run, [stage], STAGES.registry, force=force)
     click.echo(f"{stage} finished: {run.path(stage)}")
@@ -108,11 +121,13 @@ def main():
 
 @main.command("run")
 @_run_options
-def run_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
+def run_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+            no_exclude_history, force):
   """The whole job: encode -> SIDs -> retrieval comparison -> index -> ranker comparison -> export -> verify."""
   from semrec.pipeline import run_all
   with _UserErrors():
-    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                    split, no_exclude_history)
     summary = run_all(run, force=force)
   click.echo(summary)
 
@@ -128,7 +143,8 @@ main.add_command(_stage_command("export", "export", "Export every served artefac
 
 @main.command("evaluate")
 @_run_options
-def evaluate_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
+def evaluate_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+                 no_exclude_history, force):
   """Collect the metrics of a run's finished stages into metrics.json + report.md and print the table.
 
   Without --config it uses the config the run was made with (<run-dir>/config.yaml) and leaves it as is.
@@ -136,7 +152,8 @@ def evaluate_cmd(config_path, run_dir, dataset, interactions, items, text_column
   from semrec.config import load_yaml
   from semrec.pipeline import STAGE_ORDER, Run, RunConfig, write_report
   with _UserErrors():
-    cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+    cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+                        no_exclude_history)
     run_dir = run_dir or _default_run_dir(cfg, quick)
     saved = os.path.join(run_dir, "config.yaml")
     if not config_path and os.path.isfile(saved):
