@@ -5,10 +5,39 @@ finished stages; ``semrec run`` chains all of them and writes the report.
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 
 import click
+
+
+def _configure_output(verbose: bool):
+  """Quiet by default: TensorFlow's C++ logs (CUDA probing, oneDNN notices), absl / TF Python logging and
+  Python warnings are filtered; ``--verbose`` shows them all. Progress bars and results are unaffected.
+
+  Runs before the first TensorFlow import (commands import the library lazily), which is when
+  ``TF_CPP_MIN_LOG_LEVEL`` is read.
+  """
+  os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
+  level = logging.INFO if verbose else logging.ERROR
+  for name in ("tensorflow", "absl", "h5py", "transformers"):
+    logging.getLogger(name).setLevel(level)
+  if verbose:
+    warnings.resetwarnings()
+  else:
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _verbose_option(f):
+  """``--verbose`` accepted after any command too (``semrec run --verbose``), same as ``semrec --verbose run``."""
+  def callback(ctx, param, value):
+    if value:
+      _configure_output(True)
+  return click.option("--verbose", "-v", is_flag=True, expose_value=False, is_eager=True, callback=callback,
+                      help="Show TensorFlow / absl logs and Python warnings (hidden by default).")(f)
 
 
 class _UserErrors:
@@ -81,7 +110,7 @@ def _run_options(f):
   ]
   for o in reversed(opts):
     f = o(f)
-  return f
+  return _verbose_option(f)
 
 
 def _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
@@ -115,8 +144,10 @@ def _stage_command(name: str, stage: str, help_text: str):
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="semrec")
-def main():
+@click.option("--verbose", "-v", is_flag=True, help="Show TensorFlow / absl logs and Python warnings (hidden by default).")
+def main(verbose):
   """semrec: content-derived item IDs (cluster IDs, Semantic IDs) for TFRS retrieval and ranking."""
+  _configure_output(verbose)
 
 
 @main.command("run")
@@ -197,6 +228,7 @@ experiment_group.add_command(_stage_command("retrieval", "retrieval",
 @click.option("--structure-only", is_flag=True,
               help="Only check files against the manifests (no fresh-process load, no saved_model_cli).")
 @click.option("--no-saved-model-cli", is_flag=True, help="Skip `saved_model_cli show` on each model.")
+@_verbose_option
 def verify_export_cmd(export_dir, structure_only, no_saved_model_cli):
   """Load every SavedModel under EXPORT_DIR in a fresh process, replay its warm-up requests against the
   outputs stored at export time, and run saved_model_cli on it. Exits 1 on any problem."""
