@@ -32,6 +32,7 @@ import argparse
 import dataclasses
 import json
 import os
+import pickle
 import platform
 import tempfile
 import time
@@ -43,7 +44,20 @@ from semrec.benchmarks.bench_ranker import movielens_item_features
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 SWEEP_MODES = ("random_hash", "unigram", "bigram", "prefix", "spm", "spm+hash")
-DEFAULT_BUDGETS = {"scaled": "2048,16384,131072", "movielens": "1024,4096,8192"}
+DEFAULT_BUDGETS = {"scaled": "2048,131072", "movielens": "1024,8192"}
+
+
+def cached(path: str, build):
+  """``build()``'s result, pickled at ``path`` (atomically) so a resumed sweep skips the input preparation."""
+  if os.path.exists(path):
+    with open(path, "rb") as f:
+      return pickle.load(f)
+  obj = build()
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "wb") as f:
+    pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+  os.replace(tmp, path)
+  return obj
 
 
 def scaled_inputs(checkpoint_dir: str, train_rows_per_day: int, seed: int = 0):
@@ -98,7 +112,7 @@ def main(argv=None):
   p.add_argument("--budgets", default=None, help="comma-separated table budgets (default per world)")
   p.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; quick 0)")
   p.add_argument("--modes", default=None, help=f"comma-separated (default {','.join(SWEEP_MODES)})")
-  p.add_argument("--train-rows-per-day", type=int, default=12000, help="scaled: training impressions per day")
+  p.add_argument("--train-rows-per-day", type=int, default=2000, help="scaled: training impressions per day")
   p.add_argument("--embedding-dim", type=int, default=16)
   p.add_argument("--checkpoint-dir", default=None, help="default: <tmp>/semrec-ranking-sweep/<world>")
   p.add_argument("--out", default=None)
@@ -115,8 +129,11 @@ def main(argv=None):
   ckpt = args.checkpoint_dir or os.path.join(tempfile.gettempdir(), "semrec-ranking-sweep", suffix)
   os.makedirs(ckpt, exist_ok=True)
   t0 = time.perf_counter()
-  fi, data, info = (scaled_inputs(ckpt, args.train_rows_per_day) if world == "scaled"
-                    else movielens_inputs(args.embeddings))
+  if world == "scaled":
+    fi, data, info = cached(os.path.join(ckpt, f"inputs_{args.train_rows_per_day}.pkl"),
+                            lambda: scaled_inputs(ckpt, args.train_rows_per_day))
+  else:
+    fi, data, info = cached(os.path.join(ckpt, "inputs.pkl"), lambda: movielens_inputs(args.embeddings))
   prep_seconds = time.perf_counter() - t0
   base = RankerConfig(batch_size=1024, hidden_units=(64, 32), num_cross_layers=1, history_length=20)
   out_dir = os.path.join(_HERE, "results", f"ranking_experiment_{suffix}")

@@ -149,14 +149,18 @@ def _mode_stats(sw: _Sweep, mode: str, budget: int) -> dict:
 
 
 def _plan(modes, budgets, seeds, use_history, L: int, K: int) -> list:
-  """(use_history, mode, budget, seed) per run, seed-major (an interrupted sweep has every configuration
-  for the first seeds); a budget-independent mode runs at the first budget only."""
+  """(use_history, mode, budget, seed) per run, largest budget first, then seed by seed: a sweep cut
+  short has complete seed statistics at the largest tables first. A budget-independent mode runs once
+  (at the smallest budget, whose rows stand for every budget), in the first pass."""
   plan = []
-  for seed in seeds:
-    for hist in use_history:
-      for mode in modes:
-        plan.extend((bool(hist), mode, b, int(seed))
-                    for b in (budgets[:1] if _budget_independent(mode, L, K, budgets) else budgets))
+  for i, b in enumerate(sorted(budgets, reverse=True)):
+    for seed in seeds:
+      for hist in use_history:
+        for mode in modes:
+          if not _budget_independent(mode, L, K, budgets):
+            plan.append((bool(hist), mode, b, int(seed)))
+          elif i == 0:
+            plan.append((bool(hist), mode, budgets[0], int(seed)))
   return plan
 
 

@@ -153,6 +153,12 @@ def binary_task(name: str) -> tfrs.tasks.Ranking:
       metrics=[tf.keras.metrics.AUC(name=f"{name}_auc", from_logits=True)], name=f"task_{name}")
 
 
+def masked_mean(hist: tf.Tensor, item_ids: tf.Tensor) -> tf.Tensor:
+  """[B, d] mean of ``hist`` [B, H, d] over the non-padding items (``item_ids`` [B, H] != ""); 0 if none."""
+  valid = tf.cast(tf.not_equal(item_ids, ""), hist.dtype)[..., None]
+  return tf.reduce_sum(hist * valid, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
+
+
 class Ranker(tfrs.Model):
   """Multitask pointwise ranker over (candidate, last item, history, context), TFRS-style.
 
@@ -240,9 +246,7 @@ class Ranker(tfrs.Model):
 
   def pool_history(self, features, dedupe: bool = True) -> tf.Tensor:
     """[B, d] mean representation of the non-padding history items (zeros for an empty history)."""
-    hist = self.embed_items(features, "history", dedupe=dedupe)  # [B, H, d]; padding rows are zeros
-    valid = tf.cast(tf.not_equal(features["history_item_id"], ""), hist.dtype)[..., None]
-    return tf.reduce_sum(hist * valid, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
+    return masked_mean(self.embed_items(features, "history", dedupe=dedupe), features["history_item_id"])
 
   def score(self, candidate: tf.Tensor, last: tf.Tensor, history: Optional[tf.Tensor], context: tf.Tensor,
             training: bool = False) -> dict:

@@ -114,8 +114,9 @@ def predict(model: Ranker, featurizer: RankingFeaturizer, examples: RankingExamp
             batch_size: int = 2048) -> dict:
   """task -> [n] float32 probabilities for ``examples``."""
   outs = {t: [] for t in model.config.tasks}
+  call = tf.function(lambda f: model(f, training=False), reduce_retracing=True)  # one graph, not eager ops
   for feats, _ in featurizer.dataset(examples, batch_size):
-    pred = model(feats, training=False)
+    pred = call(feats)
     for t in outs:
       outs[t].append(pred[t].numpy())
   return {t: np.concatenate(v) if v else np.zeros(0, np.float32) for t, v in outs.items()}
