@@ -7,13 +7,18 @@
 - serving: each trained ranker exported with ``export_ranker`` (TF Serving layout), reloaded with
   ``tf.saved_model.load`` and called through its ``serving_default`` signature: latency p50/p99 of
   (a) one request = one user (last item, 20-item history, context) x 100 candidates and
-  (b) a batch of 1,000 independent rows. Baseline: random_hash; ratio = mode latency / baseline.
+  (b) a batch of 1,000 independent rows, timed after all training with the models interleaved in
+  rounds of calls (the machine is shared: a load change hits every model alike; the load average
+  is recorded). Baseline: random_hash; ratio = mode latency / baseline. The served eval-period AUC
+  is compared with the in-memory model's (same weights). Last, an in-process A/B of the last mode's
+  serving graph: one item-representation call per request (current) vs one per slot (previous).
 
 SIDs: residual k-means (``semrec.sid.train_sid_model`` mode rqkmeans, L=3, K=256) of MiniLM text
 embeddings of the MovieLens items: from --embeddings (an .npz with ``item_ids`` and ``embeddings``)
 or encoded here with ``semrec.encoders.TextEncoder``.
 
-Full: python -m semrec.benchmarks.bench_ranker --embeddings movielens_minilm.npz
+Full: python -m semrec.benchmarks.bench_ranker --embeddings movielens_minilm.npz \\
+      [--modes random_hash,spm,spm+hash]
 Small: python -m semrec.benchmarks.bench_ranker --quick --embeddings movielens_minilm.npz
 Writes benchmarks/results/bench_ranker.json (bench_ranker_quick.json with --quick).
 """
@@ -29,6 +34,8 @@ import time
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 from tqdm import tqdm
+
+from semrec.ranking.serving import RankerServingModule
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -70,15 +77,28 @@ def _to_tensors(feats: dict) -> dict:
 
 
 def served_auc(fn, run, examples, cold_mask, batch: int = 1000) -> dict:
-  """AUC of the eval period scored through the exported signature, against the in-memory model's."""
+  """AUC of the eval period scored through the exported signature, against the in-memory model's
+  (``Ranker.call``, the training-time path) with the same weights."""
+  from semrec.ranking import evaluate
   from semrec.ranking.metrics import sliced_auc
   scores = []
   for s in range(0, len(examples), batch):
     feats = run.featurizer.features(examples.take(np.arange(s, min(s + batch, len(examples)))))
     scores.append(fn(**_to_tensors(feats))["label"].numpy())
   m = sliced_auc({"label": examples.labels["label"]}, {"label": np.concatenate(scores)}, cold_mask)["label"]
-  return {"served_auc_label": m["auc"], "served_cold_auc_label": m["cold_auc"],
-          "served_minus_model_auc": m["auc"] - run.metrics["label"]["auc"]}
+  ref = evaluate(run.model, run.featurizer, examples, cold_mask)["label"]
+  return {"served_auc_label": m["auc"], "served_cold_auc_label": m["cold_auc"], "model_auc_label": ref["auc"],
+          "served_minus_model_auc": m["auc"] - ref["auc"]}
+
+
+class PerSlotServing(RankerServingModule):
+  """The previous serving graph (baseline): one item-representation call per slot (candidates, last
+  item, history), each with its own segmentation, hashing and lookups."""
+
+  def _embed_request(self, f) -> tuple:
+    m = self.model
+    hist = m.pool_history(f, dedupe=False) if self.uses_history else None
+    return m.embed_items(f, "candidate", dedupe=False), m.embed_items(f, "last", dedupe=False), hist
 
 
 def train_mode(mode: str, data, fi, budget: int) -> tuple:
@@ -138,6 +158,18 @@ def interleaved_latency(calls: dict, repeats: int, chunk: int = 10) -> dict:
   return out
 
 
+def one_call_vs_per_slot(model, request: dict, repeats: int) -> dict:
+  """In-process A/B of the serving graph of ``model`` (the last mode, the production one by default):
+  one item-representation call per request (current) vs one per slot (previous), interleaved."""
+  L, K = int(request["candidate_sid"].shape[-1]), int(model.config.item_representation.codebook_size)
+  fns = {"one_call": RankerServingModule(model, L, K).serve, "per_slot": PerSlotServing(model, L, K).serve}
+  outs = {n: fn(request) for n, fn in fns.items()}
+  lat = interleaved_latency({n: (lambda fn=fn: fn(request)) for n, fn in fns.items()}, repeats)
+  lat["max_abs_score_diff"] = float(max(np.abs(outs["one_call"][t].numpy() - outs["per_slot"][t].numpy()).max()
+                                        for t in outs["one_call"]))
+  return lat
+
+
 def print_table(results: dict, modes) -> None:
   base_train = results["training"]["random_hash"]["steady_examples_per_second"]
   base_req = results["serving"]["random_hash"]["request_1_user_100_candidates"]["p50_ms"]
@@ -181,9 +213,10 @@ def main(argv=None):
   data = prepare_sequential(inter, fi, num_periods=num_periods, history_length=20)
   results = {"training": {}, "serving": {}}
   export_base = tempfile.mkdtemp(prefix="bench_ranker_")
-  served = {}
+  served, models = {}, {}
   for mode in tqdm(modes, desc="modes"):
     run, results["training"][mode] = train_mode(mode, data, fi, args.budget)
+    models[mode] = run.model
     served[mode] = export_and_requests(run, data, fi, export_base, f"ranker_{mode.replace('+', '_')}")
     results["serving"][mode] = served_auc(served[mode][0], run, data.eval_examples, data.cold_mask)
   # Latency after all training, models interleaved (the machine is shared).
@@ -193,10 +226,12 @@ def main(argv=None):
                             max(repeats // 5, 20), chunk=5)
   for m in modes:
     results["serving"][m].update({"request_1_user_100_candidates": req[m], "batch_1000_rows": bat[m]})
+  results["one_call_vs_per_slot"] = one_call_vs_per_slot(models[modes[-1]], served[modes[-1]][1], repeats)
   shutil.rmtree(export_base, ignore_errors=True)
   print(f"\nMovieLens, budget {args.budget}, {len(data.train_examples)} training periods "
         f"({sum(len(e) for e in data.train_examples)} examples), SIDs: {sid_info}")
   print_table(results, modes)
+  print(f"serving graph, {modes[-1]}, 1 user x 100 candidates, in process: {results['one_call_vs_per_slot']}")
   load = {"before_latency": load_before, "after_latency": os.getloadavg()}
   print(f"load average (1, 5, 15 min): {load}")
   out = args.out or os.path.join(_HERE, "results", "bench_ranker_quick.json" if args.quick else "bench_ranker.json")

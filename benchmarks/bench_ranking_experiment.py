@@ -60,7 +60,7 @@ def cached(path: str, build):
   return obj
 
 
-def scaled_inputs(checkpoint_dir: str, train_rows_per_day: int, seed: int = 0):
+def scaled_inputs(checkpoint_dir: str, train_rows_per_day: int, eval_rows: int, seed: int = 0):
   """(item features with RQ-KMeans SIDs, SequentialData by day, info) for the scaled world.
 
   The codes are cached in ``checkpoint_dir`` (a resumed sweep must see the same SIDs)."""
@@ -86,14 +86,14 @@ def scaled_inputs(checkpoint_dir: str, train_rows_per_day: int, seed: int = 0):
   sid_seconds = time.perf_counter() - t
   fi = world.item_features(codes)
   inter = world.dataset.interactions
-  split = daily_split(inter, "day", max_train_rows_per_day=train_rows_per_day, seed=seed)
+  split = daily_split(inter, "day", max_train_rows_per_day=train_rows_per_day, seed=seed, max_eval_rows=eval_rows)
   t = time.perf_counter()
   data = prepare_sequential(inter, fi, history_length=20, split=split)
   info = {"world": dataclasses.asdict(world.config), "impressions": int(len(inter)),
           "items": int(len(fi.item_ids)), "generate_seconds": round(gen_seconds, 1),
           "sid": "rqkmeans L=3 K=256 (content of items uploaded before the eval day)",
           "sid_seconds": round(sid_seconds, 1), "unique_sid_ratio": float(len(np.unique(codes, axis=0)) / len(codes)),
-          "train_rows_per_day": train_rows_per_day, "examples_seconds": round(time.perf_counter() - t, 1)}
+          "train_rows_per_day": train_rows_per_day, "eval_rows": eval_rows, "examples_seconds": round(time.perf_counter() - t, 1)}
   return fi, data, info
 
 
@@ -113,6 +113,7 @@ def main(argv=None):
   p.add_argument("--seeds", default=None, help="comma-separated (default 0,1,2; quick 0)")
   p.add_argument("--modes", default=None, help=f"comma-separated (default {','.join(SWEEP_MODES)})")
   p.add_argument("--train-rows-per-day", type=int, default=2000, help="scaled: training impressions per day")
+  p.add_argument("--eval-rows", type=int, default=30000, help="scaled: eval-day impressions sampled")
   p.add_argument("--embedding-dim", type=int, default=16)
   p.add_argument("--checkpoint-dir", default=None, help="default: <tmp>/semrec-ranking-sweep/<world>")
   p.add_argument("--out", default=None)
@@ -130,8 +131,8 @@ def main(argv=None):
   os.makedirs(ckpt, exist_ok=True)
   t0 = time.perf_counter()
   if world == "scaled":
-    fi, data, info = cached(os.path.join(ckpt, f"inputs_{args.train_rows_per_day}.pkl"),
-                            lambda: scaled_inputs(ckpt, args.train_rows_per_day))
+    fi, data, info = cached(os.path.join(ckpt, f"inputs_{args.train_rows_per_day}_{args.eval_rows}.pkl"),
+                            lambda: scaled_inputs(ckpt, args.train_rows_per_day, args.eval_rows))
   else:
     fi, data, info = cached(os.path.join(ckpt, "inputs.pkl"), lambda: movielens_inputs(args.embeddings))
   prep_seconds = time.perf_counter() - t0
@@ -142,8 +143,9 @@ def main(argv=None):
                                output_dir=out_dir, checkpoint_dir=ckpt, title=world)
   print(f"\n{world}: split {res.split}; {info}")
   print(f"inputs {prep_seconds:.0f} s; experiment {res.seconds:.0f} s")
+  from semrec.ranking.experiment import format_budget_table
   for task in ("label", "like"):
-    print(f"\n{task}:\n{res.markdown(task)}")
+    print(f"\n{task}:\n{res.markdown(task)}\n\n{format_budget_table(res.summary, task)}")
   out = args.out or os.path.join(_HERE, "results", f"bench_ranking_experiment_{suffix}.json")
   payload = {"world": world, "modes": list(modes), "budgets": list(budgets), "seeds": list(seeds),
              "embedding_dim": args.embedding_dim, "base_config": base.to_dict(), "inputs": info,

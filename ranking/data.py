@@ -245,7 +245,7 @@ class SequentialSplit:
 
 
 def daily_split(interactions: pd.DataFrame, day_column: str = "day", max_train_rows_per_day: Optional[int] = None,
-                seed: int = 0) -> SequentialSplit:
+                seed: int = 0, max_eval_rows: Optional[int] = None) -> SequentialSplit:
   """The paper's protocol by calendar day: train on days 1..N-1 in order, evaluate on day N (the last).
 
   Args:
@@ -255,6 +255,7 @@ def daily_split(interactions: pd.DataFrame, day_column: str = "day", max_train_r
       many rows (time order kept), to bound training cost; the eval day is kept whole. Cold items
       are still judged against the *full* log (items with no impression before the eval day).
     seed: Seed of that sample.
+    max_eval_rows: If set, the eval day keeps a uniform random sample of at most this many rows.
   """
   if day_column not in interactions.columns:
     raise DataError(f"interactions have no {day_column!r} column; have {list(interactions.columns)}")
@@ -269,7 +270,10 @@ def daily_split(interactions: pd.DataFrame, day_column: str = "day", max_train_r
     if max_train_rows_per_day is not None and len(p) > max_train_rows_per_day:
       p = p.iloc[np.sort(rng.choice(len(p), size=int(max_train_rows_per_day), replace=False))]
     train.append(p.reset_index(drop=True))
-  ev = inter[inter[day_column].to_numpy() == days[-1]].reset_index(drop=True)
+  ev = inter[inter[day_column].to_numpy() == days[-1]]
+  if max_eval_rows is not None and len(ev) > max_eval_rows:
+    ev = ev.iloc[np.sort(rng.choice(len(ev), size=int(max_eval_rows), replace=False))]
+  ev = ev.reset_index(drop=True)
   seen = inter.loc[inter[day_column].to_numpy() < days[-1], "item_id"].unique()
   cold = np.sort(np.setdiff1d(ev["item_id"].unique(), seen)).astype(object)
   return SequentialSplit(train_periods=train, eval_period=ev, cold_items=cold)

@@ -149,13 +149,13 @@ def _mode_stats(sw: _Sweep, mode: str, budget: int) -> dict:
 
 
 def _plan(modes, budgets, seeds, use_history, L: int, K: int) -> list:
-  """(use_history, mode, budget, seed) per run, largest budget first, then seed by seed: a sweep cut
-  short has complete seed statistics at the largest tables first. A budget-independent mode runs once
-  (at the smallest budget, whose rows stand for every budget), in the first pass."""
+  """(use_history, mode, budget, seed) per run: largest budget first, then history setting, then seed,
+  so a sweep cut short has complete seed statistics for the largest tables first. A budget-independent
+  mode runs once (at the smallest budget, whose rows stand for every budget), in the first pass."""
   plan = []
   for i, b in enumerate(sorted(budgets, reverse=True)):
-    for seed in seeds:
-      for hist in use_history:
+    for hist in use_history:
+      for seed in seeds:
         for mode in modes:
           if not _budget_independent(mode, L, K, budgets):
             plan.append((bool(hist), mode, b, int(seed)))
@@ -373,3 +373,25 @@ def write_outputs(result: ExperimentResult, output_dir: str, title: str = "") ->
   write_text(files["summary_json"], json.dumps(payload, indent=1))
   plot_experiment(result.runs, files["png"], title=title)
   return files
+
+
+def format_budget_table(summary: pd.DataFrame, task: str = "label") -> str:
+  """A compact Markdown table: one row per (history, mode), per budget "AUC / new-item AUC" as mean ±
+  std over seeds, then the new-item lookup statistics at the largest budget."""
+  df = summary[summary["task"] == task]
+  budgets = sorted(df["budget"].unique())
+  head = " | ".join(f"{b}: AUC | {b}: new-item AUC" for b in budgets)
+  lines = [f"| history | mode | {head} | seeds | new-item unseen share @{budgets[-1]} | items/row @{budgets[-1]} |",
+           "| --- | --- | " + " | ".join(["---"] * (2 * len(budgets))) + " | ---: | ---: | ---: |"]
+  for (hist, mode), g in df.groupby(["use_history", "mode"], sort=False):
+    g = g.set_index("budget")
+    cells = []
+    for b in budgets:
+      r = g.loc[b] if b in g.index else None
+      cells += [_pm(r["auc"], r["auc_std"]) if r is not None else "-",
+                _pm(r["cold_auc"], r["cold_auc_std"]) if r is not None else "-"]
+    last = g.loc[budgets[-1]] if budgets[-1] in g.index else None
+    stat = lambda c: f"{last[c]:.3g}" if last is not None and c in last and np.isfinite(last[c]) else "-"  # noqa: E731
+    lines.append(f"| {'yes' if hist else 'no'} | {mode} | " + " | ".join(cells) +
+                 f" | {int(g['seeds'].max())} | {stat('new_unseen_share')} | {stat('items_per_row')} |")
+  return "\n".join(lines)
