@@ -44,15 +44,8 @@ def gather_candidates(candidates, *aligned):
   ctx = tf.distribute.get_replica_context()
   if ctx is None or ctx.num_replicas_in_sync == 1:
     return (candidates,) + tuple(aligned)
-  devices = tf.distribute.get_strategy().extended.worker_devices
-
-  def placed(x):  # MWMS's all_gather needs a device on its input; graph tensors of a 1-device worker have none
-    if x.device or len(devices) != 1:
-      return x
-    with tf.device(devices[0]):
-      return tf.identity(x)
-
-  sizes = ctx.all_gather(placed(tf.shape(candidates)[:1]), axis=0)  # [R] per-replica batch sizes
+  from semrec.sid.rqvae import replica_all_gather
+  sizes = replica_all_gather(tf.shape(candidates)[:1])  # [R] per-replica batch sizes
   replica = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
   offset = tf.reduce_sum(sizes[:replica])
 
@@ -61,7 +54,7 @@ def gather_candidates(candidates, *aligned):
       return None
     if x.dtype == tf.string:  # collectives carry numbers only; ids are compared for equality, so hash them
       x = tf.strings.to_hash_bucket_fast(x, 2 ** 62)
-    return tf.roll(ctx.all_gather(placed(x), axis=0), shift=-offset, axis=0)
+    return tf.roll(replica_all_gather(x), shift=-offset, axis=0)
 
   return (gather(candidates),) + tuple(gather(x) for x in aligned)
 
