@@ -38,12 +38,12 @@ class SavedModelHandler(ModelHandler[Dict[str, np.ndarray], PredictionResult, An
     loaded = tf.saved_model.load(self.model_dir)
     if self.signature not in loaded.signatures:
       raise ValueError(f"{self.model_dir}: no signature {self.signature!r} (has {sorted(loaded.signatures)})")
-    return loaded, loaded.signatures[self.signature]
+    return loaded
 
   def run_inference(self, batch: Sequence[Dict[str, np.ndarray]], model, inference_args=None
                     ) -> Iterable[PredictionResult]:
     import tensorflow as tf
-    fn = model[1]
+    fn = model.signatures[self.signature]
     specs = fn.structured_input_signature[1]
     missing = [k for k in specs if k not in batch[0]]
     if missing:
