@@ -13,10 +13,10 @@ from typing import Mapping, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 
+from semrec.beam.inprocess import cluster_layers
 from semrec.beam.options import make_pipeline
 from semrec.encoders.store import EmbeddingStore, read_shard
 from semrec.sid.assign import assign_shard, collect_table, shard_starts
-from semrec.sid.kmeans import ClusterIdLayer
 
 
 def read_store_rows(store_dir: str, start: int, stop: int, manifest: Optional[dict] = None):
@@ -59,11 +59,6 @@ class AssignShardFn(beam.DoFn):
     r = assign_shard(self.assigner, x, start, self.out_dir, item_ids=ids, fingerprint=self.fingerprint,
                      batch_size=self.batch_size, cluster_layers=self.cluster_layers)
     yield dict(r, item_ids=ids)
-
-
-def cluster_layers(centroids: Optional[Mapping[str, np.ndarray]]) -> dict:
-  """{name: [k, D] centroids} -> {name: ``ClusterIdLayer``} (as ``fit_cluster_granularities`` names them)."""
-  return {k: ClusterIdLayer(np.asarray(v, np.float32), name=f"cluster_id_{k}") for k, v in (centroids or {}).items()}
 
 
 def _collect(results, codebook_size: int, out_dir: str, suffix: bool):

@@ -7,13 +7,13 @@ worker and calls its serving signature on batches of item-feature rows. The resu
 """
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, Iterable, Mapping, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, PredictionResult, RunInference
 
+from semrec.beam.inprocess import call_signature, write_embeddings
 from semrec.beam.options import make_pipeline
 
 
@@ -42,14 +42,8 @@ class SavedModelHandler(ModelHandler[Dict[str, np.ndarray], PredictionResult, An
 
   def run_inference(self, batch: Sequence[Dict[str, np.ndarray]], model, inference_args=None
                     ) -> Iterable[PredictionResult]:
-    import tensorflow as tf
-    fn = model.signatures[self.signature]
-    specs = fn.structured_input_signature[1]
-    missing = [k for k in specs if k not in batch[0]]
-    if missing:
-      raise KeyError(f"{self.model_dir}: signature {self.signature!r} needs features {missing}")
-    feed = {k: tf.constant(np.stack([ex[k] for ex in batch]), dtype=specs[k].dtype) for k in specs}
-    out = fn(**feed)[self.output].numpy()
+    rows = {k: np.stack([ex[k] for ex in batch]) for k in batch[0]}
+    out = call_signature(model.signatures[self.signature], rows, self.model_dir, self.output)
     return [PredictionResult(ex, out[i]) for i, ex in enumerate(batch)]
 
   def batch_elements_kwargs(self) -> Mapping[str, Any]:
@@ -60,10 +54,7 @@ def _write(results, item_ids, out_path: str):
   rows = dict(results)
   if sorted(rows) != list(range(len(item_ids))):
     raise ValueError(f"RunInference returned {len(rows)} of {len(item_ids)} rows")
-  emb = np.stack([np.asarray(rows[i].inference, np.float32) for i in range(len(item_ids))])
-  tmp = out_path + f".tmp{os.getpid()}.npz"
-  np.savez(tmp, item_ids=np.asarray(item_ids, dtype=str), embeddings=emb)
-  os.replace(tmp, out_path)
+  write_embeddings(out_path, item_ids, np.stack([np.asarray(rows[i].inference) for i in range(len(item_ids))]))
 
 
 def embed_pipeline(model_dir: str, item_ids, features: Mapping[str, np.ndarray], out_path: str,

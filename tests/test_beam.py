@@ -111,7 +111,7 @@ def sid_model_dir(reference_store, tmp_path_factory):
 
 @pytest.mark.parametrize("workers", [1, pytest.param(2, marks=pytest.mark.multiprocess)])
 def test_assign_table_byte_identical(reference_store, sid_model_dir, tmp_path, workers):
-  from semrec.beam.assign import cluster_layers
+  from semrec.beam.inprocess import cluster_layers
   from semrec.sid import SidModel, assign_sids, fit_kmeans
   contents = EmbeddingStore(reference_store).load()
   cents = {"k3": fit_kmeans(contents.embeddings, 3, seed=0)}
