@@ -30,7 +30,10 @@ def main(argv=None):
   ap.add_argument("--seed", type=int, default=0)
   args = ap.parse_args(argv)
 
-  from semrec.towers.distributed import make_strategy, task_info
+  from semrec.towers.distributed import make_strategy, run_ps_server, task_info
+  task_type, _, chief = task_info()
+  if args.strategy == "ps" and task_type in ("worker", "ps"):
+    return run_ps_server()  # blocks; the launcher stops it when the chief ends
   strategy = make_strategy(args.strategy)  # before any other TF op (MWMS)
   import numpy as np
   import tensorflow as tf
@@ -56,11 +59,25 @@ def main(argv=None):
     init_model(model, next(iter(train_ds)))
     compile_retriever(model)
   t0 = time.perf_counter()
-  hist = model.fit(train_ds, epochs=args.epochs, verbose=0)
+  if args.strategy == "ps":  # PS needs a per-worker dataset function and a fixed number of steps
+    steps = len(train) // args.batch_size
+    creator = tf.keras.utils.experimental.DatasetCreator(lambda ctx: inputs.dataset(
+        enc, args.batch_size, shuffle=True, seed=args.seed, drop_remainder=True).repeat())
+    hist = model.fit(creator, epochs=args.epochs, steps_per_epoch=steps, verbose=0)
+  else:
+    hist = model.fit(train_ds, epochs=args.epochs, verbose=0)
   fit_seconds = time.perf_counter() - t0
-  _, _, chief = task_info()
   if not chief:
     return
+  # Parameter servers holding a piece of the largest variable (the item hash table), 1 without PS.
+  largest = max(model.variables, key=lambda v: int(np.prod(v.shape)))
+  shards = len(getattr(largest, "variables", [largest]))
+  if args.strategy == "ps":  # evaluate from the saved towers: a model without the strategy, same weights
+    trained = model.get_weights()
+    model = build_variant_retriever("hashed_id", cfg, hash_bins=2 * len(ids), time_mean=float(t.mean()),
+                                    time_scale=float(max(t.std(), 1.0)))
+    init_model(model, next(iter(train_ds)))
+    model.set_weights(trained)
   q = embed_queries(model, inputs, {k: v[-args.queries:] for k, v in enc.items()})
   c = embed_candidates(model, inputs)
   _, top = brute_force_top_k(q, c, 10)
@@ -68,7 +85,7 @@ def main(argv=None):
   os.makedirs(args.out, exist_ok=True)
   np.savez(os.path.join(args.out, "result.npz"), top10=top, fit_seconds=fit_seconds,
            examples=len(train) * args.epochs, loss=np.asarray(hist.history["loss"]),
-           replicas=strategy.num_replicas_in_sync, **weights)
+           replicas=strategy.num_replicas_in_sync, largest_variable_shards=shards, **weights)
   print(f"{args.strategy}: {strategy.num_replicas_in_sync} replica(s), {len(train) * args.epochs / fit_seconds:.0f} "
         f"examples/s, loss {hist.history['loss']}")
 

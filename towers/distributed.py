@@ -82,7 +82,11 @@ def make_strategy(name: str = "none"):
     return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
   if resolver.task_type in ("ps", "worker"):
     raise ValueError(f"task {resolver.task_type}:{resolver.task_id} is a server: call run_ps_server()")
-  return tf.distribute.experimental.ParameterServerStrategy(resolver)
+  num_ps = len(resolver.cluster_spec().as_dict().get("ps", []))
+  # Variables larger than 256 KiB (embedding tables) are split over the parameter servers.
+  partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(min_shard_bytes=256 << 10,
+                                                                           max_shards=max(num_ps, 1))
+  return tf.distribute.experimental.ParameterServerStrategy(resolver, variable_partitioner=partitioner)
 
 
 def run_ps_server():
