@@ -336,33 +336,55 @@ def launch_workers_cmd(num_workers, num_ps, log_dir, command):
   sys.exit(launch_workers(list(command), num_workers=num_workers, num_ps=num_ps, log_dir=log_dir))
 
 
-def _with_strategy(cmd: click.Command) -> click.Command:
+def _strategy_run_dir(stage: str, task_id: int, chief: bool, kwargs: dict):
+  """The run dir a worker trains in: the run's own for the chief, a scratch ``<run-dir>/.worker-<i>`` for the
+  others (their artefacts are discarded), with the finished prerequisite stages linked in. Prerequisites must be
+  finished first: they are not recomputed under a strategy."""
+  from semrec.pipeline import STAGES
+  names = ("config_path", "dataset", "interactions", "items", "text_columns", "quality_columns", "seed", "quick")
+  cfg = _build_config(*(kwargs[n] for n in names))
+  run_dir = kwargs["run_dir"] or _default_run_dir(cfg, kwargs["quick"])
+  missing = [d for d in STAGES.dependencies(stage) if not os.path.exists(os.path.join(run_dir, d, "_DONE.json"))]
+  if missing:
+    raise click.ClickException(f"--strategy trains only the {stage!r} stage: finish {missing} in {run_dir} first "
+                               "(e.g. `semrec sid assign` or `semrec run` without --strategy)")
+  if chief:
+    return run_dir
+  scratch = os.path.join(run_dir, f".worker-{task_id}")
+  os.makedirs(scratch, exist_ok=True)
+  for d in STAGES.dependencies(stage):
+    link = os.path.join(scratch, d)
+    if not os.path.lexists(link):
+      os.symlink(os.path.abspath(os.path.join(run_dir, d)), link)
+  return scratch
+
+
+def _with_strategy(cmd: click.Command, stage: str) -> click.Command:
   """Adds --strategy to a training stage command; "none" runs the command exactly as before."""
   inner = cmd.callback
 
   def callback(strategy, **kwargs):
     if strategy == "none":
       return inner(**kwargs)
-    from semrec.towers.distributed import make_strategy, task_info
+    from semrec.towers.distributed import make_strategy, run_ps_server, task_info
     task_type, task_id, chief = task_info()
     if strategy == "ps" and task_type in ("ps", "worker"):
-      from semrec.towers.distributed import run_ps_server
       return run_ps_server()
+    kwargs["run_dir"] = _strategy_run_dir(stage, task_id, chief, kwargs)
     s = make_strategy(strategy)  # before any other TF op (MWMS)
-    if not chief:  # other workers train in sync but write their artefacts to a scratch run dir
-      kwargs["run_dir"] = os.path.join(kwargs.get("run_dir") or "runs", f".worker-{task_id}")
     with s.scope():
       return inner(**kwargs)
 
   cmd.params.append(click.Option(["--strategy"], type=click.Choice(["none", "mirrored", "mwms", "ps"]),
                                  default="none", show_default=True,
-                                 help="tf.distribute strategy (mwms/ps: start with `semrec launch-workers`)."))
+                                 help="tf.distribute strategy (mwms/ps: start with `semrec launch-workers`); "
+                                      "trains this stage only, its prerequisites must be finished."))
   cmd.callback = callback
   return cmd
 
 
-_with_strategy(main.commands["train-retrieval"])
-_with_strategy(main.commands["train-ranker"])
+_with_strategy(main.commands["train-retrieval"], "retrieval")
+_with_strategy(main.commands["train-ranker"], "ranking")
 
 
 if __name__ == "__main__":
