@@ -159,3 +159,25 @@ def test_kmeans_sample_fit_and_beam_lloyd_refinement(reference_store):
   np.testing.assert_allclose(refined, refine_kmeans(x, sample_only, 2), atol=1e-5)
   # Lloyd on all data cannot raise the full-data error of the sample fit.
   assert lloyd_statistics(x, refined)[2] <= lloyd_statistics(x, sample_only)[2] + 1e-6
+
+
+def test_cli_batch_assign_runners_agree(reference_store, sid_model_dir, tmp_path):
+  from click.testing import CliRunner
+  from semrec.cli import main
+  from semrec.sid import SidTable
+  cents = tmp_path / "k3.npy"
+  from semrec.sid import fit_kmeans
+  np.save(cents, fit_kmeans(EmbeddingStore(reference_store).load().embeddings, 3, seed=0))
+  outs = {}
+  for runner in ("inprocess", "direct"):
+    out = str(tmp_path / runner)
+    res = CliRunner().invoke(main, ["batch", "assign", "--store", reference_store, "--sid-model", sid_model_dir,
+                                    "--out", out, "--centroids", f"k3={cents}", "--shard-size", "10",
+                                    "--runner", runner], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    outs[runner] = out
+  _same_files(outs["inprocess"], outs["direct"])
+  assert set(SidTable.load(os.path.join(outs["direct"], "table")).cluster_ids) == {"k3"}
+  bad = CliRunner().invoke(main, ["batch", "assign", "--store", reference_store, "--sid-model", sid_model_dir,
+                                  "--out", str(tmp_path / "x"), "--centroids", "k3"])
+  assert bad.exit_code != 0 and "NAME=FILE.npy" in bad.output

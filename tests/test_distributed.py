@@ -155,3 +155,18 @@ def test_parameter_server_retriever_shards_table_and_evaluates_from_saved_towers
   top = r["top10"]
   assert top.shape == (100, 10) and np.isfinite(r["loss"]).all()
   assert all(len(set(row)) == 10 for row in top.tolist())
+
+
+def test_cli_launch_workers_sets_one_tf_config_per_task(tmp_path):
+  from click.testing import CliRunner
+  from semrec.cli import main
+  script = ("import json, os, sys; c = json.loads(os.environ['TF_CONFIG']); "
+            f"open(os.path.join({str(tmp_path)!r}, 'task-%d.json' % c['task']['index']), 'w').write(json.dumps(c))")
+  with pytest.raises(SystemExit) as e:
+    main.main(["launch-workers", "-n", "2", "--", sys.executable, "-c", script], standalone_mode=False)
+  assert e.value.code == 0
+  got = [json.load(open(tmp_path / f"task-{i}.json")) for i in range(2)]
+  assert [g["task"] for g in got] == [{"type": "worker", "index": 0}, {"type": "worker", "index": 1}]
+  assert got[0]["cluster"] == got[1]["cluster"]
+  fail = CliRunner().invoke(main, ["launch-workers", "-n", "2", "--", sys.executable, "-c", "raise SystemExit(3)"])
+  assert fail.exit_code == 3
