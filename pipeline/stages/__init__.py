@@ -34,8 +34,10 @@ class _Stages:
                      "verify": ("export",)}
     # RunConfig sections each stage reads itself (besides `seed`). export and verify cover every
     # SavedModel the run wrote, so they depend on the whole config.
-    everything = ("data", "encoder", "sid", "retrieval", "ranking", "export")
-    self.reads = {"encode": ("data", "encoder"), "sid": ("sid",), "sid-assign": (), "retrieval": ("retrieval",),
+    # "split" = the retrieval protocol fields of `data` (pipeline.config.SPLIT_FIELDS): changing the
+    # protocol re-runs retrieval, not encoding.
+    everything = ("data", "split", "encoder", "sid", "retrieval", "ranking", "export")
+    self.reads = {"encode": ("data", "encoder"), "sid": ("sid",), "sid-assign": (), "retrieval": ("retrieval", "split"),
                   "index": ("retrieval",), "ranking": ("ranking",), "export": everything, "verify": everything}
 
   def sections_read(self, stage: str) -> Optional[set]:

@@ -46,7 +46,7 @@ def stage_retrieval(run: Run) -> dict:
 
   # --- The production retriever.
   variant = rcfg.production_variant
-  split = run.split
+  split = run.temporal_split
   pos = lambda d: d[d["label"] > 0]  # noqa: E731
   train_pos = pos(split.train)
   arrays = dict(feats.arrays)
