@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # beam (the Beam drivers of the batch jobs) is a driver like pipeline and cli.
 LAYERS = {"": 0, "atomic": 0, "config": 0, "report": 0, "version": 0,
           "data": 1, "encoders": 2, "sid": 3, "towers": 4, "ranking": 5, "export": 6, "pipeline": 7, "cli": 7,
-          "beam": 7}
+          "cli_common": 7, "beam": 7}
 NOT_LIBRARY = ("tests", "benchmarks", "docs", "setup.py", "runs", "build")
 
 
