@@ -40,7 +40,7 @@ import time
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 
-from semrec.atomic import write_json
+from semrec.atomic import write_bytes, write_json
 from semrec.config import to_dict
 
 from semrec.benchmarks.bench_ranker import movielens_item_features
@@ -56,10 +56,7 @@ def cached(path: str, build):
     with open(path, "rb") as f:
       return pickle.load(f)
   obj = build()
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-  os.replace(tmp, path)
+  write_bytes(path, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
   return obj
 
 
