@@ -163,7 +163,7 @@ def synthetic_400(tmp_path_factory):
   return make_synthetic(cfg)
 
 
-CFG_400 = dict(num_levels=2, codebook_size=8, hidden_dims=(64,), latent_dim=16, epochs=60, batch_size=32,
+CFG_400 = dict(num_levels=2, codebook_size=8, hidden_dims=(64,), latent_dim=16, epochs=30, batch_size=32,
                init_batch_size=400, normalization="center")
 
 
@@ -188,16 +188,22 @@ def test_level1_codes_are_topic_pure(synthetic_400, trained_400, mode):
 def test_rqvae_training_beats_the_same_model_without_gradient_steps(synthetic_400, trained_400):
   # The same seeded network, k-means codebook initialisation and final codebook refresh, but a learning rate
   # of 1e-12 for its one epoch: zero effective gradient steps. Its decoder is still random, so only
-  # training can bring reconstructions towards the input; measured (400 items, 60 epochs): reconstruction
-  # cosine 0.51 trained vs 0.16 untrained, level-1 topic purity 0.94 vs 0.54.
+  # training can bring reconstructions towards the input; measured (400 items, 30 epochs): reconstruction
+  # cosine 0.47 trained vs 0.16 untrained, MSE 0.84 vs 1.03 (predicting the mean: 0.93), level-1 topic purity
+  # 0.975 vs 0.54.
   x, models = trained_400
   trained = models["rqvae"]
   untrained = train_sid_model(x, RQVAEConfig(mode="rqvae", **{**CFG_400, "epochs": 1}, learning_rate=1e-12),
                               progress=False)
   topics = np.asarray(synthetic_400.item_topics)
-  rec = {name: m.health(x)["reconstruction"] for name, m in (("trained", trained), ("untrained", untrained))}
-  assert rec["trained"]["cosine"] > rec["untrained"]["cosine"] + 0.2, rec
-  assert rec["trained"]["mse"] < rec["untrained"]["mse"], rec
-  assert rec["trained"]["mse"] < ((x - x.mean(0)) ** 2).sum(1).mean()  # better than predicting the mean
+
+  def reconstruction(model):  # (mean squared error per item, mean cosine) of the decoded SIDs
+    r = model.reconstruct(x)
+    cos = (x * r).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(r, axis=1), 1e-12)
+    return float(((x - r) ** 2).sum(1).mean()), float(cos.mean())
+
+  (mse_t, cos_t), (mse_u, cos_u) = reconstruction(trained), reconstruction(untrained)
+  assert cos_t > cos_u + 0.2 and mse_t < mse_u, (cos_t, cos_u, mse_t, mse_u)
+  assert mse_t < ((x - x.mean(0)) ** 2).sum(1).mean()  # better than predicting the mean
   p_trained, p_untrained = (purity(m.codes(x)[:, 0], topics) for m in (trained, untrained))
   assert p_trained > p_untrained + 0.2, (p_trained, p_untrained)
