@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -86,6 +87,7 @@ def _child_encode(work: str, runner: str, workers: int, items: int, shard: int) 
                                       num_topics=4, num_days=4, impressions_per_user_per_day=2, seed=0))
   cfg = EncoderConfig(**ENCODER)
   out = os.path.join(work, f"store-{runner}-{workers}")
+  shutil.rmtree(out, ignore_errors=True)  # measure a full encode, not a resume
   t = time.perf_counter()
   if runner == "inprocess":
     encode_corpus(ds, build_encoder(cfg), out, shard_size=shard, progress=False)
@@ -127,6 +129,7 @@ def _child_assign(work: str, runner: str, workers: int, items: int, shard: int) 
   from semrec.sid import SidModel, assign_sids
   store, model = os.path.join(work, "rstore"), os.path.join(work, "sidmodel")
   out = os.path.join(work, f"assign-{runner}-{workers}")
+  shutil.rmtree(out, ignore_errors=True)
   t = time.perf_counter()
   if runner == "inprocess":
     assign_sids(EmbeddingStore(store), SidModel.load(model).assigner, out, shard_size=shard, suffix=True,
@@ -160,6 +163,7 @@ def _measure(args_list) -> dict:
 def _mwms(work: str, workers: int, rows: int, epochs: int) -> dict:
   from semrec.towers.distributed import launch_workers
   out = os.path.join(work, f"mwms-{workers}")
+  shutil.rmtree(out, ignore_errors=True)
   cmd = [sys.executable, "-m", "semrec.benchmarks.dist_retriever", "--strategy", "mwms", "--out", out,
          "--rows", str(rows), "--epochs", str(epochs), "--batch-size", "256"]
   load0 = os.getloadavg()[0]
