@@ -281,10 +281,11 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
         with strategy.scope():
           model = compile_ranker(Ranker(cfg))
         hist = model.fit(ds, epochs=1, verbose=0)
-      weights.append({w.name: w.numpy() for w in model.weights})
+      weights.append([w.numpy() for w in model.weights])  # creation order (names get _1 suffixes)
       print("loss", hist.history["loss"][-1])
     a, b = weights
-    diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))
+    diff = max(float(np.abs(x - y).max()) for x, y in zip(a, b))
     print("MAXDIFF", diff)
     """)
 
