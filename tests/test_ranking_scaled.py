@@ -166,6 +166,8 @@ def test_interrupted_sweep_resumes_without_retraining(tiny, tmp_path, monkeypatc
     run_ranking_experiment(None, fi, **kw)
   assert calls == ["random_hash", "unigram"]
   assert len(os.listdir(tmp_path / "ckpt" / "runs")) == 2
+  partial = run_ranking_experiment(None, fi, **kw, finished_only=True)  # report what finished, train nothing
+  assert set(partial.runs["mode"]) == {"random_hash", "unigram"} and calls == ["random_hash", "unigram"]
 
   def counting(sw, hist, mode, budget, seed):
     calls.append(mode)
