@@ -1,0 +1,64 @@
+"""Up-front validation of data (issue 14 item 4) and configs (item 6)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from semrec.data import DataError, DataWarning, load_generic
+
+ITEMS = "item_id,title\na,Alpha\nb,Beta\n"
+
+
+def _load(tmp_path, inter, items=ITEMS, suffix="csv"):
+  ip, tp = tmp_path / f"i.{suffix}", tmp_path / "items.csv"
+  if isinstance(inter, pd.DataFrame):
+    inter.to_parquet(ip)
+  else:
+    ip.write_text(inter)
+  tp.write_text(items)
+  return load_generic(str(ip), str(tp), text_columns=["title"])
+
+
+def test_iso_dates_become_epoch_seconds(tmp_path):
+  # 2016-01-02 = 16802 days * 86400 = 1451692800; +02:00 at 03:04:05 is 01:04:05 UTC = +3845 s.
+  ds = _load(tmp_path, "user_id,item_id,timestamp,label\nu,a,2016-01-02,1\nu,b,2016-01-02T03:04:05+02:00,0\n"
+                       "v,a,1451692801,1\n")
+  assert ds.interactions["timestamp"].tolist() == [1451692800, 1451692801, 1451692800 + 3845]
+  assert ds.interactions["timestamp"].dtype == np.int64
+
+
+def test_parquet_timestamp_column(tmp_path):
+  df = pd.DataFrame({"user_id": ["u", "v"], "item_id": ["a", "b"], "label": [1, 0],
+                     "timestamp": pd.to_datetime(["1970-01-01T00:00:10", "1970-01-02T00:00:00"])})
+  ds = _load(tmp_path, df, suffix="parquet")
+  assert ds.interactions["timestamp"].tolist() == [10, 86400]
+
+
+def test_fractional_timestamps_are_floored_with_a_warning(tmp_path):
+  with pytest.warns(DataWarning, match="2 fractional timestamp"):
+    ds = _load(tmp_path, "user_id,item_id,timestamp,label\nu,a,12.7,1\nu,b,-0.5,0\n")
+  assert sorted(ds.interactions["timestamp"].tolist()) == [-1, 12]
+
+
+@pytest.mark.parametrize("inter,pattern", [
+    ("user_id,item_id,timestamp,label\nu,a,10,1\nu,b,1e30,1\n",
+     r"i\.csv: row 2, column 'timestamp': timestamp '1e30' is outside the int64 range"),
+    ("user_id,item_id,timestamp,label\nu,a,inf,1\n", r"row 1, column 'timestamp': expected a number, got 'inf'"),
+    ("user_id,item_id,timestamp,label,like\nu,a,10,1,7\n", r"row 1, column 'like': expected 0 or 1, got '7'"),
+    ("user_id,item_id,timestamp,label\nu,a,10,0\nu,b,11,0\n", r"i\.csv: no positive interaction in 2 rows \(every label"),
+    ("user_id,item_id,timestamp,rating\nu,a,10,1\n", r"every rating is below positive_threshold=3\.5"),
+])
+def test_bad_values_are_refused(tmp_path, inter, pattern):
+  with pytest.raises(DataError, match=pattern):
+    _load(tmp_path, inter)
+
+
+def test_duplicates_are_reported_and_the_last_row_kept(tmp_path):
+  with pytest.warns(DataWarning, match=r"2 duplicate interaction row\(s\).*first at row 1"):
+    ds = _load(tmp_path, "user_id,item_id,timestamp,label\nu,a,10,0\nu,a,10,0\nu,a,10,1\nu,b,10,0\n")
+  # Three (u, a, 10) rows collapse to the last one (label 1); (u, b, 10) stays.
+  assert ds.interactions[["item_id", "label"]].values.tolist() == [["a", 1.0], ["b", 0.0]]
+
+
+def test_all_empty_text_column_is_refused(tmp_path):
+  with pytest.raises(DataError, match=r"items\.csv: column 'title': every item's text is empty"):
+    _load(tmp_path, "user_id,item_id,timestamp,label\nu,a,10,1\n", items="item_id,title\na,\nb, \n")
