@@ -62,3 +62,72 @@ def test_duplicates_are_reported_and_the_last_row_kept(tmp_path):
 def test_all_empty_text_column_is_refused(tmp_path):
   with pytest.raises(DataError, match=r"items\.csv: column 'title': every item's text is empty"):
     _load(tmp_path, "user_id,item_id,timestamp,label\nu,a,10,1\n", items="item_id,title\na,\nb, \n")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Configs: semrec.config.from_dict / validate name the dotted field, the value and what is allowed.
+# ---------------------------------------------------------------------------------------------------
+import dataclasses  # noqa: E402
+from typing import Optional, Tuple  # noqa: E402
+
+from semrec.config import ConfigError, from_dict, setting, to_dict, validate  # noqa: E402
+
+
+@dataclasses.dataclass
+class _Inner:
+  codebook_size: int = 16
+  hidden_dims: Tuple[int, ...] = (8, 4)
+  rate: float = 0.5
+  whiten_dim: Optional[int] = None
+
+  def __post_init__(self):
+    if self.codebook_size < 2:
+      raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
+
+
+@dataclasses.dataclass
+class _Outer:
+  inner: _Inner = dataclasses.field(default_factory=_Inner)
+  fraction: float = setting(0.8, min=0.0, max=1.0, min_exclusive=True, max_exclusive=True)
+  mode: str = setting("a", choices=("a", "b"))
+  seed: int = 0
+  flag: bool = False
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"inner": {"codebook_size": "sixteen"}}, "inner.codebook_size: expected an integer, got 'sixteen' (str)"),
+    ({"seed": "abc"}, "seed: expected an integer, got 'abc' (str)"),
+    ({"seed": 1.5}, "seed: expected an integer, got 1.5 (float)"),
+    ({"flag": "yes"}, "flag: expected true or false, got 'yes' (str)"),
+    ({"inner": {"hidden_dims": [8, "x"]}}, "inner.hidden_dims[1]: expected an integer, got 'x' (str)"),
+    ({"inner": {"hidden_dims": 8}}, "inner.hidden_dims: expected a list, got 8 (int)"),
+    ({"inner": {"codebook_size": 1}}, "inner: codebook_size must be >= 2, got 1"),
+    ({"inner": {"nope": 1}}, "inner: unknown config key(s) ['nope']"),
+    ({"inner": 5}, "inner: expected a mapping of _Inner fields, got 5"),
+])
+def test_from_dict_names_the_field(data, message):
+  with pytest.raises(ConfigError) as e:
+    from_dict(_Outer, data)
+  assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"fraction": 1.5}, "fraction: 1.5 must be < 1.0 (allowed: (0.0, 1.0))"),
+    ({"fraction": 0}, "fraction: 0.0 must be > 0.0 (allowed: (0.0, 1.0))"),
+    ({"mode": "nonsense"}, "mode: 'nonsense' is not one of ['a', 'b']"),
+    ({"inner": {"hidden_dims": [8, -3]}}, "inner.hidden_dims[1]: -3 must be >= 1"),  # size convention
+    ({"inner": {"whiten_dim": 0}}, "inner.whiten_dim: 0 must be >= 1"),
+    ({"inner": {"rate": float("nan")}}, "inner.rate: nan is not a finite number"),
+])
+def test_validate_checks_ranges_and_choices(data, message):
+  cfg = from_dict(_Outer, data)
+  with pytest.raises(ConfigError) as e:
+    validate(cfg)
+  assert str(e.value) == message
+
+
+def test_valid_config_round_trips_and_converts():
+  cfg = from_dict(_Outer, {"inner": {"hidden_dims": [3, 2], "rate": 1}, "fraction": 0.5})
+  validate(cfg)
+  assert cfg.inner.hidden_dims == (3, 2) and isinstance(cfg.inner.rate, float)  # YAML list -> tuple, 1 -> 1.0
+  assert from_dict(_Outer, to_dict(cfg)) == cfg
