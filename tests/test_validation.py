@@ -131,3 +131,56 @@ def test_valid_config_round_trips_and_converts():
   validate(cfg)
   assert cfg.inner.hidden_dims == (3, 2) and isinstance(cfg.inner.rate, float)  # YAML list -> tuple, 1 -> 1.0
   assert from_dict(_Outer, to_dict(cfg)) == cfg
+
+
+# ---------------------------------------------------------------------------------------------------
+# Damaged artefacts (issue 14 item 5): the error names the file and what to do.
+# ---------------------------------------------------------------------------------------------------
+from semrec.atomic import CorruptArtefactError, read_json, write_json  # noqa: E402
+
+
+def _truncate(path, keep=0.5):
+  data = open(path, "rb").read()
+  with open(path, "wb") as f:
+    f.write(data[:int(len(data) * keep)])
+
+
+def test_truncated_sid_table_is_named(tmp_path):
+  from semrec.sid import SidTable
+  SidTable(np.array(["a", "b"]), np.array([[0, 1], [1, 0]], np.int32), 2).save(str(tmp_path / "table"))
+  _truncate(tmp_path / "table" / "table.npz")
+  with pytest.raises(CorruptArtefactError, match=r"table\.npz: damaged SID table .*semrec sid train --force"):
+    SidTable.load(str(tmp_path / "table"))
+
+
+def test_truncated_sid_model_weights_are_named(tmp_path):
+  from semrec.sid import RQVAEConfig, SidModel, train_sid_model
+  x = np.random.default_rng(0).normal(size=(12, 4)).astype(np.float32)
+  model = train_sid_model(x, RQVAEConfig(mode="rqkmeans", num_levels=2, codebook_size=2, normalization="none"))
+  model.save(str(tmp_path / "model"))
+  _truncate(tmp_path / "model" / "weights.npz")
+  with pytest.raises(CorruptArtefactError, match=r"weights\.npz: damaged SID model weights"):
+    SidModel.load(str(tmp_path / "model"))
+
+
+def test_truncated_embedding_shard_is_named(tmp_path):
+  from semrec.encoders.store import read_shard, write_shard
+  from semrec.encoders.multimodal import EncodedBatch
+  path = str(tmp_path / "shard-00000-of-00001.npz")
+  write_shard(path, EncodedBatch(np.array(["a"], object), np.ones((1, 3), np.float32), np.ones((1, 1), np.float32), []))
+  assert read_shard(path).item_ids.tolist() == ["a"]
+  _truncate(path)
+  with pytest.raises(CorruptArtefactError, match=r"shard-00000-of-00001\.npz: damaged embedding shard .*"
+                                                 r"semrec encode --force"):
+    read_shard(path)
+
+
+def test_strict_json_and_damaged_json(tmp_path):
+  path = str(tmp_path / "m.json")
+  write_json(path, {"auc": float("nan"), "x": [np.float32(np.inf), np.int64(3), 0.5]})
+  # Strict JSON: NaN and inf are written as null, so a strict parser accepts the file.
+  import json
+  assert json.loads(open(path).read(), parse_constant=lambda c: pytest.fail(c)) == {"auc": None, "x": [None, 3, 0.5]}
+  _truncate(path)
+  with pytest.raises(CorruptArtefactError, match=r"m\.json: damaged stage record \(not valid JSON"):
+    read_json(path, "stage record")
