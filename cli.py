@@ -187,7 +187,7 @@ def verify_export_cmd(export_dir, structure_only, no_saved_model_cli):
   report = verify_export(export_dir, load=not structure_only,
                          run_saved_model_cli=not (structure_only or no_saved_model_cli))
   click.echo(verification_table(report))
-  sys.exit(0 if report.ok else 1)
+  sys.exit(0 if report.clean else 1)
 
 
 if __name__ == "__main__":
