@@ -1,0 +1,280 @@
+"""The bad-input catalogue (issue 14): each case runs the CLI in-process and asserts the exit code and the
+first line of the message. docs/bad-input.md lists the same cases (``test_docs_list_every_case``).
+
+Data and config cases fail in validation, before any stage (and before any model is built); artefact
+cases damage one file of a tiny hand-made run directory; serving cases call real serving signatures.
+Regenerate the docs table with ``python tests/test_bad_input.py`` after adding a case.
+"""
+import json
+import os
+import re
+import warnings
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from semrec.cli import main
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "bad-input.md")
+
+ITEMS = "item_id,title\na,Alpha\nb,Beta\nc,Gamma\n"
+INTER = "user_id,item_id,timestamp,label\nu1,a,10,1\nu1,b,20,0\nu2,c,30,1\n"
+
+
+def _generic(inter=INTER, items=ITEMS, *flags):
+  """argv builder: `semrec run` on a generic dataset written to the case's folder."""
+  def build(tmp):
+    (tmp / "i.csv").write_text(inter)
+    (tmp / "items.csv").write_text(items)
+    return ["run", "--dataset", "generic", "--interactions", str(tmp / "i.csv"), "--items", str(tmp / "items.csv"),
+            "--run-dir", str(tmp / "run"), *flags]
+  return build
+
+
+def _config(yaml_text, *flags):
+  """argv builder: `semrec run --config <file>` (MovieLens unless the file says otherwise)."""
+  def build(tmp):
+    (tmp / "c.yaml").write_text(yaml_text)
+    return ["run", "--config", str(tmp / "c.yaml"), "--run-dir", str(tmp / "run"), *flags]
+  return build
+
+
+def _argv(*args):
+  return lambda tmp: [a.format(tmp=tmp) for a in args]
+
+
+# (case id, what is wrong, argv builder, exit code, regex of the first line of the message)
+DATA_CASES = [
+    ("data-missing-column", "interactions without a timestamp column",
+     _generic("user_id,item_id,label\nu1,a,1\n"), 1, r"Error: .*i\.csv: missing column\(s\) \['timestamp'\]"),
+    ("data-timestamp-word", "a timestamp that is neither a number nor an ISO-8601 date",
+     _generic("user_id,item_id,timestamp,label\nu1,a,10,1\nu2,b,yesterday,1\n"), 1,
+     r"Error: .*i\.csv: row 2, column 'timestamp': expected a number, got 'yesterday'"),
+    ("data-timestamp-1e30", "a timestamp outside the int64 range",
+     _generic("user_id,item_id,timestamp,label\nu1,a,10,1\nu2,b,1e30,1\n"), 1,
+     r"Error: .*i\.csv: row 2, column 'timestamp': timestamp '1e30' is outside the int64 range"),
+    ("data-timestamp-inf", "an infinite timestamp",
+     _generic("user_id,item_id,timestamp,label\nu1,a,inf,1\n"), 1,
+     r"Error: .*i\.csv: row 1, column 'timestamp': expected a number, got 'inf'"),
+    ("data-like-7", "`like` = 7", _generic("user_id,item_id,timestamp,label,like\nu1,a,10,1,7\n"), 1,
+     r"Error: .*i\.csv: row 1, column 'like': expected 0 or 1, got '7'"),
+    ("data-label-2", "`label` = 2", _generic("user_id,item_id,timestamp,label\nu1,a,10,2\n"), 1,
+     r"Error: .*i\.csv: row 1, column 'label': expected 0 or 1, got '2'"),
+    ("data-no-positive-label", "every label 0", _generic("user_id,item_id,timestamp,label\nu1,a,10,0\nu2,b,20,0\n"),
+     1, r"Error: .*i\.csv: no positive interaction in 2 rows \(every label is 0\)"),
+    ("data-no-positive-rating", "every rating below the positive threshold",
+     _generic("user_id,item_id,timestamp,rating\nu1,a,10,1\nu2,b,20,3\n"), 1,
+     r"Error: .*i\.csv: no positive interaction in 2 rows \(every rating is below positive_threshold=3\.5\)"),
+    ("data-empty-file", "an empty interactions file", _generic(""), 1, r"Error: .*i\.csv: file is empty"),
+    ("data-header-only", "a header and no rows", _generic("user_id,item_id,timestamp,label\n"), 1,
+     r"Error: .*i\.csv: file has a header but no rows"),
+    ("data-unknown-item", "an interaction naming an item not in the catalogue",
+     _generic("user_id,item_id,timestamp,label\nu1,a,10,1\nu1,zzz,11,1\n"), 1,
+     r"Error: .*i\.csv: row 2, column 'item_id': unknown item 'zzz'"),
+    ("data-duplicate-item", "the same item twice in the items table",
+     _generic(INTER, "item_id,title\na,Alpha\na,Again\n"), 1,
+     r"Error: .*items\.csv: row 2, column 'item_id': duplicate item 'a'"),
+    ("data-empty-id", "an empty user id", _generic("user_id,item_id,timestamp,label\n,a,10,1\n"), 1,
+     r"Error: .*i\.csv: row 1, column 'user_id': empty id"),
+    ("data-empty-text", "every item's text empty", _generic(INTER, "item_id,title\na,\nb,\nc, \n"), 1,
+     r"Error: .*items\.csv: column 'title': every item's text is empty"),
+    ("data-missing-text-column", "--text-columns naming a column the items table lacks",
+     _generic(INTER, ITEMS, "--text-columns", "title,plot"), 1, r"Error: .*items\.csv: missing column\(s\) \['plot'\]"),
+    ("data-bad-quality", "a non-numeric quality value",
+     _generic(INTER, "item_id,title,score\na,A,1\nb,B,high\nc,C,2\n", "--quality-columns", "score"), 1,
+     r"Error: .*items\.csv: row 2, column 'score': expected a number, got 'high'"),
+    ("data-not-a-table", "a binary file given as Parquet", lambda tmp: _parquet_garbage(tmp), 1,
+     r"Error: .*i\.parquet: cannot be read as a table"),
+    ("data-one-timestamp", "every interaction at one instant (no train/test cutoff possible)",
+     _generic("user_id,item_id,timestamp,label\nu1,a,10,1\nu2,b,10,1\nu3,c,10,1\n"), 1,
+     r"Error: .*cutoff 10 leaves an empty train or test set"),
+    ("data-too-few-periods", "fewer distinct times than ranking.num_periods",
+     _generic("user_id,item_id,timestamp,label\n" + "".join(f"u{i},{'abc'[i % 3]},{10 + i // 40},1\n"
+                                                            for i in range(120))), 1,
+     r"Error: cannot cut 120 interactions into 10 non-empty periods .*ranking\.num_periods"),
+    ("data-generic-without-items", "--dataset generic without --items",
+     _argv("run", "--dataset", "generic"), 2, r"Error: --dataset generic needs --interactions and --items"),
+]
+
+
+def _parquet_garbage(tmp):
+  (tmp / "i.parquet").write_bytes(b"PAR1 this is not parquet")
+  (tmp / "items.csv").write_text(ITEMS)
+  return ["run", "--dataset", "generic", "--interactions", str(tmp / "i.parquet"), "--items",
+          str(tmp / "items.csv"), "--run-dir", str(tmp / "run")]
+
+
+CONFIG_CASES = [
+    ("config-codebook-string", "`codebook_size: \"sixteen\"`", _config("sid:\n  model:\n    codebook_size: sixteen\n"),
+     1, r"Error: .*c\.yaml: sid\.model\.codebook_size: expected an integer, got 'sixteen' \(str\)"),
+    ("config-seed-string", "`seed: abc`", _config("seed: abc\n"), 1,
+     r"Error: .*c\.yaml: seed: expected an integer, got 'abc' \(str\)"),
+    ("config-negative-hidden-dims", "a negative width in `hidden_dims`",
+     _config("sid:\n  model:\n    hidden_dims: [64, -3]\n"), 1, r"Error: sid\.model\.hidden_dims\[1\]: -3 must be >= 1"),
+    ("config-train-fraction", "`train_fraction: 1.5`", _config("data:\n  train_fraction: 1.5\n"), 1,
+     r"Error: data\.train_fraction: 1\.5 must be < 1\.0 \(allowed: \(0\.0, 1\.0\)\)"),
+    ("config-production-mode", "`production_mode: nonsense`", _config("ranking:\n  production_mode: nonsense\n"), 1,
+     r"Error: ranking\.production_mode: 'nonsense' is not one of \["),
+    ("config-unknown-key", "a misspelt key", _config("sid:\n  modle: {}\n"), 1,
+     r"Error: .*c\.yaml: sid: unknown config key\(s\) \['modle'\]"),
+    ("config-yaml-syntax", "invalid YAML", _config("sid: [unclosed\n"), 1, r"Error: .*c\.yaml: cannot be read as YAML"),
+    ("config-not-mapping", "a YAML list instead of a mapping", _config("- a\n- b\n"), 1,
+     r"Error: .*c\.yaml: expected a mapping of config sections, got list"),
+    ("config-data-type", "`data.type: csv`", _config("data:\n  type: csv\n"), 1,
+     r"Error: .*c\.yaml: data: data\.type must be movielens, synthetic or generic, got 'csv'"),
+    ("config-section-scalar", "a section given as a number", _config("sid: 5\n"), 1,
+     r"Error: .*c\.yaml: sid: expected a mapping of SidStageConfig fields, got 5"),
+    ("config-zero-budget", "a zero table budget", _config("ranking:\n  budgets: [0]\n"), 1,
+     r"Error: ranking\.budgets\[0\]: 0 must be >= 1"),
+    ("config-modality", "an unknown modality", _config("encoder:\n  modalities: [text, smell]\n"), 1,
+     r"Error: .*c\.yaml: encoder: modalities must be a non-empty subset of"),
+    ("config-variant", "an unknown production retriever", _config("retrieval:\n  production_variant: nope\n"), 1,
+     r"Error: retrieval\.production_variant: 'nope' is not one of \["),
+    ("config-index-kind", "an unknown index kind", _config("retrieval:\n  index_kind: faiss\n"), 1,
+     r"Error: retrieval\.index_kind: 'faiss' is not one of \['auto', 'scann', 'brute_force'\]"),
+    ("config-one-period", "`num_periods: 1`", _config("ranking:\n  num_periods: 1\n"), 1,
+     r"Error: ranking\.num_periods: 1 must be >= 2"),
+    ("config-normalization", "an unknown SID normalisation", _config("sid:\n  model:\n    normalization: foo\n"), 1,
+     r"Error: .*c\.yaml: sid\.model: normalization must be one of"),
+    ("config-spm-budget", "an SPM table budget below L*K+1",
+     _config("sid:\n  model:\n    codebook_size: 64\nranking:\n  modes: [spm]\n  budgets: [100]\n"), 1,
+     r"Error: ranking\.budgets: 100 rows is too small for SPM: it needs >= L\*K\+1 = 193"),
+    ("config-seed-flag", "`--seed abc`", _argv("run", "--seed", "abc"), 2, r"Error: Invalid value for '--seed'"),
+    ("config-codebook-vs-catalogue", "a codebook larger than the catalogue",
+     _generic(INTER, ITEMS, "--config", "{tmp}/k.yaml"), 1,
+     r"Error: sid\.model\.codebook_size=256 exceeds the catalogue \(3 items\)"),
+]
+
+
+def _case_params(cases):
+  return [pytest.param(c, id=c[0]) for c in cases]
+
+
+def _invoke(argv, debug=False):
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    return CliRunner().invoke(main, (["--debug"] if debug else []) + argv)
+
+
+def _first_error_line(result) -> str:
+  lines = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
+  return lines[0] if lines else f"<no Error: line; stderr={result.stderr[-500:]!r}; exc={result.exception!r}>"
+
+
+@pytest.mark.parametrize("case", _case_params(DATA_CASES + CONFIG_CASES))
+def test_bad_data_and_config_fail_before_any_stage(case, tmp_path):
+  name, _, build, code, pattern = case
+  (tmp_path / "k.yaml").write_text("sid:\n  model:\n    codebook_size: 256\n")
+  res = _invoke(build(tmp_path))
+  assert res.exit_code == code, (res.exit_code, res.output)
+  assert re.match(pattern, _first_error_line(res)), _first_error_line(res)
+  assert "Traceback" not in res.output
+  assert not os.path.exists(tmp_path / "run" / "encode" / "_DONE.json")  # no stage ran
+
+
+# ---------------------------------------------------------------------------------------------------
+# Damaged artefacts: a tiny hand-made run directory (3 items, a 2-level RQ-KMeans with K=2), one file
+# damaged per case; the command that reads it must name the file and the fix.
+# ---------------------------------------------------------------------------------------------------
+RUN_YAML = """data:
+  type: generic
+  interactions: {tmp}/i.csv
+  items: {tmp}/items.csv
+sid:
+  model: {{mode: rqkmeans, num_levels: 2, codebook_size: 2, normalization: none}}
+  cluster_ks: [2]
+ranking:
+  num_periods: 2
+"""
+
+
+def _make_run(tmp):
+  """encode + sid finished (as `semrec run` leaves them) for the generic INTER/ITEMS data."""
+  from semrec.atomic import write_json
+  from semrec.config import load_yaml
+  from semrec.encoders.multimodal import EncodedBatch
+  from semrec.encoders.store import _content_hash, shard_name, write_shard
+  from semrec.pipeline import Run, RunConfig, write_config
+  from semrec.sid import RQVAEConfig, train_sid_model
+  (tmp / "i.csv").write_text(INTER)
+  (tmp / "items.csv").write_text(ITEMS)
+  (tmp / "run.yaml").write_text(RUN_YAML.format(tmp=tmp))
+  run = Run(load_yaml(RunConfig, str(tmp / "run.yaml")), str(tmp / "run"))
+  write_config(run)
+  ids = np.array(["a", "b", "c"], object)
+  x = np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0]], np.float32)
+  store = run.stage_dir("encode") + "/store"
+  os.makedirs(store)
+  shard = shard_name(0, 1)
+  write_shard(os.path.join(store, shard), EncodedBatch(ids, x, np.ones((3, 1), np.float32), []))
+  write_json(os.path.join(store, "manifest.json"), {
+      "format": "semrec.embedding_store/1", "complete": True, "encoder": {"modality_order": ["text"], "dim": 4},
+      "shards": [{"file": shard, "num_items": 3, "content_sha256": _content_hash(ids, x, np.ones((3, 1)))}]})
+  run.mark_done("encode", {"num_items": 3, "dim": 4})
+  model = train_sid_model(x, RQVAEConfig(mode="rqkmeans", num_levels=2, codebook_size=2, normalization="none"),
+                          item_ids=ids)
+  model.save(run.path("sid", "model"))
+  model.table(x, ids, suffix=True).save(run.path("sid", "table"))
+  run.mark_done("sid", {"mode": "rqkmeans", "num_levels": 2, "codebook_size": 2, "utilisation": [1.0, 1.0],
+                        "unique_ratio": 1.0, "prefix_cosine": [0.0, 0.0, 1.0]})
+  return run
+
+
+def _damage(relpath, how="truncate"):
+  def do(run_dir):
+    path = os.path.join(run_dir, relpath)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+      f.write(data[: len(data) // 2] if how == "truncate" else b"\x00" * len(data))
+  return do
+
+
+_RUN_ARGS = ["--config", "{tmp}/run.yaml", "--run-dir", "{tmp}/run"]
+ARTEFACT_CASES = [
+    ("artefact-shard", "a truncated embedding shard", _damage("encode/store/shard-00000-of-00001.npz"),
+     ["train-ranker", *_RUN_ARGS], 1,
+     r"Error: .*shard-00000-of-00001\.npz: damaged embedding shard .*; run `semrec encode --force`"),
+    ("artefact-store-manifest", "a truncated embedding-store manifest", _damage("encode/store/manifest.json"),
+     ["train-ranker", *_RUN_ARGS], 1, r"Error: .*store/manifest\.json: damaged embedding store manifest"),
+    ("artefact-sid-table", "a truncated SID table", _damage("sid/table/table.npz"), ["train-ranker", *_RUN_ARGS], 1,
+     r"Error: .*table\.npz: damaged SID table .*; run `semrec sid train --force`"),
+    ("artefact-sid-weights", "a zeroed sid/model/weights.npz", _damage("sid/model/weights.npz", "zero"),
+     ["export", *_RUN_ARGS], 1, r"Error: .*weights\.npz: damaged SID model weights .*semrec sid train --force"),
+    ("artefact-done-json-run", "a truncated _DONE.json, then `semrec run`", _damage("sid/_DONE.json"),
+     ["run", *_RUN_ARGS], 1, r"Error: .*sid/_DONE\.json: damaged stage record .*--force"),
+    ("artefact-done-json-evaluate", "a truncated _DONE.json, then `semrec evaluate`", _damage("sid/_DONE.json"),
+     ["evaluate", "--run-dir", "{tmp}/run"], 1, r"Error: .*sid/_DONE\.json: damaged stage record"),
+]
+
+
+@pytest.mark.parametrize("case", _case_params(ARTEFACT_CASES))
+def test_damaged_artefacts_are_named(case, tmp_path):
+  name, _, damage, argv, code, pattern = case
+  _make_run(tmp_path)
+  damage(str(tmp_path / "run"))
+  res = _invoke([a.format(tmp=tmp_path) for a in argv])
+  assert res.exit_code == code, (res.exit_code, res.output)
+  assert re.match(pattern, _first_error_line(res)), _first_error_line(res)
+  assert "Traceback" not in res.output
+
+
+def test_force_recovers_from_a_damaged_done_record(tmp_path):
+  """Issue item 5: `--force` recomputes a stage whose _DONE.json is damaged, instead of failing on it."""
+  run = _make_run(tmp_path)
+  _damage("sid/_DONE.json")(run.run_dir)
+  argv = ["sid", "train", "--force", "--config", str(tmp_path / "run.yaml"), "--run-dir", run.run_dir]
+  res = _invoke(argv)
+  assert res.exit_code == 0, res.output
+  record = json.load(open(run.path("sid", "_DONE.json")))
+  assert record["num_levels"] == 2 and record["codebook_size"] == 2
+
+
+def test_debug_flag_shows_the_traceback(tmp_path):
+  run = _make_run(tmp_path)
+  _damage("sid/_DONE.json")(run.run_dir)
+  argv = ["evaluate", "--run-dir", run.run_dir]
+  assert "Traceback" not in _invoke(argv).output
+  res = _invoke(argv, debug=True)
+  assert res.exit_code == 1 and "Traceback" in res.output and "CorruptArtefactError" in res.output
+
