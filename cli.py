@@ -6,50 +6,104 @@ finished stages; ``semrec run`` chains all of them and writes the report.
 from __future__ import annotations
 
 import os
-import sys
 
 import click
 
 
 class _UserErrors:
-  """Turns bad-input errors (which name the file, row, item and field) into a clean `Error: ...` exit 1."""
+  """Kept for the stage commands' ``with`` blocks; errors are turned into `Error:` lines by ``_Cli.invoke``."""
 
   def __enter__(self):
     return self
 
   def __exit__(self, exc_type, exc, tb):
-    if exc is None:
-      return False
-    from semrec.data import DataError
-    from semrec.encoders import EncodeError
-    from semrec.export import ExportError
-    if isinstance(exc, (DataError, EncodeError, ExportError, FileNotFoundError)):
-      raise click.ClickException(str(exc)) from exc
     return False
 
 
+def _user_error_types() -> tuple:
+  """Errors that describe bad input (their message names the file, row, field or artefact at fault)."""
+  from semrec.atomic import CorruptArtefactError
+  from semrec.config import ConfigError
+  from semrec.data import DataError
+  from semrec.encoders import EncodeError
+  from semrec.export import ExportError
+  return (DataError, ConfigError, CorruptArtefactError, EncodeError, ExportError, FileNotFoundError, ValueError)
+
+
+class _Cli(click.Group):
+  """The `semrec` group: any error a command raises becomes one `Error: ...` line and exit code 1
+  (`--debug` prints the traceback first). Bad-input errors print their message as is; anything else
+  is prefixed with its type and a hint to rerun with `--debug`."""
+
+  def invoke(self, ctx):
+    try:
+      return super().invoke(ctx)
+    except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+      raise
+    except Exception as e:  # noqa: BLE001 -- the CLI's single exit point for errors
+      if ctx.params.get("debug"):
+        import traceback
+        traceback.print_exc()
+      message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+      if not isinstance(e, _user_error_types()):
+        message = f"{type(e).__name__}: {message} (rerun with --debug for the traceback)"
+      raise click.ClickException(message) from e
+
+
+def _show_warnings():
+  """Python warnings (e.g. data.DataWarning: duplicates dropped) as one `Warning: ...` line each on stderr."""
+  import warnings
+  warnings.showwarning = lambda message, category, *args, **kwargs: click.echo(f"Warning: {message}", err=True)
+
+
 def _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick):
-  from semrec.config import load_yaml
+  """The RunConfig of a command: defaults < --quick presets < the config file < flags, validated whole.
+
+  ``--quick`` shrinks sizes and epochs, but a value set in the config file wins over its preset (so
+  ``--quick`` with ``sid.model.codebook_size: 64`` in the file keeps 64); each such value is reported.
+  """
+  from semrec.config import from_dict, load_yaml, merge_dicts, read_yaml, to_dict, validate
   from semrec.pipeline import RunConfig
-  cfg = load_yaml(RunConfig, config_path) if config_path else RunConfig()
-  if dataset:
-    cfg.data.type = dataset
-  if interactions:
-    cfg.data.interactions = interactions
-  if items:
-    cfg.data.items = items
-  if text_columns:
-    cfg.data.text_columns = tuple(c.strip() for c in text_columns.split(",") if c.strip())
-  if quality_columns:
-    cfg.data.quality_columns = tuple(c.strip() for c in quality_columns.split(",") if c.strip())
+
+  def flags(cfg):
+    if dataset:
+      cfg.data.type = dataset
+    if interactions:
+      cfg.data.interactions = interactions
+    if items:
+      cfg.data.items = items
+    if text_columns:
+      cfg.data.text_columns = tuple(c.strip() for c in text_columns.split(",") if c.strip())
+    if quality_columns:
+      cfg.data.quality_columns = tuple(c.strip() for c in quality_columns.split(",") if c.strip())
+    if seed is not None:
+      cfg.seed = seed
+    return cfg
+
+  cfg = flags(load_yaml(RunConfig, config_path) if config_path else RunConfig())
   if cfg.data.type == "generic" and not (cfg.data.interactions and cfg.data.items):
     raise click.UsageError("--dataset generic needs --interactions and --items")
-  if seed is not None:
-    cfg.seed = seed
   if quick:
-    cfg = cfg.quick()
+    raw = read_yaml(config_path) if config_path else {}
+    preset = to_dict(cfg.quick())
+    kept = _overridden(preset, raw)
+    cfg = flags(from_dict(RunConfig, merge_dicts(preset, raw)))
+    for path, value in kept:
+      click.echo(f"Note: --quick keeps {path}={value!r} from {config_path} (the file wins over the preset)", err=True)
+  validate(cfg)
   cfg.validate()
   return cfg
+
+
+def _overridden(preset: dict, raw: dict, prefix: str = "") -> list:
+  """[(dotted key, file value)] where the config file sets a value the --quick preset changes."""
+  out = []
+  for k, v in raw.items():
+    if isinstance(v, dict) and isinstance(preset.get(k), dict):
+      out += _overridden(preset[k], v, f"{prefix}{k}.")
+    elif k in preset and preset[k] != v and not isinstance(v, dict):
+      out.append((f"{prefix}{k}", v))
+  return out
 
 
 def _run_options(f):
@@ -67,7 +121,8 @@ def _run_options(f):
       click.option("--text-columns", default=None, help="Generic format: comma-separated item text columns."),
       click.option("--quality-columns", default=None, help="Generic format: comma-separated numeric quality columns."),
       click.option("--seed", type=int, default=None, help="Global seed."),
-      click.option("--quick", is_flag=True, help="Tiny sizes and epochs (smoke test of the whole job)."),
+      click.option("--quick", is_flag=True, help="Tiny sizes and epochs (smoke test of the whole job); values set "
+                   "in --config win over these presets."),
       click.option("--force", is_flag=True, help="Recompute the stage(s) even if finished."),
   ]
   for o in reversed(opts):
@@ -100,10 +155,12 @@ def _stage_command(name: str, stage: str, help_text: str):
   return click.command(name=name, help=help_text)(cmd)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="semrec")
-def main():
+@click.option("--debug", is_flag=True, help="On an error, print the full traceback before the `Error:` line.")
+def main(debug):
   """semrec: content-derived item IDs (cluster IDs, Semantic IDs) for TFRS retrieval and ranking."""
+  _show_warnings()
 
 
 @main.command("run")
@@ -187,7 +244,10 @@ def verify_export_cmd(export_dir, structure_only, no_saved_model_cli):
   report = verify_export(export_dir, load=not structure_only,
                          run_saved_model_cli=not (structure_only or no_saved_model_cli))
   click.echo(verification_table(report))
-  sys.exit(0 if report.clean else 1)
+  if not report.clean:
+    problems = report.all_errors + report.all_warnings
+    raise click.ClickException(f"verify-export: {len(report.all_errors)} error(s), {len(report.all_warnings)} "
+                               f"warning(s) in {report.base_dir}: {problems[0]}")
 
 
 if __name__ == "__main__":

@@ -278,3 +278,163 @@ def test_debug_flag_shows_the_traceback(tmp_path):
   res = _invoke(argv, debug=True)
   assert res.exit_code == 1 and "Traceback" in res.output and "CorruptArtefactError" in res.output
 
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exports and serving: `semrec verify-export` on damaged export folders, and serving signatures fed
+# malformed requests (the message names the input).
+# ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def export_base(tmp_path_factory):
+  """A base directory with one real export (a SID assigner, content [B, 4] -> sid [B, 2])."""
+  from semrec.export import export_sid_assigner
+  from semrec.sid import SidAssigner
+  base = tmp_path_factory.mktemp("exports") / "models"
+  assigner = SidAssigner(input_dim=4, num_levels=2, codebook_size=2, name="sid_assigner")
+  export_sid_assigner(str(base), assigner, np.eye(4, dtype=np.float32))
+  return base
+
+
+def _copy_export(export_base, tmp):
+  import shutil
+  dst = tmp / "models"
+  shutil.copytree(export_base, dst)
+  return dst
+
+
+def _staging(base):
+  os.makedirs(base / "sid_assigner" / ".staging-1234")
+
+
+def _truncate_pb(base):
+  _damage("sid_assigner/1/saved_model.pb")(str(base))
+
+
+EXPORT_CASES = [
+    ("export-empty-dir", "verify-export on an empty directory", None, "empty", 1,
+     r"Error: verify-export: .*: no model directory \(<name>/<version>/\) to verify"),
+    ("export-missing-dir", "verify-export on a path that does not exist", None, "missing", 2,
+     r"Error: Invalid value for 'EXPORT_DIR'"),
+    ("export-staging-leftover", "a leftover .staging-* folder after a kill", _staging, "copy", 1,
+     r"Error: verify-export: 0 error\(s\), 1 warning\(s\) in .*: sid_assigner: leftover \.staging-1234/"),
+    ("export-truncated-pb", "a truncated saved_model.pb", _truncate_pb, "copy", 1,
+     r"Error: verify-export: 1 error\(s\), .*sid_assigner v1: .*saved_model\.pb"),
+    ("export-version-dir", "a version directory instead of the base", None, "version", 1,
+     r"Error: verify-export: .* is a SavedModel version directory"),
+]
+
+
+@pytest.mark.parametrize("case", _case_params(EXPORT_CASES))
+def test_verify_export_names_the_problem(case, tmp_path, export_base):
+  name, _, damage, where, code, pattern = case
+  base = {"empty": tmp_path, "missing": tmp_path / "nope"}.get(where)
+  if where in ("copy", "version"):
+    base = _copy_export(export_base, tmp_path)
+    if damage:
+      damage(base)
+    if where == "version":
+      base = base / "sid_assigner" / "1"
+  res = _invoke(["verify-export", "--structure-only", str(base)])
+  assert res.exit_code == code, (res.exit_code, res.output)
+  assert re.match(pattern, _first_error_line(res)), _first_error_line(res)
+
+
+def test_verify_export_relative_path_loads_in_fresh_process(tmp_path, export_base, monkeypatch):
+  """Issue item 2: a relative EXPORT_DIR is resolved before the child processes (other cwd) start."""
+  base = _copy_export(export_base, tmp_path)
+  monkeypatch.chdir(tmp_path)
+  res = _invoke(["verify-export", "--no-saved-model-cli", os.path.relpath(base, tmp_path)])
+  assert res.exit_code == 0, res.output
+  assert "| sid_assigner | 1 |" in res.output and "| ok |" in res.output
+
+
+def _ranker_module():
+  from semrec.ranking import Ranker, RankerConfig
+  from semrec.ranking.serving import RankerServingModule
+  from semrec.sid import ItemRepresentationConfig
+  rep = ItemRepresentationConfig(modes=("unigram",), embedding_dim=4, num_levels=2, codebook_size=4)
+  model = Ranker(RankerConfig(item_representation=rep, history_length=2, hidden_units=(4,), num_cross_layers=0))
+  return RankerServingModule(model, 2, 4), model.config.context_dim
+
+
+def _ranker_request(c):
+  return {"candidate_item_id": np.array(["a", "b", "c"]), "candidate_sid": np.zeros((3, 2), np.int32),
+          "last_item_id": np.array(["a"]), "last_sid": np.zeros((1, 2), np.int32),
+          "history_item_id": np.array([["a", "b"]]), "history_sid": np.zeros((1, 2, 2), np.int32),
+          "context": np.zeros((1, c), np.float32)}
+
+
+SERVING_CASES = [
+    ("serve-ranker-sid-batch", "candidate_sid rows != candidate_item_id rows",
+     {"candidate_sid": np.zeros((5, 2), np.int32)}, r"candidate_sid: leading shape must equal the shape of "
+                                                     r"candidate_item_id"),
+    ("serve-ranker-sid-levels", "3 SID levels for an L=2 model", {"candidate_sid": np.zeros((3, 3), np.int32)},
+     r"candidate_sid: each item needs L=2 SID codes"),
+    ("serve-ranker-code-range", "a code >= K", {"history_sid": np.full((1, 2, 2), 4, np.int32)},
+     r"history_sid: codes must be in \[0, 4\)"),
+    ("serve-ranker-user-batch", "2 user rows for 3 candidates",
+     {"last_item_id": np.array(["a", "b"]), "last_sid": np.zeros((2, 2), np.int32)},
+     r"last_item_id: batch size must be 1 or the number of candidates"),
+    ("serve-ranker-context-width", "a context one column short", "context-short", r"context: width must be C="),
+    ("serve-ranker-history-shape", "history codes for 1 item, ids for 2", {"history_sid": np.zeros((1, 1, 2), np.int32)},
+     r"history_sid: leading shape must equal the shape of history_item_id"),
+]
+
+
+@pytest.mark.parametrize("case", _case_params(SERVING_CASES))
+def test_ranker_signature_names_the_input(case):
+  import tensorflow as tf
+  name, _, change, pattern = case
+  module, c = _ranker_module()
+  request = _ranker_request(c)
+  request.update({"context": np.zeros((1, c - 1), np.float32)} if change == "context-short" else change)
+  with pytest.raises(tf.errors.InvalidArgumentError, match=pattern):
+    module.serve({k: tf.constant(v) for k, v in request.items()})
+
+
+def test_every_input_batch_is_checked_against_the_first():
+  """Issue item 7: [4] vs [6] inputs fail naming the input, not with TF's 'Incompatible shapes: [4] vs. [6]'."""
+  import tensorflow as tf
+  from semrec.export.serving_module import ServingModule
+  module = ServingModule(lambda f: tf.cast(f["user"], tf.float32)[:, None] + f["history"],
+                         {"user": tf.TensorSpec([None], tf.int32), "history": tf.TensorSpec([None, 3], tf.float32)})
+  ok = module.serve({"user": tf.constant([1, 2]), "history": tf.zeros([2, 3])})
+  assert ok["output_0"].shape == (2, 3)
+  with pytest.raises(tf.errors.InvalidArgumentError, match="history: batch size \\(dimension 0\\) must equal that "
+                                                           "of user"):
+    module.serve({"user": tf.constant([1, 2, 3, 4]), "history": tf.zeros([6, 3])})
+
+
+def test_sid_assigner_rejects_nan_and_wrong_width(export_base):
+  import tensorflow as tf
+  served = tf.saved_model.load(str(export_base / "sid_assigner" / "1")).signatures["serving_default"]
+  with pytest.raises(tf.errors.InvalidArgumentError, match="content: NaN/inf values"):
+    served(content=tf.constant(np.full((2, 4), np.nan, np.float32)))
+  with pytest.raises((TypeError, ValueError), match="content"):
+    served(content=tf.constant(np.zeros((2, 5), np.float32)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The docs table (docs/bad-input.md) lists every case.
+# ---------------------------------------------------------------------------------------------------
+ALL_CASES = ([(c[0], c[1], c[3], c[4]) for c in DATA_CASES + CONFIG_CASES] +
+             [(c[0], c[1], c[4], c[5]) for c in ARTEFACT_CASES + EXPORT_CASES] +
+             [(c[0], c[1], "InvalidArgumentError", c[3]) for c in SERVING_CASES])
+
+
+def test_catalogue_has_at_least_40_cases_and_docs_list_them():
+  assert len(ALL_CASES) >= 40
+  text = open(DOCS).read()
+  missing = [c[0] for c in ALL_CASES if f"`{c[0]}`" not in text]
+  assert not missing, f"docs/bad-input.md lacks {missing}: regenerate with `python tests/test_bad_input.py`"
+
+
+def markdown_table() -> str:
+  rows = ["| case | input | exit code | first line of the message (regex) |", "| --- | --- | --- | --- |"]
+  for name, what, code, pattern in ALL_CASES:
+    rows.append(f"| `{name}` | {what} | {code} | `{pattern.replace('|', '&#124;')}` |")
+  return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+  print(markdown_table())
