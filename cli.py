@@ -130,10 +130,13 @@ def _run_options(f):
   return f
 
 
-def _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick):
-  from semrec.pipeline import Run, write_config
+def _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+              stages):
+  """The run directory, after the config and the data were checked against each other (before any stage)."""
+  from semrec.pipeline import Run, preflight, write_config
   cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick)
   run = Run(cfg, run_dir or _default_run_dir(cfg, quick))
+  preflight(run, stages)
   write_config(run)
   return run
 
@@ -147,7 +150,8 @@ def _stage_command(name: str, stage: str, help_text: str):
   def cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
     from semrec.pipeline import STAGES, run_stages
     with _UserErrors():
-      run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+      run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                      STAGES.dependencies(stage) + [stage])
       run_stages(run, STAGES.dependencies(stage), STAGES.registry)
       run_stages(run, [stage], STAGES.registry, force=force)
     click.echo(f"{stage} finished: {run.path(stage)}")
@@ -167,9 +171,10 @@ def main(debug):
 @_run_options
 def run_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
   """The whole job: encode -> SIDs -> retrieval comparison -> index -> ranker comparison -> export -> verify."""
-  from semrec.pipeline import run_all
+  from semrec.pipeline import STAGE_ORDER, run_all
   with _UserErrors():
-    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                    STAGE_ORDER)
     summary = run_all(run, force=force)
   click.echo(summary)
 

@@ -19,7 +19,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from semrec.config import save_yaml, to_dict
+from semrec.atomic import CorruptArtefactError, read_json
+from semrec.config import ConfigError, save_yaml, setting, to_dict
 from semrec.data import (RecDataset, SyntheticConfig, load_generic, load_movielens, make_synthetic,
                          temporal_split)
 from semrec.atomic import write_json as atomic_write_json
@@ -41,14 +42,14 @@ class DataConfig:
     synthetic: Sizes and seed of the synthetic world.
     train_fraction: Fraction of interactions (by time) before the train/test cutoff.
   """
-  type: str = "movielens"
+  type: str = setting("movielens", choices=("movielens", "synthetic", "generic"))
   interactions: str = ""
   items: str = ""
   text_columns: tuple = ("title",)
   quality_columns: tuple = ()
   synthetic: SyntheticConfig = dataclasses.field(default_factory=lambda: SyntheticConfig(
       num_items=600, num_users=200, num_topics=8, num_days=30))
-  train_fraction: float = 0.8
+  train_fraction: float = setting(0.8, min=0.0, max=1.0, min_exclusive=True, max_exclusive=True)
 
   def __post_init__(self):
     if self.type not in ("movielens", "synthetic", "generic"):
@@ -58,11 +59,11 @@ class DataConfig:
 
 
 def load_dataset(config: DataConfig) -> RecDataset:
-  """Loads the dataset a :class:`DataConfig` names."""
+  """Loads the dataset a :class:`DataConfig` names (checked against the RecDataset contract)."""
   if config.type == "movielens":
     return load_movielens()
   if config.type == "synthetic":
-    return make_synthetic(config.synthetic)
+    return make_synthetic(config.synthetic).validate()
   return load_generic(config.interactions, config.items, config.text_columns, config.quality_columns)
 
 
@@ -110,8 +111,9 @@ class Run:
     return os.path.exists(self.path(stage, "_DONE.json"))
 
   def _done_record(self, stage: str) -> dict:
-    with open(self.path(stage, "_DONE.json")) as f:
-      return json.load(f)
+    """The stage's ``_DONE.json``; CorruptArtefactError (naming it, and ``--force``) when it is damaged."""
+    return read_json(self.path(stage, "_DONE.json"), "stage record",
+                     f"rerun with --force to recompute the {stage} stage (or delete the file)")
 
   def stage_result(self, stage: str) -> dict:
     """The metrics dict a finished stage recorded (without the bookkeeping ``_config`` entry)."""
@@ -144,22 +146,36 @@ def run_stages(run: Run, stages, registry: dict[str, Callable], log: Callable[[s
                force: bool = False) -> dict:
   """Runs ``stages`` in order, skipping finished ones; returns {stage: result}.
 
-  A finished stage is reused unless ``force`` or its config changed since it ran (``Run.stale_sections``);
-  a stale stage's directory is cleared before it is recomputed, so no artefact of the old config survives.
+  A finished stage is reused unless ``force``, its config changed since it ran (``Run.stale_sections``) or
+  the files it reported changed since (``STAGES.recheck``, e.g. a deleted export folder under verify). A stale
+  stage's directory is cleared before it is recomputed, except what a server may be using: ``export/models``
+  is never cleared, so every exported version survives (recomputed models are added as new versions). A
+  damaged ``_DONE.json`` is an error naming it, unless ``force``.
   """
   unknown = [s for s in stages if s not in registry]
   if unknown:
     raise ValueError(f"unknown stage(s) {unknown}; known: {list(registry)}")
   results = {}
   for stage in stages:
-    stale = run.stale_sections(stage)
-    if run.is_done(stage) and not force and not stale:
+    try:
+      stale = run.stale_sections(stage)
+      done = run.is_done(stage)
+    except CorruptArtefactError:
+      if not force:
+        raise
+      log(f"[semrec] {stage}: damaged {run.path(stage, '_DONE.json')}; recomputing (--force)")
+      stale, done = [], False
+    changed = STAGES.recheck(run, stage) if done and not force and not stale else None
+    if done and not force and not stale and not changed:
       log(f"[semrec] {stage}: already done in {run.path(stage)} (resuming)")
       results[stage] = run.stage_result(stage)
       continue
+    if changed:
+      log(f"[semrec] {stage}: {changed}; recomputing")
     if stale:
-      log(f"[semrec] {stage}: config changed since it ran ({', '.join(stale)}); clearing {run.path(stage)}")
-      shutil.rmtree(run.path(stage))
+      log(f"[semrec] {stage}: config changed since it ran ({', '.join(stale)}); clearing {run.path(stage)}"
+          + (" (keeping the exported models)" if stage in STAGES.keep else ""))
+      _clear_stage_dir(run.path(stage), STAGES.keep.get(stage, ()))
     log(f"[semrec] {stage}: running")
     t0 = time.time()
     result = registry[stage](run) or {}
@@ -168,6 +184,17 @@ def run_stages(run: Run, stages, registry: dict[str, Callable], log: Callable[[s
     log(f"[semrec] {stage}: done in {result['seconds']:.0f}s")
     results[stage] = result
   return results
+
+
+def _clear_stage_dir(directory: str, keep=()):
+  """Deletes ``directory`` except the entries named in ``keep`` (e.g. the served ``models`` tree)."""
+  if not keep:
+    shutil.rmtree(directory)
+    return
+  for name in os.listdir(directory):
+    if name not in keep:
+      path = os.path.join(directory, name)
+      shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
 
 
 def write_config(run: Run):
@@ -179,7 +206,8 @@ def write_config(run: Run):
 # ----------------------------------------------------------------------------------------------------
 from semrec.encoders import EncoderConfig  # noqa: E402
 from semrec.sid.rqvae import RQVAEConfig  # noqa: E402
-from semrec.towers.comparison import ComparisonConfig  # noqa: E402
+from semrec.ranking.experiment import MODE_COMPONENTS  # noqa: E402
+from semrec.towers.comparison import VARIANTS, ComparisonConfig  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -212,15 +240,15 @@ class RankingStageConfig:
     production_mode: Mode of the ranker exported for serving (trained with history).
     production_budget: Its table budget (rows).
   """
-  modes: tuple = ("random_hash", "unigram", "bigram", "spm", "spm+hash")
+  modes: tuple = setting(("random_hash", "unigram", "bigram", "spm", "spm+hash"), choices=tuple(MODE_COMPONENTS))
   budgets: tuple = (1024, 4096)
   num_seeds: int = 1
   use_history: tuple = (True, False)
-  num_periods: int = 10
+  num_periods: int = setting(10, min=2)
   history_length: int = 20
   embedding_dim: int = 32
   batch_size: int = 512
-  production_mode: str = "spm+hash"
+  production_mode: str = setting("spm+hash", choices=tuple(MODE_COMPONENTS))
   production_budget: int = 1024
 
 
@@ -236,9 +264,9 @@ class RetrievalStageConfig:
     top_k: k of the exported retrieval models.
   """
   comparison: ComparisonConfig = dataclasses.field(default_factory=ComparisonConfig)
-  production_variant: str = "sid_spm_hashed"
-  production_quality: str = "none"
-  index_kind: str = "auto"
+  production_variant: str = setting("sid_spm_hashed", choices=VARIANTS)
+  production_quality: str = setting("none", choices=("none", "tuned"))
+  index_kind: str = setting("auto", choices=("auto", "scann", "brute_force"))
   top_k: int = 100
 
 
@@ -308,9 +336,47 @@ class RunConfig:
     return rep(self, data=data, encoder=encoder, sid=sid, retrieval=retrieval, ranking=ranking, export=export)
 
   def validate(self):
-    """Cross-field checks (each sub-config validates itself at construction)."""
-    if self.sid.model.codebook_size < 2:
-      raise ValueError(f"sid.model.codebook_size must be >= 2, got {self.sid.model.codebook_size}")
+    """Cross-field checks (each field's type and range: ``semrec.config.validate``).
+
+    Raises:
+      ConfigError: naming the fields.
+    """
+    m = self.sid.model
+    if m.codebook_size < 2:
+      raise ConfigError(f"sid.model.codebook_size: must be >= 2, got {m.codebook_size}")
+    need = m.num_levels * m.codebook_size + 1  # SPM pieces: every single code + the pad row
+    spm = [b for b in self.ranking.budgets if any(x.startswith("spm") for x in self.ranking.modes)]
+    if self.ranking.production_mode.startswith("spm"):
+      spm.append(self.ranking.production_budget)
+    for b in spm:
+      if b < need:
+        raise ConfigError(f"ranking.budgets: {b} rows is too small for SPM: it needs >= L*K+1 = {need} "
+                          f"(sid.model.num_levels={m.num_levels} x codebook_size={m.codebook_size} + 1)")
+
+
+def preflight(run: "Run", stages=STAGE_ORDER):
+  """Checks the data against the config before any stage runs (the dataset is loaded and validated here).
+
+  Raises:
+    DataError / ConfigError: no positive before the cutoff, interactions that cannot be cut into
+      ``ranking.num_periods`` periods, a catalogue smaller than ``sid.model.codebook_size``.
+  """
+  from semrec.data import DataError, time_periods
+  cfg, ds = run.config, run.dataset
+  split = run.split
+  if not (split.train["label"].to_numpy() > 0).any():
+    raise DataError(f"dataset {ds.name!r}: no positive interaction before the train/test cutoff "
+                    f"{split.cutoff} (data.train_fraction={cfg.data.train_fraction})")
+  if "ranking" in stages:
+    try:
+      time_periods(ds.interactions, cfg.ranking.num_periods)
+    except DataError as e:
+      raise DataError(f"{e} ({ds.interactions['timestamp'].nunique()} distinct timestamps): lower "
+                      f"ranking.num_periods (now {cfg.ranking.num_periods}, at least 2)") from e
+  if ds.num_items < cfg.sid.model.codebook_size and any(s in stages for s in ("sid", "retrieval", "ranking")):
+    raise ConfigError(f"sid.model.codebook_size={cfg.sid.model.codebook_size} exceeds the catalogue "
+                      f"({ds.num_items} items): every code needs an item; set sid.model.codebook_size <= "
+                      f"{ds.num_items} (about N/30 fills every code)")
 
 
 def stage_encode(run: Run) -> dict:
@@ -490,17 +556,51 @@ def stage_export(run: Run) -> dict:
 
 
 def stage_verify(run: Run) -> dict:
-  """Loads every export in a fresh process, replays its warm-up requests, runs saved_model_cli."""
-  from semrec.export import verify_export
+  """Writes models.config, then loads every export in a fresh process, replays its warm-up requests and runs
+  saved_model_cli. Every model a stage of this run exported must be there (a deleted folder is an error)."""
+  from semrec.export import verify_export, write_serving_configs
+  write_serving_configs(export_dir(run), run.config.export.base_path_prefix or None)
   report = verify_export(export_dir(run), run_saved_model_cli=run.config.export.verify_saved_model_cli)
   table = report.to_markdown()
   atomic_write_text(run.path("export", "verify.md"), table)
   print(table)
-  if not report.ok:
-    raise RuntimeError("export verification failed:\n" + "\n".join(report.all_errors))
+  errors = _missing_exports(run) + report.all_errors
+  if errors:
+    raise RuntimeError("export verification failed: " + "; ".join(errors))
   return {"ok": report.ok, "models": [{"name": m.name, "version": m.version, "ok": m.ok,
                                        "needs_scann_ops": m.needs_scann_ops, "max_abs_diff": m.max_abs_diff}
                                       for m in report.models]}
+
+
+def _stage_exports(run: Run) -> dict:
+  """{"<name>/<version>": stage} of every model the finished stages of this run exported."""
+  out = {}
+  for stage, get in (("retrieval", lambda r: list(r["production"]["exports"].values())),
+                     ("ranking", lambda r: [r["production"]["export"]]), ("index", lambda r: [r["searcher_export"]]),
+                     ("export", lambda r: [r["sid_assigner"]])):
+    if run.is_done(stage):
+      for path in get(run.stage_result(stage)):
+        out[os.path.join(*os.path.normpath(path).split(os.sep)[-2:])] = stage
+  return out
+
+
+def _missing_exports(run: Run) -> list:
+  return [f"{rel} (exported by the {stage} stage) is missing from {export_dir(run)}: rerun that stage with --force"
+          for rel, stage in sorted(_stage_exports(run).items()) if not os.path.isdir(os.path.join(export_dir(run), rel))]
+
+
+def _verify_changes(run: Run) -> Optional[str]:
+  """Why a finished verification no longer describes the export folder (a model it reported is missing,
+  altered or superseded by a new version, or a model a stage exported is missing), or None."""
+  from semrec.export import verify_export
+  then = {(m["name"], m["version"]) for m in run.stage_result("verify").get("models", [])}
+  report = verify_export(export_dir(run), load=False, run_saved_model_cli=False, progress=False)
+  now = {(m.name, m.version) for m in report.models if m.ok}
+  if then != now or _missing_exports(run):
+    gone = sorted(then - now)
+    return ("the exports changed since they were verified" +
+            (f" ({', '.join(f'{n} v{v}' for n, v in gone)} missing or altered)" if gone else ""))
+  return None
 
 
 def stage_sid_assign(run: Run) -> dict:
@@ -676,6 +776,25 @@ def stage_index(run: Run) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # Report.
 # ----------------------------------------------------------------------------------------------------
+def _num(v, spec: str = ".4f") -> str:
+  """A figure for the console table; "n/a" for an undefined one (None / NaN, e.g. no cold items)."""
+  return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+
+def relation_chain(values, spec: str = ".3f") -> str:
+  """Values joined by the relation that holds between neighbours as printed ("0.434 < 0.467 > 0.393");
+  None entries (e.g. no pair shares that prefix) are left out, an undefined neighbour gets a ","."""
+  shown = [_num(v, spec) for v in values if v is not None]
+  out = shown[:1]
+  for a, b in zip(shown, shown[1:]):
+    if "n/a" in (a, b):
+      rel = ","
+    else:
+      rel = "<" if float(a) < float(b) else (">" if float(a) > float(b) else "=")
+    out += [rel, b]
+  return " ".join(out)
+
+
 def _headline_rows(results: dict) -> list[dict]:
   """The console metrics table: one row per headline figure."""
   rows = []
@@ -686,26 +805,26 @@ def _headline_rows(results: dict) -> list[dict]:
   if sid:
     rows.append({"stage": "sid", "metric": f"utilisation per level ({sid['mode']}, L={sid['num_levels']}, "
                                             f"K={sid['codebook_size']})",
-                 "value": " / ".join(f"{u:.1%}" for u in sid["utilisation"])})
-    rows.append({"stage": "sid", "metric": "unique-SID ratio (before suffix)", "value": f"{sid['unique_ratio']:.4f}"})
+                 "value": " / ".join(_num(u, ".1%") for u in sid["utilisation"])})
+    rows.append({"stage": "sid", "metric": "unique-SID ratio (before suffix)", "value": _num(sid["unique_ratio"])})
     rows.append({"stage": "sid", "metric": "mean cosine by shared prefix 0..L",
-                 "value": " < ".join(f"{c:.3f}" for c in sid["prefix_cosine"] if c is not None)})
+                 "value": relation_chain(sid["prefix_cosine"])})
   ret = results.get("retrieval") or {}
   for r in ret.get("headline", []):
     rows.append({"stage": "retrieval", "metric": f"{r['variant']} ({r['quality']}) recall@100 all / warm / cold",
-                 "value": f"{r['all']:.4f} / {r['warm']:.4f} / {r['cold']:.4f}"})
+                 "value": f"{_num(r['all'])} / {_num(r['warm'])} / {_num(r['cold'])}"})
   idx = results.get("index") or {}
   if idx:
     rows.append({"stage": "index", "metric": f"served index ({idx.get('kind')}) recall@10 vs brute force",
-                 "value": f"{idx.get('recall_at_10', float('nan')):.4f}"})
+                 "value": _num(idx.get("recall_at_10"))})
     if idx.get("scann_recall_at_10") is not None:
       rows.append({"stage": "index", "metric": "ScaNN searcher recall@10 vs brute force",
-                   "value": f"{idx['scann_recall_at_10']:.4f}"})
+                   "value": _num(idx["scann_recall_at_10"])})
   rk = results.get("ranking") or {}
   for r in rk.get("summary", []):
     if r.get("use_history") and r.get("task") == rk["summary"][0].get("task"):
       rows.append({"stage": "ranking", "metric": f"{r['mode']} AUC / cold AUC (history, budget {r['budget']})",
-                   "value": f"{r['auc']:.4f} / {r['cold_auc']:.4f}"})
+                   "value": f"{_num(r['auc'])} / {_num(r['cold_auc'])}"})
   ver = results.get("verify") or {}
   if ver:
     rows.append({"stage": "verify", "metric": "exports loaded + answered in a fresh process",
@@ -763,11 +882,22 @@ class _Stages:
     self.requires = {"encode": (), "sid": ("encode",), "sid-assign": ("sid",), "retrieval": ("sid",),
                      "index": ("retrieval",), "ranking": ("sid",), "export": ("sid",),
                      "verify": ("export",)}
-    # RunConfig sections each stage reads itself (besides `seed`). export and verify cover every
-    # SavedModel the run wrote, so they depend on the whole config.
+    # RunConfig sections each stage reads itself (besides `seed`). The export stage exports the SID
+    # assigner (its other models are exported by the stages that train them); verify checks every
+    # SavedModel of the run and writes models.config (export.base_path_prefix), so it reads everything.
     everything = ("data", "encoder", "sid", "retrieval", "ranking", "export")
     self.reads = {"encode": ("data", "encoder"), "sid": ("sid",), "sid-assign": (), "retrieval": ("retrieval",),
-                  "index": ("retrieval",), "ranking": ("ranking",), "export": everything, "verify": everything}
+                  "index": ("retrieval",), "ranking": ("ranking",), "export": ("sid",), "verify": everything}
+    # What clearing a stale stage's directory keeps: the served models (TF Serving loads new versions
+    # beside the old ones; a rerun must never delete what a server may be serving).
+    self.keep = {"export": ("models",)}
+    # Finished stages whose result is re-checked against the files on every run.
+    self.rechecks = {"verify": _verify_changes}
+
+  def recheck(self, run: "Run", stage: str) -> Optional[str]:
+    """Why a finished, up-to-date ``stage`` must still be recomputed (None when its files still hold)."""
+    check = self.rechecks.get(stage)
+    return check(run) if check is not None else None
 
   def config_sections(self, run: "Run", stage: str) -> Optional[dict]:
     """{section: 16-hex hash} of the config ``stage`` and its prerequisites read; None if unknown."""
