@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from typing import Mapping, Optional
 
 import numpy as np
@@ -99,7 +100,9 @@ def load_hub_model(handle: str):
     ValueError: the handle cannot be loaded or is not callable (naming it).
   """
   try:
-    import tensorflow_hub as hub
+    with warnings.catch_warnings():  # tensorflow_hub 0.16's own "pkg_resources is deprecated" notice
+      warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+      import tensorflow_hub as hub
   except Exception as e:
     raise ImportError(f"loading TF Hub model {handle!r} needs tensorflow_hub, which failed to import ({e}); "
                       "tensorflow-hub 0.16 needs setuptools<82: pip install 'setuptools<82'") from e

@@ -254,7 +254,7 @@ class ImageEncoderTest(tf.test.TestCase):
     src.model.save_weights(h5)
     x = [np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)]
     self.assertAllEqual(ImageEncoder(h5, "resnet18", image_size=32).encode(x), src.encode(x))
-    with self.assertRaisesRegex(FileNotFoundError, "not 'imagenet'"):
+    with self.assertRaisesRegex(FileNotFoundError, "not 'pretrained', 'imagenet'"):
       ImageEncoder(os.path.join(self.get_temp_dir(), "missing.h5"), "resnet18", image_size=32)
 
     # A local TF Hub / SavedModel feature-vector model: inputs in [0, 1], here mean colour x fixed matrix.
