@@ -438,3 +438,93 @@ def markdown_table() -> str:
 
 if __name__ == "__main__":
   print(markdown_table())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Issue 14, item 1: a changed config recomputes exactly what its section feeds (docs/config.md's table),
+# and a rerun never deletes an exported model version: recomputed models are added as new versions.
+# The stage functions below stand in for training (the orchestration under test is the real one:
+# run_stages, STAGES' sections / prerequisites / keep rules, the export layout's versioning).
+# ---------------------------------------------------------------------------------------------------
+EXPORTS = {"retrieval": ("candidate_tower", "query_tower", "retrieval_brute_force", "retrieval_scann"),
+           "index": ("scann_index",), "ranking": ("ranker",), "export": ("sid_assigner",)}
+PIPELINE = ("encode", "sid", "retrieval", "index", "ranking", "export")
+
+
+def _exporting_registry(calls):
+  from semrec.export import serving_layout as sl
+  from semrec.pipeline import export_dir
+
+  def make(stage):
+    def fn(run):
+      calls.append(stage)
+      paths = {}
+      for name in EXPORTS.get(stage, ()):
+        _, path = sl.next_version_dir(export_dir(run), name)
+        os.makedirs(path)
+        open(os.path.join(path, "saved_model.pb"), "w").close()
+        paths[name] = path
+      first = next(iter(paths.values()), None)
+      return {"retrieval": {"production": {"exports": paths}}, "ranking": {"production": {"export": first}},
+              "index": {"searcher_export": first}, "export": {"sid_assigner": first}}.get(stage, {})
+    return fn
+  return {s: make(s) for s in PIPELINE}
+
+
+def _versions(run_dir):
+  base = os.path.join(run_dir, "export", "models")
+  return {(n, int(v)) for n in os.listdir(base) for v in os.listdir(os.path.join(base, n)) if v.isdigit()}
+
+
+@pytest.mark.parametrize("section,change,recomputed", [
+    ("ranking", {"production_mode": "unigram"}, ["ranking"]),
+    ("retrieval", {"top_k": 7}, ["retrieval", "index"]),
+    ("sid", {"cluster_ks": (4,)}, ["sid", "retrieval", "index", "ranking", "export"]),
+    ("export", {"base_path_prefix": "/models"}, []),  # only models.config (written by verify) changes
+    ("seed", 3, list(PIPELINE)),
+])
+def test_changed_section_recomputes_what_it_feeds_and_keeps_every_export(tmp_path, section, change, recomputed):
+  import dataclasses
+  from semrec.pipeline import Run, RunConfig, run_stages
+  calls = []
+  registry = _exporting_registry(calls)
+  cfg = RunConfig()
+  run_stages(Run(cfg, str(tmp_path)), PIPELINE, registry, log=lambda m: None)
+  before = _versions(tmp_path)
+  assert len(before) == 7 and calls == list(PIPELINE)
+  calls.clear()
+  new = dataclasses.replace(cfg, **{section: change if section == "seed" else
+                                    dataclasses.replace(getattr(cfg, section), **change)})
+  run_stages(Run(new, str(tmp_path)), PIPELINE, registry, log=lambda m: None)
+  assert calls == recomputed
+  after = _versions(tmp_path)
+  assert before <= after  # nothing a server could be serving disappeared
+  added = {n for n, v in after - before}
+  assert added == {n for s in recomputed for n in EXPORTS.get(s, ())}
+  assert all(v == 2 for _, v in after - before)  # a recomputed model is a new version beside version 1
+
+
+def test_verify_rechecks_the_files_it_reported(tmp_path, export_base):
+  """Issue 14, item 7: a deleted export folder is not reported as verified from the cached result."""
+  import shutil
+  from semrec.pipeline import STAGES, Run, RunConfig
+  from semrec.pipeline.stages.verify import _missing_exports
+  run = Run(RunConfig(), str(tmp_path))
+  shutil.copytree(export_base, run.path("export", "models"))
+  run.mark_done("export", {"sid_assigner": run.path("export", "models", "sid_assigner", "1")})
+  run.mark_done("verify", {"ok": True, "models": [{"name": "sid_assigner", "version": 1, "ok": True}]})
+  assert STAGES.recheck(run, "verify") is None and _missing_exports(run) == []
+  shutil.rmtree(run.path("export", "models", "sid_assigner"))
+  assert STAGES.recheck(run, "verify") == ("the exports changed since they were verified (sid_assigner v1 missing "
+                                           "or altered)")
+  assert _missing_exports(run)[0].startswith("sid_assigner/1 (exported by the export stage) is missing from ")
+
+
+@pytest.mark.parametrize("values,text", [
+    ([0.434, 0.467, 0.393], "0.434 < 0.467 > 0.393"),  # the issue's case: not a rising chain
+    ([0.1, 0.2, 0.2], "0.100 < 0.200 = 0.200"),
+    ([0.3, None, float("nan"), 0.5], "0.300 , n/a , 0.500"),  # None (no pair) left out, NaN shown as n/a
+])
+def test_headline_prints_the_true_relation(values, text):
+  from semrec.pipeline.report import relation_chain
+  assert relation_chain(values) == text
