@@ -184,3 +184,16 @@ def test_strict_json_and_damaged_json(tmp_path):
   _truncate(path)
   with pytest.raises(CorruptArtefactError, match=r"m\.json: damaged stage record \(not valid JSON"):
     read_json(path, "stage record")
+
+
+def test_quick_keeps_values_set_in_the_config_file(tmp_path, capsys):
+  """Issue 14 item 6: `--quick` no longer silently overrides a codebook_size set in the file."""
+  from semrec.cli import _build_config
+  path = tmp_path / "c.yaml"
+  path.write_text("sid:\n  model:\n    codebook_size: 8\nseed: 5\n")
+  cfg = _build_config(str(path), "synthetic", None, None, None, None, None, quick=True)
+  assert cfg.sid.model.codebook_size == 8  # the file wins over the quick preset (16)
+  assert cfg.sid.model.epochs == 2 and cfg.data.synthetic.num_items == 120  # the rest of the preset applies
+  assert cfg.seed == 5 and cfg.data.type == "synthetic"
+  plain = _build_config(None, "synthetic", None, None, None, None, 9, quick=True)
+  assert plain.sid.model.codebook_size == 16 and plain.seed == 9
