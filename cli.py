@@ -10,16 +10,6 @@ import os
 import click
 
 
-class _UserErrors:
-  """Kept for the stage commands' ``with`` blocks; errors are turned into `Error:` lines by ``_Cli.invoke``."""
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, exc_type, exc, tb):
-    return False
-
-
 def _user_error_types() -> tuple:
   """Errors that describe bad input (their message names the file, row, field or artefact at fault)."""
   from semrec.atomic import CorruptArtefactError
@@ -149,11 +139,10 @@ def _stage_command(name: str, stage: str, help_text: str):
   @_run_options
   def cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
     from semrec.pipeline import STAGES, run_stages
-    with _UserErrors():
-      run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
-                      STAGES.dependencies(stage) + [stage])
-      run_stages(run, STAGES.dependencies(stage), STAGES.registry)
-      run_stages(run, [stage], STAGES.registry, force=force)
+    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                    STAGES.dependencies(stage) + [stage])
+    run_stages(run, STAGES.dependencies(stage), STAGES.registry)
+    run_stages(run, [stage], STAGES.registry, force=force)
     click.echo(f"{stage} finished: {run.path(stage)}")
   cmd.__doc__ = help_text
   return click.command(name=name, help=help_text)(cmd)
@@ -172,10 +161,9 @@ def main(debug):
 def run_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
   """The whole job: encode -> SIDs -> retrieval comparison -> index -> ranker comparison -> export -> verify."""
   from semrec.pipeline import STAGE_ORDER, run_all
-  with _UserErrors():
-    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
-                    STAGE_ORDER)
-    summary = run_all(run, force=force)
+  run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                  STAGE_ORDER)
+  summary = run_all(run, force=force)
   click.echo(summary)
 
 
@@ -197,22 +185,21 @@ def evaluate_cmd(config_path, run_dir, dataset, interactions, items, text_column
   """
   from semrec.config import load_yaml
   from semrec.pipeline import STAGE_ORDER, Run, RunConfig, write_report
-  with _UserErrors():
-    cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick)
-    run_dir = run_dir or _default_run_dir(cfg, quick)
-    saved = os.path.join(run_dir, "config.yaml")
-    if not config_path and os.path.isfile(saved):
-      cfg = load_yaml(RunConfig, saved)
-    run = Run(cfg, run_dir)
-    results = {s: run.stage_result(s) for s in STAGE_ORDER if run.is_done(s)}
-    if not results:
-      raise click.ClickException(f"no finished stage in {run.run_dir}: run `semrec run` first")
-    for s in results:
-      stale = run.stale_sections(s)
-      if stale:
-        click.echo(f"Warning: stage {s!r} ran with a different config ({', '.join(stale)}); "
-                   "`semrec run` with this config recomputes it", err=True)
-    click.echo(write_report(run, results))
+  cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+  run_dir = run_dir or _default_run_dir(cfg, quick)
+  saved = os.path.join(run_dir, "config.yaml")
+  if not config_path and os.path.isfile(saved):
+    cfg = load_yaml(RunConfig, saved)
+  run = Run(cfg, run_dir)
+  results = {s: run.stage_result(s) for s in STAGE_ORDER if run.is_done(s)}
+  if not results:
+    raise click.ClickException(f"no finished stage in {run.run_dir}: run `semrec run` first")
+  for s in results:
+    stale = run.stale_sections(s)
+    if stale:
+      click.echo(f"Warning: stage {s!r} ran with a different config ({', '.join(stale)}); "
+                 "`semrec run` with this config recomputes it", err=True)
+  click.echo(write_report(run, results))
   click.echo(f"report: {run.path('report.md')}")
 
 
