@@ -1,7 +1,13 @@
 """Atomic artefact writes: a reader sees the old artefact or the new one, never a half-written one.
 
-Files are written to a temporary name in the same folder and ``os.replace``d; directories are built in a
-temporary sibling and swapped into place (the previous version is removed only after the swap).
+The one place semrec writes files that must be atomic. Files are written to a temporary name in the same
+folder (``<path>.tmp<pid>-<hex>[suffix]``) and ``os.replace``d; directories are built in a temporary sibling
+and swapped into place (the previous version is removed only after the swap).
+
+- :func:`atomic_path`: a temporary path for writers that take a file name (``np.savez``, ``DataFrame.to_csv``,
+  ``tf.io.TFRecordWriter``, ``fig.savefig``); every helper below goes through it.
+- :func:`write_bytes`, :func:`write_text`, :func:`write_json`, :func:`save_npz`, :func:`save_npy`,
+  :func:`save_figure` (PNG), :func:`atomic_directory`.
 
 Reads of artefacts (:func:`read_json`, :func:`read_npz`) turn a truncated or corrupt file (e.g. damaged
 by a disk or a copy outside semrec) into a :class:`CorruptArtefactError` naming the file and what to do.
@@ -14,15 +20,45 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from typing import Iterator, Optional
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+  """Yields a temporary path beside ``path``; when the body succeeds the file there replaces ``path``.
+
+  Args:
+    path: The final file path (its folder is created).
+    suffix: Ending of the temporary name, for writers that pick or append a format by extension
+      (``".npz"`` for ``np.savez``, ``".png"`` for ``savefig``).
+
+  On an exception the temporary file is removed and ``path`` is left as it was.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_bytes(path: str, data: bytes, fsync: bool = True):
+  """Writes ``data`` to ``path`` atomically (flushed to disk first unless ``fsync=False``)."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      if fsync:
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text(path: str, text: str):
   """Writes ``text`` to ``path`` atomically (UTF-8)."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  write_bytes(path, text.encode("utf-8"))
 
 
 class CorruptArtefactError(ValueError):
@@ -33,7 +69,8 @@ def write_json(path: str, obj, **kwargs):
   """Writes ``obj`` as indented, strict JSON atomically.
 
   numpy scalars and arrays become numbers and lists; NaN and +-inf (undefined metrics) become ``null``,
-  so every standard JSON parser reads the file.
+  so every standard JSON parser reads the file. ``kwargs`` go to ``json.dumps`` (``indent`` defaults to
+  2; e.g. ``sort_keys=True``).
   """
   kwargs.setdefault("indent", 2)
   write_text(path, json.dumps(json_safe(obj), allow_nan=False, **kwargs) + "\n")
@@ -70,21 +107,47 @@ def read_npz(path: str, what: str, fix: str = "delete it and re-run the step tha
   try:
     with np.load(path, allow_pickle=False) as f:
       return {k: f[k] for k in f.files}
+  except FileNotFoundError:
+    raise
   except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
-    if isinstance(e, FileNotFoundError):
-      raise
     raise CorruptArtefactError(f"{path}: damaged {what} ({type(e).__name__}: {e}); {fix}") from e
 
 
 def _json_default(o):
   import numpy as np
-  if isinstance(o, np.integer):
-    return int(o)
-  if isinstance(o, np.floating):
-    return float(o)
+  if isinstance(o, np.generic):
+    return o.item()
   if isinstance(o, np.ndarray):
     return o.tolist()
+  if isinstance(o, bytes):
+    return o.decode("utf-8", "replace")
   return str(o)
+
+
+def save_npz(path: str, **arrays):
+  """``np.savez(path, **arrays)`` atomically (uncompressed; ``path`` should end in ``.npz``)."""
+  import numpy as np
+  with atomic_path(path, suffix=".npz") as tmp:
+    np.savez(tmp, **arrays)
+
+
+def save_npy(path: str, array):
+  """``np.save(path, array)`` atomically (``path`` should end in ``.npy``)."""
+  import numpy as np
+  with atomic_path(path, suffix=".npy") as tmp:
+    np.save(tmp, array)
+
+
+def save_figure(fig, path: str, dpi: int = 110):
+  """Lays out a matplotlib figure, writes it as a PNG atomically and closes it; returns ``path``."""
+  import matplotlib.pyplot as plt
+  try:
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+      fig.savefig(tmp, format="png", dpi=dpi)
+  finally:
+    plt.close(fig)
+  return path
 
 
 @contextlib.contextmanager

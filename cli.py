@@ -46,7 +46,8 @@ def _show_warnings():
   warnings.showwarning = lambda message, category, *args, **kwargs: click.echo(f"Warning: {message}", err=True)
 
 
-def _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick):
+def _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick, split=None,
+                  no_exclude_history=False):
   """The RunConfig of a command: defaults < --quick presets < the config file < flags, validated whole.
 
   ``--quick`` shrinks sizes and epochs, but a value set in the config file wins over its preset (so
@@ -68,6 +69,10 @@ def _build_config(config_path, dataset, interactions, items, text_columns, quali
       cfg.data.quality_columns = tuple(c.strip() for c in quality_columns.split(",") if c.strip())
     if seed is not None:
       cfg.seed = seed
+    if split:
+      cfg.data.split = split
+    if no_exclude_history:
+      cfg.data.exclude_history = False
     return cfg
 
   cfg = flags(load_yaml(RunConfig, config_path) if config_path else RunConfig())
@@ -111,6 +116,10 @@ def _run_options(f):
       click.option("--text-columns", default=None, help="Generic format: comma-separated item text columns."),
       click.option("--quality-columns", default=None, help="Generic format: comma-separated numeric quality columns."),
       click.option("--seed", type=int, default=None, help="Global seed."),
+      click.option("--split", type=click.Choice(["temporal", "leave_one_out", "cold_items"]), default=None,
+                   help="Retrieval evaluation protocol (docs/protocols.md); default temporal."),
+      click.option("--no-exclude-history", is_flag=True,
+                   help="Keep each user's earlier items in the retrieval ranking (excluded by default)."),
       click.option("--quick", is_flag=True, help="Tiny sizes and epochs (smoke test of the whole job); values set "
                    "in --config win over these presets."),
       click.option("--force", is_flag=True, help="Recompute the stage(s) even if finished."),
@@ -120,12 +129,14 @@ def _run_options(f):
   return f
 
 
-def _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
-              stages):
-  """The run directory, after the config and the data were checked against each other (before any stage)."""
+def _open_run(run_dir, stages, **options):
+  """The run directory, after the config and the data were checked against each other (before any stage).
+
+  ``options`` are the config flags of ``_run_options`` (see ``_build_config``).
+  """
   from semrec.pipeline import Run, preflight, write_config
-  cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick)
-  run = Run(cfg, run_dir or _default_run_dir(cfg, quick))
+  cfg = _build_config(**options)
+  run = Run(cfg, run_dir or _default_run_dir(cfg, options["quick"]))
   preflight(run, stages)
   write_config(run)
   return run
@@ -137,10 +148,9 @@ def _default_run_dir(cfg, quick: bool) -> str:
 
 def _stage_command(name: str, stage: str, help_text: str):
   @_run_options
-  def cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
+  def cmd(run_dir, force, **options):
     from semrec.pipeline import STAGES, run_stages
-    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
-                    STAGES.dependencies(stage) + [stage])
+    run = _open_run(run_dir, STAGES.dependencies(stage) + [stage], **options)
     run_stages(run, STAGES.dependencies(stage), STAGES.registry)
     run_stages(run, [stage], STAGES.registry, force=force)
     click.echo(f"{stage} finished: {run.path(stage)}")
@@ -158,11 +168,10 @@ def main(debug):
 
 @main.command("run")
 @_run_options
-def run_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
+def run_cmd(run_dir, force, **options):
   """The whole job: encode -> SIDs -> retrieval comparison -> index -> ranker comparison -> export -> verify."""
   from semrec.pipeline import STAGE_ORDER, run_all
-  run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
-                  STAGE_ORDER)
+  run = _open_run(run_dir, STAGE_ORDER, **options)
   summary = run_all(run, force=force)
   click.echo(summary)
 
@@ -178,17 +187,17 @@ main.add_command(_stage_command("export", "export", "Export every served artefac
 
 @main.command("evaluate")
 @_run_options
-def evaluate_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
+def evaluate_cmd(run_dir, force, **options):
   """Collect the metrics of a run's finished stages into metrics.json + report.md and print the table.
 
   Without --config it uses the config the run was made with (<run-dir>/config.yaml) and leaves it as is.
   """
   from semrec.config import load_yaml
   from semrec.pipeline import STAGE_ORDER, Run, RunConfig, write_report
-  cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick)
-  run_dir = run_dir or _default_run_dir(cfg, quick)
+  cfg = _build_config(**options)
+  run_dir = run_dir or _default_run_dir(cfg, options["quick"])
   saved = os.path.join(run_dir, "config.yaml")
-  if not config_path and os.path.isfile(saved):
+  if not options["config_path"] and os.path.isfile(saved):
     cfg = load_yaml(RunConfig, saved)
   run = Run(cfg, run_dir)
   results = {s: run.stage_result(s) for s in STAGE_ORDER if run.is_done(s)}

@@ -200,12 +200,9 @@ def _is_tuple(hint) -> bool:
 
 def save_yaml(config, path: str):
   """Writes ``config`` as YAML, atomically."""
-  import os
   import yaml
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    yaml.safe_dump(to_dict(config), f, sort_keys=False)
-  os.replace(tmp, path)
+  from semrec.atomic import write_text
+  write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 def load_yaml(cls: Type[T], path: str) -> T:

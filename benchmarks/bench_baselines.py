@@ -108,7 +108,7 @@ def run_set(dataset, content, decays, cold_fraction: float, seed: int) -> dict:
   for kind, split in (("leave_one_out", loo),
                       ("cold_items", make_split(dataset, "cold_items", cold_fraction=cold_fraction, seed=seed))):
     t0 = time.time()
-    res = evaluate_baselines(split, dataset.item_ids, content, knn_decay=decay or 0.8)
+    res = evaluate_baselines(split, dataset.item_ids, content, knn_decay=decay or 0.5)
     out[kind] = {"split": split.summary(), "seconds": round(time.time() - t0, 1),
                  "baselines": {n: _row(m) for n, m in res.items()}}
   return out

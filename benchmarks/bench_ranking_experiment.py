@@ -23,6 +23,7 @@ import platform
 import time
 
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from semrec.atomic import write_json
 
 from semrec.benchmarks.bench_ranker import movielens_item_features
 
@@ -62,10 +63,7 @@ def main(argv=None):
              "cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__,
              "baseline": "random_hash at the same budget and seed",
              "summary": json.loads(res.summary.to_json(orient="records"))}
-  tmp = f"{out}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=1)
-  os.replace(tmp, out)
+  write_json(out, payload, indent=1)
   print(f"wrote {out} and {out_dir}/")
 
 

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from semrec import atomic
 from semrec.encoders.multimodal import EncodedBatch, MultimodalEncoder, item_contents
 
 FORMAT = "semrec.embedding_store/1"
@@ -31,17 +32,8 @@ MANIFEST = "manifest.json"
 logger = logging.getLogger(__name__)
 
 
-def _atomic_write_bytes(path: str, write_fn):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    write_fn(f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def _write_json(path: str, obj):
-  _atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+  atomic.write_json(path, obj, sort_keys=True)
 
 
 def _content_hash(item_ids, embeddings, mask) -> str:
@@ -58,9 +50,8 @@ def shard_name(index: int, num_shards: int) -> str:
 
 def write_shard(path: str, batch: EncodedBatch):
   """Writes one encoded shard atomically (temp file + ``os.replace``)."""
-  _atomic_write_bytes(path, lambda f: np.savez(
-      f, item_ids=np.asarray(batch.item_ids, dtype=str), embeddings=batch.embeddings.astype(np.float32),
-      mask=batch.mask.astype(np.float32), fallbacks=np.array(json.dumps(batch.fallbacks, sort_keys=True))))
+  atomic.save_npz(path, item_ids=np.asarray(batch.item_ids, dtype=str), embeddings=batch.embeddings.astype(np.float32),
+                  mask=batch.mask.astype(np.float32), fallbacks=np.array(json.dumps(batch.fallbacks, sort_keys=True)))
 
 
 _REENCODE = "run `semrec encode --force` (only damaged shards are re-encoded)"

@@ -9,11 +9,14 @@ import dataclasses
 from typing import Optional
 
 from semrec.config import ConfigError, setting
-from semrec.data import (RecDataset, SyntheticConfig, load_generic, load_movielens, make_synthetic)
+from semrec.data import (SPLITS, RecDataset, SyntheticConfig, load_generic, load_movielens, make_synthetic)
 from semrec.encoders import EncoderConfig
 from semrec.ranking.experiment import MODE_COMPONENTS
 from semrec.sid.rqvae import RQVAEConfig
 from semrec.towers.comparison import VARIANTS, ComparisonConfig
+
+
+SPLIT_FIELDS = ("split", "val_fraction", "cold_fraction", "exclude_history")  # DataConfig's retrieval protocol
 
 
 @dataclasses.dataclass
@@ -27,7 +30,12 @@ class DataConfig:
     text_columns: Item text columns (generic only).
     quality_columns: Numeric item quality columns (generic only).
     synthetic: Sizes and seed of the synthetic world.
-    train_fraction: Fraction of interactions (by time) before the train/test cutoff.
+    train_fraction: Fraction of interactions (by time) before the train/test cutoff (temporal split, and the
+      ranking stage's time periods).
+    split: Retrieval evaluation protocol: "temporal", "leave_one_out" or "cold_items" (docs/protocols.md).
+    val_fraction: temporal: the latest fraction of the pre-cutoff interactions used as the validation window.
+    cold_fraction: cold_items: fraction of the items (with a positive interaction) held out, seeded by ``seed``.
+    exclude_history: Remove each user's earlier items from the retrieval ranking (CLI ``--no-exclude-history``).
   """
   type: str = setting("movielens", choices=("movielens", "synthetic", "generic"))
   interactions: str = ""
@@ -37,10 +45,19 @@ class DataConfig:
   synthetic: SyntheticConfig = dataclasses.field(default_factory=lambda: SyntheticConfig(
       num_items=600, num_users=200, num_topics=8, num_days=30))
   train_fraction: float = setting(0.8, min=0.0, max=1.0, min_exclusive=True, max_exclusive=True)
+  split: str = "temporal"
+  val_fraction: float = 0.1
+  cold_fraction: float = 0.2
+  exclude_history: bool = True
 
   def __post_init__(self):
     if self.type not in ("movielens", "synthetic", "generic"):
       raise ValueError(f"data.type must be movielens, synthetic or generic, got {self.type!r}")
+    if self.split not in SPLITS:
+      raise ValueError(f"data.split must be one of {SPLITS}, got {self.split!r}")
+    for name in ("train_fraction", "val_fraction", "cold_fraction"):
+      if not 0.0 < getattr(self, name) < 1.0:
+        raise ValueError(f"data.{name} must be in (0, 1), got {getattr(self, name)}")
     if self.type == "generic" and not (self.interactions and self.items):
       raise ValueError("data.type 'generic' needs data.interactions and data.items paths")
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from semrec.atomic import save_figure
 from semrec.atomic import write_json as atomic_write_json
 from semrec.report import Report, console_table, markdown_table
 
@@ -124,11 +125,7 @@ def plot_prefix_similarity(health: dict, path: str, title: str):
   ax.set_ylabel("mean content cosine")
   ax.set_title(f"{title}: SID hierarchy")
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  save_figure(fig, path)
 
 
 def comparison_markdown(table, ks=(10, 50, 100)) -> str:

@@ -19,8 +19,8 @@ from typing import Callable, Optional
 from semrec.atomic import CorruptArtefactError, read_json
 from semrec.atomic import write_json as atomic_write_json
 from semrec.config import ConfigError, save_yaml, to_dict
-from semrec.data import RecDataset, temporal_split
-from semrec.pipeline.config import load_dataset
+from semrec.data import EvalSplit, RecDataset, TemporalSplit, make_split, temporal_split
+from semrec.pipeline.config import SPLIT_FIELDS, load_dataset
 from semrec.pipeline.report import write_report
 from semrec.pipeline.stages import STAGE_ORDER, STAGES
 
@@ -59,10 +59,20 @@ class Run:
     return self._fingerprint
 
   @property
-  def split(self):
+  def split(self) -> EvalSplit:
+    """The retrieval evaluation protocol of ``config.data`` (``semrec.data.make_split``; seeded by the run seed)."""
     if self._split is None:
-      self._split = temporal_split(self.dataset, self.config.data.train_fraction)
+      d = self.config.data
+      self._split = make_split(self.dataset, d.split, train_fraction=d.train_fraction, val_fraction=d.val_fraction,
+                               cold_fraction=d.cold_fraction, seed=self.config.seed)
     return self._split
+
+  @property
+  def temporal_split(self) -> TemporalSplit:
+    """The row-level train/test split at the ``data.train_fraction`` time quantile."""
+    if getattr(self, "_temporal_split", None) is None:
+      self._temporal_split = temporal_split(self.dataset, self.config.data.train_fraction)
+    return self._temporal_split
 
   def is_done(self, stage: str) -> bool:
     """True when ``stage`` finished in this directory (whatever config it ran with; see ``stale_sections``)."""
@@ -90,7 +100,12 @@ class Run:
     cfg = self.config
     values = {"seed": cfg.seed}
     for n in names:
-      values[n] = to_dict(cfg.encoder_config() if n == "encoder" else getattr(cfg, n))
+      if n == "split":
+        values[n] = {f: getattr(cfg.data, f) for f in SPLIT_FIELDS}
+      elif n == "data":
+        values[n] = {k: v for k, v in to_dict(cfg.data).items() if k not in SPLIT_FIELDS}
+      else:
+        values[n] = to_dict(cfg.encoder_config() if n == "encoder" else getattr(cfg, n))
     if "data" in names and cfg.data.type == "generic":  # the files can change under the same paths
       values["data_files"] = self.data_fingerprint
     digest = lambda v: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()[:16]  # noqa: E731
@@ -181,7 +196,9 @@ def preflight(run: "Run", stages=STAGE_ORDER):
   """
   from semrec.data import DataError, time_periods
   cfg, ds = run.config, run.dataset
-  split = run.split
+  split = run.temporal_split
+  if "retrieval" in stages:
+    run.split  # noqa: B018 -- builds the retrieval protocol's split now, so its errors come before any stage
   if not (split.train["label"].to_numpy() > 0).any():
     raise DataError(f"dataset {ds.name!r}: no positive interaction before the train/test cutoff "
                     f"{split.cutoff} (data.train_fraction={cfg.data.train_fraction})")

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from semrec.atomic import save_npz
 from semrec.sid.kmeans import validate_embeddings
 from semrec.sid.quantizer import ResidualQuantizer
 
@@ -272,9 +273,7 @@ def assign_sids(store_or_array, assigner: SidAssigner, out_dir: str, item_ids=No
           codes[start:stop] = f["codes"]
           continue
     codes[start:stop] = predict_codes(assigner, x[start:stop], batch_size=batch_size)
-    tmp = path + f".tmp{os.getpid()}.npz"
-    np.savez(tmp, codes=codes[start:stop], start=start, stop=stop, fingerprint=fp)
-    os.replace(tmp, path)
+    save_npz(path, codes=codes[start:stop], start=start, stop=stop, fingerprint=fp)
   table = SidTable(ids, codes, assigner.codebook_size)
   if suffix:
     table = table.with_suffix()

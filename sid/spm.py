@@ -34,6 +34,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from semrec import atomic
+
 CHAR_BASE = 0xF0000  # Supplementary Private Use Area-A: 65,534 code points, no script, no normalisation.
 MAX_CHARS = 0xFFFFD - CHAR_BASE + 1
 _KEY_LIMIT = 2 ** 63 - 1
@@ -165,10 +167,7 @@ class SidSpm:
     meta = {"num_levels": self.num_levels, "codebook_size": self.codebook_size, "vocab_size": self.vocab_size,
             "char_base": CHAR_BASE}
     for name, data in ((_MODEL_FILE, self.model_proto), (_META_FILE, json.dumps(meta, indent=2).encode())):
-      fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-      with os.fdopen(fd, "wb") as f:
-        f.write(data)
-      os.replace(tmp, os.path.join(directory, name))
+      atomic.write_bytes(os.path.join(directory, name), data)
 
   @classmethod
   def load(cls, directory: str) -> "SidSpm":

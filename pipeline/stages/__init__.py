@@ -35,8 +35,10 @@ class _Stages:
     # RunConfig sections each stage reads itself (besides `seed`). The export stage exports the SID
     # assigner (the other models are exported by the stages that train them); verify checks every
     # SavedModel of the run and writes models.config (export.base_path_prefix), so it reads everything.
-    everything = ("data", "encoder", "sid", "retrieval", "ranking", "export")
-    self.reads = {"encode": ("data", "encoder"), "sid": ("sid",), "sid-assign": (), "retrieval": ("retrieval",),
+    # "split" = the retrieval protocol fields of `data` (pipeline.config.SPLIT_FIELDS): changing the
+    # protocol re-runs retrieval, not encoding.
+    everything = ("data", "split", "encoder", "sid", "retrieval", "ranking", "export")
+    self.reads = {"encode": ("data", "encoder"), "sid": ("sid",), "sid-assign": (), "retrieval": ("retrieval", "split"),
                   "index": ("retrieval",), "ranking": ("ranking",), "export": ("sid",), "verify": everything}
     # What clearing a stale stage's directory keeps: the served models (TF Serving loads new versions
     # beside the old ones; a rerun must never delete what a server may be serving).
