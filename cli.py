@@ -5,9 +5,39 @@ finished stages; ``semrec run`` chains all of them and writes the report.
 """
 from __future__ import annotations
 
+import logging
 import os
+import sys
+import warnings
 
 import click
+
+
+def _configure_output(verbose: bool):
+  """Quiet by default: TensorFlow's C++ logs (CUDA probing, oneDNN notices), absl / TF Python logging and
+  Python warnings are filtered; ``--verbose`` shows them all. Progress bars and results are unaffected.
+
+  Runs before the first TensorFlow import (commands import the library lazily), which is when
+  ``TF_CPP_MIN_LOG_LEVEL`` is read.
+  """
+  os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
+  level = logging.INFO if verbose else logging.ERROR
+  for name in ("tensorflow", "absl", "h5py", "transformers"):
+    logging.getLogger(name).setLevel(level)
+  if verbose:
+    warnings.resetwarnings()
+  else:
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _verbose_option(f):
+  """``--verbose`` accepted after any command too (``semrec run --verbose``), same as ``semrec --verbose run``."""
+  def callback(ctx, param, value):
+    if value:
+      _configure_output(True)
+  return click.option("--verbose", "-v", is_flag=True, expose_value=False, is_eager=True, callback=callback,
+                      help="Show TensorFlow / absl logs and Python warnings (hidden by default).")(f)
 
 
 def _user_error_types() -> tuple:
@@ -41,9 +71,27 @@ class _Cli(click.Group):
 
 
 def _show_warnings():
-  """Python warnings (e.g. data.DataWarning: duplicates dropped) as one `Warning: ...` line each on stderr."""
-  import warnings
+  """Python warnings as one `Warning: ...` line each on stderr. Data conversions (``semrec.data.DataWarning``:
+  duplicates dropped, fractional timestamps floored) are always shown, even when other warnings are quiet."""
+  warnings.filterwarnings("always", category=UserWarning, module=r"semrec\.data\.")
   warnings.showwarning = lambda message, category, *args, **kwargs: click.echo(f"Warning: {message}", err=True)
+
+
+class _UserErrors:
+  """Turns bad-input errors (which name the file, row, item and field) into a clean `Error: ...` exit 1."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc is None:
+      return False
+    from semrec.data import DataError
+    from semrec.encoders import EncodeError
+    from semrec.export import ExportError
+    if isinstance(exc, (DataError, EncodeError, ExportError, FileNotFoundError)):
+      raise click.ClickException(str(exc)) from exc
+    return False
 
 
 def _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick, split=None,
@@ -126,17 +174,17 @@ def _run_options(f):
   ]
   for o in reversed(opts):
     f = o(f)
-  return f
+  return _verbose_option(f)
 
 
-def _open_run(run_dir, stages, **options):
-  """The run directory, after the config and the data were checked against each other (before any stage).
-
-  ``options`` are the config flags of ``_run_options`` (see ``_build_config``).
-  """
+def _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split=None,
+              no_exclude_history=False, stages=()):
+  """The run directory, after the config and the data were checked against each other for ``stages``
+  (``semrec.pipeline.preflight``), before any stage runs."""
   from semrec.pipeline import Run, preflight, write_config
-  cfg = _build_config(**options)
-  run = Run(cfg, run_dir or _default_run_dir(cfg, options["quick"]))
+  cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+                      no_exclude_history)
+  run = Run(cfg, run_dir or _default_run_dir(cfg, quick))
   preflight(run, stages)
   write_config(run)
   return run
@@ -148,11 +196,14 @@ def _default_run_dir(cfg, quick: bool) -> str:
 
 def _stage_command(name: str, stage: str, help_text: str):
   @_run_options
-  def cmd(run_dir, force, **options):
+  def cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+          no_exclude_history, force):
     from semrec.pipeline import STAGES, run_stages
-    run = _open_run(run_dir, STAGES.dependencies(stage) + [stage], **options)
-    run_stages(run, STAGES.dependencies(stage), STAGES.registry)
-    run_stages(run, [stage], STAGES.registry, force=force)
+    with _UserErrors():
+      run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                      split, no_exclude_history, stages=STAGES.dependencies(stage) + [stage])
+      run_stages(run, STAGES.dependencies(stage), STAGES.registry)
+      run_stages(run, [stage], STAGES.registry, force=force)
     click.echo(f"{stage} finished: {run.path(stage)}")
   cmd.__doc__ = help_text
   return click.command(name=name, help=help_text)(cmd)
@@ -160,19 +211,24 @@ def _stage_command(name: str, stage: str, help_text: str):
 
 @click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="semrec")
+@click.option("--verbose", "-v", is_flag=True, help="Show TensorFlow / absl logs and Python warnings (hidden by default).")
 @click.option("--debug", is_flag=True, help="On an error, print the full traceback before the `Error:` line.")
-def main(debug):
+def main(verbose, debug):
   """semrec: content-derived item IDs (cluster IDs, Semantic IDs) for TFRS retrieval and ranking."""
+  _configure_output(verbose)
   _show_warnings()
 
 
 @main.command("run")
 @_run_options
-def run_cmd(run_dir, force, **options):
+def run_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+            no_exclude_history, force):
   """The whole job: encode -> SIDs -> retrieval comparison -> index -> ranker comparison -> export -> verify."""
   from semrec.pipeline import STAGE_ORDER, run_all
-  run = _open_run(run_dir, STAGE_ORDER, **options)
-  summary = run_all(run, force=force)
+  with _UserErrors():
+    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                    split, no_exclude_history, stages=STAGE_ORDER)
+    summary = run_all(run, force=force)
   click.echo(summary)
 
 
@@ -187,28 +243,31 @@ main.add_command(_stage_command("export", "export", "Export every served artefac
 
 @main.command("evaluate")
 @_run_options
-def evaluate_cmd(run_dir, force, **options):
+def evaluate_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+                 no_exclude_history, force):
   """Collect the metrics of a run's finished stages into metrics.json + report.md and print the table.
 
   Without --config it uses the config the run was made with (<run-dir>/config.yaml) and leaves it as is.
   """
   from semrec.config import load_yaml
   from semrec.pipeline import STAGE_ORDER, Run, RunConfig, write_report
-  cfg = _build_config(**options)
-  run_dir = run_dir or _default_run_dir(cfg, options["quick"])
-  saved = os.path.join(run_dir, "config.yaml")
-  if not options["config_path"] and os.path.isfile(saved):
-    cfg = load_yaml(RunConfig, saved)
-  run = Run(cfg, run_dir)
-  results = {s: run.stage_result(s) for s in STAGE_ORDER if run.is_done(s)}
-  if not results:
-    raise click.ClickException(f"no finished stage in {run.run_dir}: run `semrec run` first")
-  for s in results:
-    stale = run.stale_sections(s)
-    if stale:
-      click.echo(f"Warning: stage {s!r} ran with a different config ({', '.join(stale)}); "
-                 "`semrec run` with this config recomputes it", err=True)
-  click.echo(write_report(run, results))
+  with _UserErrors():
+    cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+                        no_exclude_history)
+    run_dir = run_dir or _default_run_dir(cfg, quick)
+    saved = os.path.join(run_dir, "config.yaml")
+    if not config_path and os.path.isfile(saved):
+      cfg = load_yaml(RunConfig, saved)
+    run = Run(cfg, run_dir)
+    results = {s: run.stage_result(s) for s in STAGE_ORDER if run.is_done(s)}
+    if not results:
+      raise click.ClickException(f"no finished stage in {run.run_dir}: run `semrec run` first")
+    for s in results:
+      stale = run.stale_sections(s)
+      if stale:
+        click.echo(f"Warning: stage {s!r} ran with a different config ({', '.join(stale)}); "
+                   "`semrec run` with this config recomputes it", err=True)
+    click.echo(write_report(run, results))
   click.echo(f"report: {run.path('report.md')}")
 
 
@@ -238,6 +297,7 @@ experiment_group.add_command(_stage_command("retrieval", "retrieval",
 @click.option("--structure-only", is_flag=True,
               help="Only check files against the manifests (no fresh-process load, no saved_model_cli).")
 @click.option("--no-saved-model-cli", is_flag=True, help="Skip `saved_model_cli show` on each model.")
+@_verbose_option
 def verify_export_cmd(export_dir, structure_only, no_saved_model_cli):
   """Load every SavedModel under EXPORT_DIR in a fresh process, replay its warm-up requests against the
   outputs stored at export time, and run saved_model_cli on it. Exits 1 on any problem."""
@@ -249,6 +309,203 @@ def verify_export_cmd(export_dir, structure_only, no_saved_model_cli):
     problems = report.all_errors + report.all_warnings
     raise click.ClickException(f"verify-export: {len(report.all_errors)} error(s), {len(report.all_warnings)} "
                                f"warning(s) in {report.base_dir}: {problems[0]}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scale-out (docs/scale.md): Beam batch jobs with --runner, tf.distribute training, the local launcher.
+# ----------------------------------------------------------------------------------------------------
+def _runner_options(f):
+  from semrec.beam.options import RUNNERS
+  opts = [
+      click.option("--runner", type=click.Choice(RUNNERS), default="inprocess", show_default=True,
+                   help="inprocess (no Beam) | direct (local FnApiRunner) | dataflow | flink | spark."),
+      click.option("--num-workers", type=int, default=1, show_default=True,
+                   help="direct runner: worker processes (> 1 = multi_processing)."),
+      click.option("--beam-option", "beam_options", multiple=True, metavar="KEY=VALUE",
+                   help="Repeatable; passed to Beam PipelineOptions (project=..., setup_file=..., flink_master=...)."),
+  ]
+  for o in reversed(opts):
+    f = o(f)
+  return f
+
+
+@main.group("batch")
+def batch_group():
+  """Batch jobs over item shards, in-process or as Apache Beam pipelines (--runner)."""
+
+
+@batch_group.command("encode")
+@_run_options
+@_runner_options
+@click.option("--store", type=click.Path(file_okay=False), default=None,
+              help="Store directory (default <run-dir>/encode/store, where the encode stage looks).")
+@click.option("--shard-size", type=int, default=1024, show_default=True, help="Items per shard (one Beam task).")
+def batch_encode_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                     force, runner, num_workers, beam_options, store, shard_size):
+  """Encode item content into the sharded embedding store (resumable; same files on every runner)."""
+  from semrec.encoders import build_encoder, encode_corpus
+  with _UserErrors():
+    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+    cfg = run.config.encoder_config()
+    store = store or run.path("encode", "store")
+    if runner == "inprocess":
+      encode_corpus(run.dataset, build_encoder(cfg), store, shard_size=shard_size, overwrite=force)
+    else:
+      from semrec.beam import encode_pipeline
+      encode_pipeline(run.dataset, cfg, store, shard_size=shard_size, overwrite=force, runner=runner,
+                      num_workers=num_workers, beam_options=beam_options)
+  click.echo(f"embedding store: {store}")
+
+
+@batch_group.command("assign")
+@click.option("--store", type=click.Path(exists=True, file_okay=False), required=True, help="Embedding store.")
+@click.option("--sid-model", type=click.Path(exists=True, file_okay=False), required=True, help="Saved SID model.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="Output dir (codes shards + table/).")
+@click.option("--centroids", multiple=True, metavar="NAME=FILE.npy",
+              help="Repeatable: cluster-ID centroids to assign too (e.g. k100=<run>/sid/centroids_k100.npy).")
+@click.option("--suffix/--no-suffix", default=True, show_default=True, help="TIGER uniqueness suffix.")
+@click.option("--shard-size", type=int, default=65536, show_default=True)
+@_runner_options
+def batch_assign_cmd(store, sid_model, out, centroids, suffix, shard_size, runner, num_workers, beam_options):
+  """Assign SIDs (and cluster IDs) to every item of a store with the frozen SID model."""
+  import numpy as np
+  cents = {}
+  for c in centroids:
+    if "=" not in c:
+      raise click.UsageError(f"--centroids {c!r}: expected NAME=FILE.npy")
+    name, path = c.split("=", 1)
+    cents[name] = np.load(path)
+  with _UserErrors():
+    if runner == "inprocess":
+      from semrec.beam.inprocess import cluster_layers
+      from semrec.encoders import EmbeddingStore
+      from semrec.sid import SidModel, assign_sids
+      table = assign_sids(EmbeddingStore(store), SidModel.load(sid_model).assigner, out, shard_size=shard_size,
+                          suffix=suffix, cluster_layers=cluster_layers(cents))
+    else:
+      from semrec.beam import assign_pipeline
+      table = assign_pipeline(store, sid_model, out, shard_size=shard_size, suffix=suffix, cluster_centroids=cents,
+                              runner=runner, num_workers=num_workers, beam_options=beam_options)
+  click.echo(f"SID table ({len(table)} items, unique before suffix {table.unique_ratio():.3f}): {out}/table")
+
+
+@batch_group.command("kmeans")
+@click.option("--store", type=click.Path(exists=True, file_okay=False), required=True, help="Embedding store.")
+@click.option("-k", "k", type=int, required=True, help="Clusters.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="Centroids .npy.")
+@click.option("--sample-size", type=int, default=None, help="Fit k-means on this many sampled items.")
+@click.option("--refine-steps", type=int, default=0, show_default=True, help="Full-data Lloyd passes after the fit.")
+@click.option("--seed", type=int, default=0)
+@_runner_options
+def batch_kmeans_cmd(store, k, out, sample_size, refine_steps, seed, runner, num_workers, beam_options):
+  """k-means centroids of a store: fit on a sample, then optional full-data Lloyd refinement."""
+  import numpy as np
+  with _UserErrors():
+    if runner == "inprocess":
+      from semrec.encoders import EmbeddingStore
+      from semrec.sid import fit_kmeans, refine_kmeans
+      x = EmbeddingStore(store).load().embeddings
+      cents = refine_kmeans(x, fit_kmeans(x, k, seed=seed, sample_size=sample_size), refine_steps)
+    else:
+      from semrec.beam import fit_kmeans_pipeline
+      cents = fit_kmeans_pipeline(store, k, seed=seed, sample_size=sample_size, refine_steps=refine_steps,
+                                  runner=runner, num_workers=num_workers, beam_options=beam_options)
+  tmp = f"{out}.tmp{os.getpid()}.npy"
+  np.save(tmp, cents)
+  os.replace(tmp, out)
+  click.echo(f"centroids [{cents.shape[0]}, {cents.shape[1]}]: {out}")
+
+
+@batch_group.command("embed")
+@click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), required=True,
+              help="Candidate-tower SavedModel version dir (e.g. <run>/export/models/candidate_tower/1).")
+@click.option("--features", type=click.Path(exists=True, dir_okay=False), required=True,
+              help=".npz with item_ids [N] and one [N, ...] array per signature input.")
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help=".npz with item_ids and embeddings.")
+@_runner_options
+def batch_embed_cmd(model_dir, features, out, runner, num_workers, beam_options):
+  """Candidate embeddings through the exported candidate tower (RunInference on Beam runners)."""
+  import numpy as np
+  with np.load(features, allow_pickle=False) as f:
+    feats = {k: f[k] for k in f.files}
+  ids = feats.get("item_ids")
+  if ids is None:
+    raise click.UsageError(f"{features}: no item_ids array")
+  with _UserErrors():
+    if runner == "inprocess":
+      from semrec.beam.inprocess import embed_in_process
+      emb = embed_in_process(model_dir, ids, feats, out)
+    else:
+      from semrec.beam import embed_pipeline
+      emb = embed_pipeline(model_dir, ids, feats, out, runner=runner, num_workers=num_workers,
+                           beam_options=beam_options)
+  click.echo(f"embeddings [{emb.shape[0]}, {emb.shape[1]}]: {out}")
+
+
+@main.command("launch-workers", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-n", "--num-workers", type=int, default=2, show_default=True, help="Worker processes.")
+@click.option("--num-ps", type=int, default=0, show_default=True,
+              help="Parameter servers (> 0: a ParameterServerStrategy cluster with a chief).")
+@click.option("--log-dir", type=click.Path(file_okay=False), default=None, help="Per-task logs (default: inherit).")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
+def launch_workers_cmd(num_workers, num_ps, log_dir, command):
+  """Run COMMAND once per task of a localhost tf.distribute cluster (TF_CONFIG set per task, 127.0.0.1 ports).
+
+  Example: semrec launch-workers -n 2 -- semrec train-retrieval --strategy mwms --quick
+  """
+  from semrec.towers.distributed import launch_workers
+  sys.exit(launch_workers(list(command), num_workers=num_workers, num_ps=num_ps, log_dir=log_dir))
+
+
+def _strategy_run_dir(stage: str, task_id: int, chief: bool, kwargs: dict):
+  """The run dir a worker trains in: the run's own for the chief, a scratch ``<run-dir>/.worker-<i>`` for the
+  others (their artefacts are discarded), with the finished prerequisite stages linked in. Prerequisites must be
+  finished first: they are not recomputed under a strategy."""
+  from semrec.pipeline import STAGES
+  names = ("config_path", "dataset", "interactions", "items", "text_columns", "quality_columns", "seed", "quick")
+  cfg = _build_config(*(kwargs[n] for n in names))
+  run_dir = kwargs["run_dir"] or _default_run_dir(cfg, kwargs["quick"])
+  missing = [d for d in STAGES.dependencies(stage) if not os.path.exists(os.path.join(run_dir, d, "_DONE.json"))]
+  if missing:
+    raise click.ClickException(f"--strategy trains only the {stage!r} stage: finish {missing} in {run_dir} first "
+                               "(e.g. `semrec sid assign` or `semrec run` without --strategy)")
+  if chief:
+    return run_dir
+  scratch = os.path.join(run_dir, f".worker-{task_id}")
+  os.makedirs(scratch, exist_ok=True)
+  for d in STAGES.dependencies(stage):
+    link = os.path.join(scratch, d)
+    if not os.path.lexists(link):
+      os.symlink(os.path.abspath(os.path.join(run_dir, d)), link)
+  return scratch
+
+
+def _with_strategy(cmd: click.Command, stage: str) -> click.Command:
+  """Adds --strategy to a training stage command; "none" runs the command exactly as before."""
+  inner = cmd.callback
+
+  def callback(strategy, **kwargs):
+    if strategy == "none":
+      return inner(**kwargs)
+    from semrec.towers.distributed import make_strategy, run_ps_server, task_info
+    task_type, task_id, chief = task_info()
+    if strategy == "ps" and task_type in ("ps", "worker"):
+      return run_ps_server()
+    kwargs["run_dir"] = _strategy_run_dir(stage, task_id, chief, kwargs)
+    s = make_strategy(strategy)  # before any other TF op (MWMS)
+    with s.scope():
+      return inner(**kwargs)
+
+  cmd.params.append(click.Option(["--strategy"], type=click.Choice(["none", "mirrored", "mwms", "ps"]),
+                                 default="none", show_default=True,
+                                 help="tf.distribute strategy (mwms/ps: start with `semrec launch-workers`); "
+                                      "trains this stage only, its prerequisites must be finished."))
+  cmd.callback = callback
+  return cmd
+
+
+_with_strategy(main.commands["train-retrieval"], "retrieval")
+_with_strategy(main.commands["train-ranker"], "ranking")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ from semrec.encoders.audio import (AudioEncoder, LogMelSpectrogram, build_vggish
 from semrec.encoders.media import read_image, read_wav
 from semrec.encoders.multimodal import (MODALITY_ORDER, EncodedBatch, EncoderConfig, ItemContent, ModalityProjection,
                                         MultimodalEncoder, build_encoder, item_contents)
-from semrec.encoders.store import EmbeddingStore, StoreContents, encode_corpus, read_shard, write_shard
+from semrec.encoders.store import (EmbeddingStore, StoreContents, StorePlan, encode_corpus, encode_shard,
+                                    finalize_store, plan_store, prepare_store, read_shard, write_shard)
 
 __all__ = [
     "EncodeError", "WeightsHashError", "file_sha256", "l2_normalize", "verify_sha256", "DEFAULT_TEXT_MODEL",
@@ -22,5 +23,6 @@ __all__ = [
     "ImageEncoder", "build_resnet18", "AudioEncoder", "LogMelSpectrogram", "build_vggish", "load_vggish_checkpoint",
     "prepare_waveform", "vggish_mel_matrix", "waveform_to_patches", "read_image", "read_wav", "MODALITY_ORDER",
     "EncodedBatch", "EncoderConfig", "ItemContent", "ModalityProjection", "MultimodalEncoder", "build_encoder",
-    "item_contents", "EmbeddingStore", "StoreContents", "encode_corpus", "read_shard", "write_shard",
+    "item_contents", "EmbeddingStore", "StoreContents", "StorePlan", "encode_corpus", "encode_shard", "finalize_store",
+    "plan_store", "prepare_store", "read_shard", "write_shard",
 ]

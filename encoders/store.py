@@ -130,10 +130,127 @@ class EmbeddingStore:
                          np.concatenate(masks) if masks else np.zeros([0, m], np.float32), manifest)
 
 
+@dataclasses.dataclass
+class StorePlan:
+  """The shard plan of an embedding store: which items go to which shard file (pure data, picklable).
+
+  Attributes:
+    contents: [N] ``ItemContent`` in catalogue order.
+    shard_size: Items per shard.
+    num_shards: ceil(N / shard_size) (>= 1).
+    base_manifest: The manifest of the unfinished store (``complete`` False, no shard list).
+  """
+  contents: list
+  shard_size: int
+  num_shards: int
+  base_manifest: dict
+
+  @property
+  def item_ids(self) -> list:
+    return [c.item_id for c in self.contents]
+
+  def shard_range(self, index: int) -> tuple:
+    """[lo, hi) catalogue rows of shard ``index``."""
+    return index * self.shard_size, min(len(self.contents), (index + 1) * self.shard_size)
+
+  def shard_path(self, store_dir: str, index: int) -> str:
+    return os.path.join(store_dir, shard_name(index, self.num_shards))
+
+
+def plan_store(dataset, encoder_info: dict, shard_size: int) -> StorePlan:
+  """Plans the shards of ``dataset`` (catalogue order) for an encoder described by ``encoder_info``."""
+  if shard_size < 1:
+    raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+  contents = item_contents(dataset)
+  ids = [c.item_id for c in contents]
+  if len(set(ids)) != len(ids):
+    raise ValueError(f"dataset {dataset.name!r} has duplicate item ids")
+  num_shards = max(1, math.ceil(len(ids) / shard_size))
+  plan_key = hashlib.sha256(json.dumps(
+      {"ids": ids, "fingerprint": dataset.fingerprint(), "encoder": encoder_info, "shard_size": shard_size},
+      sort_keys=True).encode()).hexdigest()
+  base = {"format": FORMAT, "plan_key": plan_key, "complete": False,
+          "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint(), "num_items": len(ids)},
+          "encoder": encoder_info, "shard_size": shard_size, "num_shards": num_shards}
+  return StorePlan(contents, shard_size, num_shards, base)
+
+
+def prepare_store(plan: StorePlan, store_dir: str, overwrite: bool = False) -> EmbeddingStore:
+  """Creates ``store_dir`` for ``plan``: refuses (or with ``overwrite`` clears) a store for other inputs,
+  removes temp files of a killed writer, and writes the unfinished manifest. Finished shards are kept."""
+  os.makedirs(store_dir, exist_ok=True)
+  store = EmbeddingStore(store_dir)
+  if os.path.isfile(store.manifest_path):
+    from semrec.atomic import CorruptArtefactError
+    try:
+      old = store.manifest()
+    except CorruptArtefactError as e:  # it cannot vouch for the shards: re-encode them all
+      logger.warning("%s; re-encoding every shard", e)
+      old, overwrite = {}, True
+    if old.get("plan_key") != plan.base_manifest["plan_key"]:
+      if not overwrite:
+        raise ValueError(f"{store_dir!r} holds an embedding store for other inputs (dataset "
+                         f"{old.get('dataset', {}).get('name')!r}, fingerprint "
+                         f"{old.get('dataset', {}).get('fingerprint')!r}, shard size {old.get('shard_size')}); "
+                         "use a new directory or overwrite=True")
+      for f in os.listdir(store_dir):
+        if f.startswith("shard-") and f.endswith(".npz") or f == MANIFEST:
+          os.remove(os.path.join(store_dir, f))
+  for f in os.listdir(store_dir):  # temp files of a killed writer
+    if ".tmp" in f and (f.startswith("shard-") or f.startswith(MANIFEST)):
+      os.remove(os.path.join(store_dir, f))
+  _write_json(store.manifest_path, plan.base_manifest)
+  return store
+
+
+def encode_shard(plan: StorePlan, index: int, store_dir: str, encoder: MultimodalEncoder) -> dict:
+  """Encodes shard ``index`` of ``plan`` into ``store_dir`` unless a readable shard file with the planned
+  item ids is already there (a rerun skips finished shards). Pure per shard: any driver may call it.
+
+  Returns:
+    {"index", "file", "num_items", "content_sha256", "fallbacks" (list), "computed" (bool)}.
+  """
+  lo, hi = plan.shard_range(index)
+  path = plan.shard_path(store_dir, index)
+  batch, computed = None, False
+  if os.path.isfile(path):
+    try:
+      batch = read_shard(path)
+      if list(batch.item_ids) != plan.item_ids[lo:hi]:
+        batch = None
+    except Exception as e:  # unreadable leftovers are recomputed
+      logger.warning("recomputing unreadable shard %s: %s", path, e)
+      batch = None
+  if batch is None:
+    batch = encoder.encode(plan.contents[lo:hi])
+    write_shard(path, batch)
+    computed = True
+  return {"index": index, "file": os.path.basename(path), "num_items": hi - lo,
+          "content_sha256": _content_hash(batch.item_ids, batch.embeddings, batch.mask),
+          "fallbacks": list(batch.fallbacks), "computed": computed}
+
+
+def finalize_store(plan: StorePlan, store_dir: str, shard_results) -> EmbeddingStore:
+  """Writes the complete manifest from every shard's ``encode_shard`` result (any order)."""
+  results = sorted(shard_results, key=lambda r: r["index"])
+  if [r["index"] for r in results] != list(range(plan.num_shards)):
+    raise ValueError(f"{store_dir}: expected results of shards 0..{plan.num_shards - 1}, got "
+                     f"{[r['index'] for r in results]}")
+  shards = [{k: r[k] for k in ("file", "num_items", "content_sha256")} for r in results]
+  fallbacks = [f for r in results for f in r["fallbacks"]]
+  final = dict(plan.base_manifest, complete=True, shards=shards, fallbacks=fallbacks, num_fallbacks=len(fallbacks))
+  store = EmbeddingStore(store_dir)
+  _write_json(store.manifest_path, final)
+  return store
+
+
 def encode_corpus(dataset, encoder: MultimodalEncoder, store_dir: str, shard_size: int = 1024,
                   progress: bool = True, overwrite: bool = False,
                   on_shard_done: Optional[Callable[[int, bool], None]] = None) -> EmbeddingStore:
   """Encodes every item of ``dataset`` into an embedding store at ``store_dir``; resumable.
+
+  The in-process driver of ``plan_store`` -> ``prepare_store`` -> ``encode_shard`` (per shard) ->
+  ``finalize_store``; ``semrec.beam.encode_pipeline`` runs the same functions as a Beam pipeline.
 
   Args:
     dataset: A ``semrec.data.RecDataset``.
@@ -153,73 +270,17 @@ def encode_corpus(dataset, encoder: MultimodalEncoder, store_dir: str, shard_siz
   """
   from tqdm.auto import tqdm
 
-  if shard_size < 1:
-    raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-  contents = item_contents(dataset)
-  ids = [c.item_id for c in contents]
-  if len(set(ids)) != len(ids):
-    raise ValueError(f"dataset {dataset.name!r} has duplicate item ids")
-  num_shards = max(1, math.ceil(len(ids) / shard_size))
-  info = encoder.info
-  plan_key = hashlib.sha256(json.dumps(
-      {"ids": ids, "fingerprint": dataset.fingerprint(), "encoder": info, "shard_size": shard_size},
-      sort_keys=True).encode()).hexdigest()
-  base = {"format": FORMAT, "plan_key": plan_key, "complete": False,
-          "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint(), "num_items": len(ids)},
-          "encoder": info, "shard_size": shard_size, "num_shards": num_shards}
-
-  os.makedirs(store_dir, exist_ok=True)
-  store = EmbeddingStore(store_dir)
-  if os.path.isfile(store.manifest_path):
-    from semrec.atomic import CorruptArtefactError
-    try:
-      old = store.manifest()
-    except CorruptArtefactError as e:  # it cannot vouch for the shards: re-encode them all
-      logger.warning("%s; re-encoding every shard", e)
-      old, overwrite = {}, True
-    if old.get("plan_key") != plan_key:
-      if not overwrite:
-        raise ValueError(f"{store_dir!r} holds an embedding store for other inputs (dataset "
-                         f"{old.get('dataset', {}).get('name')!r}, fingerprint "
-                         f"{old.get('dataset', {}).get('fingerprint')!r}, shard size {old.get('shard_size')}); "
-                         "use a new directory or overwrite=True")
-      for f in os.listdir(store_dir):
-        if f.startswith("shard-") and f.endswith(".npz") or f == MANIFEST:
-          os.remove(os.path.join(store_dir, f))
-  for f in os.listdir(store_dir):  # temp files of a killed writer
-    if ".tmp" in f and (f.startswith("shard-") or f.startswith(MANIFEST)):
-      os.remove(os.path.join(store_dir, f))
-  _write_json(store.manifest_path, base)
-
-  shards, fallbacks = [], []
-  done = 0
-  with tqdm(total=len(ids), unit="item", desc=f"encode {dataset.name}", disable=not progress) as bar:
-    for s in range(num_shards):
-      lo, hi = s * shard_size, min(len(ids), (s + 1) * shard_size)
-      path = os.path.join(store_dir, shard_name(s, num_shards))
-      batch, computed = None, False
-      if os.path.isfile(path):
-        try:
-          batch = read_shard(path)
-          if list(batch.item_ids) != ids[lo:hi]:
-            batch = None
-        except Exception as e:  # unreadable leftovers are recomputed
-          logger.warning("recomputing unreadable shard %s: %s", path, e)
-          batch = None
-      if batch is None:
-        batch = encoder.encode(contents[lo:hi])
-        write_shard(path, batch)
-        computed = True
-      else:
-        done += hi - lo
-      shards.append({"file": os.path.basename(path), "num_items": hi - lo,
-                     "content_sha256": _content_hash(batch.item_ids, batch.embeddings, batch.mask)})
-      fallbacks.extend(batch.fallbacks)
-      bar.update(hi - lo)
+  plan = plan_store(dataset, encoder.info, shard_size)
+  prepare_store(plan, store_dir, overwrite=overwrite)
+  results = []
+  with tqdm(total=len(plan.contents), unit="item", desc=f"encode {dataset.name}", disable=not progress) as bar:
+    for s in range(plan.num_shards):
+      r = encode_shard(plan, s, store_dir, encoder)
+      results.append(r)
+      bar.update(r["num_items"])
       if on_shard_done is not None:
-        on_shard_done(s, computed)
-  if done:
-    logger.info("resumed %s: kept %d already-encoded items", store_dir, done)
-  final = dict(base, complete=True, shards=shards, fallbacks=fallbacks, num_fallbacks=len(fallbacks))
-  _write_json(store.manifest_path, final)
-  return store
+        on_shard_done(s, r["computed"])
+  kept = sum(r["num_items"] for r in results if not r["computed"])
+  if kept:
+    logger.info("resumed %s: kept %d already-encoded items", store_dir, kept)
+  return finalize_store(plan, store_dir, results)

@@ -32,7 +32,7 @@ from typing import Mapping, Optional
 import numpy as np
 import tensorflow as tf
 
-from semrec.ranking.model import Ranker
+from semrec.ranking.model import Ranker, masked_mean
 
 
 class RankerServingModule(tf.Module):
@@ -123,17 +123,33 @@ class RankerServingModule(tf.Module):
       value_checks.append(tf.debugging.assert_all_finite(ctx, message="context: NaN/inf values"))
     return shape_checks + value_checks
 
+  def _embed_request(self, f) -> tuple:
+    """Candidate [B, d], last [U, d] and pooled history [U, d] (None without history) from ONE call of
+    the item representation over every item of the request (candidates, last item and history
+    flattened together): SPM segmentation, hashing and the lookups run once per request instead of
+    once per slot, which is what dominates a 1-user x 100-candidate request."""
+    slots = ["candidate", "last"] + (["history"] if self.uses_history else [])
+    keys = ["item_id", "sid"] + (["content"] if self.uses_content else [])
+    widths = {"item_id": [], "sid": [self.sid_length], "content": [self.content_dim]}
+    flat = {k: tf.concat([tf.reshape(f[f"{s}_{k}"], [-1] + widths[k]) for s in slots], 0) for k in keys}
+    sizes = [tf.size(f[f"{s}_item_id"]) for s in slots]
+    parts = tf.split(self.model.item_representation(flat), sizes)
+    hist = None
+    if self.uses_history:
+      ids = f["history_item_id"]
+      hist = masked_mean(tf.reshape(parts[2], tf.concat([tf.shape(ids), [-1]], 0)), ids)
+    return parts[0], parts[1], hist
+
   def _serve(self, features):
     with tf.control_dependencies(self._checks(features)):
       f = {k: tf.identity(v) for k, v in features.items()}
     b = tf.shape(f["candidate_item_id"])[0]
-    m = self.model
-    cand = m.embed_items(f, "candidate", dedupe=False)
+    cand, last, hist = self._embed_request(f)
     d = tf.shape(cand)[-1]
-    last = tf.broadcast_to(m.embed_items(f, "last", dedupe=False), [b, d])
-    hist = tf.broadcast_to(m.pool_history(f, dedupe=False), [b, d]) if self.uses_history else None
+    last = tf.broadcast_to(last, [b, d])
+    hist = tf.broadcast_to(hist, [b, d]) if hist is not None else None
     ctx = tf.broadcast_to(f["context"], [b, self.context_dim])
-    logits = m.score(cand, last, hist, ctx, training=False)
+    logits = self.model.score(cand, last, hist, ctx, training=False)
     return {t: tf.sigmoid(v) for t, v in logits.items()}
 
 

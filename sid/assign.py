@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -230,13 +230,79 @@ def _load_source(store_or_array, item_ids):
   return np.asarray(contents.item_ids, dtype=object), np.asarray(contents.embeddings)
 
 
+def shard_starts(num_items: int, shard_size: int) -> list:
+  """First rows of the assignment shards of ``num_items`` items: 0, shard_size, 2 * shard_size, ..."""
+  if shard_size < 1:
+    raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+  return list(range(0, num_items, shard_size))
+
+
+def assign_shard(assigner: SidAssigner, x: np.ndarray, start: int, out_dir: str, item_ids=None,
+                 fingerprint: Optional[str] = None, batch_size: int = 8192,
+                 cluster_layers: Optional[Mapping[str, tf.keras.layers.Layer]] = None) -> dict:
+  """Codes of one shard, rows [start, start + len(x)) of the store; written to ``codes-<start>.npz``.
+
+  Pure per shard (any driver may call it). A file already written by the same assigner (fingerprint,
+  row range and cluster granularities) is reused, so a rerun skips finished shards.
+
+  Args:
+    assigner: the frozen ``SidAssigner``.
+    x: [n, F] float embeddings of the shard.
+    start: first store row of the shard (names the file).
+    out_dir: output directory (must exist).
+    item_ids: [n] ids (named in bad-input errors).
+    fingerprint: ``assigner.fingerprint()`` (pass it to avoid rehashing per shard).
+    batch_size: items per assigner call.
+    cluster_layers: optional {name: ``ClusterIdLayer``}: also assign those cluster IDs.
+
+  Returns:
+    {"start", "stop", "codes" [n, L] int32, "cluster_ids" {name: [n] int32}}.
+  """
+  fp = fingerprint or assigner.fingerprint()
+  stop = start + len(x)
+  names = sorted(cluster_layers or {})
+  path = os.path.join(out_dir, f"codes-{start:012d}.npz")
+  if os.path.exists(path):
+    with np.load(path, allow_pickle=False) as f:
+      if (str(f["fingerprint"]) == fp and int(f["stop"]) == stop and f["codes"].shape[0] == stop - start
+              and sorted(k.split("/", 1)[1] for k in f.files if k.startswith("cluster/")) == names):
+        return {"start": start, "stop": stop, "codes": f["codes"],
+                "cluster_ids": {n: f[f"cluster/{n}"] for n in names}}
+  x = validate_embeddings(x, item_ids=item_ids, expected_dim=assigner.input_dim, name="embedding store")
+  codes = predict_codes(assigner, x, batch_size=batch_size)
+  clusters = {n: cluster_layers[n](x).numpy().astype(np.int32) for n in names}
+  save_npz(path, codes=codes, start=start, stop=stop, fingerprint=fp,
+           **{f"cluster/{n}": v for n, v in clusters.items()})
+  return {"start": start, "stop": stop, "codes": codes, "cluster_ids": clusters}
+
+
+def collect_table(item_ids, shard_results, codebook_size: int, out_dir: str, suffix: bool = False):
+  """Joins ``assign_shard`` results (any order) into the ``SidTable`` saved under ``out_dir/table``."""
+  from semrec.sid.table import SidTable
+  results = sorted(shard_results, key=lambda r: r["start"])
+  n = len(item_ids)
+  bounds = [(r["start"], r["stop"]) for r in results]
+  if [b[0] for b in bounds] != [0] + [b[1] for b in bounds[:-1]] or (bounds and bounds[-1][1] != n):
+    raise ValueError(f"{out_dir}: assignment shards {bounds} do not cover rows [0, {n})")
+  codes = np.concatenate([r["codes"] for r in results]).astype(np.int32)
+  names = sorted(results[0]["cluster_ids"]) if results else []
+  clusters = {k: np.concatenate([r["cluster_ids"][k] for r in results]) for k in names}
+  table = SidTable(item_ids, codes, codebook_size, cluster_ids=clusters or None)
+  if suffix:
+    table = table.with_suffix()
+  table.save(os.path.join(out_dir, "table"))
+  return table
+
+
 def assign_sids(store_or_array, assigner: SidAssigner, out_dir: str, item_ids=None, shard_size: int = 65536,
-                batch_size: int = 8192, suffix: bool = False, progress: bool = True):
+                batch_size: int = 8192, suffix: bool = False, progress: bool = True,
+                cluster_layers: Optional[Mapping[str, tf.keras.layers.Layer]] = None):
   """Assigns SIDs to every item of an embedding store, in resumable shards.
 
   Each shard ``codes-<start>.npz`` is written atomically; a rerun skips shards already written by
   the same assigner (checked by its fingerprint), so an interrupted job resumes where it stopped.
-  At the end the full ``SidTable`` is saved under ``out_dir/table``.
+  At the end the full ``SidTable`` is saved under ``out_dir/table``. This is the in-process driver of
+  ``assign_shard`` + ``collect_table``; ``semrec.beam.assign_pipeline`` runs the same functions on Beam.
 
   Args:
     store_or_array: [N, F] array, or an ``EmbeddingStore`` / ``StoreContents`` (item_ids, embeddings).
@@ -247,6 +313,7 @@ def assign_sids(store_or_array, assigner: SidAssigner, out_dir: str, item_ids=No
     batch_size: items per assigner call.
     suffix: also add the TIGER-style uniqueness suffix to the table.
     progress: show a tqdm bar.
+    cluster_layers: optional {name: ``ClusterIdLayer``}; their cluster IDs go into the table too.
 
   Returns:
     the ``SidTable`` (also saved in ``out_dir/table``).
@@ -255,27 +322,14 @@ def assign_sids(store_or_array, assigner: SidAssigner, out_dir: str, item_ids=No
     DataError: empty store, wrong embedding width, NaN/inf rows (named by item id).
   """
   from tqdm.auto import tqdm
-  from semrec.sid.table import SidTable
 
   ids, x = _load_source(store_or_array, item_ids)
   x = validate_embeddings(x, item_ids=ids, expected_dim=assigner.input_dim, name="embedding store")
   os.makedirs(out_dir, exist_ok=True)
   fp = assigner.fingerprint()
-  n = x.shape[0]
-  codes = np.empty((n, assigner.num_levels), np.int32)
-  starts = list(range(0, n, shard_size))
-  for start in tqdm(starts, desc="assign SIDs", unit="shard", disable=not progress):
-    stop = min(start + shard_size, n)
-    path = os.path.join(out_dir, f"codes-{start:012d}.npz")
-    if os.path.exists(path):
-      with np.load(path, allow_pickle=False) as f:
-        if str(f["fingerprint"]) == fp and int(f["stop"]) == stop and f["codes"].shape[0] == stop - start:
-          codes[start:stop] = f["codes"]
-          continue
-    codes[start:stop] = predict_codes(assigner, x[start:stop], batch_size=batch_size)
-    save_npz(path, codes=codes[start:stop], start=start, stop=stop, fingerprint=fp)
-  table = SidTable(ids, codes, assigner.codebook_size)
-  if suffix:
-    table = table.with_suffix()
-  table.save(os.path.join(out_dir, "table"))
-  return table
+  results = []
+  for start in tqdm(shard_starts(x.shape[0], shard_size), desc="assign SIDs", unit="shard", disable=not progress):
+    stop = min(start + shard_size, x.shape[0])
+    results.append(assign_shard(assigner, x[start:stop], start, out_dir, item_ids=ids[start:stop], fingerprint=fp,
+                                batch_size=batch_size, cluster_layers=cluster_layers))
+  return collect_table(ids, results, assigner.codebook_size, out_dir, suffix=suffix)

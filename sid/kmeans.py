@@ -144,6 +144,48 @@ def nearest_centroid(x: np.ndarray, centroids: np.ndarray, batch_size: int = 655
   return out
 
 
+def lloyd_statistics(x: np.ndarray, centroids: np.ndarray) -> Tuple[np.ndarray, np.ndarray, float]:
+  """One chunk's share of a Lloyd step: per-centroid sums and counts of its nearest points.
+
+  Pure and additive over chunks, so any driver (a loop, a Beam ``CombineFn``) can sum the partial results.
+
+  Args:
+    x: [n, D] float32 points.
+    centroids: [k, D] current centroids.
+  Returns:
+    (sums [k, D] float64, counts [k] int64, squared error float) of this chunk.
+  """
+  x = np.asarray(x, np.float32)
+  a = nearest_centroid(x, centroids)
+  k = centroids.shape[0]
+  sums = np.zeros((k, x.shape[1]), np.float64)
+  np.add.at(sums, a, x.astype(np.float64))
+  sse = float(((x - centroids[a]) ** 2).sum())
+  return sums, np.bincount(a, minlength=k).astype(np.int64), sse
+
+
+def lloyd_update(centroids: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+  """New [k, D] float32 centroids from summed ``lloyd_statistics``; an empty cluster keeps its centroid."""
+  new = np.asarray(centroids, np.float32).copy()
+  used = counts > 0
+  new[used] = (sums[used] / counts[used, None]).astype(np.float32)
+  return new
+
+
+def refine_kmeans(x, centroids: np.ndarray, steps: int, chunk_size: int = 65536) -> np.ndarray:
+  """Full-data Lloyd refinement of (e.g. sample-fitted) centroids, in chunks: [k, D] float32.
+
+  The in-process driver of ``lloyd_statistics`` + ``lloyd_update`` (``semrec.beam.refine_kmeans_pipeline``
+  runs the same functions as a Beam combine).
+  """
+  x = validate_embeddings(x)
+  c = np.asarray(centroids, np.float32)
+  for _ in range(steps):
+    parts = [lloyd_statistics(x[s:s + chunk_size], c) for s in range(0, x.shape[0], chunk_size)]
+    c = lloyd_update(c, sum(p[0] for p in parts), sum(p[1] for p in parts))
+  return c
+
+
 def fit_cluster_granularities(x, ks: Sequence[int] = (100, 1000), seed: int = 0,
                               sample_size: Optional[int] = None,
                               modality_slices: Optional[Mapping[str, Tuple[int, int]]] = None

@@ -111,6 +111,23 @@ class RQVAEConfig:
     return cls(**d)
 
 
+def replica_all_gather(x: tf.Tensor) -> tf.Tensor:
+  """[B, ...] per-replica tensor -> [G, ...] concatenated over all replicas in sync, in replica order.
+
+  The identity with one replica or outside ``strategy.run``. Replicas may hold different B. Used wherever
+  every replica must take the same decision from the global batch (the RQ-VAE's dead-code reset,
+  ``semrec.towers.distributed.gather_candidates``).
+  """
+  ctx = tf.distribute.get_replica_context()
+  if ctx is None or ctx.num_replicas_in_sync == 1:
+    return x
+  devices = tf.distribute.get_strategy().extended.worker_devices
+  if not x.device and len(devices) == 1:  # MWMS's all_gather needs a device on its input
+    with tf.device(devices[0]):
+      x = tf.identity(x)
+  return ctx.all_gather(x, axis=0)
+
+
 @tf.keras.utils.register_keras_serializable(package="semrec")
 class RQVAE(tf.keras.Model):
   """The trainable RQ-VAE: ``SidAssigner`` (normaliser, encoder, quantiser) + MLP decoder.
@@ -168,7 +185,10 @@ class RQVAE(tf.keras.Model):
     variables = self.trainable_variables
     grads = tape.gradient(losses["loss"], variables)
     self.optimizer.apply_gradients(zip(grads, variables))
-    n_reset = self.assigner.quantizer.update_usage_and_reset(out["codes"], out["residuals"], out["code_vectors"])
+    # Under a synchronous strategy every replica resets dead codes from the same (global) batch, so the
+    # codebooks stay identical on all replicas.
+    codes, residuals, vectors = (replica_all_gather(out[k]) for k in ("codes", "residuals", "code_vectors"))
+    n_reset = self.assigner.quantizer.update_usage_and_reset(codes, residuals, vectors)
     for k, v in losses.items():
       self._trackers[k].update_state(v)
     self._trackers["codes_reset"].update_state(tf.cast(n_reset, tf.float32))

@@ -169,6 +169,9 @@ def test_run_split_from_cli_flags(tmp_path):
   cfg.data.split = "cold_items"
   after = {s: run.config_sections(s) for s in ("encode", "retrieval")}
   assert before["encode"] == after["encode"] and before["retrieval"]["split"] != after["retrieval"]["split"]
+  # Implicit data has no negative impressions: the ranking stage records a documented skip instead of failing.
+  from semrec.pipeline.stages.ranking import stage_ranking
+  assert stage_ranking(run)["skipped"].startswith("skipped: implicit feedback")
   default = _build_config(None, "generic", inter, items, None, None, 0, False, None, False)
   assert default.data.split == "temporal" and default.data.exclude_history is True
   from semrec.pipeline.config import DataConfig

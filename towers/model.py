@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from semrec.towers.distributed import gather_candidates
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                                   QueryTowerConfig)
 
@@ -136,6 +137,7 @@ class TwoTowerRetriever(tfrs.Model):
     q, c = self(features, training=training)
     prob = features["item_prob"] if self.config.logq_correction else None
     ids = features["item"]["item_id"] if self.config.remove_accidental_hits else None
+    c, prob, ids = gather_candidates(c, prob, ids)  # [scale] cross-replica negatives; no-op with one replica
     return self.task(q, c, candidate_sampling_probability=prob, candidate_ids=ids, compute_metrics=False,
                      compute_batch_metrics=False)
 

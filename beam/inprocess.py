@@ -1,0 +1,49 @@
+"""Pieces the Beam pipelines share with their in-process (``--runner inprocess``) path; no Beam import."""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional
+
+import numpy as np
+
+
+def cluster_layers(centroids: Optional[Mapping[str, np.ndarray]]) -> dict:
+  """{name: [k, D] centroids} -> {name: ``ClusterIdLayer``} (named as ``fit_cluster_granularities`` names them)."""
+  from semrec.sid.kmeans import ClusterIdLayer
+  return {k: ClusterIdLayer(np.asarray(v, np.float32), name=f"cluster_id_{k}") for k, v in (centroids or {}).items()}
+
+
+def call_signature(fn, rows: Mapping[str, np.ndarray], model_dir: str = "", output: str = "embedding") -> np.ndarray:
+  """Runs a SavedModel signature ``fn`` on a batch {input name: [B, ...] array} -> the ``output`` array [B, ...].
+
+  Raises:
+    KeyError: a signature input missing from ``rows`` (named).
+  """
+  import tensorflow as tf
+  specs = fn.structured_input_signature[1]
+  missing = [k for k in specs if k not in rows]
+  if missing:
+    raise KeyError(f"{model_dir}: the signature needs features {missing}, got {sorted(rows)}")
+  return fn(**{k: tf.constant(np.asarray(rows[k]), dtype=specs[k].dtype) for k in specs})[output].numpy()
+
+
+def write_embeddings(path: str, item_ids, embeddings: np.ndarray):
+  """Writes ``{item_ids, embeddings}`` .npz atomically."""
+  tmp = path + f".tmp{os.getpid()}.npz"
+  np.savez(tmp, item_ids=np.asarray([str(i) for i in item_ids], dtype=str),
+           embeddings=np.asarray(embeddings, np.float32))
+  os.replace(tmp, path)
+
+
+def embed_in_process(model_dir: str, item_ids, features: Mapping[str, np.ndarray], out_path: str,
+                     signature: str = "serving_default", output: str = "embedding", batch_size: int = 1024
+                     ) -> np.ndarray:
+  """The in-process path of ``embed_pipeline``: the same SavedModel signature over batches of rows."""
+  import tensorflow as tf
+  fn = tf.saved_model.load(model_dir).signatures[signature]
+  n = len(item_ids)
+  out = [call_signature(fn, {k: v[s:s + batch_size] for k, v in features.items()}, model_dir, output)
+         for s in range(0, n, batch_size)]
+  emb = np.concatenate(out)
+  write_embeddings(out_path, item_ids, emb)
+  return emb
