@@ -13,7 +13,7 @@ Validation (:func:`from_dict` while loading, :func:`validate` on a built config)
   ``min_exclusive``/``max_exclusive``);
 * sizes without metadata follow one convention: integer fields (or integer tuples) named ``epochs``,
   ``num_*``, ``*_size``, ``*_dim``, ``*_dims``, ``*_length``, ``*budget*``, ``top_k``, ``ks`` or
-  ``cluster_ks`` must be >= 1.
+  ``cluster_ks`` whose default is >= 1 must be >= 1 (a default of 0 or None means "off" and is kept legal).
 """
 from __future__ import annotations
 
@@ -62,13 +62,16 @@ def to_dict(config) -> dict:
 def from_dict(cls: Type[T], data: dict | None, _path: str = "") -> T:
   """Builds ``cls`` from a dict, recursing into nested dataclass fields and checking every value's type.
 
+  A config class may list keys that moved into a sub-config in a class attribute ``MOVED_KEYS``
+  (``{"old_key": "sub.new_key"}``): an old file's value is used at the new place (unless that is set too).
+
   Raises:
     ConfigError: an unknown key, a value of the wrong type, or a value its ``__post_init__`` refuses,
       naming the dotted field.
   """
   if data is not None and not isinstance(data, dict):
     raise ConfigError(f"{_path or cls.__name__}: expected a mapping of fields, got {data!r}")
-  data = dict(data or {})
+  data = _relocate_moved_keys(cls, dict(data or {}))
   hints = typing.get_type_hints(cls)
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(data) - names)
@@ -156,7 +159,7 @@ def _checked(v, hint, where: str):
 
 def _check_range(v, f: dataclasses.Field, where: str):
   meta = dict(f.metadata.get("semrec") or {})
-  if not meta and _SIZE_NAME.match(f.name):
+  if not meta and _SIZE_NAME.match(f.name) and _positive_default(f):
     meta = {"min": 1}
   values = v if isinstance(v, (list, tuple)) else (v,)
   for i, x in enumerate(values):
@@ -174,11 +177,30 @@ def _check_range(v, f: dataclasses.Field, where: str):
       raise ConfigError(f"{at}: {x!r} must be {'<' if meta.get('max_exclusive') else '<='} {hi}{_span(meta)}")
 
 
+def _positive_default(f: dataclasses.Field) -> bool:
+  """True when the field's default is a positive integer (or integers): 0 / None defaults mean "off"."""
+  d = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+  values = d if isinstance(d, (list, tuple)) else (d,)
+  return bool(values) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in values)
+
+
 def _span(meta: dict) -> str:
   if meta.get("min") is None or meta.get("max") is None:
     return ""
   return (f" (allowed: {'(' if meta['min_exclusive'] else '['}{meta['min']}, {meta['max']}"
           f"{')' if meta['max_exclusive'] else ']'})")
+
+
+def _relocate_moved_keys(cls, data: dict) -> dict:
+  for old, new in getattr(cls, "MOVED_KEYS", {}).items():
+    if old in data:
+      value = data.pop(old)
+      *parents, leaf = new.split(".")
+      node = data
+      for p in parents:
+        node = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else {}
+      node.setdefault(leaf, value)
+  return data
 
 
 def _dataclass_in(hint) -> Any:

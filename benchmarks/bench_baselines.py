@@ -24,6 +24,8 @@ import time
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 
+from semrec.atomic import save_npy
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DEV_SETS = ("scientific", "microlens")
 # dev-benchmarks/README.md: leave-one-out, test split, all users; (Recall@10, NDCG@10).
@@ -81,9 +83,7 @@ def content_embeddings(dataset, cache_dir: str) -> np.ndarray:
   t0 = time.time()
   emb = TextEncoder().encode(texts, item_ids=list(dataset.item_ids)).astype(np.float32)
   print(f"  encoded {len(texts)} {dataset.name} texts with MiniLM in {time.time() - t0:.0f}s -> {path}")
-  tmp = f"{path}.tmp{os.getpid()}.npy"
-  np.save(tmp, emb)
-  os.replace(tmp, path)
+  save_npy(path, emb)
   return emb
 
 

@@ -125,7 +125,7 @@ def train_mode(mode: str, data, fi, budget: int) -> tuple:
 def export_and_requests(run, data, fi, export_base: str, name: str) -> tuple:
   """Exports the ranker; (serving fn, 1 user x 100 candidates request, 1,000-row batch) as tensors."""
   import tensorflow as tf
-  from semrec.ranking import export_ranker
+  from semrec.export import export_ranker
   ev = data.eval_examples
   rng = np.random.default_rng(0)
   rows = rng.choice(len(ev), size=min(1000, len(ev)), replace=False)
@@ -136,7 +136,7 @@ def export_and_requests(run, data, fi, export_base: str, name: str) -> tuple:
   request["candidate_sid"] = fi.arrays["sid"][cand_rows]
   if "last_content" in request:
     request["candidate_content"] = fi.arrays["content"][cand_rows]
-  res = export_ranker(run.model, export_base, batch, name=name)
+  res = export_ranker(export_base, run.model, batch, name=name)
   fn = tf.saved_model.load(res.path).signatures["serving_default"]
   return fn, _to_tensors(request), _to_tensors(batch)
 

@@ -40,7 +40,8 @@ import time
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 
-from semrec.atomic import write_json
+from semrec.atomic import write_bytes, write_json
+from semrec.config import to_dict
 
 from semrec.benchmarks.bench_ranker import movielens_item_features
 
@@ -55,10 +56,7 @@ def cached(path: str, build):
     with open(path, "rb") as f:
       return pickle.load(f)
   obj = build()
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-  os.replace(tmp, path)
+  write_bytes(path, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
   return obj
 
 
@@ -117,7 +115,11 @@ def main(argv=None):
   p.add_argument("--train-rows-per-day", type=int, default=2000, help="scaled: training impressions per day")
   p.add_argument("--eval-rows", type=int, default=30000, help="scaled: eval-day impressions sampled")
   p.add_argument("--embedding-dim", type=int, default=16)
+  p.add_argument("--batch-size", type=int, default=256)
+  p.add_argument("--learning-rate", type=float, default=5e-3)
   p.add_argument("--checkpoint-dir", default=None, help="default: <tmp>/semrec-ranking-sweep/<world>")
+  p.add_argument("--finished-only", action="store_true",
+                 help="write the tables/PNG from the configurations already checkpointed; train nothing")
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
 
@@ -138,19 +140,21 @@ def main(argv=None):
   else:
     fi, data, info = cached(os.path.join(ckpt, "inputs.pkl"), lambda: movielens_inputs(args.embeddings))
   prep_seconds = time.perf_counter() - t0
-  base = RankerConfig(batch_size=1024, hidden_units=(64, 32), num_cross_layers=1, history_length=20)
+  base = RankerConfig(batch_size=args.batch_size, learning_rate=args.learning_rate, hidden_units=(64, 32),
+                      num_cross_layers=1, history_length=20)
   out_dir = os.path.join(_HERE, "results", f"ranking_experiment_{suffix}")
   res = run_ranking_experiment(None, fi, modes=modes, budgets=budgets, seeds=seeds, use_history=(True, False),
                                codebook_size=256, base_config=base, embedding_dim=args.embedding_dim, data=data,
-                               output_dir=out_dir, checkpoint_dir=ckpt, title=world)
+                               output_dir=out_dir, checkpoint_dir=ckpt, title=world, finished_only=args.finished_only)
   print(f"\n{world}: split {res.split}; {info}")
   print(f"inputs {prep_seconds:.0f} s; experiment {res.seconds:.0f} s")
   from semrec.ranking.experiment import format_budget_table
   for task in ("label", "like"):
     print(f"\n{task}:\n{res.markdown(task)}\n\n{format_budget_table(res.summary, task)}")
   out = args.out or os.path.join(_HERE, "results", f"bench_ranking_experiment_{suffix}.json")
-  payload = {"world": world, "modes": list(modes), "budgets": list(budgets), "seeds": list(seeds),
-             "embedding_dim": args.embedding_dim, "base_config": base.to_dict(), "inputs": info,
+  payload = {"world": world, "finished_only": args.finished_only, "result_rows": int(len(res.runs)),
+             "modes": list(modes), "budgets": list(budgets), "seeds": list(seeds),
+             "embedding_dim": args.embedding_dim, "base_config": to_dict(base), "inputs": info,
              "split": res.split, "inputs_seconds": prep_seconds, "experiment_seconds": res.seconds,
              "files": {k: os.path.relpath(v, _HERE) for k, v in res.files.items()}, "cpus": os.cpu_count(),
              "platform": platform.platform(), "tensorflow": tf.__version__,

@@ -3,9 +3,9 @@ peak RSS per worker, and MWMS retriever training examples/s at 1 and 2 workers -
 
   nice -n 10 python -m semrec.benchmarks.bench_scale            # writes benchmarks/results/bench_scale.json
 
-Each measurement runs in a fresh child process (so peak RSS is its own): ``driver_rss_mb`` is that process,
-``worker_rss_mb`` the largest of its Beam SDK worker processes (multi_processing; in-process and 1-worker
-runs execute in the driver). Encode: the synthetic world with image + audio encoders (seeded random ResNet-18
+Each measurement runs in a fresh child process: ``driver_rss_mb`` is its peak RSS (VmHWM), ``worker_rss_mb``
+the sampled (every 0.3 s) peak RSS of each of its Beam SDK worker processes (multi_processing; in-process and
+1-worker runs execute in the driver, so the list is empty). Encode: the synthetic world with image + audio encoders (seeded random ResNet-18
 at 32 px, VGGish-small), one Beam task per shard. Assign: an RQ-KMeans SID model over a random store. Items/s
 include pipeline start-up and per-worker model loading (what a user pays for a job of that size). The machine
 load average is recorded before and after each measurement: on a shared 2-core box the figures for > 2
@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,9 +26,58 @@ ENCODER = dict(modalities=("image", "audio"), image_weights="random", image_arch
                audio_weights="random", audio_architecture="vggish-small")
 
 
-def _rss():
-  return {"driver_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-          "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+def _status_kb(pid, key: str) -> int:
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      for line in f:
+        if line.startswith(key + ":"):
+          return int(line.split()[1])
+  except OSError:
+    pass
+  return 0
+
+
+def _descendants(root: int) -> list:
+  children = {}
+  for d in os.listdir("/proc"):
+    if d.isdigit():
+      try:
+        with open(f"/proc/{d}/stat") as f:
+          ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+      except (OSError, IndexError, ValueError):
+        continue
+      children.setdefault(ppid, []).append(int(d))
+  out, todo = [], [root]
+  while todo:
+    for c in children.get(todo.pop(), []):
+      out.append(c)
+      todo.append(c)
+  return out
+
+
+class _PeakRss:
+  """Samples the resident memory of this process's descendants (Beam SDK workers) every 0.3 s."""
+
+  def __enter__(self):
+    import threading
+    self.peaks, self._stop = {}, threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True)
+    self._thread.start()
+    return self
+
+  def _run(self):
+    while not self._stop.wait(0.3):
+      for pid in _descendants(os.getpid()):
+        self.peaks[pid] = max(self.peaks.get(pid, 0), _status_kb(pid, "VmRSS"))
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+
+  def result(self) -> dict:
+    workers = [v for v in self.peaks.values() if v > 100 * 1024]  # SDK workers hold TF: > 100 MB
+    return {"driver_rss_mb": _status_kb("self", "VmHWM") / 1024,
+            "worker_rss_mb": [round(v / 1024) for v in sorted(workers, reverse=True)]}
 
 
 def _child_encode(work: str, runner: str, workers: int, items: int, shard: int) -> dict:
@@ -38,6 +87,7 @@ def _child_encode(work: str, runner: str, workers: int, items: int, shard: int) 
                                       num_topics=4, num_days=4, impressions_per_user_per_day=2, seed=0))
   cfg = EncoderConfig(**ENCODER)
   out = os.path.join(work, f"store-{runner}-{workers}")
+  shutil.rmtree(out, ignore_errors=True)  # measure a full encode, not a resume
   t = time.perf_counter()
   if runner == "inprocess":
     encode_corpus(ds, build_encoder(cfg), out, shard_size=shard, progress=False)
@@ -79,6 +129,7 @@ def _child_assign(work: str, runner: str, workers: int, items: int, shard: int) 
   from semrec.sid import SidModel, assign_sids
   store, model = os.path.join(work, "rstore"), os.path.join(work, "sidmodel")
   out = os.path.join(work, f"assign-{runner}-{workers}")
+  shutil.rmtree(out, ignore_errors=True)
   t = time.perf_counter()
   if runner == "inprocess":
     assign_sids(EmbeddingStore(store), SidModel.load(model).assigner, out, shard_size=shard, suffix=True,
@@ -112,6 +163,7 @@ def _measure(args_list) -> dict:
 def _mwms(work: str, workers: int, rows: int, epochs: int) -> dict:
   from semrec.towers.distributed import launch_workers
   out = os.path.join(work, f"mwms-{workers}")
+  shutil.rmtree(out, ignore_errors=True)
   cmd = [sys.executable, "-m", "semrec.benchmarks.dist_retriever", "--strategy", "mwms", "--out", out,
          "--rows", str(rows), "--epochs", str(epochs), "--batch-size", "256"]
   load0 = os.getloadavg()[0]
@@ -144,8 +196,9 @@ def main(argv=None):
     job, work, runner, workers, items = args.child
     fn = _child_encode if job == "encode" else _child_assign
     shard = args.encode_shard if job == "encode" else args.assign_shard
-    res = fn(work, runner, int(workers), int(items), shard)
-    print(json.dumps(dict(res, **_rss())))
+    with _PeakRss() as peak:
+      res = fn(work, runner, int(workers), int(items), shard)
+    print(json.dumps(dict(res, **peak.result())))
     return
 
   work = args.work_dir or tempfile.mkdtemp(prefix="bench_scale-")
@@ -157,7 +210,7 @@ def main(argv=None):
       r.update(job=job, runner=runner, workers=workers, items_per_s=r["items"] / r["seconds"])
       rows.append(r)
       print(f"{job:6s} {runner:9s} x{workers}: {r['items_per_s']:9.1f} items/s ({r['seconds']:.1f} s), "
-            f"driver {r['driver_rss_mb']:.0f} MB, worker {r['worker_rss_mb']:.0f} MB, "
+            f"driver peak {r['driver_rss_mb']:.0f} MB, worker peaks {r['worker_rss_mb']} MB, "
             f"load {r['load_before']}->{r['load_after']}", flush=True)
   mwms = []
   for w in (1, 2):
@@ -168,11 +221,8 @@ def main(argv=None):
   result = {"benchmark": "bench_scale", "command": "nice -n 10 python -m semrec.benchmarks.bench_scale",
             "cpu_count": os.cpu_count(), "config": {k: v for k, v in vars(args).items() if k not in ("child",)},
             "batch_jobs": rows, "mwms": mwms}
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  tmp = args.out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(tmp, args.out)
+  from semrec.atomic import write_json
+  write_json(args.out, result)
   print(f"wrote {args.out}")
 
 

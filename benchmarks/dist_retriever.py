@@ -39,7 +39,8 @@ def main(argv=None):
   import tensorflow as tf
   from semrec.data import ItemFeatures, load_movielens
   from semrec.towers import (ComparisonConfig, RetrievalInputs, brute_force_top_k, build_variant_retriever,
-                             compile_retriever, embed_candidates, embed_queries, init_model, item_frequencies)
+                             compile_retriever, embed_candidates, embed_queries, init_model, item_frequencies,
+                             load_retriever, save_retriever)
 
   ds = load_movielens()
   inter = ds.interactions.sort_values(["timestamp", "user_id"], kind="stable")
@@ -69,15 +70,13 @@ def main(argv=None):
   fit_seconds = time.perf_counter() - t0
   if not chief:
     return
-  # Parameter servers holding a piece of the largest variable (the item hash table), 1 without PS.
-  largest = max(model.variables, key=lambda v: int(np.prod(v.shape)))
-  shards = len(getattr(largest, "variables", [largest]))
-  if args.strategy == "ps":  # evaluate from the saved towers: a model without the strategy, same weights
-    trained = model.get_weights()
-    model = build_variant_retriever("hashed_id", cfg, hash_bins=2 * len(ids), time_mean=float(t.mean()),
-                                    time_scale=float(max(t.std(), 1.0)))
-    init_model(model, next(iter(train_ds)))
-    model.set_weights(trained)
+  # Parameter servers holding model variables (0 without PS), and how many variable pieces the model holds
+  # (more than in a strategy-free model when a table is split over the parameter servers).
+  ps_tasks = len({v.device.split("/device")[0] for v in model.variables if "/job:ps" in v.device})
+  pieces = len(model.weights)
+  if args.strategy == "ps":  # evaluate from the saved towers: reload them into a model without the strategy
+    save_retriever(model, os.path.join(args.out, "model"))
+    model = load_retriever(os.path.join(args.out, "model"), next(iter(train_ds)))
   q = embed_queries(model, inputs, {k: v[-args.queries:] for k, v in enc.items()})
   c = embed_candidates(model, inputs)
   _, top = brute_force_top_k(q, c, 10)
@@ -85,7 +84,8 @@ def main(argv=None):
   os.makedirs(args.out, exist_ok=True)
   np.savez(os.path.join(args.out, "result.npz"), top10=top, fit_seconds=fit_seconds,
            examples=len(train) * args.epochs, loss=np.asarray(hist.history["loss"]),
-           replicas=strategy.num_replicas_in_sync, largest_variable_shards=shards, **weights)
+           replicas=strategy.num_replicas_in_sync, ps_tasks=ps_tasks, weight_pieces=pieces,
+           weight_arrays=len(model.weights), **weights)
   print(f"{args.strategy}: {strategy.num_replicas_in_sync} replica(s), {len(train) * args.epochs / fit_seconds:.0f} "
         f"examples/s, loss {hist.history['loss']}")
 

@@ -6,11 +6,13 @@ the sections and shows two examples.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Optional
 
 from semrec.config import ConfigError, setting
 from semrec.data import (SPLITS, RecDataset, SyntheticConfig, load_generic, load_movielens, make_synthetic)
 from semrec.encoders import EncoderConfig
+from semrec.ranking import RankerConfig
 from semrec.ranking.experiment import MODE_COMPONENTS
 from semrec.sid.rqvae import RQVAEConfig
 from semrec.towers.comparison import VARIANTS, ComparisonConfig
@@ -90,25 +92,28 @@ class RankingStageConfig:
   """The ranking stage: the representation sweep and the production ranker.
 
   Attributes:
+    ranker: The ranker every configuration trains (``semrec.ranking.RankerConfig``: history length, tasks,
+      crosses, MLP, learning rate, batch size). Its ``item_representation`` and ``use_history`` are set per
+      configuration by the sweep (``modes`` x ``budgets`` x ``use_history`` below), its ``seed`` from the run.
     modes: Representation modes compared (see ``semrec.ranking.ALL_MODES``).
     budgets: Embedding-table budgets (rows); SPM needs each >= L*K + 1.
     num_seeds: Seeds per configuration (seed, seed+1, ...).
     use_history: History settings compared (True = the paper's Figure 3, False = Figure 2).
     num_periods: Sequential protocol: train on periods 1..N-1 in order, evaluate on period N.
-    history_length: H, history items per example.
     embedding_dim: d of every item representation.
-    batch_size: Training batch size.
     production_mode: Mode of the ranker exported for serving (trained with history).
     production_budget: Its table budget (rows).
   """
+  # Before the stage held a RankerConfig, these were ranking-level keys; older files still load.
+  MOVED_KEYS: typing.ClassVar[dict] = {"history_length": "ranker.history_length", "batch_size": "ranker.batch_size"}
+
+  ranker: RankerConfig = dataclasses.field(default_factory=lambda: RankerConfig(history_length=20, batch_size=512))
   modes: tuple = setting(("random_hash", "unigram", "bigram", "spm", "spm+hash"), choices=tuple(MODE_COMPONENTS))
   budgets: tuple = (1024, 4096)
   num_seeds: int = 1
   use_history: tuple = (True, False)
   num_periods: int = setting(10, min=2)
-  history_length: int = 20
   embedding_dim: int = 32
-  batch_size: int = 512
   production_mode: str = setting("spm+hash", choices=tuple(MODE_COMPONENTS))
   production_budget: int = 1024
 
@@ -192,7 +197,8 @@ class RunConfig:
         self.retrieval.comparison, epochs=1, batch_size=64, num_clusters=16, sid_codebook_size=16, spm_vocab_size=64,
         embedding_dim=8, output_dim=8, mlp_dims=(16,), max_history=5))
     ranking = rep(self.ranking, modes=("random_hash", "unigram", "spm"), budgets=(64, 128), use_history=(True,),
-                  num_periods=4, history_length=5, embedding_dim=8, batch_size=64, production_budget=64)
+                  num_periods=4, embedding_dim=8, production_budget=64,
+                  ranker=rep(self.ranking.ranker, history_length=5, batch_size=64))
     export = rep(self.export, verify_saved_model_cli=False)
     return rep(self, data=data, encoder=encoder, sid=sid, retrieval=retrieval, ranking=ranking, export=export)
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from semrec.config import to_dict
 from semrec.data import ItemFeatures, RecDataset
 from semrec.ranking.model import RankerConfig
 from semrec.ranking.training import SequentialData, prepare_sequential, train_sequential
@@ -187,15 +188,18 @@ def _train_one(sw: _Sweep, hist: bool, mode: str, budget: int, seed: int) -> lis
           for task, m in run.metrics.items() for rb in same_for]
 
 
-def _load_or_train(sw: _Sweep, hist: bool, mode: str, budget: int, seed: int) -> list:
+def _load_or_train(sw: _Sweep, hist: bool, mode: str, budget: int, seed: int, train: bool = True) -> list:
   """A finished configuration's rows from its checkpoint file, or trains it and writes that file
-  (atomically, on completion: a kill loses at most the configuration in progress)."""
+  (atomically, on completion: a kill loses at most the configuration in progress). With
+  ``train=False`` an unfinished configuration gives no rows."""
   from semrec.atomic import write_json
   path = os.path.join(sw.checkpoint_dir, "runs", _run_key(hist, mode, budget, seed) + ".json") \
       if sw.checkpoint_dir else None
   if path and os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       return json.load(f)["rows"]
+  if not train:
+    return []
   rows = _train_one(sw, hist, mode, budget, seed)
   if path:
     write_json(path, {"rows": rows})
@@ -224,7 +228,7 @@ def run_ranking_experiment(dataset: Optional[RecDataset], item_features: ItemFea
                            base_config: Optional[RankerConfig] = None, embedding_dim: int = 32,
                            output_dir: Optional[str] = None, data: Optional[SequentialData] = None,
                            progress: bool = True, checkpoint_dir: Optional[str] = None,
-                           title: str = "") -> ExperimentResult:
+                           title: str = "", finished_only: bool = False) -> ExperimentResult:
   """Trains every (history setting, mode, budget, seed) ranker and tabulates AUC / cold AUC.
 
   Args:
@@ -248,6 +252,8 @@ def run_ranking_experiment(dataset: Optional[RecDataset], item_features: ItemFea
     checkpoint_dir: If set, every finished configuration is written there on completion and the
       SPMs are cached; a rerun with the same directory skips finished configurations.
     title: Dataset name shown in the PNG.
+    finished_only: Report the configurations already in ``checkpoint_dir`` and train nothing (the
+      tables of a sweep still running, or cut short).
 
   Returns:
     An :class:`ExperimentResult`.
@@ -258,15 +264,19 @@ def run_ranking_experiment(dataset: Optional[RecDataset], item_features: ItemFea
   data = data or prepare_sequential(dataset.interactions, item_features, num_periods, base.history_length,
                                     base.tasks)
   if checkpoint_dir:
-    _check_checkpoint(checkpoint_dir, {"base": base.to_dict(), "embedding_dim": embedding_dim, "L": L, "K": K,
+    _check_checkpoint(checkpoint_dir, {"base": to_dict(base), "embedding_dim": embedding_dim, "L": L, "K": K,
                                        "split": data.split.summary(), "codes_sum": int(codes.sum())})
   sw = _Sweep(data=data, codes=codes, L=L, K=K, D=D, base=base, embedding_dim=embedding_dim, budgets=budgets,
               spms={}, stats={}, checkpoint_dir=checkpoint_dir)
-  if any(m.startswith("spm") for m in modes):
-    sw.spms = {b: _fit_spm(sw, b) for b in budgets}
-  sw.stats = {(m, b): _mode_stats(sw, m, b) for m in modes for b in budgets}
+  if not finished_only:  # (finished rows carry their statistics)
+    if any(m.startswith("spm") for m in modes):
+      sw.spms = {b: _fit_spm(sw, b) for b in budgets}
+    sw.stats = {(m, b): _mode_stats(sw, m, b) for m in modes for b in budgets}
   plan = _plan(modes, budgets, seeds, use_history, L, K)
-  rows = [r for cfg in tqdm(plan, desc="ranking experiment", disable=not progress) for r in _load_or_train(sw, *cfg)]
+  if finished_only and not checkpoint_dir:
+    raise ValueError("finished_only needs a checkpoint_dir")
+  rows = [r for cfg in tqdm(plan, desc="ranking experiment", disable=not progress)
+          for r in _load_or_train(sw, *cfg, train=not finished_only)]
   runs = pd.DataFrame(rows)
   result = ExperimentResult(runs=runs, summary=summarise(runs), split=data.split.summary(),
                             seconds=time.perf_counter() - start, files={})

@@ -11,7 +11,9 @@ from typing import Mapping, Optional, Sequence
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from semrec.config import from_dict, to_dict
 from semrec.ranking.data import CONTEXT_DIM, ITEM_SLOTS
+from semrec.sid.adapters import ItemRepresentationConfig
 
 
 @dataclasses.dataclass
@@ -35,7 +37,7 @@ class RankerConfig:
     batch_size: Training batch size.
     seed: Seed for weight initialisation and shuffling.
   """
-  item_representation: object = None
+  item_representation: Optional[ItemRepresentationConfig] = None
   use_history: bool = True
   history_length: int = 20
   tasks: Sequence[str] = ("label", "like")
@@ -70,19 +72,7 @@ class RankerConfig:
     if self.learning_rate <= 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
     if self.item_representation is None:
-      from semrec.sid.adapters import ItemRepresentationConfig
       self.item_representation = ItemRepresentationConfig()
-
-  def to_dict(self) -> dict:
-    d = dataclasses.asdict(self)
-    rep = self.item_representation
-    if hasattr(rep, "to_dict"):
-      d["item_representation"] = rep.to_dict()
-    elif dataclasses.is_dataclass(rep):
-      d["item_representation"] = dataclasses.asdict(rep)
-    d["tasks"] = list(self.tasks)
-    d["hidden_units"] = list(self.hidden_units)
-    return d
 
 
 def needs_content(rep_config) -> bool:
@@ -270,7 +260,7 @@ class Ranker(tfrs.Model):
     return {t: tf.sigmoid(v) for t, v in self.logits(features, training=training).items()}
 
   def get_config(self) -> dict:
-    return {"config": self.config.to_dict(),
+    return {"config": to_dict(self.config),
             "feature_interaction": tf.keras.utils.serialize_keras_object(self.feature_interaction),
             "top_stack": tf.keras.utils.serialize_keras_object(self.top_stack)}
 
@@ -278,13 +268,11 @@ class Ranker(tfrs.Model):
   def from_config(cls, config: dict) -> "Ranker":
     """Rebuilds an untrained ranker (its interaction and top stack from their configs; default
     tasks); an SPM representation gets its piece table from the weights restored afterwards."""
-    from semrec.sid.adapters import ItemRepresentation, ItemRepresentationConfig
-    d = dict(config["config"])
-    rep = ItemRepresentationConfig(**d.pop("item_representation"))
-    cfg = RankerConfig(item_representation=rep, **d)
+    from semrec.sid.adapters import ItemRepresentation
+    cfg = from_dict(RankerConfig, config["config"])
     blocks = {k: tf.keras.utils.deserialize_keras_object(config[k]) for k in ("feature_interaction", "top_stack")
               if config.get(k) is not None}
-    return cls(cfg, item_representation=ItemRepresentation(rep), **blocks)
+    return cls(cfg, item_representation=ItemRepresentation(cfg.item_representation), **blocks)
 
   def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
     """Weighted sum over tasks of the per-example losses averaged over the *global* batch

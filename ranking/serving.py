@@ -1,4 +1,4 @@
-"""Serving the ranker: an explicit ``tf.Module`` over raw features, exported in TF Serving layout.
+"""Serving the ranker: an explicit ``tf.Module`` over raw features (exported by ``semrec.export.export_ranker``).
 
 The ``serving_default`` signature takes raw features, i.e. item ids and their SID codes (and content
 for dense modes), never precomputed pieces: SPM segmentation of the codes happens in-graph inside the
@@ -22,14 +22,8 @@ codes of different shapes, a context or content of the wrong width.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-import textwrap
-from typing import Mapping, Optional
+from typing import Optional
 
-import numpy as np
 import tensorflow as tf
 
 from semrec.ranking.model import Ranker, masked_mean
@@ -153,73 +147,6 @@ class RankerServingModule(tf.Module):
     return {t: tf.sigmoid(v) for t, v in logits.items()}
 
 
-def export_ranker(model: Ranker, base_dir: str, example_features: Mapping[str, np.ndarray], name: str = "ranker",
-                  sid_length: Optional[int] = None, codebook_size: Optional[int] = None,
-                  content_dim: Optional[int] = None, metrics: Optional[dict] = None,
-                  data_fingerprint: Optional[str] = None, extra: Optional[dict] = None):
-  """Writes the ranker as ``<base_dir>/<name>/<next integer version>/`` for TF Serving.
-
-  Uses ``semrec.export``'s layout helpers: the version appears atomically, an existing version is
-  never modified, ``assets.extra/tf_serving_warmup_requests`` holds PredictionLog warm-up records,
-  and a manifest records inputs, outputs, library versions, metrics and file hashes.
-
-  Args:
-    model: The trained ranker.
-    base_dir: Export base directory.
-    example_features: One batch of raw features in the serving format (e.g.
-      ``RankingFeaturizer.features(examples)``); they become the warm-up requests, together with a
-      one-user request (user-side features of the first row broadcast over all candidates).
-    name: TF Serving model name.
-    sid_length, codebook_size, content_dim: L, K, D (default: from the model's representation config).
-    metrics, data_fingerprint, extra: Recorded in the manifest.
-
-  Returns:
-    ``semrec.export.serving_module.ExportResult`` (``.path`` is the version directory).
-  """
-  from semrec.export.serving_module import export_serving_module
-
-  rep = model.config.item_representation
-  L = int(sid_length or getattr(rep, "num_levels"))
-  K = int(codebook_size or getattr(rep, "codebook_size"))
-  D = content_dim or (getattr(rep, "content_dim", None) if model.uses_content else None)
-  module = RankerServingModule(model, L, K, content_dim=D)
-  req = {k: np.asarray(v) for k, v in example_features.items() if k in module.input_specs}
-  missing = sorted(set(module.input_specs) - set(req))
-  if missing:
-    raise ValueError(f"export_ranker: example_features lack serving inputs {missing}")
-  one_user = {k: (v[:1] if not k.startswith("candidate_") else v) for k, v in req.items()}
-  info = {"tasks": list(model.config.tasks), "sid_length": L, "codebook_size": K,
-          "ranker_config": model.config.to_dict(), **dict(extra or {})}
-  return export_serving_module(module, base_dir, name, [req, one_user], artefact="ranker",
-                               data_fingerprint=data_fingerprint, metrics=metrics,
-                               description="SID ranker: raw item ids + SID codes -> task probabilities",
-                               extra=info, needs_scann_ops=False)
-
-
-_FRESH_SCRIPT = textwrap.dedent("""
-    import os, sys
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-    export_dir, in_dir, out_dir = sys.argv[1:4]
-    fn = tf.saved_model.load(export_dir).signatures["serving_default"]
-    feats = {}
-    for name in sorted(os.listdir(in_dir)):
-      spec = fn.structured_input_signature[1][name]
-      feats[name] = tf.io.parse_tensor(tf.io.read_file(os.path.join(in_dir, name)), spec.dtype)
-    try:
-      out = fn(**feats)
-    except tf.errors.InvalidArgumentError as e:
-      sys.stderr.write("SERVING_ERROR: " + e.message + "\\n")
-      sys.exit(3)
-    for k, v in out.items():
-      tf.io.write_file(os.path.join(out_dir, k), tf.io.serialize_tensor(v))
-    bad = [m for m in ("semrec", "tensorflow_recommenders", "sentencepiece") if m in sys.modules]
-    if bad:
-      sys.stderr.write("imported non-tensorflow modules: %s\\n" % bad)
-      sys.exit(4)
-    """)
-
-
 def _assert_same_shape(shape_a, shape_b, message: str):
   """Asserts two shape vectors are equal, whatever their lengths (ranks): compared as strings, so a rank
   mismatch fails with ``message`` (and both shapes) instead of TF's unnamed "Incompatible shapes"."""
@@ -227,34 +154,3 @@ def _assert_same_shape(shape_a, shape_b, message: str):
   return tf.debugging.Assert(tf.equal(text(shape_a), text(shape_b)), [message, "got", shape_a, "vs", shape_b])
 
 
-class ServingError(RuntimeError):
-  """The exported model rejected a request (message from its in-graph asserts)."""
-
-
-def score_in_fresh_process(export_dir: str, features: Mapping[str, np.ndarray], timeout: float = 300) -> dict:
-  """Loads ``export_dir`` in a new Python process that imports only tensorflow and scores ``features``.
-
-  Returns task -> numpy scores. Raises :class:`ServingError` (with the model's assert message) when
-  the model rejects the request, ``RuntimeError`` for any other failure.
-  """
-  with tempfile.TemporaryDirectory() as tmp:
-    in_dir, out_dir = os.path.join(tmp, "in"), os.path.join(tmp, "out")
-    os.makedirs(in_dir)
-    os.makedirs(out_dir)
-    for k, v in features.items():
-      arr = np.asarray(v)
-      t = tf.constant(arr.astype(str) if arr.dtype == object else arr)
-      tf.io.write_file(os.path.join(in_dir, k), tf.io.serialize_tensor(t))
-    script = os.path.join(tmp, "score.py")
-    with open(script, "w") as fh:
-      fh.write(_FRESH_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, script, export_dir, in_dir, out_dir], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=tmp)
-    if proc.returncode == 3:
-      msg = [ln for ln in proc.stderr.splitlines() if "SERVING_ERROR" in ln or "must" in ln]
-      raise ServingError("\n".join(msg) or proc.stderr[-2000:])
-    if proc.returncode != 0:
-      raise RuntimeError(f"fresh-process scoring failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return {k: tf.io.parse_tensor(tf.io.read_file(os.path.join(out_dir, k)), tf.float32).numpy()
-            for k in os.listdir(out_dir)}

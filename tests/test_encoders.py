@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from semrec.config import from_dict, to_dict
 from semrec.data import write_wav
 from semrec.encoders import (AudioEncoder, EncodeError, EncoderConfig, ImageEncoder, ItemContent, LogMelSpectrogram,
                              ModalityProjection, TextEncoder, build_vggish, item_contents, prepare_waveform,
@@ -374,7 +375,7 @@ def test_config_validation_and_presets():
   assert syn.modalities == ("text", "image", "audio") and syn.image_weights == "pretrained"
   assert syn.image_architecture == "efficientnet_lite0" and syn.audio_weights == "random" and syn.image_size == 224
   assert EncoderConfig(modalities=("audio", "text"), audio_weights="random").modalities == ("text", "audio")
-  assert EncoderConfig.from_dict(syn.to_dict()) == syn
+  assert from_dict(EncoderConfig, to_dict(syn)) == syn
   with pytest.raises(ValueError, match="audio_weights is required"):
     EncoderConfig(modalities=("text", "audio"))
   with pytest.raises(ValueError, match="subset"):

@@ -8,10 +8,11 @@ import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 from absl.testing import parameterized
 
+from semrec.config import to_dict
 from semrec.data import ItemFeatures, SyntheticConfig, make_synthetic
-from semrec.ranking import (ALL_MODES, RankerConfig, RankingFeaturizer, ServingError, auc, export_ranker,
-                            prepare_sequential, run_ranking_experiment, score_in_fresh_process, sliced_auc,
-                            train_ranker)
+from semrec.export import ServingError, export_ranker, score_in_fresh_process
+from semrec.ranking import (ALL_MODES, RankerConfig, RankingFeaturizer, auc, prepare_sequential, run_ranking_experiment,
+                            sliced_auc, train_ranker)
 from semrec.ranking.experiment import _rep_config
 
 L, K, D = 3, 8, 16
@@ -165,7 +166,7 @@ def test_ranker_config_round_trip(world):
   b = Ranker.from_config(a.get_config())
   b(feats)
   b.set_weights(a.get_weights())
-  assert b.config.to_dict() == cfg.to_dict()
+  assert to_dict(b.config) == to_dict(cfg)
   np.testing.assert_allclose(b(feats)["like"].numpy(), out_a["like"].numpy(), rtol=1e-6)
 
 
@@ -186,7 +187,7 @@ def exported(world, tmp_path_factory):
   run = train_ranker(_config("spm+hash"), fi, ds.interactions, data=data, progress=False)
   feats = run.featurizer.features(data.eval_examples.take(np.arange(40)))
   base = str(tmp_path_factory.mktemp("export"))
-  result = export_ranker(run.model, base, feats, metrics={"label_auc": run.metrics["label"]["auc"]})
+  result = export_ranker(base, run.model, feats, metrics={"label_auc": run.metrics["label"]["auc"]})
   return run, feats, base, result
 
 
@@ -214,7 +215,7 @@ def test_one_user_request_broadcasts(exported):
 def test_reexport_adds_version_and_keeps_served_one(exported, tmp_path):
   run, feats, base, result = exported
   before = open(os.path.join(result.path, "saved_model.pb"), "rb").read()
-  again = export_ranker(run.model, base, feats)
+  again = export_ranker(base, run.model, feats)
   assert again.version == 2
   assert open(os.path.join(result.path, "saved_model.pb"), "rb").read() == before
 

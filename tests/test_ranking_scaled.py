@@ -166,6 +166,8 @@ def test_interrupted_sweep_resumes_without_retraining(tiny, tmp_path, monkeypatc
     run_ranking_experiment(None, fi, **kw)
   assert calls == ["random_hash", "unigram"]
   assert len(os.listdir(tmp_path / "ckpt" / "runs")) == 2
+  partial = run_ranking_experiment(None, fi, **kw, finished_only=True)  # report what finished, train nothing
+  assert set(partial.runs["mode"]) == {"random_hash", "unigram"} and calls == ["random_hash", "unigram"]
 
   def counting(sw, hist, mode, budget, seed):
     calls.append(mode)
@@ -281,10 +283,11 @@ _MIRRORED_SCRIPT = textwrap.dedent("""
         with strategy.scope():
           model = compile_ranker(Ranker(cfg))
         hist = model.fit(ds, epochs=1, verbose=0)
-      weights.append({w.name: w.numpy() for w in model.weights})
+      weights.append([w.numpy() for w in model.weights])  # creation order (names get _1 suffixes)
       print("loss", hist.history["loss"][-1])
     a, b = weights
-    diff = max(float(np.abs(a[k] - b[k]).max()) for k in a)
+    assert len(a) == len(b) and all(x.shape == y.shape for x, y in zip(a, b))
+    diff = max(float(np.abs(x - y).max()) for x, y in zip(a, b))
     print("MAXDIFF", diff)
     """)
 

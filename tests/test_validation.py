@@ -78,7 +78,7 @@ class _Inner:
   codebook_size: int = 16
   hidden_dims: Tuple[int, ...] = (8, 4)
   rate: float = 0.5
-  whiten_dim: Optional[int] = None
+  whiten_dim: Optional[int] = 8  # convention: a positive default makes 0 illegal
 
   def __post_init__(self):
     if self.codebook_size < 2:

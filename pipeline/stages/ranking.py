@@ -15,8 +15,7 @@ if TYPE_CHECKING:
 
 def stage_ranking(run: Run) -> dict:
   """The ranking representation sweep, then the production ranker (exported for TF Serving)."""
-  from semrec.ranking import (RankerConfig, format_summary, prepare_sequential, run_ranking_experiment,
-                              train_ranker)
+  from semrec.ranking import prepare_sequential, run_ranking_experiment, train_ranker
   from semrec.ranking.experiment import MODE_COMPONENTS
   from semrec.sid import ItemRepresentationConfig
   cfg = run.config.ranking
@@ -32,9 +31,8 @@ def stage_ranking(run: Run) -> dict:
     return {"skipped": reason}
   feats, table = item_features(run)
   L, K = table.codes.shape[1], table.codebook_size
-  tasks = tuple(t for t in RankerConfig().tasks if t in inter.columns)  # e.g. no "like" column: label only
-  base = RankerConfig(batch_size=cfg.batch_size, history_length=cfg.history_length, seed=run.config.seed,
-                      tasks=tasks)
+  tasks = tuple(t for t in cfg.ranker.tasks if t in inter.columns)  # e.g. no "like" column: label only
+  base = dataclasses.replace(cfg.ranker, seed=run.config.seed, tasks=tasks)
   data = prepare_sequential(run.dataset.interactions, feats, cfg.num_periods, base.history_length, base.tasks)
   result = run_ranking_experiment(run.dataset, feats, modes=cfg.modes, budgets=cfg.budgets,
                                   seeds=tuple(run.config.seed + s for s in range(cfg.num_seeds)),
