@@ -8,6 +8,10 @@ and swapped into place (the previous version is removed only after the swap).
   ``tf.io.TFRecordWriter``, ``fig.savefig``); every helper below goes through it.
 - :func:`write_bytes`, :func:`write_text`, :func:`write_json`, :func:`save_npz`, :func:`save_npy`,
   :func:`save_figure` (PNG), :func:`atomic_directory`.
+
+Reads of artefacts (:func:`read_json`, :func:`read_npz`) turn a truncated or corrupt file (e.g. damaged
+by a disk or a copy outside semrec) into a :class:`CorruptArtefactError` naming the file and what to do.
+JSON is written strictly (:func:`write_json`): NaN and infinities become ``null``.
 """
 from __future__ import annotations
 
@@ -57,13 +61,56 @@ def write_text(path: str, text: str):
   write_bytes(path, text.encode("utf-8"))
 
 
-def write_json(path: str, obj, **kwargs):
-  """Writes ``obj`` as indented JSON atomically (numpy scalars and arrays become numbers and lists).
+class CorruptArtefactError(ValueError):
+  """An artefact file exists but cannot be read (truncated, corrupt). The message names it and the fix."""
 
-  ``kwargs`` go to ``json.dumps`` (``indent`` defaults to 2; e.g. ``sort_keys=True``).
+
+def write_json(path: str, obj, **kwargs):
+  """Writes ``obj`` as indented, strict JSON atomically.
+
+  numpy scalars and arrays become numbers and lists; NaN and +-inf (undefined metrics) become ``null``,
+  so every standard JSON parser reads the file. ``kwargs`` go to ``json.dumps`` (``indent`` defaults to
+  2; e.g. ``sort_keys=True``).
   """
   kwargs.setdefault("indent", 2)
-  write_text(path, json.dumps(obj, default=_json_default, **kwargs) + "\n")
+  write_text(path, json.dumps(json_safe(obj), allow_nan=False, **kwargs) + "\n")
+
+
+def json_safe(obj):
+  """``obj`` with numpy values converted and non-finite floats replaced by ``None`` (recursively)."""
+  import math
+  if isinstance(obj, dict):
+    return {k if isinstance(k, str) else str(k): json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  if isinstance(obj, (str, bool, int)) or obj is None:
+    return obj
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  converted = _json_default(obj)
+  return converted if isinstance(converted, str) else json_safe(converted)
+
+
+def read_json(path: str, what: str, fix: str = "delete it and re-run the step that writes it"):
+  """Loads a JSON artefact; a truncated or invalid file is a CorruptArtefactError naming it and ``fix``."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CorruptArtefactError(f"{path}: damaged {what} (not valid JSON: {e}); {fix}") from e
+
+
+def read_npz(path: str, what: str, fix: str = "delete it and re-run the step that writes it") -> dict:
+  """Every array of an ``.npz`` artefact, loaded eagerly; a damaged file is a CorruptArtefactError."""
+  import zipfile
+  import numpy as np
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  except FileNotFoundError:
+    raise
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+    raise CorruptArtefactError(f"{path}: damaged {what} ({type(e).__name__}: {e}); {fix}") from e
 
 
 def _json_default(o):
@@ -138,8 +185,7 @@ def read_manifest(directory: str, what: str, kind: Optional[str] = None) -> dict
   path = os.path.join(directory, "manifest.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"no {what} at {directory!r} (missing manifest.json)")
-  with open(path) as f:
-    manifest = json.load(f)
+  manifest = read_json(path, f"{what} manifest", f"re-create the {what}")
   if kind is not None and manifest.get("kind") != kind:
     raise ValueError(f"{path}: not a semrec {what} manifest (kind {manifest.get('kind')!r}, expected {kind!r})")
   return manifest

@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from semrec.cli_common import (_build_config, _configure_output, _default_run_dir, _open_run, _run_options,  # noqa: F401
-                               _UserErrors, _verbose_option)
+from semrec.cli_common import (_build_config, _Cli, _configure_output, _default_run_dir, _open_run,  # noqa: F401
+                               _run_options, _show_warnings, _UserErrors, _verbose_option)
 
 
 def _stage_command(name: str, stage: str, help_text: str):
@@ -21,7 +21,7 @@ def _stage_command(name: str, stage: str, help_text: str):
     from semrec.pipeline import STAGES, run_stages
     with _UserErrors():
       run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
-                      split, no_exclude_history)
+                      split, no_exclude_history, stages=STAGES.dependencies(stage) + [stage])
       run_stages(run, STAGES.dependencies(stage), STAGES.registry)
       run_stages(run, [stage], STAGES.registry, force=force)
     click.echo(f"{stage} finished: {run.path(stage)}")
@@ -29,12 +29,14 @@ def _stage_command(name: str, stage: str, help_text: str):
   return click.command(name=name, help=help_text)(cmd)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="semrec")
 @click.option("--verbose", "-v", is_flag=True, help="Show TensorFlow / absl logs and Python warnings (hidden by default).")
-def main(verbose):
+@click.option("--debug", is_flag=True, help="On an error, print the full traceback before the `Error:` line.")
+def main(verbose, debug):
   """semrec: content-derived item IDs (cluster IDs, Semantic IDs) for TFRS retrieval and ranking."""
   _configure_output(verbose)
+  _show_warnings()
 
 
 @main.command("run")
@@ -42,10 +44,10 @@ def main(verbose):
 def run_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
             no_exclude_history, force):
   """The whole job: encode -> SIDs -> retrieval comparison -> index -> ranker comparison -> export -> verify."""
-  from semrec.pipeline import run_all
+  from semrec.pipeline import STAGE_ORDER, run_all
   with _UserErrors():
     run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
-                    split, no_exclude_history)
+                    split, no_exclude_history, stages=STAGE_ORDER)
     summary = run_all(run, force=force)
   click.echo(summary)
 
@@ -123,7 +125,10 @@ def verify_export_cmd(export_dir, structure_only, no_saved_model_cli):
   report = verify_export(export_dir, load=not structure_only,
                          run_saved_model_cli=not (structure_only or no_saved_model_cli))
   click.echo(verification_table(report))
-  sys.exit(0 if report.ok else 1)
+  if not report.clean:
+    problems = report.all_errors + report.all_warnings
+    raise click.ClickException(f"verify-export: {len(report.all_errors)} error(s), {len(report.all_warnings)} "
+                               f"warning(s) in {report.base_dir}: {problems[0]}")
 
 
 # ----------------------------------------------------------------------------------------------------

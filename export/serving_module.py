@@ -104,7 +104,20 @@ class ServingModule(tf.Module):
     if checks:
       with tf.control_dependencies(checks):
         features = {k: tf.identity(v) for k, v in features.items()}
+    features = self._check_batch(features)
     return _name_outputs(self._fn(features), self._output_names)
+
+  def _check_batch(self, features):
+    """Every input's dimension 0 must equal the first input's (the batch B); the message names both."""
+    keys = [k for k, spec in self.input_specs.items() if spec.shape.rank]
+    if len(keys) < 2:
+      return features
+    b = tf.shape(features[keys[0]])[0]
+    checks = [tf.debugging.assert_equal(
+        tf.shape(features[k])[0], b,
+        message=f"{k}: batch size (dimension 0) must equal that of {keys[0]}") for k in keys[1:]]
+    with tf.control_dependencies(checks):
+      return {k: tf.identity(v) for k, v in features.items()}
 
 
 class KerasServingModule(ServingModule):

@@ -38,7 +38,9 @@ class ModelCheck:
     name: model name. version: integer version (None if the model has no version directory).
     path: version directory. kind: "saved_model" / "scann_searcher" / "unknown".
     artefact: artefact type from the manifest. needs_scann_ops: from the manifest.
-    errors: what is wrong, each message naming the model, version and file. warnings: non-fatal notes.
+    errors: what is wrong, each message naming the model, version and file. warnings: problems that do not
+    stop the model from serving (a leftover staging directory, an unlisted file...): `semrec verify-export`
+    prints them and exits 1. notes: information only (structure-only pass, saved_model_cli skipped).
     num_requests: warm-up requests replayed. max_abs_diff: largest float deviation from the stored outputs.
     load_seconds: SavedModel / searcher load time in the child (after imports). import_seconds: the child's
     ``import tensorflow`` (+ scann) time. child_modules: semrec/TFRS/tf_keras/scann modules the
@@ -53,6 +55,7 @@ class ModelCheck:
   needs_scann_ops: bool = False
   errors: list = dataclasses.field(default_factory=list)
   warnings: list = dataclasses.field(default_factory=list)
+  notes: list = dataclasses.field(default_factory=list)
   num_requests: int = 0
   max_abs_diff: Optional[float] = None
   load_seconds: Optional[float] = None
@@ -85,6 +88,15 @@ class VerifyReport:
   def all_errors(self) -> list[str]:
     return list(self.errors) + [e for m in self.models for e in m.errors]
 
+  @property
+  def all_warnings(self) -> list[str]:
+    return [w for m in self.models for w in m.warnings]
+
+  @property
+  def clean(self) -> bool:
+    """No error and no warning-level problem (what `semrec verify-export` exits 0 on)."""
+    return self.ok and not self.all_warnings
+
   def to_dict(self) -> dict[str, Any]:
     return {"base_dir": self.base_dir, "ok": self.ok, "errors": self.errors,
             "models": [{**dataclasses.asdict(m), "ok": m.ok} for m in self.models]}
@@ -107,6 +119,9 @@ def report_markdown_table(report: VerifyReport) -> str:
   errs = report.all_errors
   if errs:
     lines += ["", "Errors:"] + [f"- {e}" for e in errs]
+  warns = report.all_warnings
+  if warns:
+    lines += ["", "Warnings:"] + [f"- {w}" for w in warns]
   return "\n".join(lines) + "\n"
 
 
@@ -199,7 +214,7 @@ def _start_saved_model_cli(check: ModelCheck) -> Optional[subprocess.Popen]:
   """Starts ``saved_model_cli show --dir <version> --all`` (runs alongside the fresh-process replay)."""
   cli = _saved_model_cli()
   if cli is None:
-    check.warnings.append(f"{check.name} v{check.version}: saved_model_cli not found next to {sys.executable} "
+    check.notes.append(f"{check.name} v{check.version}: saved_model_cli not found next to {sys.executable} "
                           "or on PATH; skipped")
     return None
   return subprocess.Popen([cli, "show", "--dir", check.path, "--all"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -253,6 +268,7 @@ def verify_model_version(base_dir: str, name: str, version: int, run_saved_model
   With ``load=False`` only the structure is checked (no subprocess).
   """
   t0 = time.time()
+  base_dir = os.path.abspath(base_dir)  # the child processes run in another working directory
   vdir = os.path.join(base_dir, name, str(version))
   check = ModelCheck(name=name, version=version, path=vdir)
   manifest = None
@@ -284,7 +300,7 @@ def verify_model_version(base_dir: str, name: str, version: int, run_saved_model
       manifest is None and check.kind != "saved_model"):
     check.warnings.append(f"{name} v{version}: not loaded, because of the errors above")
   elif not load:
-    check.warnings.append(f"{name} v{version}: structure checked only (load=False)")
+    check.notes.append(f"{name} v{version}: structure checked only (load=False)")
   else:
     if manifest is None:
       # Still load and replay what is there: a truncated saved_model.pb is only visible to the loader.
@@ -315,6 +331,7 @@ def verify_export(base_dir: str, names: Optional[Sequence[str]] = None, all_vers
     load: False checks only the directory structure and file inventory (fast, no subprocess).
     progress: show a tqdm bar (one step per model version).
   """
+  base_dir = os.path.abspath(base_dir)  # the child processes run in another working directory
   report = VerifyReport(base_dir=base_dir, models=[])
   if not os.path.isdir(base_dir):
     report.errors.append(f"{base_dir}: export directory does not exist")
@@ -326,6 +343,9 @@ def verify_export(base_dir: str, names: Optional[Sequence[str]] = None, all_vers
   if names is None:
     names = sorted(d for d in os.listdir(base_dir)
                    if os.path.isdir(os.path.join(base_dir, d)) and not d.startswith("."))
+    if not names:
+      report.errors.append(f"{base_dir}: no model directory (<name>/<version>/) to verify: nothing was exported "
+                           "here")
   jobs = []
   for name in names:
     model_dir = os.path.join(base_dir, name)

@@ -11,11 +11,11 @@ from semrec.pipeline.artefacts import cluster_ids, export_dir, item_features, lo
 from semrec.pipeline.config import (DataConfig, ExportStageConfig, RankingStageConfig, RetrievalStageConfig,
                                     RunConfig, SidStageConfig, load_dataset)
 from semrec.pipeline.report import write_report
-from semrec.pipeline.run import Run, run_all, run_stages, write_config
+from semrec.pipeline.run import Run, preflight, run_all, run_stages, write_config
 from semrec.pipeline.stages import STAGE_ORDER, STAGES
 
 __all__ = [
     "DataConfig", "ExportStageConfig", "RankingStageConfig", "RetrievalStageConfig", "Run", "RunConfig",
     "STAGES", "STAGE_ORDER", "SidStageConfig", "cluster_ids", "export_dir", "item_features", "load_dataset", "load_embeddings",
-    "load_sid_table", "run_all", "run_stages", "write_config", "write_report",
+    "load_sid_table", "preflight", "run_all", "run_stages", "write_config", "write_report",
 ]

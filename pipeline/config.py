@@ -9,11 +9,13 @@ import dataclasses
 import typing
 from typing import Optional
 
+from semrec.config import ConfigError, setting
 from semrec.data import (SPLITS, RecDataset, SyntheticConfig, load_generic, load_movielens, make_synthetic)
 from semrec.encoders import EncoderConfig
 from semrec.ranking import RankerConfig
+from semrec.ranking.experiment import MODE_COMPONENTS
 from semrec.sid.rqvae import RQVAEConfig
-from semrec.towers.comparison import ComparisonConfig
+from semrec.towers.comparison import VARIANTS, ComparisonConfig
 
 
 SPLIT_FIELDS = ("split", "val_fraction", "cold_fraction", "exclude_history")  # DataConfig's retrieval protocol
@@ -37,14 +39,14 @@ class DataConfig:
     cold_fraction: cold_items: fraction of the items (with a positive interaction) held out, seeded by ``seed``.
     exclude_history: Remove each user's earlier items from the retrieval ranking (CLI ``--no-exclude-history``).
   """
-  type: str = "movielens"
+  type: str = setting("movielens", choices=("movielens", "synthetic", "generic"))
   interactions: str = ""
   items: str = ""
   text_columns: tuple = ("title",)
   quality_columns: tuple = ()
   synthetic: SyntheticConfig = dataclasses.field(default_factory=lambda: SyntheticConfig(
       num_items=600, num_users=200, num_topics=8, num_days=30))
-  train_fraction: float = 0.8
+  train_fraction: float = setting(0.8, min=0.0, max=1.0, min_exclusive=True, max_exclusive=True)
   split: str = "temporal"
   val_fraction: float = 0.1
   cold_fraction: float = 0.2
@@ -67,7 +69,7 @@ def load_dataset(config: DataConfig) -> RecDataset:
   if config.type == "movielens":
     return load_movielens()
   if config.type == "synthetic":
-    return make_synthetic(config.synthetic)
+    return make_synthetic(config.synthetic).validate()
   return load_generic(config.interactions, config.items, config.text_columns, config.quality_columns)
 
 
@@ -106,13 +108,13 @@ class RankingStageConfig:
   MOVED_KEYS: typing.ClassVar[dict] = {"history_length": "ranker.history_length", "batch_size": "ranker.batch_size"}
 
   ranker: RankerConfig = dataclasses.field(default_factory=lambda: RankerConfig(history_length=20, batch_size=512))
-  modes: tuple = ("random_hash", "unigram", "bigram", "spm", "spm+hash")
+  modes: tuple = setting(("random_hash", "unigram", "bigram", "spm", "spm+hash"), choices=tuple(MODE_COMPONENTS))
   budgets: tuple = (1024, 4096)
   num_seeds: int = 1
   use_history: tuple = (True, False)
-  num_periods: int = 10
+  num_periods: int = setting(10, min=2)
   embedding_dim: int = 32
-  production_mode: str = "spm+hash"
+  production_mode: str = setting("spm+hash", choices=tuple(MODE_COMPONENTS))
   production_budget: int = 1024
 
 
@@ -128,9 +130,9 @@ class RetrievalStageConfig:
     top_k: k of the exported retrieval models.
   """
   comparison: ComparisonConfig = dataclasses.field(default_factory=ComparisonConfig)
-  production_variant: str = "sid_spm_hashed"
-  production_quality: str = "none"
-  index_kind: str = "auto"
+  production_variant: str = setting("sid_spm_hashed", choices=VARIANTS)
+  production_quality: str = setting("none", choices=("none", "tuned"))
+  index_kind: str = setting("auto", choices=("auto", "scann", "brute_force"))
   top_k: int = 100
 
 
@@ -201,6 +203,19 @@ class RunConfig:
     return rep(self, data=data, encoder=encoder, sid=sid, retrieval=retrieval, ranking=ranking, export=export)
 
   def validate(self):
-    """Cross-field checks (each sub-config validates itself at construction)."""
-    if self.sid.model.codebook_size < 2:
-      raise ValueError(f"sid.model.codebook_size must be >= 2, got {self.sid.model.codebook_size}")
+    """Cross-field checks (each field's type and range: ``semrec.config.validate``).
+
+    Raises:
+      ConfigError: naming the fields.
+    """
+    m = self.sid.model
+    if m.codebook_size < 2:
+      raise ConfigError(f"sid.model.codebook_size: must be >= 2, got {m.codebook_size}")
+    need = m.num_levels * m.codebook_size + 1  # SPM pieces: every single code + the pad row
+    spm = [b for b in self.ranking.budgets if any(x.startswith("spm") for x in self.ranking.modes)]
+    if self.ranking.production_mode.startswith("spm"):
+      spm.append(self.ranking.production_budget)
+    for b in spm:
+      if b < need:
+        raise ConfigError(f"ranking.budgets: {b} rows is too small for SPM: it needs >= L*K+1 = {need} "
+                          f"(sid.model.num_levels={m.num_levels} x codebook_size={m.codebook_size} + 1)")

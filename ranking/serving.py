@@ -86,16 +86,15 @@ class RankerServingModule(tf.Module):
       ids, sid = f[f"{slot}_item_id"], f[f"{slot}_sid"]
       shape_checks.append(tf.debugging.assert_equal(
           tf.shape(sid)[-1], L, message=f"{slot}_sid: each item needs L={L} SID codes (last dimension)"))
-      shape_checks.append(tf.debugging.assert_equal(
-          tf.shape(sid)[:-1], tf.shape(ids),
-          message=f"{slot}_sid: leading shape must equal the shape of {slot}_item_id"))
+      shape_checks.append(_assert_same_shape(
+          tf.shape(sid)[:-1], tf.shape(ids), f"{slot}_sid: leading shape must equal the shape of {slot}_item_id"))
       if self.uses_content:
         content = f[f"{slot}_content"]
         shape_checks.append(tf.debugging.assert_equal(
             tf.shape(content)[-1], self.content_dim, message=f"{slot}_content: width must be D={self.content_dim}"))
-        shape_checks.append(tf.debugging.assert_equal(
+        shape_checks.append(_assert_same_shape(
             tf.shape(content)[:-1], tf.shape(ids),
-            message=f"{slot}_content: leading shape must equal the shape of {slot}_item_id"))
+            f"{slot}_content: leading shape must equal the shape of {slot}_item_id"))
       if slot != "candidate":
         shape_checks.append(batch_ok(f"{slot}_item_id", tf.shape(ids)[0]))
     ctx = f["context"]
@@ -146,3 +145,12 @@ class RankerServingModule(tf.Module):
     ctx = tf.broadcast_to(f["context"], [b, self.context_dim])
     logits = self.model.score(cand, last, hist, ctx, training=False)
     return {t: tf.sigmoid(v) for t, v in logits.items()}
+
+
+def _assert_same_shape(shape_a, shape_b, message: str):
+  """Asserts two shape vectors are equal, whatever their lengths (ranks): compared as strings, so a rank
+  mismatch fails with ``message`` (and both shapes) instead of TF's unnamed "Incompatible shapes"."""
+  text = lambda s: tf.strings.reduce_join(tf.strings.as_string(s), separator=",")  # noqa: E731
+  return tf.debugging.Assert(tf.equal(text(shape_a), text(shape_b)), [message, "got", shape_a, "vs", shape_b])
+
+

@@ -330,8 +330,9 @@ class SidModel:
     from semrec.atomic import read_manifest
     manifest = read_manifest(directory, "SID model", kind="semrec.sid.SidModel")
     config = from_dict(RQVAEConfig, manifest["config"])
-    with np.load(os.path.join(directory, "weights.npz"), allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files}
+    from semrec.atomic import read_npz
+    arrays = read_npz(os.path.join(directory, "weights.npz"), "SID model weights",
+                      "run `semrec sid train --force` to retrain the SID model")
     network = _build_network(config, manifest["input_dim"]) if config.mode == "rqvae" else None
     assigner = network.assigner if network is not None else _build_assigner(config, manifest["input_dim"])
     assigner.trainable = False  # get_weights order depends on trainability; saved models are frozen
@@ -341,7 +342,8 @@ class SidModel:
         layer.set_weights([arrays[k] for k in sorted(a for a in arrays if a.startswith(f"decoder/{j:03d}/"))])
     model = cls(config, assigner, network, history=manifest.get("history"))
     if assigner.fingerprint() != manifest["fingerprint"]:
-      raise ValueError(f"{directory}: weights do not match the manifest fingerprint (corrupt or mixed files)")
+      raise ValueError(f"{directory}: weights do not match the manifest fingerprint (corrupt or mixed files); run "
+                       "`semrec sid train --force` to retrain the SID model")
     return model
 
 
