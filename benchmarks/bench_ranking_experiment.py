@@ -11,13 +11,17 @@ Worlds:
   days, uploads every day; CTR = user-topic affinity + content quality + per-item quality + noise).
   SIDs: RQ-KMeans (L=3, K=256) fitted on the content vectors of items uploaded before the eval day,
   assigned to all items. Protocol by day: train days 0..28 in order (each sub-sampled to
-  ``--train-rows-per-day`` impressions; histories and context come from the full log), evaluate on
-  day 29 (all 80k impressions; new items = first impression on day 29).
+  ``--train-rows-per-day`` impressions, default 2,000; histories and context come from the full log),
+  evaluate on day 29 (``--eval-rows`` sampled impressions, default 30,000; new items = no impression
+  before day 29). Budgets 2048 ("table much smaller than the 120k-item vocabulary") and 131072
+  ("close to it").
 - ``--world movielens``: the bundled MovieLens (SIDs as in bench_ranker: RQ-KMeans L=3, K=256 of
   MiniLM text embeddings), 10 equal-count periods (it has no daily volume), the last evaluated.
 
-Every finished configuration is checkpointed (``--checkpoint-dir``); rerunning the same command
-resumes without retraining finished ones.
+Ranker: d=16, one DCN cross, MLP (64, 32), batch 256, Adam 5e-3, one pass per period. Runs go largest
+budget first, then history on/off, then seed. Every finished configuration is checkpointed
+(``--checkpoint-dir``); rerunning the same command resumes without retraining finished ones, and
+``--finished-only`` writes the tables/PNG from what is checkpointed without training.
 
   python -m semrec.benchmarks.bench_ranking_experiment --world scaled
   python -m semrec.benchmarks.bench_ranking_experiment --world movielens --embeddings movielens_minilm.npz
