@@ -306,10 +306,13 @@ def _with_strategy(cmd: click.Command, stage: str) -> click.Command:
   def callback(strategy, **kwargs):
     if strategy == "none":
       return inner(**kwargs)
-    from semrec.towers.distributed import make_strategy, run_ps_server, task_info
+    if strategy == "ps":
+      raise click.ClickException(
+          "--strategy ps: the stage trains with model.fit(dataset), which ParameterServerStrategy does not accept "
+          "(it needs a DatasetCreator and steps_per_epoch); train the retriever under PS as "
+          "benchmarks/dist_retriever.py does (docs/scale.md, 'ParameterServerStrategy')")
+    from semrec.towers.distributed import make_strategy, task_info
     task_type, task_id, chief = task_info()
-    if strategy == "ps" and task_type in ("ps", "worker"):
-      return run_ps_server()
     kwargs["run_dir"] = _strategy_run_dir(stage, task_id, chief, kwargs)
     s = make_strategy(strategy)  # before any other TF op (MWMS)
     with s.scope():
