@@ -1,19 +1,22 @@
 """Two-tower retrieval: query/candidate towers, Etsy quality vector, TFRS model, ScaNN/brute-force index, metrics."""
 from semrec.towers.index import (IndexConfig, RetrievalIndex, brute_force_top_k, build_and_save_index, build_index,
                                  index_report, recall_against_exact)
-from semrec.towers.inputs import RetrievalInputs, item_frequencies
+from semrec.towers.inputs import RetrievalInputs, item_frequencies, sequence_windows
 from semrec.towers.metrics import metrics_from_ranks, rank_of_targets, sliced_metrics
 from semrec.towers.model import (QUALITY_MODES, RetrieverConfig, TwoTowerRetriever, compile_retriever, embed_candidates,
                                  embed_queries, init_model, load_retriever, save_retriever, tune_quality_weights)
 from semrec.towers.comparison import (VARIANTS, ComparisonConfig, build_variant_retriever, fit_retriever,
                                       run_retrieval_comparison)
+from semrec.towers.sequential import SequentialQueryTower, SequentialTowerConfig
+from semrec.towers.tasks import MixedNegativeRetrieval, gather_candidates
 from semrec.towers.quality import QualityConfig, QualityVector
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                                   QueryTowerConfig)
 
 __all__ = [
     "IndexConfig", "RetrievalIndex", "brute_force_top_k", "build_and_save_index", "build_index", "index_report", "recall_against_exact",
-    "RetrievalInputs", "item_frequencies", "metrics_from_ranks", "rank_of_targets", "sliced_metrics",
+    "RetrievalInputs", "item_frequencies", "sequence_windows", "SequentialQueryTower", "SequentialTowerConfig",
+    "MixedNegativeRetrieval", "gather_candidates", "metrics_from_ranks", "rank_of_targets", "sliced_metrics",
     "QUALITY_MODES", "RetrieverConfig", "TwoTowerRetriever", "compile_retriever", "embed_candidates", "embed_queries", "init_model",
     "load_retriever", "save_retriever", "tune_quality_weights", "VARIANTS", "ComparisonConfig", "build_variant_retriever", "fit_retriever", "run_retrieval_comparison", "QualityConfig", "QualityVector", "CandidateTower",
     "CandidateTowerConfig", "ItemEncoder", "ItemEncoderConfig", "QueryTower", "QueryTowerConfig",

@@ -9,10 +9,11 @@ validation window (``quality_mode="tuned"``, see ``tune_quality_weights``) witho
 tuned w is a model variable, so serving (``query_embedding`` / an index built from
 ``candidate_embedding``) applies it.
 
-Training: in-batch softmax (``tfrs.tasks.Retrieval``) with logQ correction from train item
-frequencies (``candidate_sampling_probability``), optional hard-negative mining,
-``remove_accidental_hits`` on item ids, and a temperature. The task has no FactorizedTopK metric, so
-training computes the loss only; full-catalogue metrics come from ``evaluate_retriever``.
+Training: the injected task (default ``semrec.towers.MixedNegativeRetrieval``): softmax over in-batch
+candidates (logQ-corrected with train item frequencies) plus S uniformly sampled catalogue items
+(``num_negatives``; -1 = full softmax), accidental-hit masking on item ids, and a temperature. A pooled
+query tower trains on one (history -> item) row per interaction; the sequential tower on whole sequences,
+one target per position. Full-catalogue metrics come from ``semrec.towers.evaluate_scores``.
 """
 from __future__ import annotations
 
@@ -25,10 +26,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from semrec.towers.sequential import SequentialQueryTower, SequentialTowerConfig
+from semrec.towers.tasks import MixedNegativeRetrieval
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                                   QueryTowerConfig)
 
 QUALITY_MODES = ("none", "learned", "tuned")
+QUERY_TOWERS = ("pooled", "sequential")
 
 
 @dataclasses.dataclass
@@ -38,11 +42,16 @@ class RetrieverConfig:
   Attributes:
     item: Parts of the item representation (shared by both towers).
     candidate: Candidate-tower MLP.
-    query: Query-tower settings.
+    query: Pooled query-tower settings (``query_tower="pooled"``).
+    query_tower: "pooled" (``QueryTower``: user id + mean/attention/GRU pooled history) or "sequential"
+      (``SequentialQueryTower``: causal self-attention, trained on every prefix of each train sequence).
+    sequential: Settings of the sequential tower.
+    num_negatives: S uniformly sampled catalogue items added to the softmax per batch (mixed negative
+      sampling); -1 = the whole catalogue (full softmax), 0 = in-batch negatives only.
+    in_batch_negatives: Use the batch's other positives as negatives (with logQ correction).
     temperature: Softmax temperature (scores / temperature); None = 1.
     logq_correction: Subtract log(item train frequency) from in-batch logits (needs ``item_prob``).
     remove_accidental_hits: Mask in-batch negatives that are the positive item itself.
-    num_hard_negatives: If set, keep only this many highest-scoring negatives per query.
     quality_dim: Q, the number of quality features (0 = no quality vector).
     quality_mode: "none", "learned" (w trained with the towers) or "tuned" (w set after training).
     learning_rate: Adam learning rate used by ``compile_retriever``.
@@ -50,10 +59,13 @@ class RetrieverConfig:
   item: ItemEncoderConfig = dataclasses.field(default_factory=lambda: ItemEncoderConfig(hash_bins=10_000))
   candidate: CandidateTowerConfig = dataclasses.field(default_factory=CandidateTowerConfig)
   query: QueryTowerConfig = dataclasses.field(default_factory=QueryTowerConfig)
+  query_tower: str = "pooled"
+  sequential: SequentialTowerConfig = dataclasses.field(default_factory=SequentialTowerConfig)
+  num_negatives: int = 0
+  in_batch_negatives: bool = True
   temperature: Optional[float] = 0.05
   logq_correction: bool = True
   remove_accidental_hits: bool = True
-  num_hard_negatives: Optional[int] = None
   quality_dim: int = 0
   quality_mode: str = "none"
   learning_rate: float = 3e-3
@@ -65,15 +77,27 @@ class RetrieverConfig:
       self.candidate = CandidateTowerConfig(**self.candidate)
     if isinstance(self.query, dict):
       self.query = QueryTowerConfig(**self.query)
+    if isinstance(self.sequential, dict):
+      self.sequential = SequentialTowerConfig(**self.sequential)
+    if self.query_tower not in QUERY_TOWERS:
+      raise ValueError(f"RetrieverConfig.query_tower must be one of {QUERY_TOWERS}, got {self.query_tower!r}")
+    if self.num_negatives < -1:
+      raise ValueError(f"RetrieverConfig.num_negatives must be >= -1, got {self.num_negatives}")
+    if not self.in_batch_negatives and self.num_negatives == 0:
+      raise ValueError("in_batch_negatives=False needs num_negatives != 0 (no negatives at all otherwise)")
     if self.quality_mode not in QUALITY_MODES:
       raise ValueError(f"RetrieverConfig.quality_mode must be one of {QUALITY_MODES}, got {self.quality_mode!r}")
     if self.quality_mode != "none" and self.quality_dim < 1:
       raise ValueError(f"quality_mode={self.quality_mode!r} needs quality_dim >= 1")
-    if self.candidate.output_dim != self.query.output_dim:
+    if self.query_tower == "pooled" and self.candidate.output_dim != self.query.output_dim:
       raise ValueError(f"candidate.output_dim ({self.candidate.output_dim}) != query.output_dim "
                        f"({self.query.output_dim})")
     if self.temperature is not None and self.temperature <= 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+  @property
+  def max_history(self) -> int:
+    return self.sequential.max_history if self.query_tower == "sequential" else self.query.max_history
 
   @property
   def uses_quality(self) -> bool:
@@ -84,40 +108,52 @@ class RetrieverConfig:
 
 
 class TwoTowerRetriever(tfrs.Model):
-  """Two-tower retrieval model.
+  """Two-tower retrieval model; the loss is an injected task layer (TFRS style).
 
   Args:
     config: ``RetrieverConfig``.
     item_representation: semrec.sid ``ItemRepresentation`` layer when ``config.item.use_sid``.
     sid_assigner: frozen semrec.sid ``SidAssigner`` when ``config.item.sid_from_content``.
     cluster_assigner: frozen semrec.sid ``ClusterIdLayer`` when ``config.item.cluster_from_content``.
+    task: The loss layer, called as ``task(q, c, candidate_ids=, candidate_sampling_probability=,
+      sampled_embeddings=, sampled_ids=, num_items=, sample_weight=)``; default a ``MixedNegativeRetrieval``
+      built from the config (temperature, logQ, accidental hits, in-batch negatives).
 
-  Inputs: the nested batch dict of ``semrec.towers.RetrievalInputs.dataset`` (user_id, timestamp,
-  item_prob, item{...}, history{...}).
+  Inputs: the nested batch dicts of ``semrec.towers.RetrievalInputs``: pointwise rows (``dataset``: user_id,
+  timestamp, item_prob, item{...}, history{...}) or, for the sequential tower, sequences
+  (``sequence_dataset``: history{... [B, H]}, target{... [B, H]}, target_prob [B, H]); either may carry
+  ``negatives{... [S]}`` and ``num_items`` (uniformly sampled items for the softmax).
   """
 
   def __init__(self, config: RetrieverConfig, item_representation=None, sid_assigner=None, cluster_assigner=None,
-               **kwargs):
+               task: Optional[tf.keras.layers.Layer] = None, **kwargs):
     super().__init__(**kwargs)
     self.config = config
     self.item_encoder = ItemEncoder(config.item, item_representation=item_representation,
                                     sid_assigner=sid_assigner, cluster_assigner=cluster_assigner, name="item_encoder")
     self.candidate_tower = CandidateTower(self.item_encoder, config.candidate, name="candidate_tower")
-    self.query_tower = QueryTower(self.item_encoder, config.query, name="query_tower")
+    if config.query_tower == "sequential":
+      self.query_tower = SequentialQueryTower(self.candidate_tower, config.sequential,
+                                              output_dim=config.candidate.output_dim, name="query_tower")
+    else:
+      self.query_tower = QueryTower(self.item_encoder, config.query, name="query_tower")
     self.quality_weights = None
     if config.uses_quality:
       self.quality_weights = self.add_weight(name="quality_w", shape=(config.quality_dim,), initializer="zeros",
                                              trainable=config.quality_mode == "learned")
-    self.task = tfrs.tasks.Retrieval(temperature=config.temperature, num_hard_negatives=config.num_hard_negatives,
-                                     remove_accidental_hits=config.remove_accidental_hits)
+    self.task = task or MixedNegativeRetrieval(temperature=config.temperature, logq_correction=config.logq_correction,
+                                               remove_accidental_hits=config.remove_accidental_hits,
+                                               in_batch=config.in_batch_negatives, name="task")
+
+  def _with_w(self, q):
+    if self.quality_weights is None:
+      return q
+    w = tf.broadcast_to(self.quality_weights, tf.concat([tf.shape(q)[:-1], [self.config.quality_dim]], 0))
+    return tf.concat([q, w], axis=-1)
 
   def query_embedding(self, features, training=False):
     """[B, d] query embedding, or [B, d + Q] = [q ; w] with the quality vector."""
-    q = self.query_tower(features, training=training)
-    if self.quality_weights is None:
-      return q
-    w = tf.broadcast_to(self.quality_weights[None, :], [tf.shape(q)[0], self.config.quality_dim])
-    return tf.concat([q, w], axis=-1)
+    return self._with_w(self.query_tower(features, training=training))
 
   def candidate_embedding(self, item_features, training=False):
     """[B, d] candidate embedding, or [B, d + Q] = [p ; f(p)] with the quality vector."""
@@ -132,12 +168,30 @@ class TwoTowerRetriever(tfrs.Model):
   def call(self, features, training=False):
     return self.query_embedding(features, training=training), self.candidate_embedding(features["item"], training)
 
+  def _positive_pairs(self, features, training):
+    """(q [M, d'], c [M, d'], positive ids [M], P(positive) [M]) of a pointwise or a sequence batch."""
+    if "target" not in features:
+      q, c = self(features, training=training)
+      return q, c, features["item"]["item_id"], features["item_prob"]
+    if self.config.query_tower != "sequential":
+      raise ValueError("sequence batches (with 'target') need query_tower='sequential'")
+    seq, _ = self.query_tower.sequence_output(features, training=training)  # [B, H, d]
+    h = tf.shape(seq)[1]
+    target = {k: v[:, -h:] for k, v in features["target"].items()}
+    valid = tf.not_equal(target["item_id"], "")  # one positive per non-padding position
+    flat = {k: tf.boolean_mask(v, valid) for k, v in target.items()}
+    q = self._with_w(tf.boolean_mask(seq, valid))
+    c = self.candidate_embedding(flat, training=training)
+    return q, c, flat["item_id"], tf.boolean_mask(features["target_prob"][:, -h:], valid)
+
   def compute_loss(self, features, training=False):
-    q, c = self(features, training=training)
-    prob = features["item_prob"] if self.config.logq_correction else None
-    ids = features["item"]["item_id"] if self.config.remove_accidental_hits else None
-    return self.task(q, c, candidate_sampling_probability=prob, candidate_ids=ids, compute_metrics=False,
-                     compute_batch_metrics=False)
+    q, c, ids, prob = self._positive_pairs(features, training)
+    sampled = sampled_ids = None
+    if "negatives" in features:
+      sampled = self.candidate_embedding(features["negatives"], training=training)
+      sampled_ids = features["negatives"]["item_id"]
+    return self.task(q, c, candidate_ids=ids, candidate_sampling_probability=prob, sampled_embeddings=sampled,
+                     sampled_ids=sampled_ids, num_items=features.get("num_items"))
 
   def set_quality_weights(self, w):
     """Sets w (e.g. the result of ``tune_quality_weights``); used by every later query embedding."""
