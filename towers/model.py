@@ -212,9 +212,10 @@ def init_model(model: TwoTowerRetriever, batch) -> TwoTowerRetriever:
   """Builds all variables by running one batch through both towers eagerly.
 
   Call it before ``fit``: layers that create lookup tables in ``build`` (e.g. SPM segmenters) are then
-  built outside ``tf.function``.
+  built outside ``tf.function``. Runs the loss, so sequence batches (which have no single candidate item)
+  and sampled negatives build their paths too.
   """
-  model(batch, training=False)
+  model.compute_loss(batch, training=False)
   return model
 
 
