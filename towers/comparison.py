@@ -122,31 +122,17 @@ def _content_matrix(dataset: RecDataset, content_ids, content) -> np.ndarray:
   return emb[idx]
 
 
-def _item_encoder_config(variant: str, cfg: ComparisonConfig, hash_bins: int):
+def _item_encoder_config(variant: str, cfg: ComparisonConfig, hash_bins: int, levels: int, k: int):
+  """The ``ItemEncoderConfig`` (one ``semrec.sid.ItemRepresentationConfig``, parts concatenated) of a variant."""
+  from semrec.sid import ItemRepresentationConfig
   from semrec.towers.towers import ItemEncoderConfig
-  e = cfg.embedding_dim
-  if variant == "hashed_id":
-    return ItemEncoderConfig(hash_bins=hash_bins, hash_dim=e)
-  if variant == "content":
-    return ItemEncoderConfig(content_dim=e)
-  if variant == "cluster_id":
-    return ItemEncoderConfig(num_clusters=cfg.num_clusters, cluster_dim=e)
-  if variant in ("sid_unigram", "sid_spm"):
-    return ItemEncoderConfig(use_sid=True)
-  return ItemEncoderConfig(use_sid=True, hash_bins=hash_bins, hash_dim=e)
-
-
-def _item_representation(variant: str, cfg: ComparisonConfig, spm, levels: int, k: int):
-  from semrec.sid import ItemRepresentation, ItemRepresentationConfig
-  if variant == "sid_unigram":
-    rc = ItemRepresentationConfig(modes=("unigram",), embedding_dim=cfg.embedding_dim, num_levels=levels,
-                                  codebook_size=k, table_budget=max(levels * k, 1))
-    return ItemRepresentation(rc, name="item_representation")
-  if variant in ("sid_spm", "sid_spm_hashed"):
-    rc = ItemRepresentationConfig(modes=("spm",), embedding_dim=cfg.embedding_dim, num_levels=levels,
-                                  codebook_size=k, table_budget=cfg.spm_vocab_size)
-    return ItemRepresentation(rc, spm=spm, name="item_representation")
-  return None
+  modes = {"hashed_id": ("random_hash",), "content": ("dense",), "cluster_id": ("cluster",),
+           "sid_unigram": ("unigram",), "sid_spm": ("spm",), "sid_spm_hashed": ("spm", "random_hash")}[variant]
+  budget = cfg.spm_vocab_size if "spm" in modes else max(levels * k, 1)
+  rc = ItemRepresentationConfig(modes=modes, embedding_dim=cfg.embedding_dim, num_levels=levels, codebook_size=k,
+                                table_budget=budget, hash_buckets=max(hash_bins, 1),
+                                cluster_sizes=(cfg.num_clusters,) if "cluster" in modes else ())
+  return ItemEncoderConfig(representation=rc)
 
 
 def build_variant_retriever(variant: str, cfg: ComparisonConfig, quality_dim: int = 0, quality_mode: str = "none",
@@ -169,15 +155,17 @@ def build_variant_retriever(variant: str, cfg: ComparisonConfig, quality_dim: in
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
   if variant in ("sid_spm", "sid_spm_hashed") and spm is None:
     raise ValueError(f"variant {variant!r} needs a trained SidSpm (spm=...)")
+  levels, k = num_levels or cfg.sid_levels, codebook_size or cfg.sid_codebook_size
   rc = RetrieverConfig(
-      item=_item_encoder_config(variant, cfg, hash_bins),
+      item=_item_encoder_config(variant, cfg, hash_bins, levels, k),
       candidate=CandidateTowerConfig(mlp_dims=cfg.mlp_dims, output_dim=cfg.output_dim),
       query=QueryTowerConfig(user_hash_bins=cfg.user_hash_bins, user_dim=cfg.embedding_dim,
                              max_history=cfg.max_history, pooling=cfg.pooling, mlp_dims=cfg.mlp_dims,
                              output_dim=cfg.output_dim, time_mean=time_mean, time_scale=time_scale),
       temperature=cfg.temperature, quality_dim=quality_dim if quality_mode != "none" else 0,
       quality_mode=quality_mode, learning_rate=cfg.learning_rate)
-  rep = _item_representation(variant, cfg, spm, num_levels or cfg.sid_levels, codebook_size or cfg.sid_codebook_size)
+  from semrec.sid import ItemRepresentation
+  rep = ItemRepresentation(rc.item.representation, spm=spm, name="item_representation")
   return TwoTowerRetriever(rc, item_representation=rep)
 
 
@@ -265,7 +253,8 @@ def run_retrieval_comparison(dataset: RecDataset, content_ids, content, config: 
   if "cluster_id" in cfg.variants:
     from semrec.sid.kmeans import fit_kmeans, nearest_centroid
     cents = fit_kmeans(x, min(cfg.num_clusters, n_items), seed=cfg.seed)
-    arrays["cluster_id"] = nearest_centroid(x, cents)
+    from semrec.sid.adapters import cluster_feature
+    arrays[cluster_feature(cfg.num_clusters)] = nearest_centroid(x, cents)
   levels, k = cfg.sid_levels, cfg.sid_codebook_size
   spm = None
   if needs_sid:

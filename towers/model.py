@@ -47,7 +47,7 @@ class RetrieverConfig:
     quality_mode: "none", "learned" (w trained with the towers) or "tuned" (w set after training).
     learning_rate: Adam learning rate used by ``compile_retriever``.
   """
-  item: ItemEncoderConfig = dataclasses.field(default_factory=lambda: ItemEncoderConfig(hash_bins=10_000))
+  item: ItemEncoderConfig = dataclasses.field(default_factory=ItemEncoderConfig)
   candidate: CandidateTowerConfig = dataclasses.field(default_factory=CandidateTowerConfig)
   query: QueryTowerConfig = dataclasses.field(default_factory=QueryTowerConfig)
   temperature: Optional[float] = 0.05
@@ -88,7 +88,8 @@ class TwoTowerRetriever(tfrs.Model):
 
   Args:
     config: ``RetrieverConfig``.
-    item_representation: semrec.sid ``ItemRepresentation`` layer when ``config.item.use_sid``.
+    item_representation: optional prebuilt semrec.sid ``ItemRepresentation`` (e.g. with a trained SPM);
+      default built from ``config.item.representation``.
     sid_assigner: frozen semrec.sid ``SidAssigner`` when ``config.item.sid_from_content``.
     cluster_assigner: frozen semrec.sid ``ClusterIdLayer`` when ``config.item.cluster_from_content``.
 
