@@ -4,10 +4,10 @@ from semrec.towers.index import (IndexConfig, RetrievalIndex, brute_force_top_k,
 from semrec.towers.inputs import RetrievalInputs, item_frequencies
 from semrec.towers.metrics import metrics_from_ranks, rank_of_targets, sliced_metrics
 from semrec.towers.model import (QUALITY_MODES, RetrieverConfig, TwoTowerRetriever, compile_retriever, embed_candidates,
-                                 embed_queries, init_model, load_retriever, save_retriever, tune_quality_weights)
+                                 embed_queries, init_model, load_retriever, save_retriever)
 from semrec.towers.comparison import (VARIANTS, ComparisonConfig, build_variant_retriever, fit_retriever,
                                       run_retrieval_comparison)
-from semrec.towers.quality import QualityConfig, QualityVector
+from semrec.towers.quality import QualityConfig, QualityVector, tune_quality_weights
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                                   QueryTowerConfig)
 

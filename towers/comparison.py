@@ -227,8 +227,8 @@ def run_retrieval_comparison(dataset: RecDataset, content_ids, content, config: 
   from tqdm.auto import tqdm
   from semrec.towers.inputs import RetrievalInputs, item_frequencies
   from semrec.towers.metrics import rank_of_targets, sliced_metrics
-  from semrec.towers.model import embed_candidates, embed_queries, tune_quality_weights
-  from semrec.towers.quality import QualityConfig, QualityVector
+  from semrec.towers.model import embed_candidates, embed_queries
+  from semrec.towers.quality import QualityConfig, QualityVector, tune_quality_weights
 
   cfg = config or ComparisonConfig()
   t_start = time.time()
@@ -347,7 +347,7 @@ def run_retrieval_comparison(dataset: RecDataset, content_ids, content, config: 
           qb = embed_queries(model, in_val, enc_val, with_quality=False)
           cb = embed_candidates(model, in_val, with_quality=False)
           w, info = tune_quality_weights(qb, cb, q_val.features(), val_targets, val_excl, k=max(cfg.ks),
-                                         query_weights=val_weights)
+                                         query_weights=val_weights, cold=val_new)
           weights_out[f"{variant}/tuned"] = {"w": dict(zip(q_val.feature_names, map(float, w))), **info}
           results["tuned"] = evaluate(w)
       else:

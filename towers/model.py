@@ -5,7 +5,7 @@ Shape letters: B batch, N catalogue items, d tower width, Q quality features.
 Scores: with quality features the candidate embedding is [p ; f(p)] ([B, d + Q]) and the query
 embedding [q ; w] with one shared vector w [Q], so score = q.p + w.f(p). w is either learned with the
 towers (``quality_mode="learned"``) or held at zero during training and tuned afterwards on a
-validation window (``quality_mode="tuned"``, see ``tune_quality_weights``) without retraining; the
+validation window (``quality_mode="tuned"``, see ``semrec.towers.quality.tune_quality_weights``) without retraining; the
 tuned w is a model variable, so serving (``query_embedding`` / an index built from
 ``candidate_embedding``) applies it.
 
@@ -181,63 +181,6 @@ def embed_queries(model: TwoTowerRetriever, inputs, encoded: dict, batch_size: i
   for b in inputs.dataset(encoded, batch_size):
     out.append((model.query_embedding(b) if with_quality else model.query_tower(b)).numpy())
   return np.concatenate(out) if out else np.zeros((0, model.config.query.output_dim), np.float32)
-
-
-def tune_quality_weights(query_base: np.ndarray, candidate_base: np.ndarray, quality: np.ndarray,
-                         target_rows: np.ndarray, exclude=None, grid: Sequence[float] = (-0.5, -0.2, -0.1, -0.05, 0.0,
-                                                                                         0.05, 0.1, 0.2, 0.5, 1.0),
-                         k: int = 100, passes: int = 2, query_weights: Optional[np.ndarray] = None
-                         ) -> tuple[np.ndarray, dict]:
-  """Coordinate-wise grid search for w maximising Recall@k on a validation window (towers frozen).
-
-  Args:
-    query_base: [V, d] validation query embeddings q (without w).
-    candidate_base: [N, d] candidate embeddings p (without f).
-    quality: [N, Q] f(p) of the same candidates (computed only from data before the window).
-    target_rows: [V] row of each validation query's target in ``candidate_base``.
-    exclude: optional per-query arrays of candidate rows to remove (items seen before).
-    grid: candidate values for each coordinate of w (q.p is a cosine when the towers normalise).
-    k: the Recall@k cut-off optimised (ties broken by NDCG@10).
-    query_weights: optional [V] weights of the queries in the objective (e.g. > 1 for queries whose target
-      is a new item, to keep w from trading new-item recall for popularity).
-
-  Returns:
-    (w [Q] float32, {"recall": best validation recall, "baseline_recall": recall at w = 0, "evaluations": n}).
-  """
-  base = np.asarray(query_base, np.float32) @ np.asarray(candidate_base, np.float32).T  # [V, N]
-  t = np.asarray(target_rows, np.int64)
-  if exclude is not None:
-    for i, ex in enumerate(exclude):
-      ex = np.asarray(ex, np.int64)
-      base[i, ex[ex != t[i]]] = -np.inf
-  f = np.asarray(quality, np.float32)
-  rows = np.arange(len(t))
-  qw = np.ones(len(t)) if query_weights is None else np.asarray(query_weights, np.float64)
-  if qw.shape != (len(t),) or (qw < 0).any() or qw.sum() <= 0:
-    raise ValueError(f"query_weights must be {len(t)} non-negative values with a positive sum")
-
-  def score(w):
-    bias = f @ w  # [N]
-    s = base + bias[None, :]
-    ts = s[rows, t]
-    rank = (s > ts[:, None]).sum(axis=1)
-    return (float(np.average(rank < k, weights=qw)),
-            float(np.average(np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0), weights=qw)))
-
-  w = np.zeros(f.shape[1], np.float32)
-  best = score(w)
-  baseline = best
-  evals = 1
-  for _ in range(passes):
-    for j in range(f.shape[1]):
-      for v in grid:
-        cand = w.copy()
-        cand[j] = v
-        s = score(cand)
-        evals += 1
-        if s > best:
-          best, w = s, cand
-  return w, {"recall": best[0], "ndcg@10": best[1], "baseline_recall": baseline[0], "evaluations": evals}
 
 
 def save_retriever(model: TwoTowerRetriever, directory: str) -> str:
