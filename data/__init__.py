@@ -3,11 +3,12 @@ from semrec.data.dataset import DataError, RecDataset
 from semrec.data.generic import load_generic, read_table
 from semrec.data.movielens import MOVIELENS_DIR, load_movielens
 from semrec.data.pipelines import PAD_ITEM, ItemFeatures, make_tf_dataset, user_histories
-from semrec.data.split import TemporalSplit, temporal_split, time_periods
+from semrec.data.split import SPLITS, EvalSplit, Queries, TemporalSplit, make_split, temporal_split, time_periods
 from semrec.data.synthetic import SyntheticConfig, make_synthetic, write_wav
 
 __all__ = [
     "DataError", "RecDataset", "load_generic", "read_table", "MOVIELENS_DIR", "load_movielens", "PAD_ITEM",
     "ItemFeatures", "make_tf_dataset", "user_histories", "TemporalSplit", "temporal_split", "time_periods",
+    "SPLITS", "EvalSplit", "Queries", "make_split",
     "SyntheticConfig", "make_synthetic", "write_wav",
 ]

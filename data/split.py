@@ -1,7 +1,9 @@
-"""Time-based splits with warm/cold item slices (DESIGN.md, evaluation protocol).
+"""Evaluation protocols (docs/protocols.md) and the time-based splits of the ranking stage.
 
-Train on interactions before a cutoff, evaluate on those at or after it. A *cold* item is one
-whose first interaction is at or after the cutoff; every other evaluated item is *warm*.
+``make_split(dataset, kind)`` builds an ``EvalSplit``: the train log plus validation and test ``Queries`` of
+one protocol: ``temporal`` (train before a validation window, test after a cutoff), ``leave_one_out``
+(per user: last positive = test, second-to-last = validation) or ``cold_items`` (item-disjoint hold-out).
+``temporal_split`` / ``time_periods`` are the row-level splits the ranking stage trains on.
 """
 from __future__ import annotations
 
@@ -12,6 +14,13 @@ import numpy as np
 import pandas as pd
 
 from semrec.data.dataset import DataError, RecDataset
+from semrec.data.pipelines import PAD_ITEM
+
+
+def isin(values, items) -> np.ndarray:
+  """[n] bool: ``values`` in ``items`` (hash-based; ``np.isin`` on object arrays is quadratic)."""
+  values = pd.Series(np.asarray(values, dtype=object).reshape(-1))
+  return values.isin(pd.Series(np.asarray(items, dtype=object).reshape(-1))).to_numpy()
 
 
 @dataclasses.dataclass
@@ -41,7 +50,7 @@ class TemporalSplit:
 
   def is_cold(self, item_ids) -> np.ndarray:
     """[n] bool: which of ``item_ids`` are cold."""
-    return np.isin(np.asarray(item_ids, dtype=object), self.cold_items)
+    return isin(np.asarray(item_ids, dtype=object), self.cold_items)
 
   def summary(self) -> dict:
     return {
@@ -56,22 +65,31 @@ class TemporalSplit:
 
 def temporal_split(dataset: RecDataset, train_fraction: float = 0.8,
                    cutoff: Optional[int] = None) -> TemporalSplit:
-  """Splits ``dataset`` at ``cutoff`` (or at the ``train_fraction`` quantile of timestamps)."""
+  """Splits ``dataset`` at ``cutoff`` (or at the ``train_fraction`` quantile of timestamps).
+
+  The row-level split used by the ranking stage; retrieval evaluation uses ``make_split``.
+  """
   inter = dataset.interactions
-  if len(inter) < 2:
-    raise DataError(f"dataset {dataset.name!r}: needs at least 2 interactions to split, has {len(inter)}")
-  if cutoff is None:
-    if not 0.0 < train_fraction < 1.0:
-      raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
-    ts = np.sort(inter["timestamp"].to_numpy())
-    cutoff = int(ts[min(int(len(ts) * train_fraction), len(ts) - 1)])
+  cutoff = _temporal_cutoff(inter, dataset.name, train_fraction, cutoff)
   train = inter[inter["timestamp"] < cutoff].reset_index(drop=True)
   test = inter[inter["timestamp"] >= cutoff].reset_index(drop=True)
-  if len(train) == 0 or len(test) == 0:
-    raise DataError(f"dataset {dataset.name!r}: cutoff {cutoff} leaves an empty train or test set")
   warm = np.sort(train["item_id"].unique()).astype(object)
   cold = np.sort(np.setdiff1d(test["item_id"].unique(), warm)).astype(object)
   return TemporalSplit(train=train, test=test, cutoff=int(cutoff), cold_items=cold, warm_items=warm)
+
+
+def _temporal_cutoff(inter: pd.DataFrame, name: str, train_fraction: float, cutoff: Optional[int] = None) -> int:
+  """The ``train_fraction`` quantile of timestamps (or ``cutoff``); both sides must be non-empty."""
+  if len(inter) < 2:
+    raise DataError(f"dataset {name!r}: needs at least 2 interactions to split, has {len(inter)}")
+  ts = np.sort(inter["timestamp"].to_numpy())
+  if cutoff is None:
+    if not 0.0 < train_fraction < 1.0:
+      raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction}")
+    cutoff = int(ts[min(int(len(ts) * train_fraction), len(ts) - 1)])
+  if not ts[0] < cutoff <= ts[-1]:
+    raise DataError(f"dataset {name!r}: cutoff {cutoff} leaves an empty train or test set")
+  return int(cutoff)
 
 
 def time_periods(interactions: pd.DataFrame, num_periods: int) -> list[pd.DataFrame]:
@@ -90,3 +108,290 @@ def time_periods(interactions: pd.DataFrame, num_periods: int) -> list[pd.DataFr
   if any(len(p) == 0 for p in periods):
     raise DataError(f"cannot cut {len(inter)} interactions into {num_periods} non-empty periods")
   return periods
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation protocols (docs/protocols.md): one ``EvalSplit`` per run, with validation and test query sets.
+# ----------------------------------------------------------------------------------------------------------------
+
+SPLITS = ("temporal", "leave_one_out", "cold_items")
+STAGES = ("valid", "test")
+
+
+@dataclasses.dataclass
+class Queries:
+  """One row per query (Q queries); every array/list is aligned with ``user_ids``.
+
+  Attributes:
+    user_ids: [Q] object array of user ids.
+    histories: Q object arrays of item ids: the user's earlier positives, OLDEST FIRST, untruncated
+      (``padded_histories`` truncates to the most recent ``max_len``).
+    targets: Q object arrays of target item ids (1 element in temporal / leave_one_out; the user's held-out
+      items of the stage in cold_items, in order of first interaction).
+    timestamps: [Q] int64 request time (the target's time; for several targets, the first target's).
+    exclude: Q object arrays of item ids removed from the ranking: every item the user interacted with
+      before the request (any label; may repeat; a repeated target is among them).
+    cold: [Q] bool, True when the target item(s) have no interaction in ``EvalSplit.train``.
+    candidates: Item ids ranked for these queries (cold_items: the stage's held-out items), or None for the
+      whole catalogue.
+  """
+  user_ids: np.ndarray
+  histories: list
+  targets: list
+  timestamps: np.ndarray
+  exclude: list
+  cold: np.ndarray
+  candidates: Optional[np.ndarray] = None
+
+  def __len__(self) -> int:
+    return len(self.user_ids)
+
+  def subset(self, rows) -> "Queries":
+    """The queries at ``rows`` ([q] int or [Q] bool), same candidates."""
+    rows = np.arange(len(self))[np.asarray(rows)] if np.asarray(rows).dtype == bool else np.asarray(rows, np.int64)
+    pick = lambda seq: [seq[i] for i in rows]  # noqa: E731
+    return Queries(self.user_ids[rows], pick(self.histories), pick(self.targets), self.timestamps[rows],
+                   pick(self.exclude), self.cold[rows], self.candidates)
+
+  def last_items(self) -> np.ndarray:
+    """[Q] object: each query's most recent history item (PAD_ITEM when the history is empty)."""
+    return np.array([h[-1] if len(h) else PAD_ITEM for h in self.histories], dtype=object)
+
+  def padded_histories(self, max_len: int) -> np.ndarray:
+    """[Q, max_len] object: the most recent ``max_len`` history items, most recent last, PAD_ITEM-padded.
+
+    A history longer than ``max_len`` is truncated to its most recent items (the query tower's view);
+    ``exclude`` keeps the full history, so evaluation still removes every earlier item.
+    """
+    if max_len < 1:
+      raise ValueError(f"max_len must be >= 1, got {max_len}")
+    out = np.full((len(self), max_len), PAD_ITEM, dtype=object)
+    for r, h in enumerate(self.histories):
+      h = h[-max_len:]
+      if len(h):
+        out[r, max_len - len(h):] = h
+    return out
+
+
+@dataclasses.dataclass
+class EvalSplit:
+  """A protocol's train log plus its validation and test query sets.
+
+  Attributes:
+    kind: One of ``SPLITS``.
+    train: Interactions for fitting models and baselines (all labels, columns as in
+      ``RecDataset.interactions``, dataset order).
+    cold_items: Sorted object array of items without any train interaction that are a target somewhere.
+    candidates: Item ids ranked for the test queries (cold_items: the test items), None = whole catalogue.
+    stage_queries: {"valid": Queries, "test": Queries}.
+    info: Protocol parameters and counts (cutoff / valid_start for temporal, duplicates dropped, ...).
+  """
+  kind: str
+  train: pd.DataFrame
+  cold_items: np.ndarray
+  candidates: Optional[np.ndarray]
+  stage_queries: dict
+  info: dict = dataclasses.field(default_factory=dict)
+
+  def queries(self, stage: str) -> Queries:
+    """The query set of ``stage`` ("valid" or "test")."""
+    if stage not in STAGES:
+      raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    return self.stage_queries[stage]
+
+  def candidates_for(self, stage: str) -> Optional[np.ndarray]:
+    return self.queries(stage).candidates
+
+  def train_sequences(self) -> dict:
+    """{user_id: [n_u] object array of the user's train positives, time-ordered (ties: dataset order)}."""
+    pos = self.train[self.train["label"] > 0].sort_values(["user_id", "timestamp"], kind="stable")
+    return {u: g.to_numpy() for u, g in pos.groupby("user_id", sort=False)["item_id"]}
+
+  @property
+  def train_items(self) -> np.ndarray:
+    """Sorted object array of items with at least one train interaction."""
+    if "_train_items" not in self.__dict__:
+      self.__dict__["_train_items"] = np.sort(self.train["item_id"].unique()).astype(object)
+    return self.__dict__["_train_items"]
+
+  def is_cold(self, item_ids) -> np.ndarray:
+    """[n] bool: which of ``item_ids`` have no train interaction."""
+    return ~isin(np.asarray(item_ids, dtype=object), self.train_items)
+
+  def summary(self) -> dict:
+    out = {"split": self.kind, "train_interactions": int(len(self.train)),
+           "train_users": int(self.train["user_id"].nunique()), "train_items": int(len(self.train_items)),
+           "cold_items": int(len(self.cold_items))}
+    for stage in STAGES:
+      q = self.stage_queries[stage]
+      out[f"{stage}_queries"] = int(len(q))
+      out[f"{stage}_cold_queries"] = int(q.cold.sum())
+      if q.candidates is not None:
+        out[f"{stage}_candidates"] = int(len(q.candidates))
+    return {**out, **self.info}
+
+
+def _prepare_log(dataset: RecDataset) -> tuple[pd.DataFrame, int]:
+  """Interactions with duplicate (user, item, timestamp) rows kept once (the first), plus ``_order``.
+
+  ``_order`` is the row's position in ``dataset.interactions``: the stable tie-break for equal timestamps.
+  """
+  inter = dataset.interactions
+  if len(inter) < 2:
+    raise DataError(f"dataset {dataset.name!r}: needs at least 2 interactions to split, has {len(inter)}")
+  log = inter.reset_index(drop=True)
+  dup = log.duplicated(["user_id", "item_id", "timestamp"], keep="first").to_numpy()
+  log = log[~dup].copy()
+  log["_order"] = np.flatnonzero(~dup)
+  return log, int(dup.sum())
+
+
+def _by_user(log: pd.DataFrame) -> pd.DataFrame:
+  """``log`` sorted per user by (timestamp, _order), with ``_start`` (first row of the user) and ``_tie``
+  (first row of the user with the same timestamp) positions."""
+  ulog = log.sort_values(["user_id", "timestamp", "_order"], kind="stable").reset_index(drop=True)
+  pos = np.arange(len(ulog))
+  ulog["_start"] = pos - ulog.groupby("user_id", sort=False).cumcount().to_numpy()
+  ulog["_tie"] = pos - ulog.groupby(["user_id", "timestamp"], sort=False).cumcount().to_numpy()
+  return ulog
+
+
+def _queries_from_log(ulog: pd.DataFrame, target: np.ndarray, strict_time: bool, train_items) -> Queries:
+  """One single-target query per ``target`` row of ``ulog`` (see ``_by_user``), in (timestamp, _order) order.
+
+  History = the user's positive rows before the target: rows at an earlier position in the user's order,
+  or (``strict_time``) only rows with a strictly earlier timestamp. ``exclude`` = those rows' items (any label).
+  """
+  items = ulog["item_id"].to_numpy().astype(object)
+  pos = ulog["label"].to_numpy() > 0
+  start, tie = ulog["_start"].to_numpy(), ulog["_tie"].to_numpy()
+  rows = np.flatnonzero(target)
+  rows = rows[np.lexsort((ulog["_order"].to_numpy()[rows], ulog["timestamp"].to_numpy()[rows]))]
+  histories, exclude = [], []
+  for r in rows:
+    s, e = start[r], (tie[r] if strict_time else r)
+    seen, p = items[s:e], pos[s:e]
+    h = seen if p.all() else seen[p]
+    histories.append(h)
+    exclude.append(h if len(h) == len(seen) else seen)
+  targets = [items[r:r + 1] for r in rows]
+  return Queries(user_ids=ulog["user_id"].to_numpy().astype(object)[rows], histories=histories, targets=targets,
+                 timestamps=ulog["timestamp"].to_numpy(np.int64)[rows], exclude=exclude,
+                 cold=~isin(items[rows], train_items))
+
+
+def _strip(df: pd.DataFrame) -> pd.DataFrame:
+  return df.drop(columns=[c for c in df.columns if c.startswith("_")]).reset_index(drop=True)
+
+
+def _temporal(log: pd.DataFrame, name: str, train_fraction: float, val_fraction: float) -> tuple:
+  if not 0.0 < val_fraction < 1.0:
+    raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+  cutoff = _temporal_cutoff(log, name, train_fraction)
+  t = log["timestamp"].to_numpy()
+  ts = np.sort(t[t < cutoff])
+  valid_start = int(ts[min(int(len(ts) * (1 - val_fraction)), len(ts) - 1)])
+  train = log[t < valid_start]
+  if len(train) == 0:
+    raise DataError(f"dataset {name!r}: val_fraction={val_fraction} leaves no interactions before the "
+                    f"validation window (starts at {valid_start})")
+  train_items = np.unique(train["item_id"].to_numpy().astype(object))
+  ulog = _by_user(log)
+  ut, positive = ulog["timestamp"].to_numpy(), ulog["label"].to_numpy() > 0
+  stages = {"valid": _queries_from_log(ulog, positive & (ut >= valid_start) & (ut < cutoff), True, train_items),
+            "test": _queries_from_log(ulog, positive & (ut >= cutoff), True, train_items)}
+  return train, stages, {"cutoff": int(cutoff), "valid_start": valid_start}
+
+
+def _leave_one_out(log: pd.DataFrame) -> tuple:
+  ulog = _by_user(log)
+  positive = ulog["label"].to_numpy() > 0
+  users = ulog["user_id"]
+  npos = pd.Series(positive).groupby(users.to_numpy()).transform("sum").to_numpy()
+  # 0 = the user's last positive, 1 = second-to-last, ... (only meaningful on positive rows).
+  from_end = pd.Series(positive[::-1].astype(np.int64)).groupby(users.to_numpy()[::-1]).cumsum().to_numpy()[::-1] - 1
+  eligible = npos >= 3
+  test = positive & eligible & (from_end == 0)
+  valid = positive & eligible & (from_end == 1)
+  valid_pos = pd.Series(np.where(valid, np.arange(len(ulog)), -1)).groupby(users.to_numpy()).transform("max")
+  train_mask = ~eligible | (np.arange(len(ulog)) < valid_pos.to_numpy())
+  train = ulog[train_mask].sort_values("_order", kind="stable")
+  train_items = np.unique(train["item_id"].to_numpy().astype(object))
+  stages = {"valid": _queries_from_log(ulog, valid, False, train_items),
+            "test": _queries_from_log(ulog, test, False, train_items)}
+  return train, stages, {"users_train_only": int(pd.Series(~eligible).groupby(users.to_numpy()).all().sum())}
+
+
+def _cold_items(log: pd.DataFrame, catalogue: np.ndarray, cold_fraction: float, seed: int) -> tuple:
+  """Item-disjoint split: a seeded ``cold_fraction`` of the items with a positive is held out (half valid,
+  half test) with all their interactions; one query per user and stage (see docs/protocols.md)."""
+  if not 0.0 < cold_fraction < 1.0:
+    raise ValueError(f"cold_fraction must be in (0, 1), got {cold_fraction}")
+  positive_items = set(log.loc[log["label"] > 0, "item_id"])
+  pool = np.array([i for i in catalogue if i in positive_items], dtype=object)  # catalogue order
+  n_held = int(round(cold_fraction * len(pool)))
+  if n_held < 2 or n_held >= len(pool):
+    raise DataError(f"cold_fraction={cold_fraction} of {len(pool)} items with a positive interaction holds out "
+                    f"{n_held} items; need at least 2 held out and 1 left for training")
+  held = pool[np.random.default_rng(seed).permutation(len(pool))[:n_held]]
+  stage_items = {"valid": held[:n_held // 2], "test": held[n_held // 2:]}
+  item = log["item_id"].to_numpy()
+  train = log[~isin(item, held)]
+  seqs = _user_rows(train)
+  stages = {}
+  for stage, items in stage_items.items():
+    cands = catalogue[isin(catalogue, items)]
+    rows = log[isin(item, items) & (log["label"].to_numpy() > 0)]
+    rows = rows.sort_values(["timestamp", "_order"], kind="stable")
+    users, hist, targets, times, excl = [], [], [], [], []
+    for u, g in rows.groupby("user_id", sort=True):
+      seen = seqs.get(u)
+      if seen is None or not (seen[1] > 0).any():
+        continue  # a user without train positives has no history to query from
+      users.append(u)
+      hist.append(seen[0][seen[1] > 0])
+      excl.append(seen[0])
+      targets.append(pd.unique(g["item_id"].to_numpy()).astype(object))
+      times.append(int(g["timestamp"].iloc[0]))
+    stages[stage] = Queries(np.array(users, dtype=object), hist, targets, np.array(times, np.int64), excl,
+                            np.ones(len(users), bool), cands)
+  return train, stages, {"cold_fraction": float(cold_fraction), "seed": int(seed),
+                         "valid_items": int(len(stage_items["valid"])), "test_items": int(len(stage_items["test"]))}
+
+
+def _user_rows(log: pd.DataFrame) -> dict:
+  """{user_id: (items [n] object, labels [n] float)} time-ordered (ties: ``_order``)."""
+  ulog = log.sort_values(["user_id", "timestamp", "_order"], kind="stable")
+  return {u: (g["item_id"].to_numpy().astype(object), g["label"].to_numpy())
+          for u, g in ulog.groupby("user_id", sort=False)}
+
+
+def make_split(dataset: RecDataset, kind: str = "temporal", *, train_fraction: float = 0.8,
+               val_fraction: float = 0.1, cold_fraction: float = 0.2, seed: int = 0) -> EvalSplit:
+  """Builds the ``kind`` protocol's train log and validation / test queries (docs/protocols.md).
+
+  Duplicate (user, item, timestamp) rows are kept once (the first row in dataset order); equal timestamps
+  are ordered by their row order in ``dataset.interactions``.
+
+  Args:
+    dataset: A ``RecDataset``.
+    kind: "temporal", "leave_one_out" or "cold_items".
+    train_fraction: temporal: fraction of interactions (by time) before the test cutoff.
+    val_fraction: temporal: the latest fraction of the pre-cutoff interactions forming the validation window.
+    cold_fraction: cold_items: fraction of the items with a positive interaction held out.
+    seed: cold_items: seeds which items are held out.
+  """
+  if kind not in SPLITS:
+    raise ValueError(f"split must be one of {SPLITS}, got {kind!r}")
+  log, dropped = _prepare_log(dataset)
+  if kind == "temporal":
+    train, stages, info = _temporal(log, dataset.name, train_fraction, val_fraction)
+  elif kind == "leave_one_out":
+    train, stages, info = _leave_one_out(log)
+  else:
+    train, stages, info = _cold_items(log, dataset.item_ids.astype(object), cold_fraction, seed)
+  train_items = set(train["item_id"])
+  targets = [t for q in stages.values() for ts in q.targets for t in ts]
+  cold = np.sort(np.array(sorted({t for t in targets if t not in train_items}), dtype=object))
+  return EvalSplit(kind=kind, train=_strip(train), cold_items=cold, candidates=stages["test"].candidates,
+                   stage_queries=stages, info={"duplicates_dropped": dropped, **info})

@@ -1,0 +1,162 @@
+"""Non-learned retrieval baselines, computed on the same split as the learned models (docs/protocols.md).
+
+Shape letters: N catalogue items (``item_ids``), q queries in a batch, D content width, H history items used.
+
+  popularity   train-part positive counts; ties -> the item listed first in ``item_ids``.
+  transition   C[a, b] = how often b directly follows a in a user's train sequence (``train_sequences``);
+               a query is scored from its LAST history item: C[last, :], ties (including every item with
+               count 0, and queries with an empty history) broken by the popularity order.
+  content_knn  cosine between each candidate's content embedding and the recency-weighted sum of the
+               (L2-normalised) content embeddings of the query's last ``num_recent`` history items:
+               weight decay**age, age 0 = the most recent item.
+
+Each baseline: ``fit(split, item_ids, content=None) -> self`` and ``scores(queries, rows) -> [len(rows), N]``
+float64, the ``score_fn`` shape of ``semrec.towers.evaluation.evaluate_scores``. popularity / transition
+encode their tie-breaks in the scores, so their rankings are exact and repeatable. On ``cold_items`` the
+candidates have no train interactions: popularity and transition then reduce to catalogue order (no signal);
+they are still reported, as what a non-content recommender would do.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from semrec.data import EvalSplit, Queries
+from semrec.towers.evaluation import evaluate_scores
+
+
+def _popularity_rank_scores(split: EvalSplit, index: pd.Index) -> np.ndarray:
+  """[N] float64 in 1..N: N for the most popular item; equal counts -> earlier catalogue item scores higher."""
+  pos = split.train[split.train["label"] > 0]
+  rows = index.get_indexer(pos["item_id"].to_numpy().astype(object))
+  counts = np.bincount(rows[rows >= 0], minlength=len(index))
+  order = np.lexsort((np.arange(len(index)), -counts))  # by count desc, then catalogue position
+  out = np.empty(len(index), np.float64)
+  out[order] = np.arange(len(index), 0, -1)
+  return out
+
+
+class PopularityBaseline:
+  """Most-popular items in the train part (see the module docstring)."""
+
+  name = "popularity"
+
+  def fit(self, split: EvalSplit, item_ids, content=None) -> "PopularityBaseline":
+    self.index = pd.Index(np.asarray(item_ids, dtype=object))
+    self.score_row = _popularity_rank_scores(split, self.index)
+    return self
+
+  def scores(self, queries: Queries, rows) -> np.ndarray:
+    return np.broadcast_to(self.score_row, (len(rows), len(self.score_row))).copy()
+
+
+class TransitionBaseline:
+  """Next-item transition counts from the last history item (see the module docstring)."""
+
+  name = "transition"
+
+  def fit(self, split: EvalSplit, item_ids, content=None) -> "TransitionBaseline":
+    import scipy.sparse as sp
+    self.index = pd.Index(np.asarray(item_ids, dtype=object))
+    n = len(self.index)
+    self.popularity = _popularity_rank_scores(split, self.index)
+    src, dst = [], []
+    for seq in split.train_sequences().values():
+      r = self.index.get_indexer(seq)
+      ok = (r[:-1] >= 0) & (r[1:] >= 0)
+      src.append(r[:-1][ok])
+      dst.append(r[1:][ok])
+    src = np.concatenate(src) if src else np.zeros(0, np.int64)
+    dst = np.concatenate(dst) if dst else np.zeros(0, np.int64)
+    self.counts = sp.csr_matrix((np.ones(len(src)), (src, dst)), shape=(n, n), dtype=np.float64)
+    self.counts.sum_duplicates()
+    return self
+
+  def scores(self, queries: Queries, rows) -> np.ndarray:
+    """count * (N + 1) + popularity rank score: counts first, the popularity order within equal counts."""
+    n = len(self.index)
+    last = self.index.get_indexer(queries.subset(rows).last_items())
+    out = np.broadcast_to(self.popularity, (len(last), n)).copy()
+    has = last >= 0
+    if has.any():
+      out[has] += self.counts[last[has]].toarray() * (n + 1)
+    return out
+
+
+class ContentKnnBaseline:
+  """Content kNN of the recent history (see the module docstring).
+
+  Args:
+    num_recent: H, how many of the most recent history items form the user vector.
+    decay: Geometric recency weight per step back in the history (1 = plain mean).
+  """
+
+  name = "content_knn"
+
+  def __init__(self, num_recent: int = 10, decay: float = 0.8):
+    if num_recent < 1 or not 0.0 < decay <= 1.0:
+      raise ValueError(f"need num_recent >= 1 and decay in (0, 1], got {num_recent}, {decay}")
+    self.num_recent, self.decay = int(num_recent), float(decay)
+
+  def fit(self, split: EvalSplit, item_ids, content=None) -> "ContentKnnBaseline":
+    """``content``: [N, D] float embeddings aligned with ``item_ids`` (rows are L2-normalised here)."""
+    if content is None:
+      raise ValueError("content_knn needs content embeddings aligned with item_ids")
+    x = np.asarray(content, np.float64)
+    if x.ndim != 2 or len(x) != len(item_ids):
+      raise ValueError(f"content must be [N={len(item_ids)}, D], got shape {x.shape}")
+    bad = ~np.isfinite(x).all(axis=1)
+    if bad.any():
+      raise ValueError(f"item {np.asarray(item_ids)[np.argmax(bad)]!r}: content embedding has NaN/inf values")
+    self.index = pd.Index(np.asarray(item_ids, dtype=object))
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    self.unit = np.concatenate([x / np.maximum(norms, 1e-12), np.zeros((1, x.shape[1]))])  # row N = padding
+    return self
+
+  def user_vectors(self, queries: Queries, rows) -> np.ndarray:
+    """[q, D] unit user vectors (zeros for an empty history)."""
+    hist = queries.subset(rows).padded_histories(self.num_recent)  # [q, H], most recent last
+    r = self.index.get_indexer(hist.reshape(-1)).reshape(hist.shape)
+    r = np.where(r < 0, len(self.index), r)
+    w = self.decay ** np.arange(self.num_recent - 1, -1, -1, dtype=np.float64)  # age 0 = last column
+    u = np.einsum("qh,qhd->qd", np.broadcast_to(w, r.shape), self.unit[r])
+    return u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
+
+  def scores(self, queries: Queries, rows) -> np.ndarray:
+    return self.user_vectors(queries, rows) @ self.unit[:-1].T
+
+
+BASELINES = {"popularity": PopularityBaseline, "transition": TransitionBaseline, "content_knn": ContentKnnBaseline}
+
+
+def evaluate_baselines(split: EvalSplit, item_ids, content: Optional[np.ndarray] = None, stage: str = "test",
+                       names: Optional[Sequence[str]] = None, knn_num_recent: int = 10, knn_decay: float = 0.8,
+                       **eval_kwargs) -> dict:
+  """{name: ``evaluate_scores`` metrics} of the baselines on ``split.queries(stage)``.
+
+  Args:
+    split: An ``EvalSplit`` (``semrec.data.make_split``).
+    item_ids: [N] catalogue item ids (e.g. ``dataset.item_ids``).
+    content: Optional [N, D] content embeddings aligned with ``item_ids`` (content_knn is skipped without).
+    stage: "valid" or "test".
+    names: Baselines to run (default all that the inputs allow).
+    knn_num_recent, knn_decay: ``ContentKnnBaseline`` settings.
+    **eval_kwargs: Passed to ``evaluate_scores`` (ks, ndcg_ks, exclude_history, candidates, batch_size).
+  """
+  names = tuple(names) if names is not None else tuple(
+      n for n in BASELINES if n != "content_knn" or content is not None)
+  unknown = [n for n in names if n not in BASELINES]
+  if unknown:
+    raise ValueError(f"unknown baselines {unknown}; expected a subset of {tuple(BASELINES)}")
+  queries = split.queries(stage)
+  out = {}
+  for name in names:
+    model = ContentKnnBaseline(knn_num_recent, knn_decay) if name == "content_knn" else BASELINES[name]()
+    model.fit(split, item_ids, content)
+    out[name] = evaluate_scores(lambda rows, m=model: m.scores(queries, rows), queries, item_ids, **eval_kwargs)
+  return out
+
+
+__all__ = ["BASELINES", "ContentKnnBaseline", "PopularityBaseline", "TransitionBaseline", "evaluate_baselines"]
