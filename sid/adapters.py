@@ -53,7 +53,8 @@ class ItemRepresentationConfig:
       come in the input features ``cluster_k<k>`` (``cluster_feature(k)``), -1 = unknown (no lookup).
     id_dropout: Fraction of rows whose "random_hash" part is zeroed in each training call
       (DropoutNet-style ID dropout: the other parts must score an item alone, as they do for a new
-      item whose hashed-ID row was never trained). Inference never drops.
+      item whose hashed-ID row was never trained). Inference never drops. With id_dropout > 0 the
+      hash table starts at zero, so an untrained row (a new item's) is exactly a dropped one.
   """
   modes: Tuple[str, ...] = ("unigram",)
   combiner: str = "concat"
@@ -174,7 +175,11 @@ class ItemRepresentation(tf.keras.layers.Layer):
         continue
       rows = (sum(c.cluster_sizes) if mode == "cluster" else
               _budget.table_rows(mode, c.num_levels, c.codebook_size, c.table_budget, c.hash_buckets))
-      self._tables[mode] = tf.keras.layers.Embedding(rows, c.embedding_dim, name=f"{mode}_embeddings")
+      # With ID dropout the hashed-ID rows start at zero: a row no training item reached (a new item's)
+      # then equals a dropped one, so a new item is scored exactly as the dropout-trained path learned.
+      init = "zeros" if mode == "random_hash" and c.id_dropout > 0 else "uniform"
+      self._tables[mode] = tf.keras.layers.Embedding(rows, c.embedding_dim, embeddings_initializer=init,
+                                                     name=f"{mode}_embeddings")
       if mode in _budget.NGRAM_MODES:
         self._hashed[mode] = _budget.ngram_is_hashed(mode, c.num_levels, c.codebook_size, c.table_budget)
     self.segmenter = None

@@ -38,6 +38,12 @@ def _cos(x):
   return x @ x.T
 
 
+def _fill_hash_table(layer):
+  """Gives every hashed-ID row a non-zero value (with ID dropout the table starts at zero)."""
+  table = layer._tables["random_hash"].embeddings  # pylint: disable=protected-access
+  table.assign(np.random.default_rng(0).uniform(0.5, 1.0, size=table.shape).astype(np.float32))
+
+
 class IdDropoutTest(tf.test.TestCase):
 
   def _zeroed_rows(self, layer, feats, training):
@@ -47,6 +53,10 @@ class IdDropoutTest(tf.test.TestCase):
   def test_zeroes_the_hash_part_at_training_only(self):
     layer = ItemRepresentation(_rep(("unigram", "random_hash"), id_dropout=0.25))
     feats = _items(2000)
+    layer(feats)
+    # Untrained rows are zero, so a new item's hashed ID equals a dropped one.
+    self.assertAllEqual(layer(feats).numpy()[:, 3:], np.zeros((2000, 3)))
+    _fill_hash_table(layer)
     eval_out, eval_zero = self._zeroed_rows(layer, feats, training=False)
     self.assertEqual(eval_zero.sum(), 0)  # inference never drops
     self.assertAllEqual(layer(feats).numpy(), eval_out)  # training=None behaves as inference
@@ -66,6 +76,8 @@ class IdDropoutTest(tf.test.TestCase):
     feats = _items(200)
     self.assertAllEqual(base(feats, training=True), base(feats, training=False))
     enc = ItemEncoder(ItemEncoderConfig(representation=_rep(("unigram", "random_hash"), id_dropout=0.5)))
+    enc(feats)
+    _fill_hash_table(enc.item_representation)
     tf.keras.utils.set_random_seed(1)
     out = enc(feats, training=True).numpy()
     dropped = np.all(out[:, 3:] == 0.0, axis=1).sum()

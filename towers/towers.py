@@ -139,6 +139,17 @@ class ContentResidual(tf.keras.layers.Layer):
     self.scale = self.add_weight(name="scale", shape=(), initializer="ones", trainable=True)
     super().build(input_shape)
 
+  def set_basis(self, basis):
+    """Sets P to ``basis`` [D, d] (e.g. ``content_basis(catalogue_content, d)``), before or after building."""
+    basis = np.asarray(basis, np.float32)
+    if basis.ndim != 2 or basis.shape[1] != self.dim:
+      raise ValueError(f"ContentResidual: basis must be [D, {self.dim}], got {basis.shape}")
+    if self.built:
+      if tuple(self.projection.shape) != basis.shape:
+        raise ValueError(f"{self.name}: basis shape {basis.shape} != projection shape {tuple(self.projection.shape)}")
+      self.projection.assign(basis)
+    self._basis = basis
+
   def call(self, content):
     x = tf.math.l2_normalize(tf.cast(content, tf.float32), axis=-1)  # zero rows stay zero
     return self.scale * tf.tensordot(x, self.projection, axes=1)
