@@ -571,6 +571,7 @@ def stage_retrieval(run: Run) -> dict:
     finest = max(table.cluster_ids, key=lambda n: int(table.cluster_ids[n].max()))
     arrays["cluster_id"] = table.cluster_ids[finest]
     cmp = dataclasses.replace(cmp, num_clusters=int(arrays["cluster_id"].max()) + 1)
+    arrays[f"cluster_k{cmp.num_clusters}"] = arrays["cluster_id"]  # the key of ItemRepresentation's "cluster" mode
   from semrec.data import ItemFeatures
   features = ItemFeatures(ids, arrays)
   spm = None

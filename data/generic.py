@@ -1,6 +1,7 @@
 """The generic input format: an interactions table and an items table, CSV or Parquet.
 
-interactions: ``user_id, item_id, timestamp[, rating | label][, like]``
+interactions: ``user_id, item_id, timestamp[, rating | label][, like]``; without ``rating`` and ``label`` the
+              file is implicit feedback: every row is a positive (label 1).
 items:        ``item_id``, text columns, optional ``image_path`` / ``audio_path``, numeric quality columns.
 
 Every check raises :class:`DataError` naming the file, the row (1-based data row, header
@@ -76,11 +77,10 @@ def normalize_interactions(df: pd.DataFrame, path: str, positive_threshold: floa
   """Checks and converts a raw interactions table to the RecDataset contract.
 
   ``label`` is taken as given (0/1) or derived from ``rating >= positive_threshold``;
-  ``like`` likewise from ``rating >= like_threshold`` when only ratings are present.
+  ``like`` likewise from ``rating >= like_threshold`` when only ratings are present. A table with
+  neither ``label`` nor ``rating`` is implicit feedback: every row is a positive (label 1).
   """
   _require(df, ["user_id", "item_id", "timestamp"], path)
-  if "label" not in df.columns and "rating" not in df.columns:
-    raise DataError(f"{path}: needs a 'rating' or a 'label' column; found {list(df.columns)}")
   out = pd.DataFrame({
       "user_id": _ids(df, "user_id", path).to_numpy(),
       "item_id": _ids(df, "item_id", path).to_numpy(),
@@ -95,8 +95,10 @@ def normalize_interactions(df: pd.DataFrame, path: str, positive_threshold: floa
       row = int(np.argmax(bad))
       raise DataError(f"{path}: row {row + 1}, column 'label': expected 0 or 1, got {df['label'].iloc[row]!r}")
     out["label"] = label
-  else:
+  elif "rating" in df.columns:
     out["label"] = (out["rating"] >= positive_threshold).astype(np.float32)
+  else:  # implicit feedback
+    out["label"] = np.ones(len(out), np.float32)
   if "like" in df.columns:
     out["like"] = _numeric(df, "like", path, np.float32)
   elif "rating" in df.columns:

@@ -6,6 +6,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from semrec.data import ItemFeatures
+from semrec.sid import ItemRepresentationConfig
 from semrec.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, MixedNegativeRetrieval,
                            RetrievalInputs, RetrieverConfig, SequentialQueryTower, SequentialTowerConfig,
                            TwoTowerRetriever, sequence_windows)
@@ -82,6 +83,12 @@ class LossTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(MixedNegativeRetrieval.from_config(task.get_config()).get_config(), task.get_config())
 
 
+def _hash_content(dim):
+  """Hashed ID (32 rows) + content projection, each ``dim`` wide."""
+  return ItemEncoderConfig(representation=ItemRepresentationConfig(modes=("random_hash", "dense"), embedding_dim=dim,
+                                                                   hash_buckets=32))
+
+
 def _features(n=12, dim=6, seed=0):
   rng = np.random.default_rng(seed)
   ids = np.array([f"i{j:02d}" for j in range(n)], dtype=object)
@@ -98,7 +105,7 @@ def _hist(features, rows):
 class SequentialTowerTest(tf.test.TestCase, parameterized.TestCase):
 
   def _tower(self, share=True, max_history=4, dropout=0.0):
-    enc = ItemEncoder(ItemEncoderConfig(hash_bins=32, hash_dim=4, content_dim=4))
+    enc = ItemEncoder(_hash_content(4))
     cand = CandidateTower(enc, CandidateTowerConfig(mlp_dims=(), output_dim=8))
     cfg = SequentialTowerConfig(max_history=max_history, num_blocks=2, num_heads=2, dropout=dropout,
                                 share_item_embeddings=share)
@@ -163,7 +170,7 @@ def test_sequence_windows_cover_every_target_once():
 
 
 def _seq_model(num_negatives, in_batch=True):
-  cfg = RetrieverConfig(item=ItemEncoderConfig(hash_bins=32, hash_dim=8, content_dim=8),
+  cfg = RetrieverConfig(item=_hash_content(8),
                         candidate=CandidateTowerConfig(mlp_dims=(), output_dim=8), query_tower="sequential",
                         sequential=SequentialTowerConfig(max_history=4, num_blocks=1, num_heads=2, dropout=0.0),
                         num_negatives=num_negatives, in_batch_negatives=in_batch, temperature=0.2,

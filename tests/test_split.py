@@ -131,3 +131,17 @@ def test_bad_arguments():
   with pytest.raises(DataError, match="at least 2"):
     make_split(_dataset([("a", "i1", 1)]), "leave_one_out")
   assert SPLITS == ("temporal", "leave_one_out", "cold_items")
+
+
+def test_implicit_generic_file_is_all_positives(tmp_path):
+  from semrec.data import load_generic
+  (tmp_path / "inter.csv").write_text("user_id,item_id,timestamp\nu,a,0\nu,b,1\nu,c,2\nv,a,5\n")
+  (tmp_path / "items.csv").write_text("item_id,title\na,A\nb,B\nc,C\nd,D\n")
+  ds = load_generic(str(tmp_path / "inter.csv"), str(tmp_path / "items.csv"))
+  assert ds.interactions["label"].tolist() == [1.0, 1.0, 1.0, 1.0] and "rating" not in ds.interactions
+  split = make_split(ds, "leave_one_out")
+  assert _ids(split.queries("test").targets) == [["c"]] and split.info["users_train_only"] == 1
+  # With a rating column the label is still derived from it (rating >= 3.5).
+  (tmp_path / "rated.csv").write_text("user_id,item_id,timestamp,rating\nu,a,0,5\nu,b,1,2\n")
+  assert load_generic(str(tmp_path / "rated.csv"), str(tmp_path / "items.csv")).interactions["label"].tolist() == [
+      1.0, 0.0]

@@ -12,6 +12,7 @@ from semrec.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, It
                            TwoTowerRetriever, build_index, compile_retriever, embed_candidates, embed_queries,
                            init_model, item_frequencies, load_retriever, metrics_from_ranks, rank_of_targets,
                            save_retriever, tune_quality_weights)
+from semrec.sid import ItemRepresentationConfig
 
 H = 4
 
@@ -41,7 +42,7 @@ class _Fixture:
     self.sid_model = train_sid_model(self.content, RQVAEConfig(mode="rqkmeans", num_levels=2, codebook_size=4))
     self.codes = self.sid_model.codes(self.content)
     self.features = ItemFeatures(self.ds.item_ids, {"content": self.content, "sid": self.codes,
-                                                    "cluster_id": self.ds.item_topics.astype(np.int32)})
+                                                    "cluster_k4": self.ds.item_topics.astype(np.int32)})
     self.quality = QualityVector.fit(self.split.train, self.ds.items, self.split.cutoff, self.ds.quality_columns)
     self.pos = self.split.train[self.split.train["label"] > 0]
 
@@ -51,9 +52,17 @@ def world(tmp_path_factory):
   return _Fixture(str(tmp_path_factory.mktemp("towers_synth")))
 
 
+def _item(*modes, dim=8, **kw):
+  """An ItemEncoderConfig whose representation concatenates ``modes`` (world: 2-level SIDs, K = 4, 4 topics)."""
+  args = dict(modes=modes, embedding_dim=dim, hash_buckets=64, num_levels=2, codebook_size=4, table_budget=16,
+              cluster_sizes=(4,) if "cluster" in modes else ())
+  args.update(kw)
+  return ItemEncoderConfig(representation=ItemRepresentationConfig(**args))
+
+
 def _config(item=None, quality_mode="none", pooling="mean", q_dim=0):
   return RetrieverConfig(
-      item=item or ItemEncoderConfig(hash_bins=64, hash_dim=8, content_dim=8, num_clusters=4, cluster_dim=8),
+      item=item or _item("random_hash", "dense", "cluster"),
       candidate=CandidateTowerConfig(mlp_dims=(16,), output_dim=8),
       query=QueryTowerConfig(user_hash_bins=16, user_dim=4, max_history=H, pooling=pooling, mlp_dims=(16,),
                              output_dim=8, use_time=True, time_mean=4e5, time_scale=2e5),
@@ -66,10 +75,11 @@ def _inputs(world, model, quality=True):
                          quality=q.features() if quality else None, unknown_quality=q.new_item_features())
 
 
-def _spm_representation(world):
-  from semrec.sid import ItemRepresentation, ItemRepresentationConfig, train_sid_spm
+def _spm_representation(world, modes=("spm",)):
+  from semrec.sid import ItemRepresentation, train_sid_spm
   spm = train_sid_spm(world.codes, vocab_size=16, codebook_size=4)
-  rc = ItemRepresentationConfig(modes=("spm",), embedding_dim=8, num_levels=2, codebook_size=4, table_budget=16)
+  rc = ItemRepresentationConfig(modes=modes, embedding_dim=8, num_levels=2, codebook_size=4, table_budget=16,
+                                hash_buckets=32)
   return ItemRepresentation(rc, spm=spm, name="item_representation")
 
 
@@ -101,9 +111,9 @@ def test_quality_vector_uses_train_only_and_priors(world):
 
 
 def test_quality_vector_new_item_policies(world):
-  neutral = world.quality  # default policy
-  prior = QualityVector.fit(world.split.train, world.ds.items, world.split.cutoff, world.ds.quality_columns,
-                            config=QualityConfig(new_item_policy="prior"))
+  prior = world.quality  # default policy
+  neutral = QualityVector.fit(world.split.train, world.ds.items, world.split.cutoff, world.ds.quality_columns,
+                              config=QualityConfig(new_item_policy="neutral"))
   unseen = ~neutral.seen
   assert unseen.any() and neutral.seen.any()
   beh = neutral.behavioural
@@ -151,10 +161,10 @@ class LayerTest(tf.test.TestCase, parameterized.TestCase):
   def _item_batch(self, ids):
     feats = self.world.features.gather(np.asarray(ids, dtype=object), allow_unknown=True)
     return {"item_id": tf.constant(np.asarray(ids).astype(str)), "content": tf.constant(feats["content"]),
-            "sid": tf.constant(feats["sid"]), "cluster_id": tf.constant(feats["cluster_id"])}
+            "sid": tf.constant(feats["sid"]), "cluster_k4": tf.constant(feats["cluster_k4"])}
 
   def test_item_encoder_config_roundtrip(self):
-    enc = ItemEncoder(ItemEncoderConfig(hash_bins=32, hash_dim=4, content_dim=4, num_clusters=4, cluster_dim=4))
+    enc = ItemEncoder(_item("random_hash", "dense", "cluster", dim=4))
     batch = self._item_batch(["item_00001", "item_00002", ""])
     out = enc(batch)
     self.assertEqual(out.shape, (3, 12))
@@ -165,7 +175,7 @@ class LayerTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllClose(clone(batch), out)
 
   def test_candidate_and_query_tower_config_roundtrip(self):
-    enc = ItemEncoder(ItemEncoderConfig(content_dim=4, num_clusters=4, cluster_dim=4))
+    enc = ItemEncoder(_item("dense", "cluster", dim=4))
     cand = CandidateTower(enc, CandidateTowerConfig(mlp_dims=(8,), output_dim=4))
     batch = self._item_batch(["item_00001", "item_00005"])
     out = cand(batch)
@@ -190,11 +200,11 @@ class LayerTest(tf.test.TestCase, parameterized.TestCase):
     return {"user_id": tf.constant(users or [f"user_{i:04d}" for i in range(len(hist))]),
             "timestamp": tf.constant(np.full(len(hist), 400000, np.int64)),
             "history": {"item_id": tf.constant(hist.astype(str)), "content": tf.constant(feats["content"]),
-                        "sid": tf.constant(feats["sid"]), "cluster_id": tf.constant(feats["cluster_id"])}}
+                        "sid": tf.constant(feats["sid"]), "cluster_k4": tf.constant(feats["cluster_k4"])}}
 
   @parameterized.parameters("mean", "attention", "gru")
   def test_history_truncation_and_empty_history(self, pooling):
-    enc = ItemEncoder(ItemEncoderConfig(hash_bins=32, hash_dim=4, content_dim=4))
+    enc = ItemEncoder(_item("random_hash", "dense", dim=4))
     qt = QueryTower(enc, QueryTowerConfig(user_hash_bins=8, user_dim=4, max_history=2, pooling=pooling,
                                           mlp_dims=(8,), output_dim=4))
     long = self._query_batch([["item_00001", "item_00002", "item_00003", "item_00004"]])
@@ -207,34 +217,34 @@ class LayerTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllClose(empty, qt(self._query_batch([["", ""]])))
 
   def test_unknown_user_and_item_fall_back_to_hashing(self):
-    enc = ItemEncoder(ItemEncoderConfig(hash_bins=32, hash_dim=4, num_clusters=4, cluster_dim=4))
+    enc = ItemEncoder(_item("random_hash", "cluster", dim=4))
     # Unknown item: no feature row (cluster id -1 -> zero vector), but its id still hashes.
-    batch = {"item_id": tf.constant(["brand-new-item"]), "cluster_id": tf.constant([-1])}
+    batch = {"item_id": tf.constant(["brand-new-item"]), "cluster_k4": tf.constant([-1])}
     out = enc(batch).numpy()
     self.assertTrue(np.isfinite(out).all())
     self.assertAllEqual(out[0, 4:], np.zeros(4))
     self.assertGreater(np.abs(out[0, :4]).sum(), 0)
     qt = QueryTower(enc, QueryTowerConfig(user_hash_bins=8, user_dim=4, max_history=2, mlp_dims=(8,), output_dim=4))
     q = qt({"user_id": tf.constant(["never-seen-user"]), "timestamp": tf.constant([0], tf.int64),
-            "history": {"item_id": tf.constant([["", "brand-new-item"]]), "cluster_id": tf.constant([[-1, -1]])}})
+            "history": {"item_id": tf.constant([["", "brand-new-item"]]), "cluster_k4": tf.constant([[-1, -1]])}})
     self.assertTrue(np.isfinite(q.numpy()).all())
 
   def test_missing_feature_is_named(self):
-    enc = ItemEncoder(ItemEncoderConfig(content_dim=4))
+    enc = ItemEncoder(_item("dense", dim=4))
     with self.assertRaisesRegex(KeyError, "content"):
       enc({"item_id": tf.constant(["a"])})
-    with self.assertRaisesRegex(ValueError, "no part"):
-      ItemEncoderConfig()
-    with self.assertRaisesRegex(ValueError, "item_representation"):
-      ItemEncoder(ItemEncoderConfig(use_sid=True))
+    with self.assertRaisesRegex(ValueError, "sid_assigner"):
+      ItemEncoder(dataclasses.replace(_item("unigram"), sid_from_content=True))
+    with self.assertRaisesRegex(ValueError, "no SID mode"):
+      dataclasses.replace(_item("dense"), sid_from_content=True)
 
   def test_sid_from_content_matches_precomputed_codes(self):
     from semrec.sid import ItemRepresentation, ItemRepresentationConfig
     rc = ItemRepresentationConfig(modes=("unigram",), embedding_dim=4, num_levels=2, codebook_size=4,
                                   table_budget=8)
     rep = ItemRepresentation(rc)
-    from_feat = ItemEncoder(ItemEncoderConfig(use_sid=True), item_representation=rep)
-    in_graph = ItemEncoder(ItemEncoderConfig(use_sid=True, sid_from_content=True), item_representation=rep,
+    from_feat = ItemEncoder(ItemEncoderConfig(representation=rc), item_representation=rep)
+    in_graph = ItemEncoder(ItemEncoderConfig(representation=rc, sid_from_content=True), item_representation=rep,
                            sid_assigner=self.world.sid_model.assigner)
     batch = self._item_batch(["item_00001", "item_00007", "item_00011"])
     self.assertAllClose(from_feat(batch), in_graph(batch))
@@ -327,8 +337,8 @@ def test_tune_quality_weights_recovers_a_quality_signal():
 
 
 def test_save_load_and_tuned_w_applied_at_serving(world, tmp_path):
-  rep = _spm_representation(world)
-  item = ItemEncoderConfig(use_sid=True, hash_bins=32, hash_dim=8)
+  rep = _spm_representation(world, ("spm", "random_hash"))
+  item = ItemEncoderConfig(representation=rep.config)
   model, inputs, enc, _ = _trained(world, _config(item=item, quality_mode="tuned", q_dim=world.quality.dim),
                                    epochs=1, item_representation=rep)
   qb = embed_queries(model, inputs, enc, with_quality=False)
@@ -361,8 +371,7 @@ def test_save_load_and_tuned_w_applied_at_serving(world, tmp_path):
 def test_retriever_beats_random_on_synthetic_topics(world):
   # Content + SID towers on a world whose users prefer topics: the trained model must rank test targets
   # better than chance (chance recall@10 = 10 / 120).
-  model, inputs, _, _ = _trained(world, _config(item=ItemEncoderConfig(content_dim=8, num_clusters=4,
-                                                                       cluster_dim=8)), epochs=5)
+  model, inputs, _, _ = _trained(world, _config(item=_item("dense", "cluster")), epochs=5)
   test_pos = world.split.test[world.split.test["label"] > 0]
   enc = inputs.encode(test_pos, context=world.ds.interactions)
   ranks = rank_of_targets(embed_queries(model, inputs, enc), embed_candidates(model, inputs),

@@ -7,7 +7,7 @@ from semrec.towers.baselines import (BASELINES, ContentKnnBaseline, PopularityBa
                                     evaluate_baselines)
 from semrec.towers.metrics import metrics_from_ranks, rank_of_targets, sliced_metrics
 from semrec.towers.model import (QUALITY_MODES, RetrieverConfig, TwoTowerRetriever, compile_retriever, embed_candidates,
-                                 embed_queries, init_model, load_retriever, save_retriever, tune_quality_weights)
+                                 embed_queries, init_model, load_retriever, save_retriever)
 from semrec.towers.sequential import SequentialQueryTower, SequentialTowerConfig
 from semrec.towers.tasks import MixedNegativeRetrieval, gather_candidates
 from semrec.towers.training import (FitConfig, ValidationEarlyStopping, evaluate_retriever, query_embeddings,
@@ -16,7 +16,7 @@ from semrec.towers.comparison import (DEFAULT_VARIANTS, ITEM_REPRESENTATIONS, VA
                                       build_variant_retriever, comparison_markdown, comparison_table,
                                       prepare_item_side, run_retrieval_comparison, run_variant, select_served,
                                       variant_config)
-from semrec.towers.quality import QualityConfig, QualityVector
+from semrec.towers.quality import QualityConfig, QualityVector, tune_quality_weights
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                                   QueryTowerConfig)
 

@@ -11,6 +11,9 @@ GRU over the history, ``RetrieverConfig.query``), ``seq_<item>`` the causal self
   sid_spm          SID SentencePiece pieces (trained on the interaction-weighted SID corpus)
   sid_spm_hashed   SID SPM pieces + hashed item ID
   hashed_content   hashed item ID + content projection (the ID memorises head items, content carries new ones)
+  cold_content     content projection + the frozen content residual (retritem's cold-aware item tower)
+  cold_hashed_content  hashed ID (ID dropout 0.3) + content projection + content residual
+  cold_hashed_cluster  cold_hashed_content + trainable cluster-ID embeddings (the SID stage's k-means ids)
 
 Every variant is trained and evaluated by ``semrec.towers.training.train_and_evaluate`` (the function the
 pipeline's served retriever uses): early stopping on the validation selection score, then validation and
@@ -36,7 +39,7 @@ from semrec.towers.training import FitConfig
 from semrec.towers.towers import CandidateTowerConfig, QueryTowerConfig
 
 ITEM_REPRESENTATIONS = ("hashed_id", "content", "cluster_id", "sid_unigram", "sid_spm", "sid_spm_hashed",
-                        "hashed_content")
+                        "hashed_content", "cold_content", "cold_hashed_content", "cold_hashed_cluster")
 VARIANTS = ITEM_REPRESENTATIONS + tuple(f"seq_{r}" for r in ITEM_REPRESENTATIONS)
 SID_REPRESENTATIONS = ("sid_unigram", "sid_spm", "sid_spm_hashed")
 DEFAULT_VARIANTS = ("hashed_id", "content", "sid_spm_hashed", "seq_hashed_id", "seq_content", "seq_hashed_content")
@@ -111,6 +114,7 @@ class ItemSide:
   sid_levels: int = 0
   sid_codebook_size: int = 0
   hash_bins: int = 0
+  num_clusters: int = 0
 
 
 def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: ComparisonConfig,
@@ -129,12 +133,16 @@ def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: Com
     raise ValueError(f"no content embedding for item {ids[idx < 0][0]!r} ({int((idx < 0).sum())} items missing)")
   x = emb[idx]
   arrays, reps = {"content": x}, {item_representation_of(v) for v in cfg.variants}
-  if "cluster_id" in reps:
+  num_clusters = 0
+  if any("cluster" in _REPRESENTATIONS[r][0] for r in reps):
+    from semrec.sid import cluster_feature
     if cluster_ids is None:
       from semrec.sid.kmeans import fit_kmeans, nearest_centroid
       cluster_ids = nearest_centroid(x, fit_kmeans(x, min(cfg.num_clusters, len(ids)), seed=cfg.seed))
-    arrays["cluster_id"] = np.asarray(cluster_ids, np.int32)
-  side = ItemSide(ItemFeatures(ids, arrays), hash_bins=cfg.hash_bins or 2 * len(ids))
+    cluster_ids = np.asarray(cluster_ids, np.int32)
+    num_clusters = int(cluster_ids.max()) + 1
+    arrays[cluster_feature(num_clusters)] = cluster_ids
+  side = ItemSide(ItemFeatures(ids, arrays), hash_bins=cfg.hash_bins or 2 * len(ids), num_clusters=num_clusters)
   if reps & set(SID_REPRESENTATIONS):
     if sid_codes is None:
       from semrec.sid import RQVAEConfig, train_sid_model
@@ -155,37 +163,47 @@ def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: Com
   return side
 
 
+# Item representation -> (ItemRepresentation modes, ItemEncoderConfig cold-start options).
+_REPRESENTATIONS = {
+    "hashed_id": (("random_hash",), {}),
+    "content": (("dense",), {}),
+    "cluster_id": (("cluster",), {}),
+    "sid_unigram": (("unigram",), {}),
+    "sid_spm": (("spm",), {}),
+    "sid_spm_hashed": (("spm", "random_hash"), {}),
+    "hashed_content": (("random_hash", "dense"), {}),
+    "cold_content": (("dense",), {"content_residual": True}),
+    "cold_hashed_content": (("random_hash", "dense"), {"content_residual": True, "id_dropout": 0.3}),
+    "cold_hashed_cluster": (("random_hash", "dense", "cluster"), {"content_residual": True, "id_dropout": 0.3}),
+}
+
+
 def _item_parts(rep: str, cfg: ComparisonConfig, side: ItemSide):
-  """(ItemEncoderConfig, ItemRepresentation layer or None) of an item representation."""
-  from semrec.sid import ItemRepresentation, ItemRepresentationConfig
+  """``ItemEncoderConfig`` of an item representation (``_REPRESENTATIONS``)."""
+  from semrec.sid import ItemRepresentationConfig
   from semrec.towers.towers import ItemEncoderConfig
-  e, hb = cfg.embedding_dim, side.hash_bins
-  simple = {"hashed_id": dict(hash_bins=hb, hash_dim=e), "content": dict(content_dim=e),
-            "cluster_id": dict(num_clusters=int(side.features.arrays.get("cluster_id", np.zeros(1)).max()) + 1,
-                               cluster_dim=e),
-            "hashed_content": dict(hash_bins=hb, hash_dim=e, content_dim=e)}
-  if rep in simple:
-    return ItemEncoderConfig(**simple[rep]), None
-  mode = "unigram" if rep == "sid_unigram" else "spm"
-  budget = side.sid_levels * side.sid_codebook_size if mode == "unigram" else cfg.spm_vocab_size
-  rc = ItemRepresentationConfig(modes=(mode,), embedding_dim=e, num_levels=side.sid_levels,
-                                codebook_size=side.sid_codebook_size, table_budget=budget)
-  layer = ItemRepresentation(rc, spm=side.spm if mode == "spm" else None, name="item_representation")
-  hashed = dict(hash_bins=hb, hash_dim=e) if rep == "sid_spm_hashed" else {}
-  return ItemEncoderConfig(use_sid=True, **hashed), layer
+  modes, opts = _REPRESENTATIONS[rep]
+  opts = dict(opts)
+  id_dropout = opts.pop("id_dropout", 0.0)
+  budget = cfg.spm_vocab_size if "spm" in modes else max(side.sid_levels * side.sid_codebook_size, 1)
+  rc = ItemRepresentationConfig(modes=modes, embedding_dim=cfg.embedding_dim, num_levels=max(side.sid_levels, 1),
+                                codebook_size=max(side.sid_codebook_size, 1), table_budget=budget,
+                                hash_buckets=side.hash_bins, id_dropout=id_dropout,
+                                cluster_sizes=(side.num_clusters,) if "cluster" in modes else ())
+  return ItemEncoderConfig(representation=rc, **opts)
 
 
 def variant_config(variant: str, cfg: ComparisonConfig, side: ItemSide, quality_dim: int = 0,
-                   time_mean: float = 0.0, time_scale: float = 1.0) -> tuple:
-  """(RetrieverConfig, item_representation layer) of ``variant``: ``cfg.retriever`` with the variant's parts."""
+                   time_mean: float = 0.0, time_scale: float = 1.0) -> RetrieverConfig:
+  """The ``RetrieverConfig`` of ``variant``: ``cfg.retriever`` with the variant's item parts and query tower."""
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-  item, layer = _item_parts(item_representation_of(variant), cfg, side)
+  item = _item_parts(item_representation_of(variant), cfg, side)
   base = cfg.retriever
   rc = dataclasses.replace(base, item=item, query_tower="sequential" if variant.startswith("seq_") else "pooled",
                            query=dataclasses.replace(base.query, time_mean=time_mean, time_scale=time_scale),
                            quality_dim=quality_dim, quality_mode="tuned" if quality_dim else "none")
-  return rc, layer
+  return rc
 
 
 def build_variant_retriever(variant: str, cfg: ComparisonConfig, side: ItemSide, quality=None):
@@ -195,8 +213,13 @@ def build_variant_retriever(variant: str, cfg: ComparisonConfig, side: ItemSide,
   from semrec.towers.model import TwoTowerRetriever
   tf.keras.utils.set_random_seed(cfg.seed)
   qdim = quality.dim if quality is not None else 0
-  rc, layer = variant_config(variant, cfg, side, qdim)
-  model = TwoTowerRetriever(rc, item_representation=layer)
+  rc = variant_config(variant, cfg, side, qdim)
+  basis = None
+  if rc.item.content_residual:
+    from semrec.towers.towers import content_basis
+    basis = content_basis(side.features.arrays["content"], rc.candidate.output_dim)
+  model = TwoTowerRetriever(rc, spm=side.spm if "spm" in rc.item.representation.modes else None,
+                            content_basis=basis)
   inputs = RetrievalInputs(side.features, model.item_encoder.required_features(), rc.max_history,
                            quality=quality.features() if quality is not None else None,
                            unknown_quality=quality.new_item_features() if quality is not None else None)
@@ -205,7 +228,7 @@ def build_variant_retriever(variant: str, cfg: ComparisonConfig, side: ItemSide,
 
 def _variant_key(variant: str, cfg: ComparisonConfig, split, side: ItemSide) -> str:
   from semrec.towers.training import fingerprint
-  rc, _ = variant_config(variant, cfg, side)
+  rc = variant_config(variant, cfg, side)
   return fingerprint({"variant": variant, "retriever": dataclasses.asdict(rc), "fit": dataclasses.asdict(cfg.fit),
                       "seed": cfg.seed, "split": split.summary(), "items": len(side.features.item_ids),
                       "sid": side.sid_levels, "k": side.sid_codebook_size})
@@ -310,7 +333,8 @@ def _quality(dataset: RecDataset, split, cfg: ComparisonConfig):
 def _tuned_quality(model, variant, cfg, split, side, quality) -> dict:
   """Validation-tuned Etsy w on the trained towers (no retraining); valid/test metrics with w applied."""
   from semrec.towers.inputs import RetrievalInputs
-  from semrec.towers.model import embed_candidates, tune_quality_weights
+  from semrec.towers.model import embed_candidates
+  from semrec.towers.quality import tune_quality_weights
   from semrec.towers.training import evaluate_retriever, query_embeddings
   valid = split.queries("valid")
   inputs = RetrievalInputs(side.features, model.item_encoder.required_features(), model.config.max_history)

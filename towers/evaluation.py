@@ -34,17 +34,20 @@ def _rows_of(index: pd.Index, ids) -> np.ndarray:
 
 
 def _target_matrix(index: pd.Index, targets: Sequence[np.ndarray], user_ids) -> np.ndarray:
-  """[Q, T] int64 catalogue rows of each query's targets, -1 padded; unknown targets raise."""
-  width = max((len(t) for t in targets), default=1)
-  out = np.full((len(targets), max(width, 1)), -1, np.int64)
-  for i, t in enumerate(targets):
-    if len(t) == 0:
-      raise ValueError(f"query {i} (user {user_ids[i]!r}) has no target")
-    r = _rows_of(index, t)
-    if (r < 0).any():
-      raise ValueError(f"query {i} (user {user_ids[i]!r}): target item {np.asarray(t)[r < 0][0]!r} is not in "
-                       f"item_ids")
-    out[i, :len(r)] = r
+  """[Q, T] int64 catalogue rows of each query's targets, -1 padded; empty or unknown targets raise."""
+  lens = np.array([len(t) for t in targets], np.int64)
+  if (lens == 0).any():
+    i = int(np.argmax(lens == 0))
+    raise ValueError(f"query {i} (user {user_ids[i]!r}) has no target")
+  flat = np.concatenate([np.asarray(t, dtype=object) for t in targets]) if len(targets) else np.zeros(0, object)
+  rows = _rows_of(index, flat)
+  if (rows < 0).any():
+    bad = int(np.argmax(rows < 0))
+    i = int(np.searchsorted(np.cumsum(lens), bad, side="right"))
+    raise ValueError(f"query {i} (user {user_ids[i]!r}): target item {flat[bad]!r} is not in item_ids")
+  out = np.full((len(targets), max(int(lens.max(initial=1)), 1)), -1, np.int64)
+  qrow = np.repeat(np.arange(len(targets)), lens)
+  out[qrow, np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)] = rows
   return out
 
 

@@ -51,7 +51,7 @@ class RetrievalInputs:
     missing = [k for k in names if k not in item_features.arrays]
     if missing:
       raise KeyError(f"item features {missing} requested but ItemFeatures has only {sorted(item_features.arrays)}")
-    self.feature_names = [k for k in names if k in _ITEM_KEYS]
+    self.feature_names = [k for k in names if k in _ITEM_KEYS or k.startswith("cluster_k")]
     self.max_history = int(max_history)
     n = len(item_features.item_ids)
     self.tables = {}

@@ -5,7 +5,7 @@ Shape letters: B batch, N catalogue items, d tower width, Q quality features.
 Scores: with quality features the candidate embedding is [p ; f(p)] ([B, d + Q]) and the query
 embedding [q ; w] with one shared vector w [Q], so score = q.p + w.f(p). w is either learned with the
 towers (``quality_mode="learned"``) or held at zero during training and tuned afterwards on a
-validation window (``quality_mode="tuned"``, see ``tune_quality_weights``) without retraining; the
+validation window (``quality_mode="tuned"``, see ``semrec.towers.quality.tune_quality_weights``) without retraining; the
 tuned w is a model variable, so serving (``query_embedding`` / an index built from
 ``candidate_embedding``) applies it.
 
@@ -56,7 +56,7 @@ class RetrieverConfig:
     quality_mode: "none", "learned" (w trained with the towers) or "tuned" (w set after training).
     learning_rate: Adam learning rate used by ``compile_retriever``.
   """
-  item: ItemEncoderConfig = dataclasses.field(default_factory=lambda: ItemEncoderConfig(hash_bins=10_000))
+  item: ItemEncoderConfig = dataclasses.field(default_factory=ItemEncoderConfig)
   candidate: CandidateTowerConfig = dataclasses.field(default_factory=CandidateTowerConfig)
   query: QueryTowerConfig = dataclasses.field(default_factory=QueryTowerConfig)
   query_tower: str = "pooled"
@@ -112,9 +112,12 @@ class TwoTowerRetriever(tfrs.Model):
 
   Args:
     config: ``RetrieverConfig``.
-    item_representation: semrec.sid ``ItemRepresentation`` layer when ``config.item.use_sid``.
+    item_representation: optional prebuilt semrec.sid ``ItemRepresentation`` (e.g. with a trained SPM);
+      default built from ``config.item.representation``.
     sid_assigner: frozen semrec.sid ``SidAssigner`` when ``config.item.sid_from_content``.
     cluster_assigner: frozen semrec.sid ``ClusterIdLayer`` when ``config.item.cluster_from_content``.
+    spm: trained ``SidSpm`` for an "spm" representation built from the config.
+    content_basis: optional [D, d] initial content-residual projection (``config.item.content_residual``).
     task: The loss layer, called as ``task(q, c, candidate_ids=, candidate_sampling_probability=,
       sampled_embeddings=, sampled_ids=, num_items=, sample_weight=)``; default a ``MixedNegativeRetrieval``
       built from the config (temperature, logQ, accidental hits, in-batch negatives).
@@ -126,11 +129,12 @@ class TwoTowerRetriever(tfrs.Model):
   """
 
   def __init__(self, config: RetrieverConfig, item_representation=None, sid_assigner=None, cluster_assigner=None,
-               task: Optional[tf.keras.layers.Layer] = None, **kwargs):
+               task: Optional[tf.keras.layers.Layer] = None, spm=None, content_basis=None, **kwargs):
     super().__init__(**kwargs)
     self.config = config
-    self.item_encoder = ItemEncoder(config.item, item_representation=item_representation,
-                                    sid_assigner=sid_assigner, cluster_assigner=cluster_assigner, name="item_encoder")
+    self.item_encoder = ItemEncoder(config.item, item_representation=item_representation, spm=spm,
+                                    sid_assigner=sid_assigner, cluster_assigner=cluster_assigner,
+                                    content_basis=content_basis, name="item_encoder")
     self.candidate_tower = CandidateTower(self.item_encoder, config.candidate, name="candidate_tower")
     if config.query_tower == "sequential":
       self.query_tower = SequentialQueryTower(self.candidate_tower, config.sequential,
@@ -235,63 +239,6 @@ def embed_queries(model: TwoTowerRetriever, inputs, encoded: dict, batch_size: i
   for b in inputs.dataset(encoded, batch_size):
     out.append((model.query_embedding(b) if with_quality else model.query_tower(b)).numpy())
   return np.concatenate(out) if out else np.zeros((0, model.config.query.output_dim), np.float32)
-
-
-def tune_quality_weights(query_base: np.ndarray, candidate_base: np.ndarray, quality: np.ndarray,
-                         target_rows: np.ndarray, exclude=None, grid: Sequence[float] = (-0.5, -0.2, -0.1, -0.05, 0.0,
-                                                                                         0.05, 0.1, 0.2, 0.5, 1.0),
-                         k: int = 100, passes: int = 2, query_weights: Optional[np.ndarray] = None
-                         ) -> tuple[np.ndarray, dict]:
-  """Coordinate-wise grid search for w maximising Recall@k on a validation window (towers frozen).
-
-  Args:
-    query_base: [V, d] validation query embeddings q (without w).
-    candidate_base: [N, d] candidate embeddings p (without f).
-    quality: [N, Q] f(p) of the same candidates (computed only from data before the window).
-    target_rows: [V] row of each validation query's target in ``candidate_base``.
-    exclude: optional per-query arrays of candidate rows to remove (items seen before).
-    grid: candidate values for each coordinate of w (q.p is a cosine when the towers normalise).
-    k: the Recall@k cut-off optimised (ties broken by NDCG@10).
-    query_weights: optional [V] weights of the queries in the objective (e.g. > 1 for queries whose target
-      is a new item, to keep w from trading new-item recall for popularity).
-
-  Returns:
-    (w [Q] float32, {"recall": best validation recall, "baseline_recall": recall at w = 0, "evaluations": n}).
-  """
-  base = np.asarray(query_base, np.float32) @ np.asarray(candidate_base, np.float32).T  # [V, N]
-  t = np.asarray(target_rows, np.int64)
-  if exclude is not None:
-    for i, ex in enumerate(exclude):
-      ex = np.asarray(ex, np.int64)
-      base[i, ex[ex != t[i]]] = -np.inf
-  f = np.asarray(quality, np.float32)
-  rows = np.arange(len(t))
-  qw = np.ones(len(t)) if query_weights is None else np.asarray(query_weights, np.float64)
-  if qw.shape != (len(t),) or (qw < 0).any() or qw.sum() <= 0:
-    raise ValueError(f"query_weights must be {len(t)} non-negative values with a positive sum")
-
-  def score(w):
-    bias = f @ w  # [N]
-    s = base + bias[None, :]
-    ts = s[rows, t]
-    rank = (s > ts[:, None]).sum(axis=1)
-    return (float(np.average(rank < k, weights=qw)),
-            float(np.average(np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0), weights=qw)))
-
-  w = np.zeros(f.shape[1], np.float32)
-  best = score(w)
-  baseline = best
-  evals = 1
-  for _ in range(passes):
-    for j in range(f.shape[1]):
-      for v in grid:
-        cand = w.copy()
-        cand[j] = v
-        s = score(cand)
-        evals += 1
-        if s > best:
-          best, w = s, cand
-  return w, {"recall": best[0], "ndcg@10": best[1], "baseline_recall": baseline[0], "evaluations": evals}
 
 
 def save_retriever(model: TwoTowerRetriever, directory: str) -> str:
