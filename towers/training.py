@@ -38,6 +38,8 @@ class FitConfig:
     batch_size: Rows (pooled tower) or sequences (sequential tower) per batch.
     selection_k: k of the validation Recall@k used for early stopping and for choosing the served variant.
     cold_weight: Weight of the cold-target recall in the selection score (see ``selection_score``).
+    min_cold_queries: The cold slice counts in the selection score only with at least this many validation
+      queries (fewer, e.g. the ~30 of 8k leave-one-out targets that are new items, are noise).
     ks: Recall cut-offs reported.
   """
   max_epochs: int = 20
@@ -45,6 +47,7 @@ class FitConfig:
   batch_size: int = 128
   selection_k: int = 10
   cold_weight: float = 0.5
+  min_cold_queries: int = 100
   ks: tuple = (5, 10, 20, 50, 100)
 
   def __post_init__(self):
@@ -55,16 +58,17 @@ class FitConfig:
       raise ValueError(f"FitConfig.cold_weight must be in [0, 1], got {self.cold_weight}")
 
 
-def selection_score(metrics: dict, k: int = 10, cold_weight: float = 0.5) -> float:
+def selection_score(metrics: dict, k: int = 10, cold_weight: float = 0.5, min_cold_queries: int = 100) -> float:
   """Validation score weighing warm and cold targets: (1 - w) * warm R@k + w * cold R@k.
 
-  Where the validation set has only warm or only cold targets, that slice's recall alone (leave-one-out
-  with no cold validation target; cold_items). Weighing the slices, not the queries, keeps a model that
-  ignores new items from winning just because new-item targets are rare.
+  Where the validation set has only warm or only cold targets (cold_items), or fewer than
+  ``min_cold_queries`` cold ones (leave-one-out), the overall recall alone. Weighing the slices, not the
+  queries, keeps a model that ignores new items from winning just because new-item targets are rare.
   """
   key = f"recall@{k}"
   warm, cold = metrics.get("warm", {}).get(key), metrics.get("cold", {}).get(key)
-  if warm is None or cold is None or not np.isfinite(warm) or not np.isfinite(cold):
+  n_cold = metrics.get("cold", {}).get("queries", 0)
+  if warm is None or cold is None or n_cold < min_cold_queries or not np.isfinite(warm) or not np.isfinite(cold):
     return float(metrics["overall"][key])
   return float((1.0 - cold_weight) * warm + cold_weight * cold)
 
@@ -184,7 +188,8 @@ def train_and_evaluate(model: TwoTowerRetriever, inputs: RetrievalInputs, split,
   seconds = time.time() - t0
   cands = embed_candidates(model, inputs)
   result = {s: evaluate_retriever(model, inputs, split.queries(s), fit.ks, cands) for s in stages}
-  result.update({"selection_score": selection_score(result["valid"], fit.selection_k, fit.cold_weight),
+  result.update({"selection_score": selection_score(result["valid"], fit.selection_k, fit.cold_weight,
+                                                    fit.min_cold_queries),
                  "best_epoch": stopper.best_epoch, "epochs": stopper.history, "train_seconds": round(seconds, 1),
                  "fingerprint": key})
   if output_dir and key:
@@ -194,7 +199,7 @@ def train_and_evaluate(model: TwoTowerRetriever, inputs: RetrievalInputs, split,
 
 def _score(model, inputs, queries, fit: FitConfig) -> tuple:
   m = evaluate_retriever(model, inputs, queries, (fit.selection_k,))
-  return selection_score(m, fit.selection_k, fit.cold_weight), m
+  return selection_score(m, fit.selection_k, fit.cold_weight, fit.min_cold_queries), m
 
 
 __all__ = ["FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "fingerprint", "query_embeddings",
