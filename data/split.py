@@ -203,9 +203,15 @@ class EvalSplit:
     return self.queries(stage).candidates
 
   def train_sequences(self) -> dict:
-    """{user_id: [n_u] object array of the user's train positives, time-ordered (ties: dataset order)}."""
-    pos = self.train[self.train["label"] > 0].sort_values(["user_id", "timestamp"], kind="stable")
-    return {u: g.to_numpy() for u, g in pos.groupby("user_id", sort=False)["item_id"]}
+    """{user_id: [n_u] object array of the user's train positives, time-ordered (ties: dataset order)}.
+
+    Computed once and cached: treat the arrays as read-only.
+    """
+    if "_sequences" not in self.__dict__:
+      pos = self.train[self.train["label"] > 0].sort_values(["user_id", "timestamp"], kind="stable")
+      self.__dict__["_sequences"] = {u: g.to_numpy().astype(object)
+                                     for u, g in pos.groupby("user_id", sort=False)["item_id"]}
+    return self.__dict__["_sequences"]
 
   @property
   def train_items(self) -> np.ndarray:

@@ -8,6 +8,8 @@ The STFT and mel matrix are computed in float64 like the NumPy reference, then c
 
 The network is VGGish (``vggish_slim.py``): conv64-pool-conv128-pool-conv256x2-pool-conv512x2-pool,
 fc4096-fc4096-fc128 (the last one linear), one 128-d embedding per patch, mean-pooled per clip.
+YAMNet (1024-d per 0.96 s frame, hop 0.48 s) is an option loaded through ``tensorflow_hub`` from a Hub
+handle or local Hub directory; its model runs its own front end on the 16 kHz waveform.
 
 Shape letters: N clips, S samples, F spectrogram frames, P patches (96 frames each).
 """
@@ -205,15 +207,20 @@ def load_vggish_checkpoint(model: tf.keras.Model, prefix: str):
 
 
 class AudioEncoder:
-  """VGGish clip embeddings: waveforms -> [N, 128] float32 (mean over each clip's 0.96 s patches).
+  """Clip embeddings: waveforms -> [N, D] float32 (mean over each clip's patches / frames).
+
+  D is 128 for VGGish and 1024 for YAMNet (in general the width of the Hub model's output).
 
   Args:
-    weights: Where the weights come from: a TF Hub handle or local Hub/SavedModel directory (a VGGish
-      module mapping a 16 kHz waveform [S] to [P, 128]; it runs its own front end), a Keras ``.h5``
-      weights file of ``build_vggish(architecture)``, a VGGish slim checkpoint prefix
-      (``vggish_model.ckpt``), or ``"random"`` for seeded random initialisation (reported in ``info``).
-    architecture: ``"vggish"`` (default, the real network) or ``"vggish-small"`` (same topology, 4x
-      narrower; for fast tests only).
+    weights: Where the weights come from: a TF Hub handle or local Hub directory (loaded with
+      ``tensorflow_hub``: a VGGish model mapping a 16 kHz waveform [S] to [P, 128], or YAMNet mapping
+      it to ``(scores [P, 521], embeddings [P, 1024], log_mel [F, 64])``; either runs its own front
+      end), a Keras ``.h5`` weights file of ``build_vggish(architecture)``, a VGGish slim checkpoint
+      prefix (``vggish_model.ckpt``), or ``"random"`` for seeded random initialisation of VGGish
+      (reported in ``info``).
+    architecture: ``"vggish"`` (default, the real network), ``"vggish-small"`` (same topology, 4x
+      narrower; for fast tests only) or ``"yamnet"`` (Hub weights only: ``https://tfhub.dev/google/yamnet/1``
+      or a local copy of it).
     batch_size: Patches per network call.
     seed: Seed of the random initialisation.
   """
@@ -226,6 +233,13 @@ class AudioEncoder:
                        "or 'random' (pretrained VGGish weights cannot be downloaded here)")
     if batch_size < 1:
       raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if architecture not in ARCHITECTURES and architecture != "yamnet":
+      raise ValueError(f"audio architecture must be one of {sorted(ARCHITECTURES) + ['yamnet']}, got "
+                       f"{architecture!r}")
+    if architecture == "yamnet" and not is_hub_handle(str(weights)):
+      raise ValueError(f"YAMNet loads from a TF Hub handle or local Hub directory, got weights={weights!r}: "
+                       "e.g. https://tfhub.dev/google/yamnet/1 or a downloaded copy of it (for random init use "
+                       "architecture='vggish', weights='random')")
     self.weights = str(weights)
     self.architecture = architecture
     self.batch_size = batch_size
@@ -237,6 +251,7 @@ class AudioEncoder:
       seeded_reinit(self.model, seed)
     elif is_hub_handle(self.weights):
       self._hub = load_hub_model(self.weights)
+      self.dim = int(self.patch_embeddings(np.zeros(MIN_SAMPLES, np.float32)).shape[-1])
     elif self.weights.endswith((".h5", ".hdf5", ".weights.h5")):
       if not os.path.isfile(self.weights):
         raise FileNotFoundError(f"VGGish weights file not found: {self.weights}")
@@ -254,14 +269,20 @@ class AudioEncoder:
   @property
   def info(self) -> dict:
     """Model name, weights source and random-init flag (goes into store manifests)."""
-    return {"model": "vggish-tfhub" if self._hub is not None else self.architecture, "weights": self.weights,
+    return {"model": f"{self.architecture}-tfhub" if self._hub is not None else self.architecture,
+            "weights": self.weights,
             "random_init": self.weights == RANDOM, "seed": self.seed if self.weights == RANDOM else None,
             "dim": self.dim, "sample_rate": SAMPLE_RATE}
 
   def patch_embeddings(self, waveform: np.ndarray) -> np.ndarray:
     """16 kHz waveform (from ``prepare_waveform``) -> [P, 128] float32 per-patch embeddings."""
     if self._hub is not None:
-      return np.asarray(self._hub(tf.convert_to_tensor(waveform, tf.float32)), np.float32)
+      out = self._hub(tf.convert_to_tensor(waveform, tf.float32))
+      if isinstance(out, dict):
+        out = out["embeddings"] if "embeddings" in out else next(iter(out.values()))
+      elif isinstance(out, (tuple, list)):
+        out = out[1] if len(out) > 1 else out[0]  # YAMNet: (scores, embeddings, log_mel_spectrogram)
+      return np.asarray(out, np.float32)
     return self._embed_patches(waveform_to_patches(waveform).numpy())
 
   def _embed_patches(self, patches: np.ndarray) -> np.ndarray:

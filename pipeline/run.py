@@ -1,0 +1,154 @@
+"""The run directory of `semrec run`: lazily loaded data, finished-stage records, resuming.
+
+A run directory holds ``config.yaml``, one sub-directory per stage (each finished stage writes
+``<stage>/_DONE.json`` atomically, with its metrics), ``metrics.json``, ``report.md`` and ``plots/``.
+Re-running the same command on the same directory skips finished stages, so an interrupted job
+resumes where it stopped. Each ``_DONE.json`` also records a key of the config a stage ran with (its own
+sections, its prerequisites' sections and the seed): a finished stage whose config has changed since is
+stale, and is recomputed (its directory cleared first) together with every later stage that depends on it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Callable, Optional
+
+from semrec.atomic import write_json as atomic_write_json
+from semrec.config import save_yaml, to_dict
+from semrec.data import RecDataset, temporal_split
+from semrec.pipeline.config import load_dataset
+from semrec.pipeline.report import write_report
+from semrec.pipeline.stages import STAGE_ORDER, STAGES
+
+
+class Run:
+  """A run directory plus the lazily loaded dataset and split; stages read and write through it."""
+
+  def __init__(self, config, run_dir: str):
+    self.config = config
+    self.run_dir = os.path.abspath(run_dir)
+    os.makedirs(self.run_dir, exist_ok=True)
+    os.makedirs(self.path("plots"), exist_ok=True)
+    self._dataset = None
+    self._split = None
+    self._fingerprint = None
+
+  def path(self, *parts) -> str:
+    return os.path.join(self.run_dir, *parts)
+
+  def stage_dir(self, stage: str) -> str:
+    d = self.path(stage)
+    os.makedirs(d, exist_ok=True)
+    return d
+
+  @property
+  def dataset(self) -> RecDataset:
+    if self._dataset is None:
+      self._dataset = load_dataset(self.config.data)
+    return self._dataset
+
+  @property
+  def data_fingerprint(self) -> str:
+    """``dataset.fingerprint()``, hashed once per run (stage keys and every export manifest use it)."""
+    if self._fingerprint is None:
+      self._fingerprint = self.dataset.fingerprint()
+    return self._fingerprint
+
+  @property
+  def split(self):
+    if self._split is None:
+      self._split = temporal_split(self.dataset, self.config.data.train_fraction)
+    return self._split
+
+  def is_done(self, stage: str) -> bool:
+    """True when ``stage`` finished in this directory (whatever config it ran with; see ``stale_sections``)."""
+    return os.path.exists(self.path(stage, "_DONE.json"))
+
+  def _done_record(self, stage: str) -> dict:
+    with open(self.path(stage, "_DONE.json")) as f:
+      return json.load(f)
+
+  def stage_result(self, stage: str) -> dict:
+    """The metrics dict a finished stage recorded (without the bookkeeping ``_config`` entry)."""
+    result = self._done_record(stage)
+    result.pop("_config", None)
+    return result
+
+  def config_sections(self, stage: str) -> Optional[dict]:
+    """{config section: 16-hex hash} of the config ``stage`` and its prerequisites read, plus the seed.
+
+    None for stages outside ``STAGES``.
+    """
+    names = STAGES.sections_read(stage)
+    if names is None:
+      return None
+    cfg = self.config
+    values = {"seed": cfg.seed}
+    for n in names:
+      values[n] = to_dict(cfg.encoder_config() if n == "encoder" else getattr(cfg, n))
+    if "data" in names and cfg.data.type == "generic":  # the files can change under the same paths
+      values["data_files"] = self.data_fingerprint
+    digest = lambda v: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()[:16]  # noqa: E731
+    return {n: digest(v) for n, v in values.items()}
+
+  def stale_sections(self, stage: str) -> list:
+    """Config sections that changed since the finished ``stage`` ran ([] when unchanged or unknown)."""
+    if not self.is_done(stage):
+      return []
+    now, then = self.config_sections(stage), self._done_record(stage).get("_config")
+    if now is None or then is None:  # a stage outside STAGES, or recorded before config keys were: trust it
+      return []
+    return sorted(k for k in set(now) | set(then) if now.get(k) != then.get(k))
+
+  def mark_done(self, stage: str, result: dict):
+    record = dict(result)
+    sections = self.config_sections(stage)
+    if sections is not None:
+      record["_config"] = sections
+    atomic_write_json(os.path.join(self.stage_dir(stage), "_DONE.json"), record)
+
+
+def run_stages(run: Run, stages, registry: dict[str, Callable], log: Callable[[str], None] = print,
+               force: bool = False) -> dict:
+  """Runs ``stages`` in order, skipping finished ones; returns {stage: result}.
+
+  A finished stage is reused unless ``force`` or its config changed since it ran (``Run.stale_sections``);
+  a stale stage's directory is cleared before it is recomputed, so no artefact of the old config survives.
+  """
+  unknown = [s for s in stages if s not in registry]
+  if unknown:
+    raise ValueError(f"unknown stage(s) {unknown}; known: {list(registry)}")
+  results = {}
+  for stage in stages:
+    stale = run.stale_sections(stage)
+    if run.is_done(stage) and not force and not stale:
+      log(f"[semrec] {stage}: already done in {run.path(stage)} (resuming)")
+      results[stage] = run.stage_result(stage)
+      continue
+    if stale:
+      log(f"[semrec] {stage}: config changed since it ran ({', '.join(stale)}); clearing {run.path(stage)}")
+      shutil.rmtree(run.path(stage))
+    log(f"[semrec] {stage}: running")
+    t0 = time.time()
+    result = registry[stage](run) or {}
+    result = {"seconds": round(time.time() - t0, 1), **result}
+    run.mark_done(stage, result)
+    log(f"[semrec] {stage}: done in {result['seconds']:.0f}s")
+    results[stage] = result
+  return results
+
+
+def write_config(run: Run):
+  save_yaml(run.config, run.path("config.yaml"))
+
+
+def run_all(run: Run, force: bool = False, log: Callable[[str], None] = print) -> str:
+  """`semrec run`: every stage in order (finished ones reused), then metrics.json + report.md."""
+  t0 = time.time()
+  results = run_stages(run, STAGE_ORDER, STAGES.registry, log=log, force=force)
+  table = write_report(run, results)
+  log(f"[semrec] finished in {time.time() - t0:.0f}s; report: {run.path('report.md')}")
+  return table

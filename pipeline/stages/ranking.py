@@ -1,0 +1,55 @@
+"""The ranking stage: the representation sweep, then the production ranker (exported)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from semrec.pipeline.artefacts import export_dir, item_features
+
+if TYPE_CHECKING:
+  from semrec.pipeline.run import Run
+
+
+def stage_ranking(run: Run) -> dict:
+  """The ranking representation sweep, then the production ranker (exported for TF Serving)."""
+  from semrec.ranking import (RankerConfig, format_summary, prepare_sequential, run_ranking_experiment,
+                              train_ranker)
+  from semrec.ranking.experiment import MODE_COMPONENTS
+  from semrec.sid import ItemRepresentationConfig
+  cfg = run.config.ranking
+  feats, table = item_features(run)
+  L, K = table.codes.shape[1], table.codebook_size
+  base = RankerConfig(batch_size=cfg.batch_size, history_length=cfg.history_length, seed=run.config.seed)
+  data = prepare_sequential(run.dataset.interactions, feats, cfg.num_periods, base.history_length, base.tasks)
+  result = run_ranking_experiment(run.dataset, feats, modes=cfg.modes, budgets=cfg.budgets,
+                                  seeds=tuple(run.config.seed + s for s in range(cfg.num_seeds)),
+                                  use_history=cfg.use_history, codebook_size=K, num_periods=cfg.num_periods,
+                                  base_config=base, embedding_dim=cfg.embedding_dim, data=data,
+                                  output_dir=run.stage_dir("ranking"))
+  if result.files.get("png"):
+    import shutil
+    shutil.copyfile(result.files["png"], run.path("plots", "ranking_auc_by_mode.png"))
+  print(result.markdown())
+
+  # The production ranker: the configured mode at the largest budget, with history.
+  rep = ItemRepresentationConfig(modes=MODE_COMPONENTS[cfg.production_mode], combiner="sum",
+                                 embedding_dim=cfg.embedding_dim, num_levels=L, codebook_size=K,
+                                 table_budget=cfg.production_budget, hash_buckets=cfg.production_budget,
+                                 content_dim=feats.arrays["content"].shape[1] if cfg.production_mode == "dense" else 0)
+  prod = train_ranker(dataclasses.replace(base, item_representation=rep, use_history=True), feats,
+                      run.dataset.interactions, num_periods=cfg.num_periods, data=data, progress=False)
+  example = prod.featurizer.features(data.eval_examples.take(np.arange(min(8, len(data.eval_examples)))))
+  from semrec.export import export_ranker
+  exported = export_ranker(export_dir(run), prod.model, example, name="ranker", metrics=prod.metrics,
+                           data_fingerprint=run.data_fingerprint)
+  summary = result.summary
+  return {
+      "summary": summary.to_dict("records"),
+      "split": result.split,
+      "experiment_seconds": round(result.seconds, 1),
+      "production": {"mode": cfg.production_mode, "budget": cfg.production_budget, "metrics": prod.metrics,
+                     "export": exported.path},
+      "files": {k: str(v) for k, v in result.files.items()},
+  }
