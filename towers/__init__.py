@@ -15,7 +15,7 @@ from semrec.towers.training import (FitConfig, ValidationEarlyStopping, evaluate
 from semrec.towers.comparison import (DEFAULT_VARIANTS, ITEM_REPRESENTATIONS, VARIANTS, ComparisonConfig, ItemSide,
                                       build_variant_retriever, comparison_markdown, comparison_table,
                                       prepare_item_side, run_retrieval_comparison, run_variant, select_served,
-                                      variant_config)
+                                      served_retriever, variant_config)
 from semrec.towers.quality import QualityConfig, QualityVector, tune_quality_weights
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                                   QueryTowerConfig)
@@ -29,7 +29,7 @@ __all__ = [
     "FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "query_embeddings", "selection_score",
     "train_and_evaluate", "DEFAULT_VARIANTS", "ITEM_REPRESENTATIONS", "VARIANTS", "ComparisonConfig", "ItemSide",
     "build_variant_retriever", "comparison_markdown", "comparison_table", "prepare_item_side",
-    "run_retrieval_comparison", "run_variant", "select_served", "variant_config", "QualityConfig", "QualityVector",
+    "run_retrieval_comparison", "run_variant", "select_served", "served_retriever", "variant_config", "QualityConfig", "QualityVector",
     "CandidateTower", "CandidateTowerConfig", "ItemEncoder", "ItemEncoderConfig", "QueryTower", "QueryTowerConfig",
     "DEFAULT_KS", "NDCG_KS", "evaluate_scores", "query_metrics", "BASELINES", "ContentKnnBaseline",
     "PopularityBaseline", "TransitionBaseline", "evaluate_baselines",

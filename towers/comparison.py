@@ -42,7 +42,8 @@ ITEM_REPRESENTATIONS = ("hashed_id", "content", "cluster_id", "sid_unigram", "si
                         "hashed_content", "cold_content", "cold_hashed_content", "cold_hashed_cluster")
 VARIANTS = ITEM_REPRESENTATIONS + tuple(f"seq_{r}" for r in ITEM_REPRESENTATIONS)
 SID_REPRESENTATIONS = ("sid_unigram", "sid_spm", "sid_spm_hashed")
-DEFAULT_VARIANTS = ("hashed_id", "content", "sid_spm_hashed", "seq_hashed_id", "seq_content", "seq_hashed_content")
+DEFAULT_VARIANTS = ("hashed_id", "content", "sid_spm_hashed", "cold_hashed_content", "seq_hashed_content",
+                    "seq_cold_hashed_content")
 
 
 def _default_retriever() -> RetrieverConfig:
@@ -100,6 +101,17 @@ class ComparisonConfig:
     if badq or "none" not in self.quality_modes:
       raise ValueError(f"quality_modes must include 'none' and be a subset of ('none', 'tuned'), got "
                        f"{self.quality_modes}")
+
+
+  def quick(self) -> "ComparisonConfig":
+    """A copy with tiny sizes (smoke tests, ``semrec run --quick``): 1 epoch, 8-d parts, H = 5."""
+    rep = dataclasses.replace
+    r = self.retriever
+    small = rep(r, candidate=rep(r.candidate, output_dim=8), query=rep(r.query, output_dim=8, mlp_dims=(16,),
+                                                                        max_history=5),
+                sequential=rep(r.sequential, max_history=5), num_negatives=min(r.num_negatives, 64))
+    return rep(self, retriever=small, fit=rep(self.fit, max_epochs=1, batch_size=64), embedding_dim=8,
+               num_clusters=16, sid_codebook_size=16, spm_vocab_size=64)
 
 
 def item_representation_of(variant: str) -> str:
@@ -289,7 +301,8 @@ def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
 
   Returns:
     {"table": DataFrame, "results": {variant: result}, "baselines": {name: metrics by stage},
-     "served": select_served(...), "split": summary, "config": dict, "seconds": float}.
+     "served": select_served(...), "split": summary, "config": dict, "seconds": float,
+     "item_side": the ``ItemSide`` used (for ``served_retriever``)}.
   """
   from semrec.towers.baselines import evaluate_baselines
   cfg = config or ComparisonConfig()
@@ -317,7 +330,21 @@ def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
          "split": split.summary(), "config": dataclasses.asdict(cfg), "seconds": time.time() - t0}
   if output_dir:
     _write_outputs(out, output_dir)
+  out["item_side"] = side
   return out
+
+
+def served_retriever(comparison: dict, cfg: ComparisonConfig, split, output_dir: str,
+                     variant: Optional[str] = None) -> tuple:
+  """(model, inputs, result) of the served variant (default: the validation choice) from its checkpoint.
+
+  The served model IS the comparison's trained model of that variant (``run_variant`` resumes it from
+  ``output_dir`` without retraining), so the figures in the comparison table are the served model's.
+  """
+  variant = variant or comparison["served"]["variant"]
+  if variant not in comparison["results"]:
+    raise ValueError(f"served variant {variant!r} was not in the comparison ({sorted(comparison['results'])})")
+  return run_variant(variant, cfg, split, comparison["item_side"], None, output_dir)
 
 
 def _quality(dataset: RecDataset, split, cfg: ComparisonConfig):
@@ -379,4 +406,4 @@ def comparison_markdown(table: pd.DataFrame, stage: str = "test", ks=(10, 100)) 
 
 __all__ = ["DEFAULT_VARIANTS", "ITEM_REPRESENTATIONS", "VARIANTS", "ComparisonConfig", "ItemSide",
            "build_variant_retriever", "comparison_markdown", "comparison_table", "prepare_item_side",
-           "run_retrieval_comparison", "run_variant", "select_served", "variant_config"]
+           "run_retrieval_comparison", "run_variant", "select_served", "served_retriever", "variant_config"]

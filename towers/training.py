@@ -85,19 +85,26 @@ def training_dataset(model: TwoTowerRetriever, inputs: RetrievalInputs, split, b
   return inputs.dataset(enc, batch_size, shuffle=True, seed=seed, num_negatives=cfg.num_negatives)
 
 
+def query_features(inputs: RetrievalInputs, queries, rows, max_history: int) -> dict:
+  """Model query features of ``queries[rows]``: user_id [q], timestamp [q], history{item_id [q, H], ...}."""
+  rows = np.asarray(rows, np.int64)
+  hist = queries.subset(rows).padded_histories(max_history)
+  table_rows = inputs.rows_of(hist)
+  inputs._ensure_tf()
+  h = {"item_id": tf.constant(hist.astype(str))}
+  for k in inputs.feature_names:
+    h[k] = tf.gather(inputs._tf_tables[k], table_rows)
+  return {"history": h, "user_id": tf.constant(queries.user_ids[rows].astype(str)),
+          "timestamp": tf.constant(np.asarray(queries.timestamps)[rows].astype(np.int64))}
+
+
 def query_embeddings(model: TwoTowerRetriever, inputs: RetrievalInputs, queries, batch_size: int = 1024,
                      with_quality: bool = True) -> np.ndarray:
   """[Q, d] query embeddings of a ``Queries`` set (history = most recent ``max_history`` items)."""
-  hist = queries.padded_histories(model.config.max_history)
-  rows = inputs.rows_of(hist)
-  inputs._ensure_tf()
   out = []
-  for s in range(0, len(hist), batch_size):
-    h = {"item_id": tf.constant(hist[s:s + batch_size].astype(str))}
-    for k in inputs.feature_names:
-      h[k] = tf.gather(inputs._tf_tables[k], rows[s:s + batch_size])
-    feats = {"history": h, "user_id": tf.constant(queries.user_ids[s:s + batch_size].astype(str)),
-             "timestamp": tf.constant(queries.timestamps[s:s + batch_size])}
+  for s in range(0, len(queries), batch_size):
+    feats = query_features(inputs, queries, np.arange(s, min(s + batch_size, len(queries))),
+                           model.config.max_history)
     q = model.query_embedding(feats) if with_quality else model.query_tower(feats)
     out.append(q.numpy())
   return np.concatenate(out) if out else np.zeros((0, model.config.candidate.output_dim), np.float32)
@@ -203,4 +210,5 @@ def _score(model, inputs, queries, fit: FitConfig) -> tuple:
 
 
 __all__ = ["FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "fingerprint", "query_embeddings",
+           "query_features",
            "selection_score", "train_and_evaluate", "training_dataset"]
