@@ -12,9 +12,9 @@ from semrec.towers.sequential import SequentialQueryTower, SequentialTowerConfig
 from semrec.towers.tasks import MixedNegativeRetrieval, gather_candidates
 from semrec.towers.training import (FitConfig, ValidationEarlyStopping, evaluate_retriever, query_embeddings,
                                     selection_score, train_and_evaluate)
+from semrec.towers.comparison_report import comparison_markdown, comparison_table, plot_comparison
 from semrec.towers.comparison import (DEFAULT_VARIANTS, ITEM_REPRESENTATIONS, VARIANTS, ComparisonConfig, ItemSide,
-                                      build_variant_retriever, comparison_markdown, comparison_table,
-                                      prepare_item_side, run_retrieval_comparison, run_variant, select_served,
+                                      build_variant_retriever, prepare_item_side, run_retrieval_comparison, run_variant, select_served,
                                       served_retriever, variant_config)
 from semrec.towers.quality import QualityConfig, QualityVector, tune_quality_weights
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
@@ -28,7 +28,7 @@ __all__ = [
     "embed_candidates", "embed_queries", "init_model", "load_retriever", "save_retriever", "tune_quality_weights",
     "FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "query_embeddings", "selection_score",
     "train_and_evaluate", "DEFAULT_VARIANTS", "ITEM_REPRESENTATIONS", "VARIANTS", "ComparisonConfig", "ItemSide",
-    "build_variant_retriever", "comparison_markdown", "comparison_table", "prepare_item_side",
+    "build_variant_retriever", "comparison_markdown", "comparison_table", "plot_comparison", "prepare_item_side",
     "run_retrieval_comparison", "run_variant", "select_served", "served_retriever", "variant_config", "QualityConfig", "QualityVector",
     "CandidateTower", "CandidateTowerConfig", "ItemEncoder", "ItemEncoderConfig", "QueryTower", "QueryTowerConfig",
     "DEFAULT_KS", "NDCG_KS", "evaluate_scores", "query_metrics", "BASELINES", "ContentKnnBaseline",

@@ -257,26 +257,6 @@ def run_variant(variant: str, cfg: ComparisonConfig, split, side: ItemSide, qual
   return model, inputs, result
 
 
-def _rows(name: str, kind: str, result: dict, quality: str = "none") -> list:
-  out = []
-  for stage in ("valid", "test"):
-    for s, m in (result.get(stage) or {}).items():
-      out.append({"variant": name, "kind": kind, "quality": quality, "stage": stage, "slice": s, **m})
-  return out
-
-
-def comparison_table(results: dict, baselines: dict) -> pd.DataFrame:
-  """Long table: one row per (variant or baseline, quality, stage, slice) with every metric."""
-  rows = []
-  for name, res in baselines.items():
-    rows += _rows(name, "baseline", res)
-  for name, res in results.items():
-    rows += _rows(name, "learned", res)
-    if "tuned" in res:
-      rows += _rows(name, "learned", res["tuned"], "tuned")
-  return pd.DataFrame(rows)
-
-
 def select_served(results: dict) -> dict:
   """The variant with the best validation selection score, and why (every variant's score)."""
   scores = {v: float(r["selection_score"]) for v, r in results.items()}
@@ -305,6 +285,7 @@ def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
      "item_side": the ``ItemSide`` used (for ``served_retriever``)}.
   """
   from semrec.towers.baselines import evaluate_baselines
+  from semrec.towers.comparison_report import comparison_table, write_outputs
   cfg = config or ComparisonConfig()
   t0 = time.time()
   side = prepare_item_side(dataset, split, content_ids, content, cfg, sid_codes, sid_codebook_size, cluster_ids)
@@ -329,7 +310,7 @@ def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
   out = {"table": table, "results": results, "baselines": base, "served": select_served(results),
          "split": split.summary(), "config": dataclasses.asdict(cfg), "seconds": time.time() - t0}
   if output_dir:
-    _write_outputs(out, output_dir)
+    write_outputs(out, output_dir)
   out["item_side"] = side
   return out
 
@@ -381,29 +362,6 @@ def _tuned_quality(model, variant, cfg, split, side, quality) -> dict:
   return out
 
 
-def _write_outputs(out: dict, output_dir: str):
-  from semrec.atomic import write_json, write_text
-  os.makedirs(output_dir, exist_ok=True)
-  write_text(os.path.join(output_dir, "retrieval_comparison.csv"), out["table"].to_csv(index=False))
-  write_json(os.path.join(output_dir, "retrieval_comparison.json"),
-             {**{k: v for k, v in out.items() if k != "table"}, "table": out["table"].to_dict("records")})
-
-
-def comparison_markdown(table: pd.DataFrame, stage: str = "test", ks=(10, 100)) -> str:
-  """Markdown table (baselines first) of Recall@k overall / warm / cold on ``stage``, quality 'none'."""
-  sub = table[(table["stage"] == stage) & (table["quality"] == "none")]
-  cols = [f"recall@{k}" for k in ks]
-  lines = ["| model | kind | " + " | ".join(f"{c} {s}" for c in cols for s in ("all", "warm", "cold")) + " |",
-           "|---|---|" + "---|" * (3 * len(cols))]
-  for name in dict.fromkeys(sub["variant"]):
-    rows = sub[sub["variant"] == name]
-    cell = lambda c, s: (f"{rows[rows['slice'] == s][c].iloc[0]:.4f}"  # noqa: E731
-                         if (rows["slice"] == s).any() else "-")
-    vals = " | ".join(cell(c, s) for c in cols for s in ("overall", "warm", "cold"))
-    lines.append(f"| {name} | {rows['kind'].iloc[0]} | {vals} |")
-  return "\n".join(lines)
-
-
 __all__ = ["DEFAULT_VARIANTS", "ITEM_REPRESENTATIONS", "VARIANTS", "ComparisonConfig", "ItemSide",
-           "build_variant_retriever", "comparison_markdown", "comparison_table", "prepare_item_side",
+           "build_variant_retriever", "prepare_item_side",
            "run_retrieval_comparison", "run_variant", "select_served", "served_retriever", "variant_config"]

@@ -32,8 +32,8 @@ def stage_retrieval(run: Run) -> dict:
   (needs ScaNN's custom ops)."""
   from semrec.export import (export_brute_force_retrieval, export_candidate_tower, export_query_tower,
                              export_scann_retrieval)
-  from semrec.towers import (build_index, comparison_markdown, embed_candidates, query_embeddings, query_features,
-                             run_retrieval_comparison, served_retriever)
+  from semrec.towers import (build_index, comparison_markdown, embed_candidates, plot_comparison, query_embeddings,
+                             query_features, run_retrieval_comparison, served_retriever)
   rcfg = run.config.retrieval
   cmp = dataclasses.replace(rcfg.comparison, seed=run.config.seed)
   feats, table = item_features(run)
@@ -46,6 +46,8 @@ def stage_retrieval(run: Run) -> dict:
                                  sid_codebook_size=table.codebook_size, cluster_ids=clusters, output_dir=out_dir)
   markdown = comparison_markdown(res["table"])
   atomic_write_text(os.path.join(out_dir, "comparison.md"), markdown)
+  os.makedirs(run.path("plots"), exist_ok=True)
+  plot_comparison(res["table"], run.path("plots", "retrieval_recall.png"))
   print(markdown)
   variant = None if rcfg.production_variant == "auto" else rcfg.production_variant
   model, inputs, served = served_retriever(res, cmp, split, out_dir, variant)
