@@ -50,7 +50,7 @@ def _default_retriever() -> RetrieverConfig:
   return RetrieverConfig(candidate=CandidateTowerConfig(mlp_dims=(), output_dim=64),
                          query=QueryTowerConfig(max_history=20, mlp_dims=(64,), output_dim=64),
                          sequential=SequentialTowerConfig(max_history=20), num_negatives=1024,
-                         in_batch_negatives=True, temperature=0.05, learning_rate=2e-3)
+                         in_batch_negatives=True, temperature=0.05, content_mix=True, learning_rate=2e-3)
 
 
 @dataclasses.dataclass
@@ -214,7 +214,8 @@ def variant_config(variant: str, cfg: ComparisonConfig, side: ItemSide, quality_
   base = cfg.retriever
   rc = dataclasses.replace(base, item=item, query_tower="sequential" if variant.startswith("seq_") else "pooled",
                            query=dataclasses.replace(base.query, time_mean=time_mean, time_scale=time_scale),
-                           quality_dim=quality_dim, quality_mode="tuned" if quality_dim else "none")
+                           quality_dim=quality_dim, quality_mode="tuned" if quality_dim else "none",
+                           content_mix=base.content_mix and item.needs_content)
   return rc
 
 
@@ -232,7 +233,7 @@ def build_variant_retriever(variant: str, cfg: ComparisonConfig, side: ItemSide,
     basis = content_basis(side.features.arrays["content"], rc.candidate.output_dim)
   model = TwoTowerRetriever(rc, spm=side.spm if "spm" in rc.item.representation.modes else None,
                             content_basis=basis)
-  inputs = RetrievalInputs(side.features, model.item_encoder.required_features(), rc.max_history,
+  inputs = RetrievalInputs(side.features, model.required_features(), rc.max_history,
                            quality=quality.features() if quality is not None else None,
                            unknown_quality=quality.new_item_features() if quality is not None else None)
   return model, inputs
@@ -345,7 +346,7 @@ def _tuned_quality(model, variant, cfg, split, side, quality) -> dict:
   from semrec.towers.quality import tune_quality_weights
   from semrec.towers.training import evaluate_retriever, query_embeddings
   valid = split.queries("valid")
-  inputs = RetrievalInputs(side.features, model.item_encoder.required_features(), model.config.max_history)
+  inputs = RetrievalInputs(side.features, model.required_features(), model.config.max_history)
   qb, cb = query_embeddings(model, inputs, valid), embed_candidates(model, inputs)
   targets = inputs.rows_of(np.array([t[0] for t in valid.targets], dtype=object))
   excl = [inputs.rows_of(np.asarray(e, dtype=object)) for e in valid.exclude]

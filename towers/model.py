@@ -54,6 +54,10 @@ class RetrieverConfig:
     remove_accidental_hits: Mask in-batch negatives that are the positive item itself.
     quality_dim: Q, the number of quality features (0 = no quality vector).
     quality_mode: "none", "learned" (w trained with the towers) or "tuned" (w set after training).
+    content_mix: Score mixing with the raw content: the query gets [.. ; a * u] and the candidate [.. ; x],
+      with u the recency-weighted mean of the unit content of the last 10 history items (the content-kNN
+      baseline's user vector) and x the item's unit content, so score = learned + a * cos(u, x). a is a
+      model variable, 0 while training and set afterwards on validation (``set_content_mix``).
     learning_rate: Adam learning rate used by ``compile_retriever``.
   """
   item: ItemEncoderConfig = dataclasses.field(default_factory=ItemEncoderConfig)
@@ -68,6 +72,7 @@ class RetrieverConfig:
   remove_accidental_hits: bool = True
   quality_dim: int = 0
   quality_mode: str = "none"
+  content_mix: bool = False
   learning_rate: float = 3e-3
 
   def __post_init__(self):
@@ -105,6 +110,37 @@ class RetrieverConfig:
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
+
+
+@tf.keras.utils.register_keras_serializable(package="semrec")
+class ContentMix(tf.keras.layers.Layer):
+  """The raw-content part of a mixed score: query a * u [B, D], candidate x [B, D] (unit content rows).
+
+  u = normalize(sum_t decay^age_t * x_t) over the last ``num_recent`` history items (padding excluded), as
+  ``semrec.towers.ContentKnnBaseline``; a (``alpha``) is a non-trainable scalar, 0 until set.
+  """
+
+  def __init__(self, num_recent: int = 10, decay: float = 0.8, **kwargs):
+    super().__init__(**kwargs)
+    self.num_recent, self.decay = int(num_recent), float(decay)
+    self.alpha = self.add_weight(name="alpha", shape=(), initializer="zeros", trainable=False)
+
+  @staticmethod
+  def width(item_features):
+    return int(item_features["content"].shape[-1])
+
+  def candidate(self, item_features):
+    return tf.math.l2_normalize(tf.cast(item_features["content"], tf.float32), axis=-1)
+
+  def query(self, history):
+    x = tf.math.l2_normalize(tf.cast(history["content"][:, -self.num_recent:], tf.float32), axis=-1)  # [B, H, D]
+    mask = tf.cast(tf.not_equal(history["item_id"][:, -self.num_recent:], ""), tf.float32)
+    h = tf.shape(x)[1]
+    w = tf.pow(self.decay, tf.cast(tf.range(h - 1, -1, -1), tf.float32))[None] * mask  # age 0 = last slot
+    return self.alpha * tf.math.l2_normalize(tf.reduce_sum(x * w[..., None], axis=1), axis=-1)
+
+  def get_config(self):
+    return {**super().get_config(), "num_recent": self.num_recent, "decay": self.decay}
 
 
 class TwoTowerRetriever(tfrs.Model):
@@ -145,6 +181,7 @@ class TwoTowerRetriever(tfrs.Model):
     if config.uses_quality:
       self.quality_weights = self.add_weight(name="quality_w", shape=(config.quality_dim,), initializer="zeros",
                                              trainable=config.quality_mode == "learned")
+    self.content_mix = ContentMix(name="content_mix") if config.content_mix else None
     self.task = task or MixedNegativeRetrieval(temperature=config.temperature, logq_correction=config.logq_correction,
                                                remove_accidental_hits=config.remove_accidental_hits,
                                                in_batch=config.in_batch_negatives, name="task")
@@ -155,19 +192,34 @@ class TwoTowerRetriever(tfrs.Model):
     w = tf.broadcast_to(self.quality_weights, tf.concat([tf.shape(q)[:-1], [self.config.quality_dim]], 0))
     return tf.concat([q, w], axis=-1)
 
+  def required_features(self) -> list:
+    """Item-feature keys the model reads (the item encoder's, plus ``content`` for the content mix)."""
+    keys = set(self.item_encoder.required_features())
+    return sorted(keys | {"content"} if self.content_mix is not None else keys)
+
   def query_embedding(self, features, training=False):
-    """[B, d] query embedding, or [B, d + Q] = [q ; w] with the quality vector."""
-    return self._with_w(self.query_tower(features, training=training))
+    """[B, d] query embedding; [q ; w] with the quality vector; [.. ; a * u] with the content mix."""
+    q = self._with_w(self.query_tower(features, training=training))
+    if self.content_mix is None:
+      return q
+    return tf.concat([q, self.content_mix.query(features["history"])], axis=-1)
 
   def candidate_embedding(self, item_features, training=False):
-    """[B, d] candidate embedding, or [B, d + Q] = [p ; f(p)] with the quality vector."""
+    """[B, d] candidate embedding; [p ; f(p)] with the quality vector; [.. ; x] with the content mix."""
     p = self.candidate_tower(item_features, training=training)
-    if self.quality_weights is None:
+    if self.quality_weights is not None:
+      if "quality" not in item_features:
+        raise KeyError("the model uses a quality vector but the item features have no 'quality' key")
+      p = tf.concat([p, tf.cast(item_features["quality"], tf.float32)], axis=-1)
+    if self.content_mix is None:
       return p
-    if "quality" not in item_features:
-      raise KeyError("the model uses a quality vector but the item features have no 'quality' key")
-    f = tf.cast(item_features["quality"], tf.float32)
-    return tf.concat([p, f], axis=-1)
+    return tf.concat([p, self.content_mix.candidate(item_features)], axis=-1)
+
+  def set_content_mix(self, alpha: float):
+    """Sets a, the weight of the content cosine in every later score."""
+    if self.content_mix is None:
+      raise ValueError("this model has no content mix (config.content_mix=False)")
+    self.content_mix.alpha.assign(float(alpha))
 
   def call(self, features, training=False):
     return self.query_embedding(features, training=training), self.candidate_embedding(features["item"], training)
@@ -185,6 +237,8 @@ class TwoTowerRetriever(tfrs.Model):
     valid = tf.not_equal(target["item_id"], "")  # one positive per non-padding position
     flat = {k: tf.boolean_mask(v, valid) for k, v in target.items()}
     q = self._with_w(tf.boolean_mask(seq, valid))
+    if self.content_mix is not None:  # a = 0 while training: the mix part of every training score is 0
+      q = tf.concat([q, tf.zeros([tf.shape(q)[0], self.content_mix.width(flat)])], axis=-1)
     c = self.candidate_embedding(flat, training=training)
     return q, c, flat["item_id"], tf.boolean_mask(features["target_prob"][:, -h:], valid)
 

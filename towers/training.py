@@ -193,15 +193,36 @@ def train_and_evaluate(model: TwoTowerRetriever, inputs: RetrievalInputs, split,
   t0 = time.time()
   model.fit(ds, epochs=fit.max_epochs, verbose=0, callbacks=[stopper, *callbacks])
   seconds = time.time() - t0
+  mix = tune_content_mix(model, inputs, valid, fit) if model.content_mix is not None else None
   cands = embed_candidates(model, inputs)
   result = {s: evaluate_retriever(model, inputs, split.queries(s), fit.ks, cands) for s in stages}
   result.update({"selection_score": selection_score(result["valid"], fit.selection_k, fit.cold_weight,
                                                     fit.min_cold_queries),
-                 "best_epoch": stopper.best_epoch, "epochs": stopper.history, "train_seconds": round(seconds, 1),
+                 "best_epoch": stopper.best_epoch, "epochs": stopper.history, "content_mix": mix, "train_seconds": round(seconds, 1),
                  "fingerprint": key})
   if output_dir and key:
     _save_finished(output_dir, model, result)
   return {**result, "resumed": False}
+
+
+MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def tune_content_mix(model: TwoTowerRetriever, inputs: RetrievalInputs, valid, fit: FitConfig,
+                     grid=MIX_GRID) -> dict:
+  """Sets the model's content-mix weight a to the grid value with the best validation selection score.
+
+  Returns {"alpha": a, "scores": {a: score}} (a = 0 is the learned model alone).
+  """
+  cands = embed_candidates(model, inputs)  # the content part of a candidate does not depend on a
+  scores = {}
+  for a in grid:
+    model.set_content_mix(a)
+    m = evaluate_retriever(model, inputs, valid, (fit.selection_k,), cands)
+    scores[float(a)] = selection_score(m, fit.selection_k, fit.cold_weight, fit.min_cold_queries)
+  best = max(scores, key=scores.get)
+  model.set_content_mix(best)
+  return {"alpha": best, "scores": scores}
 
 
 def _score(model, inputs, queries, fit: FitConfig) -> tuple:
@@ -210,5 +231,5 @@ def _score(model, inputs, queries, fit: FitConfig) -> tuple:
 
 
 __all__ = ["FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "fingerprint", "query_embeddings",
-           "query_features",
+           "query_features", "tune_content_mix",
            "selection_score", "train_and_evaluate", "training_dataset"]
