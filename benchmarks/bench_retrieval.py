@@ -137,7 +137,12 @@ def main():
   parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
   parser.add_argument("--variants", nargs="*", default=None, help="default: ComparisonConfig's")
   parser.add_argument("--out", default=os.path.join(RESULTS, "bench_retrieval.json"))
+  parser.add_argument("--merge", nargs="*", default=None,
+                      help="combine the per-seed results of these JSON files (e.g. one process per seed) into --out")
   args = parser.parse_args()
+  if args.merge:
+    write_json(args.out, merge_reports(args.merge))
+    return
   report = {"command": "python -m semrec.benchmarks.bench_retrieval " + " ".join(
       [f"--runs {' '.join(args.runs)}", f"--seeds {' '.join(map(str, args.seeds))}"] +
       ([f"--variants {' '.join(args.variants)}"] if args.variants else [])), "runs": {}}
@@ -159,6 +164,28 @@ def main():
                            "acceptance": acceptance(name, kind, agg, per_seed), "seconds": time.time() - t0}
     print(_table(run, agg), "\n", report["runs"][run]["acceptance"], flush=True)
     write_json(args.out, report)
+
+
+def merge_reports(paths) -> dict:
+  """One report from several (each from its own process): per-seed results concatenated per run, then the
+  mean / std and acceptance recomputed."""
+  import json
+  runs, commands = {}, []
+  for p in paths:
+    with open(p) as f:
+      rep = json.load(f)
+    commands.append(rep["command"])
+    for run, r in rep["runs"].items():
+      entry = runs.setdefault(run, {"seeds": [], "per_seed": [], "seconds": 0.0})
+      entry["seeds"] += r["seeds"]
+      entry["per_seed"] += r["per_seed"]
+      entry["seconds"] += r["seconds"]
+  for run, r in runs.items():
+    name, kind = run.split(":")
+    r["mean_std"] = aggregate(r["per_seed"])
+    r["acceptance"] = acceptance(name, kind, r["mean_std"], r["per_seed"])
+    print(_table(run, r["mean_std"]), "\n", r["acceptance"])
+  return {"command": commands, "runs": runs}
 
 
 def _table(run: str, agg: dict) -> str:
