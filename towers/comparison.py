@@ -350,9 +350,10 @@ def _tuned_quality(model, variant, cfg, split, side, quality) -> dict:
   qb, cb = query_embeddings(model, inputs, valid), embed_candidates(model, inputs)
   targets = inputs.rows_of(np.array([t[0] for t in valid.targets], dtype=object))
   excl = [inputs.rows_of(np.asarray(e, dtype=object)) for e in valid.exclude]
-  w, info = tune_quality_weights(qb, cb, quality.features(), targets, [e[e < inputs.num_items] for e in excl],
-                                 k=max(cfg.fit.ks))
-  f = np.concatenate([quality.features(), quality.new_item_features()[None]])[inputs.rows_of(side.features.item_ids)]
+  f = quality.gather(side.features.item_ids)  # [N, Q] catalogue order (new items: the new-item prior)
+  # Cold-constrained (semrec.towers.quality): validation cold Recall@k stays within 10% of w = 0.
+  w, info = tune_quality_weights(qb, cb, f, targets, [e[e < inputs.num_items] for e in excl], k=max(cfg.fit.ks),
+                                 cold=np.asarray(valid.cold, bool))
   from semrec.towers.evaluation import evaluate_scores
   out = {"w": dict(zip(quality.feature_names, map(float, w))), **info}
   for stage in ("valid", "test"):
