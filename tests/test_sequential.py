@@ -209,3 +209,23 @@ def test_mixed_negatives_batch_and_loss():
   with_neg = float(model.compute_loss(b))
   without = float(model.compute_loss({k: v for k, v in b.items() if k not in ("negatives", "num_items")}))
   assert np.isfinite(with_neg) and with_neg != without
+
+
+def test_content_mix_adds_alpha_times_the_content_knn_cosine():
+  f = _features()
+  cfg = _seq_model(num_negatives=5).config
+  model = TwoTowerRetriever(__import__("dataclasses").replace(cfg, content_mix=True))
+  inputs = RetrievalInputs(f, model.required_features(), max_history=4)
+  model.compute_loss(next(iter(inputs.sequence_dataset({"u": list(f.item_ids[:6])}, 4, num_negatives=5))))
+  hist = _hist(f, [["", "i01", "i02", "i03"]])
+  items = {"item_id": tf.constant(np.asarray(f.item_ids).astype(str)), "content": tf.constant(f.arrays["content"])}
+  scores = lambda: (model.query_embedding(hist) @ tf.transpose(model.candidate_embedding(items))).numpy()  # noqa
+  s0 = scores()  # a = 0: the learned score alone
+  np.testing.assert_allclose(s0, (model.query_tower(hist) @ tf.transpose(model.candidate_tower(items))).numpy(),
+                             atol=1e-6)
+  model.set_content_mix(0.5)
+  # u = normalise(0.8^2 x1 + 0.8 x2 + x3) over unit content rows (the content-kNN user vector); x = unit rows.
+  unit = f.arrays["content"] / np.linalg.norm(f.arrays["content"], axis=1, keepdims=True)
+  u = 0.64 * unit[1] + 0.8 * unit[2] + unit[3]
+  u /= np.linalg.norm(u)
+  np.testing.assert_allclose(scores() - s0, 0.5 * (unit @ u)[None], atol=1e-5)
