@@ -150,9 +150,11 @@ class ContentResidualTest(tf.test.TestCase, parameterized.TestCase):
     out = tower({"item_id": tf.constant([f"i{i}" for i in range(30)]), "content": tf.constant(x)}).numpy()
     self.assertAllClose(out @ out.T, _cos(x), atol=1e-5)
 
-  def test_untrained_query_is_content_knn_of_the_mean_history(self):
+  @parameterized.parameters(1.0, 0.5)
+  def test_untrained_query_is_content_knn_of_the_history(self, decay):
     tf.keras.utils.set_random_seed(0)
-    enc = self._encoder()
+    enc = ItemEncoder(ItemEncoderConfig(representation=_rep(("random_hash", "unigram")), content_residual=True,
+                                        residual_history_decay=decay))
     cand = CandidateTower(enc, CandidateTowerConfig(mlp_dims=(16,), output_dim=8))
     qt = QueryTower(enc, QueryTowerConfig(user_hash_bins=8, user_dim=4, max_history=3, mlp_dims=(16,), output_dim=8))
     items = _items(12)
@@ -167,7 +169,8 @@ class ContentResidualTest(tf.test.TestCase, parameterized.TestCase):
                         "content": tf.constant(hist_content)}}).numpy()
     c = cand(items).numpy()
     unit = content / np.linalg.norm(content, axis=1, keepdims=True)
-    valid = (hist_ids != "")[..., None]
+    # weights decay ** age, age 0 = the last (most recent) column; padding weighs 0
+    valid = (hist_ids != "")[..., None] * (decay ** np.array([2.0, 1.0, 0.0]))[None, :, None]
     mean_hist = (unit[hist_rows] * valid).sum(1) / valid.sum(1)
     expected = (mean_hist / np.linalg.norm(mean_hist, axis=1, keepdims=True)) @ unit.T
     self.assertAllClose(q @ c.T, expected, atol=1e-5)

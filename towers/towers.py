@@ -70,12 +70,16 @@ class ItemEncoderConfig:
       retriever therefore scores by content cosine, and training learns corrections on top of what the
       content already knows; a new item gets the same content term as a warm one.
     residual_trainable: Lets P train too (default frozen: the content geometry is kept for new items).
+    residual_history_decay: The query side's residual is the recency-weighted mean of its history items'
+      residual terms, weight ``decay ** age`` (age 0 = the most recent item), as the content-kNN baseline
+      weighs them; 1 = plain mean.
   """
   representation: ItemRepresentationConfig = dataclasses.field(default_factory=_default_representation)
   sid_from_content: bool = False
   cluster_from_content: bool = False
   content_residual: bool = False
   residual_trainable: bool = False
+  residual_history_decay: float = 0.8
 
   def __post_init__(self):
     if isinstance(self.representation, dict):
@@ -85,6 +89,8 @@ class ItemEncoderConfig:
                        f"got {type(self.representation).__name__}")
     if self.sid_from_content and not self.representation.uses_sid:
       raise ValueError("ItemEncoderConfig.sid_from_content=True but the representation has no SID mode")
+    if not 0.0 < self.residual_history_decay <= 1.0:
+      raise ValueError(f"ItemEncoderConfig.residual_history_decay must be in (0, 1], got {self.residual_history_decay}")
     if self.cluster_from_content and not self.representation.cluster_sizes:
       raise ValueError("ItemEncoderConfig.cluster_from_content=True but the representation has no cluster_sizes")
 
@@ -336,6 +342,16 @@ class ItemEncoder(tf.keras.layers.Layer):
     a = self.residual(tf.cast(features["content"], tf.float32))
     return a * tf.cast(tf.not_equal(ids, ""), a.dtype)[..., None]
 
+  def history_anchor(self, history):
+    """[B, d] query-side residual: recency-weighted mean of the [B, H] history items' ``anchor`` terms
+    (most recent item last, "" padding ignored; zeros for an empty history)."""
+    a = self.anchor(history)  # [B, H, d]
+    mask = tf.cast(tf.not_equal(history["item_id"], ""), a.dtype)
+    h = tf.shape(mask)[1]
+    age = tf.cast(tf.range(h - 1, -1, -1), a.dtype)  # the last column is the most recent
+    w = tf.pow(tf.constant(self.config.residual_history_decay, a.dtype), age)[None, :] * mask
+    return tf.reduce_sum(a * w[..., None], axis=1) / tf.maximum(tf.reduce_sum(w, 1, keepdims=True), 1e-12)
+
   def get_config(self):
     config = super().get_config()
     ser = tf.keras.utils.serialize_keras_object
@@ -453,9 +469,8 @@ class QueryTower(tf.keras.layers.Layer):
       parts.append(tf.cast(t, tf.float32)[:, None])
     x = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
     x = self.mlp(x, training=training)
-    if self.residual is not None:  # mean content term of the history: an untrained query is content kNN
-      a = self.item_encoder.anchor(hist)
-      x = x + tf.reduce_sum(a * mask[..., None], axis=1) / tf.maximum(tf.reduce_sum(mask, 1, keepdims=True), 1.0)
+    if self.residual is not None:  # recency-weighted content term of the history: untrained = content kNN
+      x = x + self.item_encoder.history_anchor(hist)
     return tf.math.l2_normalize(x, axis=-1) if c.normalize else x
 
   def get_config(self):
