@@ -230,3 +230,26 @@ class RoundTripTest(tf.test.TestCase):
     self.assertEqual(again.item.representation.modes, ("spm", "random_hash"))
     with self.assertRaisesRegex(ValueError, "id_dropout"):
       dataclasses.replace(cfg.item.representation, id_dropout=1.0)
+
+  def test_retriever_with_cold_aware_item_tower_saves_and_loads(self):
+    from semrec.towers import TwoTowerRetriever, init_model, load_retriever, save_retriever
+    rep = _rep(("unigram", "random_hash", "cluster"), id_dropout=0.5)
+    cfg = RetrieverConfig(item=ItemEncoderConfig(representation=rep, content_residual=True),
+                          candidate=CandidateTowerConfig(mlp_dims=(8,), output_dim=8),
+                          query=QueryTowerConfig(max_history=3, mlp_dims=(8,), output_dim=8))
+    items = _items(6)
+    hist = {k: tf.stack([v[:3], v[3:6]]) for k, v in items.items()}  # [2, 3, ...]
+    batch = {"user_id": tf.constant(["u0", "u1"]), "timestamp": tf.constant([0, 0], tf.int64),
+             "item_prob": tf.constant([0.5, 0.5]), "item": {k: v[:2] for k, v in items.items()}, "history": hist}
+    model = init_model(TwoTowerRetriever(cfg), batch)
+    basis = np.linalg.qr(np.random.default_rng(2).normal(size=(8, 8)))[0][:D].astype(np.float32)  # [4, 8]
+    model.item_encoder.residual.set_basis(basis)
+    q0, c0 = model(batch)
+    path = self.get_temp_dir() + "/retriever"
+    save_retriever(model, path)
+    back = load_retriever(path, batch)
+    self.assertEqual(back.config, cfg)
+    self.assertAllClose(back.item_encoder.residual.projection.numpy(), basis)
+    q1, c1 = back(batch)
+    self.assertAllClose(q1, q0, atol=1e-6)
+    self.assertAllClose(c1, c0, atol=1e-6)
