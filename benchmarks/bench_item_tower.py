@@ -70,7 +70,7 @@ def train_variant(variant, args, side, split, quality):
   from semrec.sid import ItemRepresentation
   from semrec.towers import (CandidateTowerConfig, QueryTowerConfig, RetrievalInputs, RetrieverConfig,
                              TwoTowerRetriever, compile_retriever, init_model, item_frequencies)
-  from semrec.towers.towers import content_basis
+  from semrec.towers import content_basis
   tf.keras.utils.set_random_seed(args.seed)
   item = item_config(variant, args, side)
   rc = RetrieverConfig(item=item, candidate=CandidateTowerConfig(mlp_dims=(64,), output_dim=args.dim),

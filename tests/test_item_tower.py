@@ -10,7 +10,7 @@ from absl.testing import parameterized
 from semrec.sid import ClusterIdLayer, ItemRepresentation, ItemRepresentationConfig
 from semrec.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                            QueryTowerConfig, RetrieverConfig)
-from semrec.towers.towers import ContentResidual, content_basis
+from semrec.towers import ContentResidual, content_basis
 
 L, K, D = 2, 4, 4
 

@@ -11,6 +11,7 @@ from semrec.towers.model import (QUALITY_MODES, RetrieverConfig, TwoTowerRetriev
 from semrec.towers.comparison import (VARIANTS, ComparisonConfig, build_variant_retriever, fit_retriever,
                                       run_retrieval_comparison)
 from semrec.towers.quality import QualityConfig, QualityVector, tune_quality_weights
+from semrec.towers.residual import ContentResidual, content_basis
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                                   QueryTowerConfig)
 
@@ -19,7 +20,7 @@ __all__ = [
     "RetrievalInputs", "item_frequencies", "metrics_from_ranks", "rank_of_targets", "sliced_metrics",
     "QUALITY_MODES", "RetrieverConfig", "TwoTowerRetriever", "compile_retriever", "embed_candidates", "embed_queries", "init_model",
     "load_retriever", "save_retriever", "tune_quality_weights", "VARIANTS", "ComparisonConfig", "build_variant_retriever", "fit_retriever", "run_retrieval_comparison", "QualityConfig", "QualityVector", "CandidateTower",
-    "CandidateTowerConfig", "ItemEncoder", "ItemEncoderConfig", "QueryTower", "QueryTowerConfig",
+    "CandidateTowerConfig", "ContentResidual", "content_basis", "ItemEncoder", "ItemEncoderConfig", "QueryTower", "QueryTowerConfig",
     "DEFAULT_KS", "NDCG_KS", "evaluate_scores", "query_metrics", "BASELINES", "ContentKnnBaseline",
     "PopularityBaseline", "TransitionBaseline", "evaluate_baselines",
 ]
