@@ -31,7 +31,7 @@ def item_config(variant, args, side):
   cold = variant.startswith("cold_aware")
   rc = ItemRepresentationConfig(
       modes=modes, embedding_dim=args.dim, num_levels=side["levels"], codebook_size=side["k"],
-      table_budget=args.spm_vocab if "spm" in modes else 1, hash_buckets=2 * side["n"],
+      table_budget=args.spm_vocab if "spm" in modes else 1, hash_buckets=args.hash_per_item * side["n"],
       cluster_sizes=args.cluster_sizes if "cluster" in modes else (),
       id_dropout=args.id_dropout if cold and variant != "cold_aware_no_dropout" else 0.0)
   return ItemEncoderConfig(representation=rc, content_residual=cold and variant != "cold_aware_no_residual")
@@ -70,7 +70,7 @@ def train_variant(variant, args, side, split, quality):
   from semrec.sid import ItemRepresentation
   from semrec.towers import (CandidateTowerConfig, QueryTowerConfig, RetrievalInputs, RetrieverConfig,
                              TwoTowerRetriever, compile_retriever, init_model, item_frequencies)
-  from semrec.towers.towers import content_basis
+  from semrec.towers import content_basis
   tf.keras.utils.set_random_seed(args.seed)
   item = item_config(variant, args, side)
   rc = RetrieverConfig(item=item, candidate=CandidateTowerConfig(mlp_dims=(64,), output_dim=args.dim),
@@ -144,6 +144,7 @@ def main():
   parser.add_argument("--spm-vocab", type=int, default=1024)
   parser.add_argument("--cluster-sizes", default="100,1000")
   parser.add_argument("--id-dropout", type=float, default=0.5)
+  parser.add_argument("--hash-per-item", type=int, default=2, help="hashed-ID rows per catalogue item")
   parser.add_argument("--quality", action="store_true", help="also tune the Etsy w (cold-constrained)")
   parser.add_argument("--max-cold-drop", type=float, default=0.1)
   parser.add_argument("--tune-queries", type=int, default=3000)

@@ -10,7 +10,7 @@ from absl.testing import parameterized
 from semrec.sid import ClusterIdLayer, ItemRepresentation, ItemRepresentationConfig
 from semrec.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                            QueryTowerConfig, RetrieverConfig)
-from semrec.towers.towers import ContentResidual, content_basis
+from semrec.towers import ContentResidual, content_basis
 
 L, K, D = 2, 4, 4
 
@@ -150,9 +150,11 @@ class ContentResidualTest(tf.test.TestCase, parameterized.TestCase):
     out = tower({"item_id": tf.constant([f"i{i}" for i in range(30)]), "content": tf.constant(x)}).numpy()
     self.assertAllClose(out @ out.T, _cos(x), atol=1e-5)
 
-  def test_untrained_query_is_content_knn_of_the_mean_history(self):
+  @parameterized.parameters(1.0, 0.5)
+  def test_untrained_query_is_content_knn_of_the_history(self, decay):
     tf.keras.utils.set_random_seed(0)
-    enc = self._encoder()
+    enc = ItemEncoder(ItemEncoderConfig(representation=_rep(("random_hash", "unigram")), content_residual=True,
+                                        residual_history_decay=decay))
     cand = CandidateTower(enc, CandidateTowerConfig(mlp_dims=(16,), output_dim=8))
     qt = QueryTower(enc, QueryTowerConfig(user_hash_bins=8, user_dim=4, max_history=3, mlp_dims=(16,), output_dim=8))
     items = _items(12)
@@ -167,7 +169,8 @@ class ContentResidualTest(tf.test.TestCase, parameterized.TestCase):
                         "content": tf.constant(hist_content)}}).numpy()
     c = cand(items).numpy()
     unit = content / np.linalg.norm(content, axis=1, keepdims=True)
-    valid = (hist_ids != "")[..., None]
+    # weights decay ** age, age 0 = the last (most recent) column; padding weighs 0
+    valid = (hist_ids != "")[..., None] * (decay ** np.array([2.0, 1.0, 0.0]))[None, :, None]
     mean_hist = (unit[hist_rows] * valid).sum(1) / valid.sum(1)
     expected = (mean_hist / np.linalg.norm(mean_hist, axis=1, keepdims=True)) @ unit.T
     self.assertAllClose(q @ c.T, expected, atol=1e-5)
@@ -227,3 +230,26 @@ class RoundTripTest(tf.test.TestCase):
     self.assertEqual(again.item.representation.modes, ("spm", "random_hash"))
     with self.assertRaisesRegex(ValueError, "id_dropout"):
       dataclasses.replace(cfg.item.representation, id_dropout=1.0)
+
+  def test_retriever_with_cold_aware_item_tower_saves_and_loads(self):
+    from semrec.towers import TwoTowerRetriever, init_model, load_retriever, save_retriever
+    rep = _rep(("unigram", "random_hash", "cluster"), id_dropout=0.5)
+    cfg = RetrieverConfig(item=ItemEncoderConfig(representation=rep, content_residual=True),
+                          candidate=CandidateTowerConfig(mlp_dims=(8,), output_dim=8),
+                          query=QueryTowerConfig(max_history=3, mlp_dims=(8,), output_dim=8))
+    items = _items(6)
+    hist = {k: tf.stack([v[:3], v[3:6]]) for k, v in items.items()}  # [2, 3, ...]
+    batch = {"user_id": tf.constant(["u0", "u1"]), "timestamp": tf.constant([0, 0], tf.int64),
+             "item_prob": tf.constant([0.5, 0.5]), "item": {k: v[:2] for k, v in items.items()}, "history": hist}
+    model = init_model(TwoTowerRetriever(cfg), batch)
+    basis = np.linalg.qr(np.random.default_rng(2).normal(size=(8, 8)))[0][:D].astype(np.float32)  # [4, 8]
+    model.item_encoder.residual.set_basis(basis)
+    q0, c0 = model(batch)
+    path = self.get_temp_dir() + "/retriever"
+    save_retriever(model, path)
+    back = load_retriever(path, batch)
+    self.assertEqual(back.config, cfg)
+    self.assertAllClose(back.item_encoder.residual.projection.numpy(), basis)
+    q1, c1 = back(batch)
+    self.assertAllClose(q1, q0, atol=1e-6)
+    self.assertAllClose(c1, c0, atol=1e-6)

@@ -17,6 +17,7 @@ from semrec.towers.comparison import (DEFAULT_VARIANTS, ITEM_REPRESENTATIONS, VA
                                       build_variant_retriever, prepare_item_side, run_retrieval_comparison, run_variant, select_served,
                                       served_retriever, variant_config)
 from semrec.towers.quality import QualityConfig, QualityVector, tune_quality_weights
+from semrec.towers.residual import ContentResidual, content_basis
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                                   QueryTowerConfig)
 
@@ -31,6 +32,7 @@ __all__ = [
     "build_variant_retriever", "comparison_markdown", "comparison_table", "plot_comparison", "prepare_item_side",
     "run_retrieval_comparison", "run_variant", "select_served", "served_retriever", "variant_config", "QualityConfig", "QualityVector",
     "CandidateTower", "CandidateTowerConfig", "ItemEncoder", "ItemEncoderConfig", "QueryTower", "QueryTowerConfig",
+    "ContentResidual", "content_basis",
     "DEFAULT_KS", "NDCG_KS", "evaluate_scores", "query_metrics", "BASELINES", "ContentKnnBaseline",
     "PopularityBaseline", "TransitionBaseline", "evaluate_baselines",
 ]

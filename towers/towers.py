@@ -22,10 +22,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-import numpy as np
 import tensorflow as tf
 
 from semrec.sid.adapters import ItemRepresentation, ItemRepresentationConfig
+from semrec.towers.residual import ContentResidual, content_basis  # noqa: F401  (content_basis re-exported)
 
 POOLINGS = ("mean", "attention", "gru")
 
@@ -70,12 +70,16 @@ class ItemEncoderConfig:
       retriever therefore scores by content cosine, and training learns corrections on top of what the
       content already knows; a new item gets the same content term as a warm one.
     residual_trainable: Lets P train too (default frozen: the content geometry is kept for new items).
+    residual_history_decay: The query side's residual is the recency-weighted mean of its history items'
+      residual terms, weight ``decay ** age`` (age 0 = the most recent item), as the content-kNN baseline
+      weighs them; 1 = plain mean.
   """
   representation: ItemRepresentationConfig = dataclasses.field(default_factory=_default_representation)
   sid_from_content: bool = False
   cluster_from_content: bool = False
   content_residual: bool = False
   residual_trainable: bool = False
+  residual_history_decay: float = 0.8
 
   def __post_init__(self):
     if isinstance(self.representation, dict):
@@ -85,6 +89,8 @@ class ItemEncoderConfig:
                        f"got {type(self.representation).__name__}")
     if self.sid_from_content and not self.representation.uses_sid:
       raise ValueError("ItemEncoderConfig.sid_from_content=True but the representation has no SID mode")
+    if not 0.0 < self.residual_history_decay <= 1.0:
+      raise ValueError(f"ItemEncoderConfig.residual_history_decay must be in (0, 1], got {self.residual_history_decay}")
     if self.cluster_from_content and not self.representation.cluster_sizes:
       raise ValueError("ItemEncoderConfig.cluster_from_content=True but the representation has no cluster_sizes")
 
@@ -93,71 +99,6 @@ class ItemEncoderConfig:
     return bool(self.content_residual or self.sid_from_content or self.cluster_from_content
                 or "content" in self.representation.input_features)
 
-
-def content_basis(content, dim: int) -> np.ndarray:
-  """[D, dim] float32 orthonormal columns: the top-``dim`` directions of the L2-normalised ``content``
-  [N, D] (uncentred SVD, so x.P.P^T.y is the best rank-``dim`` approximation of the cosines); columns
-  beyond D are zero. Use it as the ``content_basis`` of an ``ItemEncoder`` with ``content_residual``."""
-  x = np.asarray(content, np.float64)
-  if x.ndim != 2 or not np.isfinite(x).all():
-    raise ValueError(f"content_basis: content must be a finite [N, D] array, got shape {x.shape}")
-  x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-  _, _, vt = np.linalg.svd(x, full_matrices=False)
-  basis = np.zeros((x.shape[1], dim), np.float32)
-  k = min(dim, vt.shape[0])
-  basis[:, :k] = vt[:k].T
-  return basis
-
-
-@tf.keras.utils.register_keras_serializable(package="semrec")
-class ContentResidual(tf.keras.layers.Layer):
-  """content [..., D] float32 -> [..., d] float32 = scale * normalize(content) @ P.
-
-  P [D, d] is frozen unless ``trainable_projection`` (initialised from ``basis`` when given, else a
-  seeded random orthogonal map: with d >= D it preserves every cosine exactly); ``scale`` is a
-  trainable scalar starting at 1. An all-zero content row (padding, unknown item) maps to zeros.
-  """
-
-  def __init__(self, dim: int, basis=None, trainable_projection: bool = False, **kwargs):
-    super().__init__(**kwargs)
-    if dim < 1:
-      raise ValueError(f"ContentResidual.dim must be >= 1, got {dim}")
-    self.dim = int(dim)
-    self.trainable_projection = bool(trainable_projection)
-    self._basis = None if basis is None else np.asarray(basis, np.float32)
-    if self._basis is not None and (self._basis.ndim != 2 or self._basis.shape[1] != self.dim):
-      raise ValueError(f"ContentResidual: basis must be [D, {self.dim}], got {self._basis.shape}")
-
-  def build(self, input_shape):
-    width = int(input_shape[-1])
-    if self._basis is not None and self._basis.shape[0] != width:
-      raise ValueError(f"{self.name}: content width {width} != basis rows {self._basis.shape[0]}")
-    init = (tf.constant_initializer(self._basis) if self._basis is not None
-            else tf.keras.initializers.Orthogonal(seed=0))
-    self.projection = self.add_weight(name="projection", shape=(width, self.dim), initializer=init,
-                                      trainable=self.trainable_projection)
-    self.scale = self.add_weight(name="scale", shape=(), initializer="ones", trainable=True)
-    super().build(input_shape)
-
-  def set_basis(self, basis):
-    """Sets P to ``basis`` [D, d] (e.g. ``content_basis(catalogue_content, d)``), before or after building."""
-    basis = np.asarray(basis, np.float32)
-    if basis.ndim != 2 or basis.shape[1] != self.dim:
-      raise ValueError(f"ContentResidual: basis must be [D, {self.dim}], got {basis.shape}")
-    if self.built:
-      if tuple(self.projection.shape) != basis.shape:
-        raise ValueError(f"{self.name}: basis shape {basis.shape} != projection shape {tuple(self.projection.shape)}")
-      self.projection.assign(basis)
-    self._basis = basis
-
-  def call(self, content):
-    x = tf.math.l2_normalize(tf.cast(content, tf.float32), axis=-1)  # zero rows stay zero
-    return self.scale * tf.tensordot(x, self.projection, axes=1)
-
-  def get_config(self):
-    config = super().get_config()
-    config.update({"dim": self.dim, "trainable_projection": self.trainable_projection})
-    return config
 
 @dataclasses.dataclass
 class CandidateTowerConfig:
@@ -336,6 +277,16 @@ class ItemEncoder(tf.keras.layers.Layer):
     a = self.residual(tf.cast(features["content"], tf.float32))
     return a * tf.cast(tf.not_equal(ids, ""), a.dtype)[..., None]
 
+  def history_anchor(self, history):
+    """[B, d] query-side residual: recency-weighted mean of the [B, H] history items' ``anchor`` terms
+    (most recent item last, "" padding ignored; zeros for an empty history)."""
+    a = self.anchor(history)  # [B, H, d]
+    mask = tf.cast(tf.not_equal(history["item_id"], ""), a.dtype)
+    h = tf.shape(mask)[1]
+    age = tf.cast(tf.range(h - 1, -1, -1), a.dtype)  # the last column is the most recent
+    w = tf.pow(tf.constant(self.config.residual_history_decay, a.dtype), age)[None, :] * mask
+    return tf.reduce_sum(a * w[..., None], axis=1) / tf.maximum(tf.reduce_sum(w, 1, keepdims=True), 1e-12)
+
   def get_config(self):
     config = super().get_config()
     ser = tf.keras.utils.serialize_keras_object
@@ -453,9 +404,8 @@ class QueryTower(tf.keras.layers.Layer):
       parts.append(tf.cast(t, tf.float32)[:, None])
     x = parts[0] if len(parts) == 1 else tf.concat(parts, axis=-1)
     x = self.mlp(x, training=training)
-    if self.residual is not None:  # mean content term of the history: an untrained query is content kNN
-      a = self.item_encoder.anchor(hist)
-      x = x + tf.reduce_sum(a * mask[..., None], axis=1) / tf.maximum(tf.reduce_sum(mask, 1, keepdims=True), 1.0)
+    if self.residual is not None:  # recency-weighted content term of the history: untrained = content kNN
+      x = x + self.item_encoder.history_anchor(hist)
     return tf.math.l2_normalize(x, axis=-1) if c.normalize else x
 
   def get_config(self):
