@@ -1,7 +1,17 @@
 """Atomic artefact writes: a reader sees the old artefact or the new one, never a half-written one.
 
-Files are written to a temporary name in the same folder and ``os.replace``d; directories are built in a
-temporary sibling and swapped into place (the previous version is removed only after the swap).
+The one place semrec writes files that must be atomic. Files are written to a temporary name in the same
+folder (``<path>.tmp<pid>-<hex>[suffix]``) and ``os.replace``d; directories are built in a temporary sibling
+and swapped into place (the previous version is removed only after the swap).
+
+- :func:`atomic_path`: a temporary path for writers that take a file name (``np.savez``, ``DataFrame.to_csv``,
+  ``tf.io.TFRecordWriter``, ``fig.savefig``); every helper below goes through it.
+- :func:`write_bytes`, :func:`write_text`, :func:`write_json`, :func:`save_npz`, :func:`save_npy`,
+  :func:`save_figure` (PNG), :func:`atomic_directory`.
+
+Reads of artefacts (:func:`read_json`, :func:`read_npz`) turn a truncated or corrupt file (e.g. damaged
+by a disk or a copy outside semrec) into a :class:`CorruptArtefactError` naming the file and what to do.
+JSON is written strictly (:func:`write_json`): NaN and infinities become ``null``.
 """
 from __future__ import annotations
 
@@ -10,32 +20,134 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from typing import Iterator, Optional
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
+  """Yields a temporary path beside ``path``; when the body succeeds the file there replaces ``path``.
+
+  Args:
+    path: The final file path (its folder is created).
+    suffix: Ending of the temporary name, for writers that pick or append a format by extension
+      (``".npz"`` for ``np.savez``, ``".png"`` for ``savefig``).
+
+  On an exception the temporary file is removed and ``path`` is left as it was.
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  tmp = f"{path}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def write_bytes(path: str, data: bytes, fsync: bool = True):
+  """Writes ``data`` to ``path`` atomically (flushed to disk first unless ``fsync=False``)."""
+  with atomic_path(path) as tmp:
+    with open(tmp, "wb") as f:
+      f.write(data)
+      if fsync:
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_text(path: str, text: str):
   """Writes ``text`` to ``path`` atomically (UTF-8)."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  write_bytes(path, text.encode("utf-8"))
+
+
+class CorruptArtefactError(ValueError):
+  """An artefact file exists but cannot be read (truncated, corrupt). The message names it and the fix."""
 
 
 def write_json(path: str, obj, **kwargs):
-  """Writes ``obj`` as indented JSON atomically (numpy scalars and arrays become numbers and lists)."""
+  """Writes ``obj`` as indented, strict JSON atomically.
+
+  numpy scalars and arrays become numbers and lists; NaN and +-inf (undefined metrics) become ``null``,
+  so every standard JSON parser reads the file. ``kwargs`` go to ``json.dumps`` (``indent`` defaults to
+  2; e.g. ``sort_keys=True``).
+  """
   kwargs.setdefault("indent", 2)
-  write_text(path, json.dumps(obj, default=_json_default, **kwargs) + "\n")
+  write_text(path, json.dumps(json_safe(obj), allow_nan=False, **kwargs) + "\n")
+
+
+def json_safe(obj):
+  """``obj`` with numpy values converted and non-finite floats replaced by ``None`` (recursively)."""
+  import math
+  if isinstance(obj, dict):
+    return {k if isinstance(k, str) else str(k): json_safe(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [json_safe(v) for v in obj]
+  if isinstance(obj, (str, bool, int)) or obj is None:
+    return obj
+  if isinstance(obj, float):
+    return obj if math.isfinite(obj) else None
+  converted = _json_default(obj)
+  return converted if isinstance(converted, str) else json_safe(converted)
+
+
+def read_json(path: str, what: str, fix: str = "delete it and re-run the step that writes it"):
+  """Loads a JSON artefact; a truncated or invalid file is a CorruptArtefactError naming it and ``fix``."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise CorruptArtefactError(f"{path}: damaged {what} (not valid JSON: {e}); {fix}") from e
+
+
+def read_npz(path: str, what: str, fix: str = "delete it and re-run the step that writes it") -> dict:
+  """Every array of an ``.npz`` artefact, loaded eagerly; a damaged file is a CorruptArtefactError."""
+  import zipfile
+  import numpy as np
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      return {k: f[k] for k in f.files}
+  except FileNotFoundError:
+    raise
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+    raise CorruptArtefactError(f"{path}: damaged {what} ({type(e).__name__}: {e}); {fix}") from e
 
 
 def _json_default(o):
   import numpy as np
-  if isinstance(o, np.integer):
-    return int(o)
-  if isinstance(o, np.floating):
-    return float(o)
+  if isinstance(o, np.generic):
+    return o.item()
   if isinstance(o, np.ndarray):
     return o.tolist()
+  if isinstance(o, bytes):
+    return o.decode("utf-8", "replace")
   return str(o)
+
+
+def save_npz(path: str, **arrays):
+  """``np.savez(path, **arrays)`` atomically (uncompressed; ``path`` should end in ``.npz``)."""
+  import numpy as np
+  with atomic_path(path, suffix=".npz") as tmp:
+    np.savez(tmp, **arrays)
+
+
+def save_npy(path: str, array):
+  """``np.save(path, array)`` atomically (``path`` should end in ``.npy``)."""
+  import numpy as np
+  with atomic_path(path, suffix=".npy") as tmp:
+    np.save(tmp, array)
+
+
+def save_figure(fig, path: str, dpi: int = 110):
+  """Lays out a matplotlib figure, writes it as a PNG atomically and closes it; returns ``path``."""
+  import matplotlib.pyplot as plt
+  try:
+    fig.tight_layout()
+    with atomic_path(path, suffix=".png") as tmp:
+      fig.savefig(tmp, format="png", dpi=dpi)
+  finally:
+    plt.close(fig)
+  return path
 
 
 @contextlib.contextmanager
@@ -73,8 +185,7 @@ def read_manifest(directory: str, what: str, kind: Optional[str] = None) -> dict
   path = os.path.join(directory, "manifest.json")
   if not os.path.exists(path):
     raise FileNotFoundError(f"no {what} at {directory!r} (missing manifest.json)")
-  with open(path) as f:
-    manifest = json.load(f)
+  manifest = read_json(path, f"{what} manifest", f"re-create the {what}")
   if kind is not None and manifest.get("kind") != kind:
     raise ValueError(f"{path}: not a semrec {what} manifest (kind {manifest.get('kind')!r}, expected {kind!r})")
   return manifest

@@ -10,89 +10,18 @@ import sys
 
 import click
 
-
-class _UserErrors:
-  """Turns bad-input errors (which name the file, row, item and field) into a clean `Error: ...` exit 1."""
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, exc_type, exc, tb):
-    if exc is None:
-      return False
-    from semrec.data import DataError
-    from semrec.encoders import EncodeError
-    from semrec.export import ExportError
-    if isinstance(exc, (DataError, EncodeError, ExportError, FileNotFoundError)):
-      raise click.ClickException(str(exc)) from exc
-    return False
-
-
-def _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick):
-  from semrec.config import load_yaml
-  from semrec.pipeline import RunConfig
-  cfg = load_yaml(RunConfig, config_path) if config_path else RunConfig()
-  if dataset:
-    cfg.data.type = dataset
-  if interactions:
-    cfg.data.interactions = interactions
-  if items:
-    cfg.data.items = items
-  if text_columns:
-    cfg.data.text_columns = tuple(c.strip() for c in text_columns.split(",") if c.strip())
-  if quality_columns:
-    cfg.data.quality_columns = tuple(c.strip() for c in quality_columns.split(",") if c.strip())
-  if cfg.data.type == "generic" and not (cfg.data.interactions and cfg.data.items):
-    raise click.UsageError("--dataset generic needs --interactions and --items")
-  if seed is not None:
-    cfg.seed = seed
-  if quick:
-    cfg = cfg.quick()
-  cfg.validate()
-  return cfg
-
-
-def _run_options(f):
-  opts = [
-      click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-                   help="YAML RunConfig (see docs/config.md); flags below override it."),
-      click.option("--run-dir", type=click.Path(file_okay=False), default=None,
-                   help="Run directory (default runs/<dataset>). Finished stages in it are reused."),
-      click.option("--dataset", type=click.Choice(["movielens", "synthetic", "generic"]), default=None,
-                   help="Bundled MovieLens (default), the synthetic multimodal world, or your own files."),
-      click.option("--interactions", type=click.Path(exists=True, dir_okay=False), default=None,
-                   help="Generic format: interactions CSV/Parquet (user_id,item_id,timestamp[,rating|label])."),
-      click.option("--items", type=click.Path(exists=True, dir_okay=False), default=None,
-                   help="Generic format: items CSV/Parquet (item_id, text columns, media paths, quality)."),
-      click.option("--text-columns", default=None, help="Generic format: comma-separated item text columns."),
-      click.option("--quality-columns", default=None, help="Generic format: comma-separated numeric quality columns."),
-      click.option("--seed", type=int, default=None, help="Global seed."),
-      click.option("--quick", is_flag=True, help="Tiny sizes and epochs (smoke test of the whole job)."),
-      click.option("--force", is_flag=True, help="Recompute the stage(s) even if finished."),
-  ]
-  for o in reversed(opts):
-    f = o(f)
-  return f
-
-
-def _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick):
-  from semrec.pipeline import Run, write_config
-  cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick)
-  run = Run(cfg, run_dir or _default_run_dir(cfg, quick))
-  write_config(run)
-  return run
-
-
-def _default_run_dir(cfg, quick: bool) -> str:
-  return os.path.join("runs", cfg.data.type + ("-quick" if quick else ""))
+from semrec.cli_common import (_build_config, _Cli, _configure_output, _default_run_dir, _open_run,  # noqa: F401
+                               _run_options, _show_warnings, _UserErrors, _verbose_option)
 
 
 def _stage_command(name: str, stage: str, help_text: str):
   @_run_options
-  def cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
+  def cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+          no_exclude_history, force):
     from semrec.pipeline import STAGES, run_stages
     with _UserErrors():
-      run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+      run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                      split, no_exclude_history, stages=STAGES.dependencies(stage) + [stage])
       run_stages(run, STAGES.dependencies(stage), STAGES.registry)
       run_stages(run, [stage], STAGES.registry, force=force)
     click.echo(f"{stage} finished: {run.path(stage)}")
@@ -100,19 +29,25 @@ def _stage_command(name: str, stage: str, help_text: str):
   return click.command(name=name, help=help_text)(cmd)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Cli, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="semrec")
-def main():
+@click.option("--verbose", "-v", is_flag=True, help="Show TensorFlow / absl logs and Python warnings (hidden by default).")
+@click.option("--debug", is_flag=True, help="On an error, print the full traceback before the `Error:` line.")
+def main(verbose, debug):
   """semrec: content-derived item IDs (cluster IDs, Semantic IDs) for TFRS retrieval and ranking."""
+  _configure_output(verbose)
+  _show_warnings()
 
 
 @main.command("run")
 @_run_options
-def run_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
+def run_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+            no_exclude_history, force):
   """The whole job: encode -> SIDs -> retrieval comparison -> index -> ranker comparison -> export -> verify."""
-  from semrec.pipeline import run_all
+  from semrec.pipeline import STAGE_ORDER, run_all
   with _UserErrors():
-    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                    split, no_exclude_history, stages=STAGE_ORDER)
     summary = run_all(run, force=force)
   click.echo(summary)
 
@@ -128,7 +63,8 @@ main.add_command(_stage_command("export", "export", "Export every served artefac
 
 @main.command("evaluate")
 @_run_options
-def evaluate_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, force):
+def evaluate_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+                 no_exclude_history, force):
   """Collect the metrics of a run's finished stages into metrics.json + report.md and print the table.
 
   Without --config it uses the config the run was made with (<run-dir>/config.yaml) and leaves it as is.
@@ -136,7 +72,8 @@ def evaluate_cmd(config_path, run_dir, dataset, interactions, items, text_column
   from semrec.config import load_yaml
   from semrec.pipeline import STAGE_ORDER, Run, RunConfig, write_report
   with _UserErrors():
-    cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+    cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+                        no_exclude_history)
     run_dir = run_dir or _default_run_dir(cfg, quick)
     saved = os.path.join(run_dir, "config.yaml")
     if not config_path and os.path.isfile(saved):
@@ -180,6 +117,7 @@ experiment_group.add_command(_stage_command("retrieval", "retrieval",
 @click.option("--structure-only", is_flag=True,
               help="Only check files against the manifests (no fresh-process load, no saved_model_cli).")
 @click.option("--no-saved-model-cli", is_flag=True, help="Skip `saved_model_cli show` on each model.")
+@_verbose_option
 def verify_export_cmd(export_dir, structure_only, no_saved_model_cli):
   """Load every SavedModel under EXPORT_DIR in a fresh process, replay its warm-up requests against the
   outputs stored at export time, and run saved_model_cli on it. Exits 1 on any problem."""
@@ -187,7 +125,10 @@ def verify_export_cmd(export_dir, structure_only, no_saved_model_cli):
   report = verify_export(export_dir, load=not structure_only,
                          run_saved_model_cli=not (structure_only or no_saved_model_cli))
   click.echo(verification_table(report))
-  sys.exit(0 if report.ok else 1)
+  if not report.clean:
+    problems = report.all_errors + report.all_warnings
+    raise click.ClickException(f"verify-export: {len(report.all_errors)} error(s), {len(report.all_warnings)} "
+                               f"warning(s) in {report.base_dir}: {problems[0]}")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -289,9 +230,8 @@ def batch_kmeans_cmd(store, k, out, sample_size, refine_steps, seed, runner, num
       from semrec.beam import fit_kmeans_pipeline
       cents = fit_kmeans_pipeline(store, k, seed=seed, sample_size=sample_size, refine_steps=refine_steps,
                                   runner=runner, num_workers=num_workers, beam_options=beam_options)
-  tmp = f"{out}.tmp{os.getpid()}.npy"
-  np.save(tmp, cents)
-  os.replace(tmp, out)
+  from semrec.atomic import save_npy
+  save_npy(out, cents)
   click.echo(f"centroids [{cents.shape[0]}, {cents.shape[1]}]: {out}")
 
 

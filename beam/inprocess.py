@@ -6,6 +6,8 @@ from typing import Mapping, Optional
 
 import numpy as np
 
+from semrec.atomic import save_npz
+
 
 def cluster_layers(centroids: Optional[Mapping[str, np.ndarray]]) -> dict:
   """{name: [k, D] centroids} -> {name: ``ClusterIdLayer``} (named as ``fit_cluster_granularities`` names them)."""
@@ -29,10 +31,8 @@ def call_signature(fn, rows: Mapping[str, np.ndarray], model_dir: str = "", outp
 
 def write_embeddings(path: str, item_ids, embeddings: np.ndarray):
   """Writes ``{item_ids, embeddings}`` .npz atomically."""
-  tmp = path + f".tmp{os.getpid()}.npz"
-  np.savez(tmp, item_ids=np.asarray([str(i) for i in item_ids], dtype=str),
+  save_npz(path, item_ids=np.asarray([str(i) for i in item_ids], dtype=str),
            embeddings=np.asarray(embeddings, np.float32))
-  os.replace(tmp, path)
 
 
 def embed_in_process(model_dir: str, item_ids, features: Mapping[str, np.ndarray], out_path: str,

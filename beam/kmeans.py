@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Tuple
 import apache_beam as beam
 import numpy as np
 
+from semrec.atomic import save_npy
 from semrec.beam.options import make_pipeline
 from semrec.encoders.store import EmbeddingStore, read_shard
 from semrec.sid.kmeans import fit_kmeans, lloyd_statistics, lloyd_update
@@ -81,9 +82,7 @@ def refine_kmeans_pipeline(store_dir: str, centroids: np.ndarray, steps: int,
   c0 = np.asarray(centroids, np.float32)
 
   def save(c):
-    tmp = out_path + ".tmp.npy"
-    np.save(tmp, c)
-    os.replace(tmp, out_path)
+    save_npy(out_path, c)
 
   with make_pipeline(runner, num_workers, beam_options) as p:
     chunks = (p | "shards" >> beam.Create(files) | "spread" >> beam.Reshuffle()

@@ -29,6 +29,7 @@ import platform
 import sys
 
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from semrec.atomic import save_figure, write_json
 import numpy as np
 from tqdm import tqdm
 
@@ -175,12 +176,7 @@ def _plot(result: dict, path: str, nb: int) -> None:
   ax.set_ylim(0, L + 0.5)
   ax.set_title(f"MovieLens SIDs (L={L}, K={result['codebook_size']}): lookups per item")
   ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  save_figure(fig, path)
 
 
 def main(argv=None):
@@ -223,11 +219,7 @@ def main(argv=None):
       r = result["lookups"] = bench_lookups(args)
       print(f"\nlookups per item, {r['num_items']} MovieLens items ({r['distinct_sids']} distinct SIDs, "
             f"L={r['num_levels']}, K={r['codebook_size']}):\n{r['table_markdown']}")
-  os.makedirs(os.path.dirname(out_path), exist_ok=True)
-  tmp = out_path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2, default=str)
-  os.replace(tmp, out_path)
+  write_json(out_path, result)
   print(f"\nwrote {out_path}")
 
 

@@ -26,6 +26,8 @@ import tempfile
 import time
 
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from semrec.atomic import write_json
+from semrec.config import to_dict
 import numpy as np
 
 
@@ -135,18 +137,14 @@ def main(argv=None):
         "audio": _rate(lambda: enc.encoders["audio"].encode(wavs), len(items), args.repeats),
     }
     predicted = 1.0 / sum(1.0 / v for v in parts.values())
-  res["multimodal"] = {"dataset": f"synthetic num_items={n_syn}", "config": cfg.to_dict(), "dim": enc.dim,
+  res["multimodal"] = {"dataset": f"synthetic num_items={n_syn}", "config": to_dict(cfg), "dim": enc.dim,
                        "build_seconds": build_s, "items_per_s": rm, "parts_items_per_s": parts,
                        "predicted_from_parts_items_per_s": predicted, "ratio_vs_predicted": rm / predicted}
   print(f"multimodal synthetic ({enc.dim}-d): {rm:8.1f} items/s   parts in memory: "
         + ", ".join(f"{k} {v:.1f}" for k, v in parts.items())
         + f" -> predicted {predicted:.1f} items/s   ratio {rm / predicted:.2f}")
 
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  tmp = args.out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(res, f, indent=2, sort_keys=True)
-  os.replace(tmp, args.out)
+  write_json(args.out, res, sort_keys=True)
   print(f"wrote {args.out}")
 
 

@@ -20,6 +20,7 @@ import sys
 import time
 
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from semrec.atomic import write_json
 import numpy as np
 
 
@@ -86,11 +87,7 @@ def main(argv=None):
   print(f"per batch of {nq} queries: ScaNN {rep['index_batch_seconds'] * 1e3:.1f} ms, "
         f"brute force {rep['brute_force_batch_seconds'] * 1e3:.1f} ms -> {rep['speedup_vs_brute_force']:.1f}x faster")
   print(f"TFRS ScaNN layer vs searcher id agreement: {layer_agreement:.3f}")
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  tmp = args.out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(tmp, args.out)
+  write_json(args.out, result)
   print(f"wrote {args.out}")
   return result
 

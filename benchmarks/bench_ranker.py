@@ -7,20 +7,24 @@
 - serving: each trained ranker exported with ``export_ranker`` (TF Serving layout), reloaded with
   ``tf.saved_model.load`` and called through its ``serving_default`` signature: latency p50/p99 of
   (a) one request = one user (last item, 20-item history, context) x 100 candidates and
-  (b) a batch of 1,000 independent rows. Baseline: random_hash; ratio = mode latency / baseline.
+  (b) a batch of 1,000 independent rows, timed after all training with the models interleaved in
+  rounds of calls (the machine is shared: a load change hits every model alike; the load average
+  is recorded). Baseline: random_hash; ratio = mode latency / baseline. The served eval-period AUC
+  is compared with the in-memory model's (same weights). Last, an in-process A/B of the last mode's
+  serving graph: one item-representation call per request (current) vs one per slot (previous).
 
 SIDs: residual k-means (``semrec.sid.train_sid_model`` mode rqkmeans, L=3, K=256) of MiniLM text
 embeddings of the MovieLens items: from --embeddings (an .npz with ``item_ids`` and ``embeddings``)
 or encoded here with ``semrec.encoders.TextEncoder``.
 
-Full: python -m semrec.benchmarks.bench_ranker --embeddings movielens_minilm.npz
+Full: python -m semrec.benchmarks.bench_ranker --embeddings movielens_minilm.npz \\
+      [--modes random_hash,spm,spm+hash]
 Small: python -m semrec.benchmarks.bench_ranker --quick --embeddings movielens_minilm.npz
 Writes benchmarks/results/bench_ranker.json (bench_ranker_quick.json with --quick).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -30,6 +34,8 @@ import time
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
 from tqdm import tqdm
+
+from semrec.ranking.serving import RankerServingModule
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -65,87 +71,112 @@ def movielens_item_features(embeddings_path=None, num_levels: int = 3, codebook_
   return ds, ItemFeatures(ds.item_ids, {"sid": codes, "content": x}), info
 
 
-def _percentiles(fn, repeats: int, warmup: int = 3) -> dict:
-  from semrec.benchmarks.timing import call_times
-  ms = call_times(fn, repeats, warmup) * 1e3
-  return {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "repeats": repeats}
-
-
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--quick", action="store_true", help="3 modes, 4 periods, fewer latency repeats")
-  p.add_argument("--embeddings", default=None, help=".npz with item_ids and embeddings (MovieLens items)")
-  p.add_argument("--budget", type=int, default=4096, help="embedding-table budget of every mode")
-  p.add_argument("--repeats", type=int, default=None, help="latency repeats (default 200, quick 30)")
-  p.add_argument("--out", default=None)
-  args = p.parse_args(argv)
-
+def _to_tensors(feats: dict) -> dict:
   import tensorflow as tf
-  from semrec.ranking import (ALL_MODES, RankerConfig, export_ranker, prepare_sequential, train_sequential)
+  return {k: tf.constant(np.asarray(v).astype(str) if np.asarray(v).dtype == object else v) for k, v in feats.items()}
+
+
+def served_auc(fn, run, examples, cold_mask, batch: int = 1000) -> dict:
+  """AUC of the eval period scored through the exported signature, against the in-memory model's
+  (``Ranker.call``, the training-time path) with the same weights."""
+  from semrec.ranking import evaluate
+  from semrec.ranking.metrics import sliced_auc
+  scores = []
+  for s in range(0, len(examples), batch):
+    feats = run.featurizer.features(examples.take(np.arange(s, min(s + batch, len(examples)))))
+    scores.append(fn(**_to_tensors(feats))["label"].numpy())
+  m = sliced_auc({"label": examples.labels["label"]}, {"label": np.concatenate(scores)}, cold_mask)["label"]
+  ref = evaluate(run.model, run.featurizer, examples, cold_mask)["label"]
+  return {"served_auc_label": m["auc"], "served_cold_auc_label": m["cold_auc"], "model_auc_label": ref["auc"],
+          "served_minus_model_auc": m["auc"] - ref["auc"]}
+
+
+class PerSlotServing(RankerServingModule):
+  """The previous serving graph (baseline): one item-representation call per slot (candidates, last
+  item, history), each with its own segmentation, hashing and lookups."""
+
+  def _embed_request(self, f) -> tuple:
+    m = self.model
+    hist = m.pool_history(f, dedupe=False) if self.uses_history else None
+    return m.embed_items(f, "candidate", dedupe=False), m.embed_items(f, "last", dedupe=False), hist
+
+
+def train_mode(mode: str, data, fi, budget: int) -> tuple:
+  """Trains one mode sequentially; (run, training figures incl. steady-state examples/s)."""
+  from semrec.ranking import RankerConfig, train_sequential
   from semrec.ranking.experiment import _rep_config
   from semrec.ranking.training import build_item_representation
+  rep = _rep_config(mode, budget, fi.arrays["sid"].shape[1], 256, embedding_dim=32,
+                    content_dim=fi.arrays["content"].shape[1])
+  cfg = RankerConfig(batch_size=512, item_representation=rep)
+  run = train_sequential(cfg, item_representation=build_item_representation(rep, data), data=data, progress=False)
+  # Steady state: re-time one more pass over periods 2..N with the already traced train function.
+  ds_list = [run.featurizer.dataset(ex, cfg.batch_size, shuffle=True, seed=1) for ex in data.train_examples[1:]]
+  n_steady = sum(len(ex) for ex in data.train_examples[1:])
+  t = time.perf_counter()
+  for d in ds_list:
+    run.model.fit(d, epochs=1, verbose=0)
+  steady = n_steady / (time.perf_counter() - t)
+  return run, {"examples_per_second": run.examples_per_second, "steady_examples_per_second": steady,
+               "train_examples": run.train_examples, "auc_label": run.metrics["label"]["auc"],
+               "cold_auc_label": run.metrics["label"]["cold_auc"]}
 
-  modes = ("random_hash", "unigram", "spm") if args.quick else ALL_MODES
-  num_periods = 4 if args.quick else 10
-  repeats = args.repeats or (30 if args.quick else 200)
-  ds, fi, sid_info = movielens_item_features(args.embeddings)
-  L, K = fi.arrays["sid"].shape[1], 256
-  D = fi.arrays["content"].shape[1]
-  inter = ds.interactions
-  if args.quick:  # the most recent 30% of the log
-    inter = inter.iloc[int(len(inter) * 0.7):].reset_index(drop=True)
-  data = prepare_sequential(inter, fi, num_periods=num_periods, history_length=20)
-  base = RankerConfig(batch_size=512)
-  results = {"training": {}, "serving": {}}
-  export_base = tempfile.mkdtemp(prefix="bench_ranker_")
-  for mode in tqdm(modes, desc="modes"):
-    rep = _rep_config(mode, args.budget, L, K, embedding_dim=32, content_dim=D)
-    cfg = RankerConfig(**{**base.__dict__, "item_representation": rep})
-    layer = build_item_representation(rep, data)
-    run = train_sequential(cfg, item_representation=layer, data=data, progress=False)
-    # Steady state: re-time one more pass over periods 2..N with the already traced train function.
-    ds_list = [run.featurizer.dataset(ex, cfg.batch_size, shuffle=True, seed=1) for ex in data.train_examples[1:]]
-    n_steady = sum(len(ex) for ex in data.train_examples[1:])
-    t = time.perf_counter()
-    for d in ds_list:
-      run.model.fit(d, epochs=1, verbose=0)
-    steady = n_steady / (time.perf_counter() - t)
-    results["training"][mode] = {"examples_per_second": run.examples_per_second,
-                                 "steady_examples_per_second": steady, "train_examples": run.train_examples,
-                                 "auc_label": run.metrics["label"]["auc"],
-                                 "cold_auc_label": run.metrics["label"]["cold_auc"]}
-    # Serving latency through the exported SavedModel.
-    ev = data.eval_examples
-    rng = np.random.default_rng(0)
-    rows = rng.choice(len(ev), size=min(1000, len(ev)), replace=False)
-    batch = run.featurizer.features(ev.take(rows))
-    cand_rows = rng.choice(len(fi.item_ids), size=100, replace=False)
-    one = run.featurizer.features(ev.take(rows[:1]))
-    request = {k: v for k, v in one.items() if not k.startswith("candidate_")}
-    request["candidate_item_id"] = fi.item_ids[cand_rows].astype(str)
-    request["candidate_sid"] = fi.arrays["sid"][cand_rows]
-    if "candidate_content" in one:
-      request["candidate_content"] = fi.arrays["content"][cand_rows]
-    res = export_ranker(run.model, export_base, batch, name=f"ranker_{mode.replace('+', '_')}")
-    fn = tf.saved_model.load(res.path).signatures["serving_default"]
-    req_t = {k: tf.constant(np.asarray(v).astype(str) if np.asarray(v).dtype == object else v)
-             for k, v in request.items()}
-    batch_t = {k: tf.constant(np.asarray(v).astype(str) if np.asarray(v).dtype == object else v)
-               for k, v in batch.items()}
-    results["serving"][mode] = {
-        "request_1_user_100_candidates": _percentiles(lambda: fn(**req_t), repeats),
-        "batch_1000_rows": _percentiles(lambda: fn(**batch_t), max(repeats // 4, 10)),
-    }
 
-  shutil.rmtree(export_base, ignore_errors=True)
+def export_and_requests(run, data, fi, export_base: str, name: str) -> tuple:
+  """Exports the ranker; (serving fn, 1 user x 100 candidates request, 1,000-row batch) as tensors."""
+  import tensorflow as tf
+  from semrec.export import export_ranker
+  ev = data.eval_examples
+  rng = np.random.default_rng(0)
+  rows = rng.choice(len(ev), size=min(1000, len(ev)), replace=False)
+  batch = run.featurizer.features(ev.take(rows))
+  cand_rows = rng.choice(len(fi.item_ids), size=100, replace=False)
+  request = {k: v for k, v in run.featurizer.features(ev.take(rows[:1])).items() if not k.startswith("candidate_")}
+  request["candidate_item_id"] = fi.item_ids[cand_rows].astype(str)
+  request["candidate_sid"] = fi.arrays["sid"][cand_rows]
+  if "last_content" in request:
+    request["candidate_content"] = fi.arrays["content"][cand_rows]
+  res = export_ranker(export_base, run.model, batch, name=name)
+  fn = tf.saved_model.load(res.path).signatures["serving_default"]
+  return fn, _to_tensors(request), _to_tensors(batch)
+
+
+def interleaved_latency(calls: dict, repeats: int, chunk: int = 10) -> dict:
+  """name -> {p50_ms, p99_ms}: rounds of ``chunk`` timed calls per name, names interleaved, so a load
+  change on the shared machine hits every model alike."""
+  from semrec.benchmarks.timing import call_times
+  for fn in calls.values():
+    call_times(fn, 0, warmup=5)
+  times = {n: [] for n in calls}
+  for _ in range(max(repeats // chunk, 1)):
+    for n, fn in calls.items():
+      times[n].append(call_times(fn, chunk, warmup=0))
+  out = {}
+  for n, ts in times.items():
+    ms = np.concatenate(ts) * 1e3
+    out[n] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "repeats": len(ms)}
+  return out
+
+
+def one_call_vs_per_slot(model, request: dict, repeats: int) -> dict:
+  """In-process A/B of the serving graph of ``model`` (the last mode, the production one by default):
+  one item-representation call per request (current) vs one per slot (previous), interleaved."""
+  L, K = int(request["candidate_sid"].shape[-1]), int(model.config.item_representation.codebook_size)
+  fns = {"one_call": RankerServingModule(model, L, K).serve, "per_slot": PerSlotServing(model, L, K).serve}
+  outs = {n: fn(request) for n, fn in fns.items()}
+  lat = interleaved_latency({n: (lambda fn=fn: fn(request)) for n, fn in fns.items()}, repeats)
+  lat["max_abs_score_diff"] = float(max(np.abs(outs["one_call"][t].numpy() - outs["per_slot"][t].numpy()).max()
+                                        for t in outs["one_call"]))
+  return lat
+
+
+def print_table(results: dict, modes) -> None:
   base_train = results["training"]["random_hash"]["steady_examples_per_second"]
   base_req = results["serving"]["random_hash"]["request_1_user_100_candidates"]["p50_ms"]
   base_batch = results["serving"]["random_hash"]["batch_1000_rows"]["p50_ms"]
-  print(f"\nMovieLens, budget {args.budget}, {len(data.train_examples)} training periods "
-        f"({sum(len(e) for e in data.train_examples)} examples), SIDs: {sid_info}")
   print("| mode | train ex/s (all) | train ex/s (steady) | ratio vs hash | 1x100 p50 ms | 1x100 p99 ms | "
-        "1000 p50 ms | 1000 p99 ms | latency ratio (1x100, 1000) |")
-  print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+        "1000 p50 ms | 1000 p99 ms | latency ratio (1x100, 1000) | AUC | served - model AUC |")
+  print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
   for mode in modes:
     tr, sv = results["training"][mode], results["serving"][mode]
     r1, rb = sv["request_1_user_100_candidates"], sv["batch_1000_rows"]
@@ -153,16 +184,61 @@ def main(argv=None):
     sv["latency_ratio_vs_random_hash"] = {"request": r1["p50_ms"] / base_req, "batch": rb["p50_ms"] / base_batch}
     print(f"| {mode} | {tr['examples_per_second']:.0f} | {tr['steady_examples_per_second']:.0f} | "
           f"{tr['ratio_vs_random_hash']:.2f} | {r1['p50_ms']:.2f} | {r1['p99_ms']:.2f} | {rb['p50_ms']:.2f} | "
-          f"{rb['p99_ms']:.2f} | {r1['p50_ms'] / base_req:.2f}, {rb['p50_ms'] / base_batch:.2f} |")
+          f"{rb['p99_ms']:.2f} | {r1['p50_ms'] / base_req:.2f}, {rb['p50_ms'] / base_batch:.2f} | "
+          f"{tr['auc_label']:.4f} | {sv['served_minus_model_auc']:+.1e} |")
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--quick", action="store_true", help="3 modes, 4 periods, fewer latency repeats")
+  p.add_argument("--embeddings", default=None, help=".npz with item_ids and embeddings (MovieLens items)")
+  p.add_argument("--budget", type=int, default=4096, help="embedding-table budget of every mode")
+  p.add_argument("--repeats", type=int, default=None, help="latency repeats (default 300, quick 30)")
+  p.add_argument("--modes", default=None, help="comma-separated (default: all; quick random_hash,unigram,spm)")
+  p.add_argument("--out", default=None)
+  args = p.parse_args(argv)
+
+  import tensorflow as tf
+  from semrec.ranking import ALL_MODES, prepare_sequential
+  modes = tuple(args.modes.split(",")) if args.modes else (("random_hash", "unigram", "spm") if args.quick
+                                                           else ALL_MODES)
+  if "random_hash" not in modes:
+    raise SystemExit("--modes must include the random_hash baseline")
+  num_periods = 4 if args.quick else 10
+  repeats = args.repeats or (30 if args.quick else 300)
+  ds, fi, sid_info = movielens_item_features(args.embeddings)
+  inter = ds.interactions
+  if args.quick:  # the most recent 30% of the log
+    inter = inter.iloc[int(len(inter) * 0.7):].reset_index(drop=True)
+  data = prepare_sequential(inter, fi, num_periods=num_periods, history_length=20)
+  results = {"training": {}, "serving": {}}
+  export_base = tempfile.mkdtemp(prefix="bench_ranker_")
+  served, models = {}, {}
+  for mode in tqdm(modes, desc="modes"):
+    run, results["training"][mode] = train_mode(mode, data, fi, args.budget)
+    models[mode] = run.model
+    served[mode] = export_and_requests(run, data, fi, export_base, f"ranker_{mode.replace('+', '_')}")
+    results["serving"][mode] = served_auc(served[mode][0], run, data.eval_examples, data.cold_mask)
+  # Latency after all training, models interleaved (the machine is shared).
+  load_before = os.getloadavg()
+  req = interleaved_latency({m: (lambda fn=fn, r=r: fn(**r)) for m, (fn, r, _) in served.items()}, repeats)
+  bat = interleaved_latency({m: (lambda fn=fn, b=b: fn(**b)) for m, (fn, _, b) in served.items()},
+                            max(repeats // 5, 20), chunk=5)
+  for m in modes:
+    results["serving"][m].update({"request_1_user_100_candidates": req[m], "batch_1000_rows": bat[m]})
+  results["one_call_vs_per_slot"] = one_call_vs_per_slot(models[modes[-1]], served[modes[-1]][1], repeats)
+  shutil.rmtree(export_base, ignore_errors=True)
+  print(f"\nMovieLens, budget {args.budget}, {len(data.train_examples)} training periods "
+        f"({sum(len(e) for e in data.train_examples)} examples), SIDs: {sid_info}")
+  print_table(results, modes)
+  print(f"serving graph, {modes[-1]}, 1 user x 100 candidates, in process: {results['one_call_vs_per_slot']}")
+  load = {"before_latency": load_before, "after_latency": os.getloadavg()}
+  print(f"load average (1, 5, 15 min): {load}")
   out = args.out or os.path.join(_HERE, "results", "bench_ranker_quick.json" if args.quick else "bench_ranker.json")
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  payload = {"quick": args.quick, "budget": args.budget, "num_periods": num_periods, "sids": sid_info,
-             "cpus": os.cpu_count(), "platform": platform.platform(), "tensorflow": tf.__version__,
-             "baseline": "random_hash", **results}
-  tmp = f"{out}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    json.dump(payload, f, indent=1)
-  os.replace(tmp, out)
+  from semrec.atomic import write_json
+  write_json(out, {"quick": args.quick, "load_average": load, "budget": args.budget, "num_periods": num_periods,
+                   "sids": sid_info, "cpus": os.cpu_count(), "platform": platform.platform(),
+                   "tensorflow": tf.__version__, "baseline": "random_hash", **results})
   print(f"wrote {out}")
 
 

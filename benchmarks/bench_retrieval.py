@@ -25,6 +25,7 @@ import os
 import time
 
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from semrec.atomic import write_json
 import numpy as np
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -141,11 +142,7 @@ def main(argv=None):
   if args.tfrs_protocol:
     result["tfrs_tutorial_protocol"] = tfrs_tutorial_protocol(ds)
     print("TFRS tutorial protocol:", result["tfrs_tutorial_protocol"])
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  tmp = args.out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2, default=str)
-  os.replace(tmp, args.out)
+  write_json(args.out, result)
   print(f"wrote {args.out} ({result['comparison_seconds']:.0f}s)")
   return result
 

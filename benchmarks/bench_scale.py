@@ -221,11 +221,8 @@ def main(argv=None):
   result = {"benchmark": "bench_scale", "command": "nice -n 10 python -m semrec.benchmarks.bench_scale",
             "cpu_count": os.cpu_count(), "config": {k: v for k, v in vars(args).items() if k not in ("child",)},
             "batch_jobs": rows, "mwms": mwms}
-  os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  tmp = args.out + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(result, f, indent=2)
-  os.replace(tmp, args.out)
+  from semrec.atomic import write_json
+  write_json(args.out, result)
   print(f"wrote {args.out}")
 
 

@@ -27,6 +27,8 @@ import sys
 import time
 
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
+from semrec.atomic import write_json
+from semrec.config import to_dict
 import numpy as np
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -90,7 +92,7 @@ def bench_speed(n: int, levels: int = 3, k: int = 256, epochs: int = 1, threads:
   t = time.perf_counter()
   model = train_sid_model(x, cfg)
   res["rqvae_train_seconds"] = time.perf_counter() - t
-  res["rqvae_config"] = model.config.to_dict()
+  res["rqvae_config"] = to_dict(model.config)
   predict_codes(model.assigner, x[:8192])  # trace once
   res["rqvae_items_per_second"] = _throughput(lambda a: predict_codes(model.assigner, a), x)
   print(f"[bench_sid] semrec RQ-VAE: train {res['rqvae_train_seconds']:.1f}s, "
@@ -193,7 +195,7 @@ def quality_report(dataset: str, embeddings_path: str = None, levels: int = 3, k
     secs = time.perf_counter() - t
     h = model.health(x, item_ids=ids)
     h["train_seconds"] = secs
-    h["config"] = model.config.to_dict()
+    h["config"] = to_dict(model.config)
     codes = model.codes(x)
     if topics is not None:
       purity = sum(np.bincount(topics[codes[:, 0] == c]).max() for c in np.unique(codes[:, 0])) / len(codes)
@@ -231,10 +233,7 @@ def main(argv=None):
     res["command"] = "python benchmarks/bench_sid.py" + (" --quick" if args.quick else "")
     print(json.dumps({k: v for k, v in res.items() if k != "rqvae_config"}, indent=2))
     path = os.path.join(RESULTS_DIR, "bench_sid.json" if not args.quick else "bench_sid_quick.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(res, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, res)
   if args.report != "none":
     datasets = ["movielens", "synthetic"] if args.report == "all" else [args.report]
     out = {}
@@ -243,10 +242,7 @@ def main(argv=None):
       out[d] = quality_report(d, embeddings_path=args.embeddings if d == "movielens" else None, seeds=seeds)
     out["command"] = "python benchmarks/bench_sid.py " + " ".join(sys.argv[1:] if argv is None else argv)
     path = os.path.join(RESULTS_DIR, "bench_sid_quality.json" if not args.seeds else "bench_sid_robustness.json")
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(out, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, out)
 
 
 if __name__ == "__main__":

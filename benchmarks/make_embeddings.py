@@ -12,6 +12,7 @@ import os
 import time
 
 import semrec  # noqa: F401  (before tensorflow)
+from semrec.atomic import save_npz
 import numpy as np
 
 
@@ -26,9 +27,7 @@ def main():
   t0 = time.perf_counter()
   emb = TextEncoder(batch_size=args.batch_size).encode(ds.item_texts(), item_ids=list(ds.item_ids))
   seconds = time.perf_counter() - t0
-  tmp = args.out + ".tmp.npz"
-  np.savez(tmp, item_ids=np.asarray(ds.item_ids, dtype=str), embeddings=emb.astype(np.float32))
-  os.replace(tmp, args.out)
+  save_npz(args.out, item_ids=np.asarray(ds.item_ids, dtype=str), embeddings=emb.astype(np.float32))
   print(f"wrote {args.out}: {emb.shape[0]} x {emb.shape[1]} in {seconds:.0f}s ({emb.shape[0] / seconds:.0f} items/s)")
 
 

@@ -23,6 +23,10 @@ class DataError(ValueError):
   """Bad input data. The message names the file, row, column and/or item at fault."""
 
 
+class DataWarning(UserWarning):
+  """A documented conversion changed the input (duplicates dropped, fractional timestamps floored...)."""
+
+
 INTERACTION_COLUMNS = ("user_id", "item_id", "timestamp", "label")
 MEDIA_COLUMNS = ("image_path", "audio_path")
 
@@ -51,6 +55,32 @@ class RecDataset:
   def __post_init__(self):
     self.text_columns = tuple(self.text_columns)
     self.quality_columns = tuple(self.quality_columns)
+
+  def validate(self) -> "RecDataset":
+    """Checks the column contract (module docstring) whatever the loader; returns ``self``.
+
+    Raises:
+      DataError: naming the dataset, column and first offending row.
+    """
+    inter = self.interactions
+    missing = [c for c in INTERACTION_COLUMNS if c not in inter.columns]
+    if missing or "item_id" not in self.items.columns:
+      raise DataError(f"{self.name}: missing column(s) {missing or ['item_id']}")
+    if inter["timestamp"].dtype != np.int64:
+      raise DataError(f"{self.name}: column 'timestamp' must be int64 epoch seconds, got {inter['timestamp'].dtype}")
+    for column in ("label", "like"):
+      if column in inter.columns:
+        bad = ~np.isin(inter[column].to_numpy(), (0.0, 1.0))
+        if bad.any():
+          row = int(np.argmax(bad))
+          raise DataError(f"{self.name}: interaction {row}, column {column!r}: expected 0 or 1, got "
+                          f"{inter[column].iloc[row]!r}")
+    if not (inter["label"].to_numpy() > 0).any():
+      raise DataError(f"{self.name}: no positive interaction in {len(inter)} rows; retrieval and ranking need "
+                      "at least one")
+    if self.items["item_id"].duplicated().any():
+      raise DataError(f"{self.name}: duplicate item_id in the items table")
+    return self
 
   @property
   def num_items(self) -> int:

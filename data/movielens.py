@@ -53,4 +53,4 @@ def load_movielens(path: Optional[str] = None, positive_threshold: float = 3.5,
   items = normalize_items(movies, movies_path, ("title", "genres", "tags"), ())
   check_item_references(ratings, items, ratings_path)
   return RecDataset(name="movielens", interactions=inter, items=items,
-                    text_columns=("title", "genres", "tags"), quality_columns=())
+                    text_columns=("title", "genres", "tags"), quality_columns=()).validate()

@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
+from semrec.atomic import atomic_path
 from semrec.data.dataset import RecDataset
 
 _TOPIC_WORDS = [
@@ -81,12 +82,6 @@ class SyntheticConfig:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _atomic_write(path: str, write_fn):
-  tmp = f"{path}.tmp{os.getpid()}"
-  write_fn(tmp)
-  os.replace(tmp, path)
-
-
 def _topic_image(rng, topic: int, num_topics: int, size: int) -> np.ndarray:
   """[size, size, 3] uint8: a topic hue, a topic stripe angle/frequency, item-level noise."""
   import colorsys
@@ -115,13 +110,11 @@ def _topic_audio(rng, topic: int, num_topics: int, seconds: float, sr: int) -> n
 
 def write_wav(path: str, samples: np.ndarray, sample_rate: int):
   """Writes int16 mono samples as a WAV file (atomically)."""
-  def _write(tmp):
-    with wave.open(tmp, "wb") as w:
-      w.setnchannels(1)
-      w.setsampwidth(2)
-      w.setframerate(sample_rate)
-      w.writeframes(np.asarray(samples, dtype=np.int16).tobytes())
-  _atomic_write(path, _write)
+  with atomic_path(path) as tmp, wave.open(tmp, "wb") as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(sample_rate)
+    w.writeframes(np.asarray(samples, dtype=np.int16).tobytes())
 
 
 def make_synthetic(config: Optional[SyntheticConfig] = None) -> RecDataset:
@@ -152,7 +145,8 @@ def make_synthetic(config: Optional[SyntheticConfig] = None) -> RecDataset:
     img = _topic_image(rng, int(z), T, cfg.image_size)
     audio = _topic_audio(rng, int(z), T, cfg.audio_seconds, cfg.sample_rate)
     if not os.path.exists(img_path):
-      _atomic_write(img_path, lambda p: Image.fromarray(img).save(p, format="PNG"))
+      with atomic_path(img_path) as tmp:
+        Image.fromarray(img).save(tmp, format="PNG")
     if not os.path.exists(wav_path):
       write_wav(wav_path, audio, cfg.sample_rate)
     image_paths.append(img_path)

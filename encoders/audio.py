@@ -275,7 +275,7 @@ class AudioEncoder:
             "dim": self.dim, "sample_rate": SAMPLE_RATE}
 
   def patch_embeddings(self, waveform: np.ndarray) -> np.ndarray:
-    """16 kHz waveform (from ``prepare_waveform``) -> [P, 128] float32 per-patch embeddings."""
+    """16 kHz waveform (from ``prepare_waveform``) -> [P, D] float32 per-patch (YAMNet: per-frame) embeddings."""
     if self._hub is not None:
       out = self._hub(tf.convert_to_tensor(waveform, tf.float32))
       if isinstance(out, dict):

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from semrec.config import to_dict
 from semrec.encoders.common import PRETRAINED, RANDOM, EncodeError, l2_normalize
 
 MODALITY_ORDER = ("text", "image", "audio")
@@ -114,15 +115,6 @@ class EncoderConfig:
                   audio_weights=RANDOM)
     kwargs.update(overrides)
     return cls(**kwargs)
-
-  def to_dict(self) -> dict:
-    d = dataclasses.asdict(self)
-    d["modalities"] = list(self.modalities)
-    return d
-
-  @classmethod
-  def from_dict(cls, d: dict) -> "EncoderConfig":
-    return cls(**d)
 
 
 @dataclasses.dataclass
@@ -256,7 +248,7 @@ class MultimodalEncoder:
         "random_init": {m: bool(e.info.get("random_init")) for m, e in self.encoders.items()},
         "projection_dims": dict(self.config.projection_dims),
         "per_modality_l2_normalized": True,
-        "config": self.config.to_dict(),
+        "config": to_dict(self.config),
     }
 
   @staticmethod

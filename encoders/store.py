@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from semrec import atomic
 from semrec.encoders.multimodal import EncodedBatch, MultimodalEncoder, item_contents
 
 FORMAT = "semrec.embedding_store/1"
@@ -31,17 +32,8 @@ MANIFEST = "manifest.json"
 logger = logging.getLogger(__name__)
 
 
-def _atomic_write_bytes(path: str, write_fn):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "wb") as f:
-    write_fn(f)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
 def _write_json(path: str, obj):
-  _atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()))
+  atomic.write_json(path, obj, sort_keys=True)
 
 
 def _content_hash(item_ids, embeddings, mask) -> str:
@@ -58,15 +50,21 @@ def shard_name(index: int, num_shards: int) -> str:
 
 def write_shard(path: str, batch: EncodedBatch):
   """Writes one encoded shard atomically (temp file + ``os.replace``)."""
-  _atomic_write_bytes(path, lambda f: np.savez(
-      f, item_ids=np.asarray(batch.item_ids, dtype=str), embeddings=batch.embeddings.astype(np.float32),
-      mask=batch.mask.astype(np.float32), fallbacks=np.array(json.dumps(batch.fallbacks, sort_keys=True))))
+  atomic.save_npz(path, item_ids=np.asarray(batch.item_ids, dtype=str), embeddings=batch.embeddings.astype(np.float32),
+                  mask=batch.mask.astype(np.float32), fallbacks=np.array(json.dumps(batch.fallbacks, sort_keys=True)))
+
+
+_REENCODE = "run `semrec encode --force` (only damaged shards are re-encoded)"
 
 
 def read_shard(path: str) -> EncodedBatch:
-  with np.load(path, allow_pickle=False) as z:
-    return EncodedBatch(z["item_ids"].astype(object), z["embeddings"], z["mask"],
-                        json.loads(str(z["fallbacks"])))
+  """One shard; a truncated or corrupt file raises ``CorruptArtefactError`` naming it."""
+  from semrec.atomic import CorruptArtefactError, read_npz
+  z = read_npz(path, "embedding shard", _REENCODE)
+  try:
+    return EncodedBatch(z["item_ids"].astype(object), z["embeddings"], z["mask"], json.loads(str(z["fallbacks"])))
+  except (KeyError, ValueError) as e:
+    raise CorruptArtefactError(f"{path}: damaged embedding shard ({type(e).__name__}: {e}); {_REENCODE}") from e
 
 
 @dataclasses.dataclass
@@ -98,8 +96,9 @@ class EmbeddingStore:
   def manifest(self) -> dict:
     if not os.path.isfile(self.manifest_path):
       raise FileNotFoundError(f"no embedding store at {self.path!r} (missing {MANIFEST})")
-    with open(self.manifest_path) as f:
-      return json.load(f)
+    from semrec.atomic import read_json
+    return read_json(self.manifest_path, "embedding store manifest",
+                     f"delete it and {_REENCODE}")
 
   def is_complete(self) -> bool:
     return os.path.isfile(self.manifest_path) and bool(self.manifest().get("complete"))
@@ -119,7 +118,8 @@ class EmbeddingStore:
     for shard in manifest["shards"]:
       b = read_shard(os.path.join(self.path, shard["file"]))
       if _content_hash(b.item_ids, b.embeddings, b.mask) != shard["content_sha256"]:
-        raise ValueError(f"{self.path}/{shard['file']}: contents do not match the manifest hash")
+        raise ValueError(f"{self.path}/{shard['file']}: contents do not match the manifest hash; delete the file "
+                         f"and {_REENCODE}")
       ids.append(b.item_ids)
       embs.append(b.embeddings)
       masks.append(b.mask)
@@ -181,7 +181,12 @@ def prepare_store(plan: StorePlan, store_dir: str, overwrite: bool = False) -> E
   os.makedirs(store_dir, exist_ok=True)
   store = EmbeddingStore(store_dir)
   if os.path.isfile(store.manifest_path):
-    old = store.manifest()
+    from semrec.atomic import CorruptArtefactError
+    try:
+      old = store.manifest()
+    except CorruptArtefactError as e:  # it cannot vouch for the shards: re-encode them all
+      logger.warning("%s; re-encoding every shard", e)
+      old, overwrite = {}, True
     if old.get("plan_key") != plan.base_manifest["plan_key"]:
       if not overwrite:
         raise ValueError(f"{store_dir!r} holds an embedding store for other inputs (dataset "

@@ -22,10 +22,11 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from semrec import atomic
 from semrec.export import serving_layout as sl
-from semrec.export.serving_module import (ExampleInputs, ExportResult, ServingModule, export_keras_module,
-                                          export_serving_module, flatten_features, input_specs_from_examples,
-                                          is_nested, unflatten_features)
+from semrec.export.features import (ExampleInputs, flat_requests, flatten_features, input_specs_from_examples,
+                                     unflatten_features)
+from semrec.export.serving_module import ExportResult, ServingModule, export_keras_module, export_serving_module
 
 _SCANN_HINT = "ScaNN is not importable; install it with `pip install 'scann[tf]==1.4.2'` (built for TF 2.20)."
 
@@ -198,13 +199,7 @@ def export_retrieval(base_dir: str, query_model, example_query_features: Example
   if index is not None and hasattr(index, "to_keras_layer") and hasattr(index, "__len__"):
     k = min(int(k), len(index))  # RetrievalIndex.to_keras_layer clamps k to the catalogue size too.
   topk = _topk_layer(kind, int(k), index, candidate_embeddings, item_ids, dict(scann_options or {}), name)
-  requests = [example_query_features] if isinstance(example_query_features, Mapping) else list(example_query_features)
-  if not requests:
-    raise sl.ExportError(f"model {name!r}: no example query features given")
-  paths = None
-  if is_nested(requests[0]):
-    flat = [flatten_features(r) for r in requests]
-    paths, requests = flat[0][1], [f for f, _ in flat]
+  requests, paths = flat_requests(example_query_features, name)
   dynamic_axes = kwargs.pop("dynamic_axes", None)
   if dynamic_axes is None:
     dynamic_axes = {k: [1] for k, p in (paths or {}).items() if len(p) > 1 and p[0] == "history"}
@@ -244,42 +239,6 @@ def export_scann_retrieval(base_dir: str, query_model, example_query_features: E
 
 
 # ---------------------------------------------------------------------------------------------------
-# (6) Ranker.
-
-
-def export_ranker(base_dir: str, ranker, example_features: ExampleInputs, *, name: str = "ranker",
-                  output_names: Optional[Sequence[str]] = None, **kwargs) -> ExportResult:
-  """Exports the ranker.
-
-  A ``semrec.ranking.Ranker`` goes through the ranking package's own serving module
-  (``semrec.ranking.serving.export_ranker``: flat raw features, in-graph input checks, one-user
-  broadcast); any other tf.Module with a ``serve`` tf.function is exported as is; any other Keras model is
-  wrapped in a `KerasServingModule` (called on the feature dict).
-
-  Args:
-    ranker: the trained ranker, a serving module, or a Keras model.
-    example_features: warm-up batch(es) of raw serving features.
-    name: model name. output_names: for a Keras model returning a tensor/tuple.
-    **kwargs: metrics, data_fingerprint, extra, ... (for a semrec Ranker also sid_length, codebook_size,
-      content_dim).
-  """
-  try:
-    from semrec.ranking.model import Ranker
-    from semrec.ranking.serving import export_ranker as _ranking_export
-  except ImportError:  # ranking package not available: generic path only.
-    Ranker = None
-  if Ranker is not None and isinstance(ranker, Ranker):
-    if not isinstance(example_features, Mapping):
-      raise sl.ExportError(f"model {name!r}: a semrec Ranker export takes one dict of example features")
-    return _ranking_export(ranker, base_dir, example_features, name=name, **kwargs)
-  kwargs.setdefault("artefact", "ranker")
-  if isinstance(ranker, tf.Module) and hasattr(getattr(ranker, "serve", None), "get_concrete_function"):
-    return export_serving_module(ranker, base_dir, name, example_features, **kwargs)
-  kwargs.setdefault("description", "raw features -> ranking scores")
-  return export_keras_module(ranker, base_dir, name, example_features, output_names=output_names, **kwargs)
-
-
-# ---------------------------------------------------------------------------------------------------
 # ScaNN searcher directory.
 
 
@@ -305,6 +264,42 @@ def export_scann_searcher(base_dir: str, index, example_queries, *, item_ids=Non
     k: neighbours per query for the stored check.
   """
   sl.check_model_name(name)
+  searcher, ids = _searcher_and_ids(index, item_ids, name)
+  q = np.asarray(example_queries, dtype=np.float32)
+  if q.ndim != 2 or not np.isfinite(q).all():
+    raise sl.ExportError(f"model {name!r}: example_queries must be a finite [Q, d] float32 array, got {list(q.shape)}")
+  k = min(int(k), len(ids))
+  rows, dist = searcher.search_batched(q, final_num_neighbors=k)
+  rows = np.asarray(rows)
+  expected = {"queries": q, "scores": np.asarray(dist, np.float32),
+              "item_ids": np.array([[ids[j].encode() for j in r] for r in rows], dtype=bytes)}
+
+  with sl.staging_dir(base_dir, name) as tmp:
+    sdir = os.path.join(tmp, "searcher")
+    os.makedirs(sdir)
+    searcher.serialize(sdir, relative_path=True)
+    with open(os.path.join(tmp, "item_ids.txt"), "w", encoding="utf-8") as f:
+      f.write("".join(x + "\n" for x in ids))
+    atomic.save_npz(os.path.join(tmp, sl.EXPECTED_OUTPUTS_FILE), **expected)
+    version, _ = sl.next_version_dir(base_dir, name)
+    manifest = sl.build_manifest(
+        name=name, version=version, kind="scann_searcher", artefact="scann_searcher",
+        inputs={"queries": {"dtype": "float32", "shape": [None, int(q.shape[1])]}},
+        outputs={"item_ids": {"dtype": "string", "shape": [None, k]}, "scores": {"dtype": "float32", "shape": [None, k]}},
+        files=sl.file_inventory(tmp), signature_name="", needs_scann_ops=False, data_fingerprint=data_fingerprint,
+        metrics=metrics, description=description or "ScaNN searcher (pybind) + item-ID mapping",
+        expected_outputs={"file": sl.EXPECTED_OUTPUTS_FILE, "rtol": rtol, "atol": atol},
+        extra={**dict(extra or {}), "k": k, "num_items": len(ids), "dim": int(q.shape[1]),
+               "load": "scann.scann_ops_pybind.load_searcher('<version>/searcher')",
+               "params": dict(getattr(index, "params", {}) or {})})
+    manifest["serving_note"] = ("not a SavedModel: load with scann.scann_ops_pybind.load_searcher; row i of the "
+                                "searcher is the item on line i of item_ids.txt")
+    published, path = sl.publish_with_manifest(tmp, base_dir, name, version, manifest)
+  return ExportResult(name=name, version=published, path=path, manifest=manifest)
+
+
+def _searcher_and_ids(index, item_ids, name: str):
+  """(scann_ops_pybind searcher, [N] str item ids) of an index / searcher / saved directory, checked."""
   if isinstance(index, (str, os.PathLike)):
     index = _load_searcher_dir(os.fspath(index), name)
   searcher = index
@@ -325,42 +320,7 @@ def export_scann_searcher(base_dir: str, index, example_queries, *, item_ids=Non
   size = searcher.size() if hasattr(searcher, "size") else len(ids)
   if size != len(ids):
     raise sl.ExportError(f"model {name!r}: the searcher holds {size} rows but {len(ids)} item ids were given")
-  q = np.asarray(example_queries, dtype=np.float32)
-  if q.ndim != 2 or not np.isfinite(q).all():
-    raise sl.ExportError(f"model {name!r}: example_queries must be a finite [Q, d] float32 array, got {list(q.shape)}")
-  k = min(int(k), len(ids))
-  rows, dist = searcher.search_batched(q, final_num_neighbors=k)
-  rows = np.asarray(rows)
-  expected = {"queries": q, "scores": np.asarray(dist, np.float32),
-              "item_ids": np.array([[ids[j].encode() for j in r] for r in rows], dtype=bytes)}
-
-  with sl.staging_dir(base_dir, name) as tmp:
-    sdir = os.path.join(tmp, "searcher")
-    os.makedirs(sdir)
-    searcher.serialize(sdir, relative_path=True)
-    with open(os.path.join(tmp, "item_ids.txt"), "w", encoding="utf-8") as f:
-      f.write("".join(x + "\n" for x in ids))
-    os.makedirs(os.path.join(tmp, sl.ASSETS_EXTRA), exist_ok=True)
-    np.savez(os.path.join(tmp, sl.EXPECTED_OUTPUTS_FILE), **expected)
-    version, _ = sl.next_version_dir(base_dir, name)
-    manifest = sl.build_manifest(
-        name=name, version=version, kind="scann_searcher", artefact="scann_searcher",
-        inputs={"queries": {"dtype": "float32", "shape": [None, int(q.shape[1])]}},
-        outputs={"item_ids": {"dtype": "string", "shape": [None, k]}, "scores": {"dtype": "float32", "shape": [None, k]}},
-        files=sl.file_inventory(tmp), signature_name="", needs_scann_ops=False, data_fingerprint=data_fingerprint,
-        metrics=metrics, description=description or "ScaNN searcher (pybind) + item-ID mapping",
-        expected_outputs={"file": sl.EXPECTED_OUTPUTS_FILE, "rtol": rtol, "atol": atol},
-        extra={**dict(extra or {}), "k": k, "num_items": len(ids), "dim": int(q.shape[1]),
-               "load": "scann.scann_ops_pybind.load_searcher('<version>/searcher')",
-               "params": dict(getattr(index, "params", {}) or {})})
-    manifest["serving_note"] = ("not a SavedModel: load with scann.scann_ops_pybind.load_searcher; row i of the "
-                                "searcher is the item on line i of item_ids.txt")
-    sl.write_json_atomic(os.path.join(tmp, sl.MANIFEST_FILE), manifest)
-    published, path = sl.publish_staging_dir(tmp, base_dir, name, version)
-  if published != version:
-    manifest["version"] = published
-    sl.write_json_atomic(os.path.join(path, sl.MANIFEST_FILE), manifest)
-  return ExportResult(name=name, version=published, path=path, manifest=manifest)
+  return searcher, ids
 
 
 def _load_searcher_dir(path: str, name: str):
@@ -377,15 +337,3 @@ def _load_searcher_dir(path: str, name: str):
     return scann_ops_pybind.load_searcher(path)
   raise sl.ExportError(f"model {name!r}: {path} is neither a saved semrec.towers index (manifest.json + scann/) "
                        "nor a ScaNN searcher directory (scann_assets.pbtxt)")
-
-
-def write_serving_configs(base_dir: str, base_path_prefix: Optional[str] = None) -> dict[str, str]:
-  """Writes ``models.config`` (every SavedModel) and ``models.stock.config`` (only those stock TF Serving
-  can load, i.e. without ScaNN ops). Returns ``{"all": path, "stock": path}`` (``stock`` absent when every
-  model needs ScaNN ops)."""
-  out = {"all": sl.write_models_config(base_dir, base_path_prefix=base_path_prefix)}
-  stock = sl.discover_models(base_dir, include_scann=False)
-  if stock:
-    out["stock"] = sl.write_models_config(base_dir, stock, base_path_prefix=base_path_prefix,
-                                          path=os.path.join(base_dir, "models.stock.config"))
-  return out

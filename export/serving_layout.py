@@ -35,6 +35,8 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
+from semrec import atomic
+
 MANIFEST_FILE = "manifest.json"
 ASSETS_EXTRA = "assets.extra"
 WARMUP_FILE = os.path.join(ASSETS_EXTRA, "tf_serving_warmup_requests")
@@ -140,34 +142,19 @@ def _fsync_dir(path: str) -> None:
     os.close(fd)
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-  """Writes ``data`` to ``path`` via a temp file in the same directory and ``os.replace``."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
-  try:
-    with open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+def publish_with_manifest(staging: str, base_dir: str, name: str, version: int, manifest: dict) -> tuple[int, str]:
+  """Writes ``manifest.json`` into a complete staging directory and publishes it (`publish_staging_dir`).
 
-
-def write_json_atomic(path: str, obj: Any) -> None:
-  write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
-
-
-def _json_default(o):
-  if isinstance(o, np.generic):
-    return o.item()
-  if isinstance(o, np.ndarray):
-    return o.tolist()
-  if isinstance(o, bytes):
-    return o.decode("utf-8", "replace")
-  raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+  If a concurrent exporter took ``version`` meanwhile, the manifest of the published directory is
+  rewritten with the version it really got (``manifest["version"]`` is updated in place).
+  Returns ``(version, path)``.
+  """
+  atomic.write_json(os.path.join(staging, MANIFEST_FILE), manifest, sort_keys=True)
+  published, path = publish_staging_dir(staging, base_dir, name, version)
+  if published != version:
+    manifest["version"] = published
+    atomic.write_json(os.path.join(path, MANIFEST_FILE), manifest, sort_keys=True)
+  return published, path
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -308,9 +295,7 @@ def write_warmup_requests(export_dir: str, signature_name: str, requests: Sequen
     raise ExportError(f"{export_dir}: {len(requests)} warm-up requests, TF Serving reads at most "
                       f"{MAX_WARMUP_RECORDS}")
   path = os.path.join(export_dir, WARMUP_FILE)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + f".tmp-{uuid.uuid4().hex}"
-  with tf.io.TFRecordWriter(tmp) as writer:
+  with atomic.atomic_path(path) as tmp, tf.io.TFRecordWriter(tmp) as writer:
     for i, req in enumerate(requests):
       request = predict_pb2.PredictRequest()
       request.model_spec.signature_name = signature_name
@@ -324,7 +309,6 @@ def write_warmup_requests(export_dir: str, signature_name: str, requests: Sequen
                             f"TensorProto ({e})") from e
       log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
       writer.write(log.SerializeToString())
-  os.replace(tmp, path)
   return path
 
 
@@ -364,10 +348,7 @@ def write_expected_outputs(export_dir: str, outputs: Sequence[Mapping[str, np.nd
         arr = np.array([bytes(v) for v in arr.ravel()], dtype=bytes).reshape(arr.shape)
       arrays[_expected_key(i, key)] = arr
   path = os.path.join(export_dir, EXPECTED_OUTPUTS_FILE)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + f".tmp-{uuid.uuid4().hex}.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+  atomic.save_npz(path, **arrays)
   return path
 
 
@@ -376,95 +357,3 @@ def read_expected_outputs(export_dir: str, num_requests: int, output_names: Sequ
   path = os.path.join(export_dir, EXPECTED_OUTPUTS_FILE)
   with np.load(path, allow_pickle=False) as data:
     return [{k: data[_expected_key(i, k)] for k in output_names} for i in range(num_requests)]
-
-
-# ---------------------------------------------------------------------------------------------------
-# models.config
-
-
-def discover_models(base_dir: str, include_scann: bool = True) -> list[str]:
-  """Names under ``base_dir`` whose latest version is a SavedModel export (by its manifest).
-
-  Args:
-    include_scann: also list models needing ScaNN ops (set False for a stock TF Serving config).
-  """
-  names = []
-  if not os.path.isdir(base_dir):
-    return names
-  for name in sorted(os.listdir(base_dir)):
-    v = latest_version(base_dir, name)
-    if v is None:
-      continue
-    vdir = os.path.join(base_dir, name, str(v))
-    try:
-      manifest = read_manifest(vdir)
-      is_saved_model = manifest.get("kind") == "saved_model"
-      needs_scann = bool(manifest.get("needs_scann_ops"))
-    except ExportError:
-      is_saved_model = os.path.isfile(os.path.join(vdir, "saved_model.pb"))
-      needs_scann = False
-    if is_saved_model and (include_scann or not needs_scann):
-      names.append(name)
-  return names
-
-
-def write_models_config(base_dir: str, names: Optional[Sequence[str]] = None, base_path_prefix: Optional[str] = None,
-                        path: Optional[str] = None, include_scann: bool = True) -> str:
-  """Writes a TF Serving ``models.config`` (``model_config_list`` text proto) for ``names``.
-
-  Args:
-    base_dir: the export base directory holding ``<name>/<version>/``.
-    names: model names to list; default: every SavedModel export found under ``base_dir``.
-    base_path_prefix: prefix of ``base_path`` as the *server* sees it (e.g. "/models" when ``base_dir``
-      is mounted at /models in the tensorflow/serving container); default: absolute ``base_dir``.
-    path: where to write; default ``<base_dir>/models.config``.
-    include_scann: when ``names`` is None, also list models that need ScaNN ops.
-
-  Returns:
-    The path of the written file. Models that need ScaNN ops get a comment saying so.
-  """
-  if names is None:
-    names = discover_models(base_dir, include_scann=include_scann)
-  if not names:
-    raise ExportError(f"{base_dir}: no models to put in {MODELS_CONFIG_FILE}")
-  prefix = base_path_prefix if base_path_prefix is not None else os.path.abspath(base_dir)
-  lines = ["# TF Serving model config written by semrec. Serve with:",
-           "#   tensorflow_model_server --model_config_file=<this file> --rest_api_port=8501 --port=8500",
-           "model_config_list {"]
-  for name in names:
-    check_model_name(name)
-    if latest_version(base_dir, name) is None:
-      raise ExportError(f"{base_dir}: model {name!r} has no version directory to serve")
-    v = latest_version(base_dir, name)
-    try:
-      needs_scann = bool(read_manifest(os.path.join(base_dir, name, str(v))).get("needs_scann_ops"))
-    except ExportError:
-      needs_scann = False
-    if needs_scann:
-      lines.append(f"  # {name}: needs ScaNN custom ops (Scann>*); stock tensorflow/serving cannot load it")
-    base_path = prefix.rstrip("/") + "/" + name
-    lines += ["  config {", f"    name: '{name}'", f"    base_path: '{base_path}'",
-              "    model_platform: 'tensorflow'", "  }"]
-  lines.append("}")
-  out = path or os.path.join(base_dir, MODELS_CONFIG_FILE)
-  write_bytes_atomic(out, ("\n".join(lines) + "\n").encode())
-  return out
-
-
-def read_models_config(path: str) -> list[dict[str, str]]:
-  """Parses a models.config with TF Serving's own proto (``ModelServerConfig``).
-
-  Returns ``[{"name", "base_path", "model_platform"}]``; ExportError naming the file if it does not parse.
-  """
-  from google.protobuf import text_format
-  from tensorflow_serving.config import model_server_config_pb2
-
-  with open(path) as f:
-    text = f.read()
-  config = model_server_config_pb2.ModelServerConfig()
-  try:
-    text_format.Parse(text, config)
-  except text_format.ParseError as e:
-    raise ExportError(f"{path}: not a valid TF Serving model config ({e})") from e
-  return [{"name": c.name, "base_path": c.base_path, "model_platform": c.model_platform}
-          for c in config.model_config_list.config]

@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from semrec.export import serving_layout as sl
-
-Features = Mapping[str, Any]
-ExampleInputs = Union[Features, Sequence[Features]]
+from semrec.export.features import (ExampleInputs, Features, cast_features, flat_requests,  # noqa: F401
+                                     flatten_features, input_specs_from_examples, is_nested, spec_to_json,
+                                     unflatten_features)
 
 
 @dataclasses.dataclass
@@ -39,126 +39,6 @@ class ExportResult:
   @property
   def needs_scann_ops(self) -> bool:
     return bool(self.manifest.get("needs_scann_ops"))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Signatures.
-
-
-def _tf_dtype_for(arr: np.ndarray) -> tf.DType:
-  kind = arr.dtype.kind
-  if kind in ("U", "S", "O"):
-    return tf.string
-  if kind == "f":
-    return tf.float32 if arr.dtype != np.float16 else tf.float16
-  if kind == "b":
-    return tf.bool
-  if kind in ("i", "u"):
-    return tf.as_dtype(arr.dtype)
-  raise sl.ExportError(f"unsupported input dtype {arr.dtype}")
-
-
-def input_specs_from_examples(example: Features, dtypes: Optional[Mapping[str, tf.DType]] = None,
-                              dynamic_axes: Optional[Mapping[str, Sequence[int]]] = None) -> dict[str, tf.TensorSpec]:
-  """Serving input specs ``{name: TensorSpec([None, ...], dtype, name)}`` from one example batch.
-
-  The batch dimension becomes ``None``; inner dimensions stay fixed (so a server rejects, e.g., a
-  content embedding of the wrong width). str/bytes/object arrays become ``tf.string``, float64 becomes
-  float32 (Keras' default); ``dtypes`` overrides per input; ``dynamic_axes`` ``{name: [axis, ...]}`` leaves
-  more axes free (e.g. a history length H that may vary per request).
-  """
-  if not example:
-    raise sl.ExportError("example inputs are empty: need at least one named input")
-  specs = {}
-  for key, value in example.items():
-    arr = np.asarray(value)
-    if arr.ndim == 0:
-      raise sl.ExportError(f"example input {key!r} is a scalar: every input needs a leading batch dimension")
-    dtype = (dtypes or {}).get(key) or _tf_dtype_for(arr)
-    shape = [None] + list(arr.shape[1:])
-    for axis in (dynamic_axes or {}).get(key, ()):
-      if not 0 < axis < len(shape):
-        raise sl.ExportError(f"dynamic axis {axis} of input {key!r} is out of range for shape {list(arr.shape)}")
-      shape[axis] = None
-    specs[key] = tf.TensorSpec(shape, tf.as_dtype(dtype), name=key)
-  return specs
-
-
-def spec_to_json(spec: tf.TensorSpec) -> dict[str, Any]:
-  shape = None if spec.shape.rank is None else [d for d in spec.shape.as_list()]
-  return {"dtype": spec.dtype.name, "shape": shape}
-
-
-def flatten_features(features: Features, sep: str = "_") -> tuple[dict[str, Any], dict[str, tuple[str, ...]]]:
-  """Flattens nested feature dicts for a serving signature, whose inputs must be flat named tensors.
-
-  ``{"user_id": u, "history": {"item_id": h, "sid": s}}`` -> ``{"user_id": u, "history_item_id": h,
-  "history_sid": s}`` plus the paths ``{"history_item_id": ("history", "item_id"), ...}`` that
-  `unflatten_features` uses to rebuild the nesting inside the graph (names are never split on ``sep``).
-  """
-  flat: dict[str, Any] = {}
-  paths: dict[str, tuple[str, ...]] = {}
-
-  def visit(prefix: tuple[str, ...], value):
-    if isinstance(value, Mapping):
-      for k, v in value.items():
-        visit(prefix + (str(k),), v)
-      return
-    key = sep.join(prefix)
-    if key in flat:
-      raise sl.ExportError(f"flattened feature name {key!r} is produced by both {paths[key]} and {prefix}; "
-                           "rename one of the features")
-    flat[key] = value
-    paths[key] = prefix
-
-  visit((), features)
-  return flat, paths
-
-
-def unflatten_features(flat: Mapping[str, Any], paths: Mapping[str, Sequence[str]]) -> dict[str, Any]:
-  """Inverse of `flatten_features` given its ``paths``."""
-  out: dict[str, Any] = {}
-  for key, value in flat.items():
-    path = tuple(paths.get(key, (key,)))
-    node = out
-    for part in path[:-1]:
-      node = node.setdefault(part, {})
-    node[path[-1]] = value
-  return out
-
-
-def is_nested(features: Features) -> bool:
-  return any(isinstance(v, Mapping) for v in features.values())
-
-
-def cast_features(features: Features, specs: Mapping[str, tf.TensorSpec], where: str = "input") -> dict[str, np.ndarray]:
-  """Checks ``features`` against ``specs`` and returns numpy arrays of the spec dtypes.
-
-  Raises ExportError naming the feature for a missing/unexpected key, a wrong rank or inner dimension,
-  or values that cannot be converted.
-  """
-  missing = sorted(set(specs) - set(features))
-  extra = sorted(set(features) - set(specs))
-  if missing or extra:
-    raise sl.ExportError(f"{where}: features {sorted(features)} do not match the signature inputs "
-                         f"{sorted(specs)} (missing {missing}, unexpected {extra})")
-  out = {}
-  for key, spec in specs.items():
-    value = features[key]
-    try:
-      if spec.dtype == tf.string:
-        arr = np.asarray(value, dtype=object)
-        arr = np.vectorize(lambda v: v.encode("utf-8") if isinstance(v, str) else bytes(v), otypes=[object])(arr) \
-            if arr.size else arr
-      else:
-        arr = np.asarray(value, dtype=spec.dtype.as_numpy_dtype)
-    except (TypeError, ValueError) as e:
-      raise sl.ExportError(f"{where}: feature {key!r} cannot be converted to {spec.dtype.name} ({e})") from e
-    if not spec.shape.is_compatible_with(arr.shape):
-      raise sl.ExportError(f"{where}: feature {key!r} has shape {list(arr.shape)}, the signature expects "
-                           f"{spec.shape.as_list()} (None = any)")
-    out[key] = arr
-  return out
 
 
 def _name_outputs(result: Any, output_names: Optional[Sequence[str]]) -> dict[str, tf.Tensor]:
@@ -224,7 +104,20 @@ class ServingModule(tf.Module):
     if checks:
       with tf.control_dependencies(checks):
         features = {k: tf.identity(v) for k, v in features.items()}
+    features = self._check_batch(features)
     return _name_outputs(self._fn(features), self._output_names)
+
+  def _check_batch(self, features):
+    """Every input's dimension 0 must equal the first input's (the batch B); the message names both."""
+    keys = [k for k, spec in self.input_specs.items() if spec.shape.rank]
+    if len(keys) < 2:
+      return features
+    b = tf.shape(features[keys[0]])[0]
+    checks = [tf.debugging.assert_equal(
+        tf.shape(features[k])[0], b,
+        message=f"{k}: batch size (dimension 0) must equal that of {keys[0]}") for k in keys[1:]]
+    with tf.control_dependencies(checks):
+      return {k: tf.identity(v) for k, v in features.items()}
 
 
 class KerasServingModule(ServingModule):
@@ -318,43 +211,15 @@ def export_serving_module(module: tf.Module, base_dir: str, name: str, example_i
   Returns:
     ExportResult. An existing version is never modified; the new version appears atomically.
   """
-  sl.check_model_name(name)
-  serve = getattr(module, "serve", None)
-  if serve is None or not hasattr(serve, "get_concrete_function"):
-    raise sl.ExportError(f"model {name!r}: the serving module needs a tf.function attribute `serve`")
-  signature = getattr(serve, "input_signature", None)
-  if not signature or len(signature) != 1 or not isinstance(signature[0], Mapping):
-    raise sl.ExportError(f"model {name!r}: `serve` needs input_signature=[{{name: tf.TensorSpec}}] "
-                         f"(one dict of named raw features), got {signature!r}")
-  specs = dict(signature[0])
+  serve, specs = _serving_function(module, name)
   requests = _normalise_requests(example_inputs, specs)
   concrete = serve.get_concrete_function()
-  outputs = []
-  for i, req in enumerate(requests):
-    result = serve({k: tf.constant(v, dtype=specs[k].dtype) for k, v in req.items()})
-    if not isinstance(result, Mapping):
-      raise sl.ExportError(f"model {name!r}: `serve` must return a dict of named outputs, got {type(result).__name__}")
-    outputs.append({k: v.numpy() for k, v in result.items()})
-  output_specs = concrete.structured_outputs
+  outputs = _replay(serve, requests, specs, name)
   outputs_json = {k: {"dtype": v.dtype.name, "shape": None if v.shape.rank is None else v.shape.as_list()}
-                  for k, v in output_specs.items()}
-
+                  for k, v in concrete.structured_outputs.items()}
   with sl.staging_dir(base_dir, name) as tmp:
-    try:
-      tf.saved_model.save(module, tmp, signatures={signature_name: concrete},
-                          options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
-    except AssertionError as e:
-      if "untracked" not in str(e):
-        raise
-      raise sl.ExportError(f"model {name!r}: the serving function uses variables of an object the module does not "
-                           "track (e.g. a lambda or plain function wrapping a layer); pass that layer/model itself, "
-                           f"or list it in `track={{'name': layer}}`. TensorFlow said: {str(e).splitlines()[0]}") from e
-    ops = saved_model_ops(tmp)
-    custom_ops = sorted(op for op in ops if ">" in op)
-    detected_scann = any(op.startswith("Scann>") for op in ops)
-    if needs_scann_ops is False and detected_scann:
-      raise sl.ExportError(f"model {name!r}: needs_scann_ops=False but the graph uses ScaNN ops {custom_ops}")
-    uses_scann = bool(needs_scann_ops) or detected_scann
+    _save(module, tmp, {signature_name: concrete}, name)
+    custom_ops, uses_scann = _custom_ops(tmp, name, needs_scann_ops)
     sl.write_warmup_requests(tmp, signature_name, requests, model_name=name)
     sl.write_expected_outputs(tmp, outputs)
     version, _ = sl.next_version_dir(base_dir, name)
@@ -367,12 +232,54 @@ def export_serving_module(module: tf.Module, base_dir: str, name: str, example_i
                 "batch_sizes": [int(next(iter(r.values())).shape[0]) for r in requests]},
         expected_outputs={"file": sl.EXPECTED_OUTPUTS_FILE, "rtol": rtol, "atol": atol},
         extra={**dict(extra or {}), "custom_ops": custom_ops})
-    sl.write_json_atomic(os.path.join(tmp, sl.MANIFEST_FILE), manifest)
-    published, path = sl.publish_staging_dir(tmp, base_dir, name, version)
-  if published != version:  # a concurrent exporter took `version`; the manifest must say the real one.
-    manifest["version"] = published
-    sl.write_json_atomic(os.path.join(path, sl.MANIFEST_FILE), manifest)
+    published, path = sl.publish_with_manifest(tmp, base_dir, name, version, manifest)
   return ExportResult(name=name, version=published, path=path, manifest=manifest)
+
+
+def _serving_function(module: tf.Module, name: str):
+  """(module.serve, {input name: TensorSpec}); ExportError when ``serve`` is not a one-dict tf.function."""
+  sl.check_model_name(name)
+  serve = getattr(module, "serve", None)
+  if serve is None or not hasattr(serve, "get_concrete_function"):
+    raise sl.ExportError(f"model {name!r}: the serving module needs a tf.function attribute `serve`")
+  signature = getattr(serve, "input_signature", None)
+  if not signature or len(signature) != 1 or not isinstance(signature[0], Mapping):
+    raise sl.ExportError(f"model {name!r}: `serve` needs input_signature=[{{name: tf.TensorSpec}}] "
+                         f"(one dict of named raw features), got {signature!r}")
+  return serve, dict(signature[0])
+
+
+def _replay(serve, requests: Sequence[dict], specs: Mapping[str, tf.TensorSpec], name: str) -> list[dict]:
+  """The outputs of each warm-up request at export time (stored for `verify_export`)."""
+  outputs = []
+  for req in requests:
+    result = serve({k: tf.constant(v, dtype=specs[k].dtype) for k, v in req.items()})
+    if not isinstance(result, Mapping):
+      raise sl.ExportError(f"model {name!r}: `serve` must return a dict of named outputs, got {type(result).__name__}")
+    outputs.append({k: v.numpy() for k, v in result.items()})
+  return outputs
+
+
+def _save(module: tf.Module, directory: str, signatures: dict, name: str):
+  try:
+    tf.saved_model.save(module, directory, signatures=signatures,
+                        options=tf.saved_model.SaveOptions(namespace_whitelist=["Scann"]))
+  except AssertionError as e:
+    if "untracked" not in str(e):
+      raise
+    raise sl.ExportError(f"model {name!r}: the serving function uses variables of an object the module does not "
+                         "track (e.g. a lambda or plain function wrapping a layer); pass that layer/model itself, "
+                         f"or list it in `track={{'name': layer}}`. TensorFlow said: {str(e).splitlines()[0]}") from e
+
+
+def _custom_ops(directory: str, name: str, needs_scann_ops: Optional[bool]) -> tuple[list[str], bool]:
+  """(custom op names in the saved graph, whether loading needs ScaNN's ops); checks ``needs_scann_ops``."""
+  ops = saved_model_ops(directory)
+  custom_ops = sorted(op for op in ops if ">" in op)
+  detected_scann = any(op.startswith("Scann>") for op in ops)
+  if needs_scann_ops is False and detected_scann:
+    raise sl.ExportError(f"model {name!r}: needs_scann_ops=False but the graph uses ScaNN ops {custom_ops}")
+  return custom_ops, bool(needs_scann_ops) or detected_scann
 
 
 def export_keras_module(model, base_dir: str, name: str, example_inputs: ExampleInputs, *,
@@ -394,14 +301,7 @@ def export_keras_module(model, base_dir: str, name: str, example_inputs: Example
     dynamic_axes: ``{flat input name: [axis, ...]}`` left free in the signature besides the batch axis.
     **kwargs: forwarded to `export_serving_module` (artefact, metrics, data_fingerprint, ...).
   """
-  requests = [example_inputs] if isinstance(example_inputs, Mapping) else list(example_inputs)
-  if not requests:
-    raise sl.ExportError(f"model {name!r}: no example inputs given")
-  paths = None
-  if is_nested(requests[0]):
-    flat = [flatten_features(r) for r in requests]
-    paths = flat[0][1]
-    requests = [f for f, _ in flat]
+  requests, paths = flat_requests(example_inputs, name)
   if input_specs is None:
     input_specs = input_specs_from_examples(requests[0], dynamic_axes=dynamic_axes)
   module = KerasServingModule(model, input_specs, output_names=output_names,

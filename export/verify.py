@@ -7,8 +7,8 @@ For every model under ``<base>/`` (latest version, or all versions):
 2. a fresh ``python`` subprocess that imports only ``tensorflow`` (plus ``scann`` for models whose manifest
    says they need ScaNN ops) loads the SavedModel, replays the warm-up requests through the
    ``serving_default`` signature and compares the outputs with those stored at export time. The child
-   reports which of semrec / tensorflow_recommenders / tf_keras / scann it had loaded: any of them
-   (scann aside, when allowed) fails the check.
+   reports which of ``fresh_process.FORBIDDEN_MODULES`` (semrec, tensorflow_recommenders, tf_keras,
+   sentencepiece, scann) it had loaded: any of them (scann aside, when allowed) fails the check.
 3. ``saved_model_cli show --dir <version> --all`` must succeed and list the signature.
 ScaNN searcher artefacts (kind ``scann_searcher``) are loaded with ``scann`` alone and re-run their stored
 queries.
@@ -27,149 +27,8 @@ import time
 from typing import Any, Optional, Sequence
 
 from semrec.export import serving_layout as sl
-
-RESULT_MARKER = "SEMREC_VERIFY_RESULT "
-FORBIDDEN_MODULES = ("semrec", "tensorflow_recommenders", "tf_keras", "scann")
-
-# The child imports nothing from semrec: it must show that the export stands on TensorFlow alone. The
-# warm-up PredictionLog records are decoded with a few lines of protobuf wire-format parsing, so not even
-# tensorflow-serving-api is needed; tensors are parsed with TensorFlow's own TensorProto.
-_WIRE_PARSER = r'''
-# Minimal protobuf wire-format decoding of a PredictionLog (needs `tensor_pb2` from TensorFlow in globals).
-def varint(b, i):
-  shift = result = 0
-  while True:
-    c = b[i]; i += 1
-    result |= (c & 0x7F) << shift
-    if not c & 0x80:
-      return result, i
-    shift += 7
-
-def fields(b):
-  i = 0
-  while i < len(b):
-    key, i = varint(b, i)
-    fno, wt = key >> 3, key & 7
-    if wt == 0:
-      v, i = varint(b, i)
-    elif wt == 2:
-      n, i = varint(b, i); v = b[i:i + n]; i += n
-      if i > len(b):
-        raise ValueError("truncated protobuf field")
-    elif wt == 1:
-      v = b[i:i + 8]; i += 8
-    elif wt == 5:
-      v = b[i:i + 4]; i += 4
-    else:
-      raise ValueError("unsupported protobuf wire type %d" % wt)
-    yield fno, v
-
-def parse_prediction_log(rec):
-  # PredictionLog.predict_log = 6 -> PredictLog.request = 1 -> PredictRequest{model_spec = 1, inputs = 2}.
-  sig, inputs = "", {}
-  for f1, v1 in fields(rec):
-    if f1 != 6:
-      continue
-    for f2, v2 in fields(v1):
-      if f2 != 1:
-        continue
-      for f3, v3 in fields(v2):
-        if f3 == 1:
-          for f4, v4 in fields(v3):
-            if f4 == 3:
-              sig = bytes(v4).decode()
-        elif f3 == 2:
-          key, tensor = None, None
-          for f4, v4 in fields(v3):
-            if f4 == 1:
-              key = bytes(v4).decode()
-            elif f4 == 2:
-              tensor = tensor_pb2.TensorProto.FromString(bytes(v4))
-          inputs[key] = tensor
-  if not inputs:
-    raise ValueError("record holds no PredictRequest inputs")
-  return sig, inputs
-'''
-
-_CHILD_SCRIPT = r'''
-import json, sys, time
-args = json.loads(sys.argv[1])
-''' + _WIRE_PARSER + r'''
-res = {"errors": [], "max_abs_diff": None, "num_requests": 0, "load_seconds": None, "import_seconds": None}
-t0 = time.time()
-try:
-  import numpy as np
-  if args["kind"] == "saved_model":
-    import tensorflow as tf
-    from tensorflow.core.framework import tensor_pb2
-  if args["import_scann"]:
-    import scann  # registers the Scann>* TF ops
-    from scann.scann_ops.py import scann_ops_pybind
-  res["import_seconds"] = time.time() - t0
-  t0 = time.time()
-
-  def compare(i, key, got, exp, rtol, atol):
-    got = np.asarray(got)
-    if got.dtype.kind == "O":
-      got = np.array([bytes(v) for v in got.ravel()], dtype=bytes).reshape(got.shape)
-    if got.shape != exp.shape:
-      res["errors"].append("request %d, output %r: shape %s, expected %s" % (i, key, list(got.shape), list(exp.shape)))
-      return
-    if exp.dtype.kind in "fc":
-      diff = float(np.max(np.abs(got.astype(np.float64) - exp.astype(np.float64)))) if exp.size else 0.0
-      res["max_abs_diff"] = max(res["max_abs_diff"] or 0.0, diff)
-      if not np.allclose(got, exp, rtol=rtol, atol=atol, equal_nan=True):
-        res["errors"].append("request %d, output %r: max |diff| %.3g exceeds rtol=%g atol=%g" % (i, key, diff, rtol, atol))
-    elif not np.array_equal(got, exp):
-      bad = int(np.sum(got != exp))
-      res["errors"].append("request %d, output %r: %d of %d values differ from those stored at export time" % (i, key, bad, exp.size))
-
-  d = args["dir"]
-  if args["kind"] == "saved_model":
-    model = tf.saved_model.load(d)
-    res["load_seconds"] = time.time() - t0
-    sig_name = args["signature_name"]
-    if sig_name not in model.signatures:
-      raise KeyError("signature %r not found; the SavedModel has %s" % (sig_name, sorted(model.signatures)))
-    fn = model.signatures[sig_name]
-    expected = np.load(args["expected"], allow_pickle=False)
-    records = [bytes(r.numpy()) for r in tf.data.TFRecordDataset(args["warmup"])]
-    if not records:
-      raise ValueError("the warm-up file holds no records")
-    for i, rec in enumerate(records):
-      rsig, tensors = parse_prediction_log(rec)
-      if rsig and rsig != sig_name:
-        res["errors"].append("warm-up request %d calls signature %r, not %r" % (i, rsig, sig_name))
-      out = fn(**{k: tf.constant(tf.make_ndarray(t)) for k, t in tensors.items()})
-      for key in args["output_names"]:
-        if key not in out:
-          res["errors"].append("request %d: output %r missing from the signature outputs %s" % (i, key, sorted(out)))
-          continue
-        name = "r%d__%s" % (i, key)
-        if name not in expected.files:
-          res["errors"].append("request %d, output %r: no expected value stored" % (i, key))
-          continue
-        compare(i, key, out[key].numpy(), expected[name], args["rtol"], args["atol"])
-    res["num_requests"] = len(records)
-  else:
-    searcher = scann_ops_pybind.load_searcher(d + "/searcher")
-    res["load_seconds"] = time.time() - t0
-    with open(d + "/item_ids.txt", encoding="utf-8") as f:
-      item_ids = f.read().split("\n")[:-1]
-    if len(item_ids) != args["num_items"]:
-      raise ValueError("item_ids.txt has %d ids, the manifest records %d" % (len(item_ids), args["num_items"]))
-    expected = np.load(args["expected"], allow_pickle=False)
-    idx, dist = searcher.search_batched(expected["queries"], final_num_neighbors=args["k"])
-    got_ids = np.array([[item_ids[j].encode() for j in row] for row in np.asarray(idx)], dtype=bytes)
-    compare(0, "item_ids", got_ids, expected["item_ids"], args["rtol"], args["atol"])
-    compare(0, "scores", np.asarray(dist), expected["scores"], args["rtol"], args["atol"])
-    res["num_requests"] = 1
-except Exception as e:  # reported, not raised: the parent names the model and version.
-  res["errors"].append("%s: %s" % (type(e).__name__, str(e).strip().splitlines()[0] if str(e).strip() else ""))
-res["modules"] = sorted({m.split(".")[0] for m in sys.modules} & set(args["watch_modules"]))
-print("''' + RESULT_MARKER + r'''" + json.dumps(res))
-'''
-
+from semrec.export.fresh_process import CHILD_SCRIPT, FORBIDDEN_MODULES, RESULT_MARKER, child_env
+from semrec.export.models_config import read_models_config
 
 @dataclasses.dataclass
 class ModelCheck:
@@ -179,7 +38,9 @@ class ModelCheck:
     name: model name. version: integer version (None if the model has no version directory).
     path: version directory. kind: "saved_model" / "scann_searcher" / "unknown".
     artefact: artefact type from the manifest. needs_scann_ops: from the manifest.
-    errors: what is wrong, each message naming the model, version and file. warnings: non-fatal notes.
+    errors: what is wrong, each message naming the model, version and file. warnings: problems that do not
+    stop the model from serving (a leftover staging directory, an unlisted file...): `semrec verify-export`
+    prints them and exits 1. notes: information only (structure-only pass, saved_model_cli skipped).
     num_requests: warm-up requests replayed. max_abs_diff: largest float deviation from the stored outputs.
     load_seconds: SavedModel / searcher load time in the child (after imports). import_seconds: the child's
     ``import tensorflow`` (+ scann) time. child_modules: semrec/TFRS/tf_keras/scann modules the
@@ -194,6 +55,7 @@ class ModelCheck:
   needs_scann_ops: bool = False
   errors: list = dataclasses.field(default_factory=list)
   warnings: list = dataclasses.field(default_factory=list)
+  notes: list = dataclasses.field(default_factory=list)
   num_requests: int = 0
   max_abs_diff: Optional[float] = None
   load_seconds: Optional[float] = None
@@ -226,6 +88,15 @@ class VerifyReport:
   def all_errors(self) -> list[str]:
     return list(self.errors) + [e for m in self.models for e in m.errors]
 
+  @property
+  def all_warnings(self) -> list[str]:
+    return [w for m in self.models for w in m.warnings]
+
+  @property
+  def clean(self) -> bool:
+    """No error and no warning-level problem (what `semrec verify-export` exits 0 on)."""
+    return self.ok and not self.all_warnings
+
   def to_dict(self) -> dict[str, Any]:
     return {"base_dir": self.base_dir, "ok": self.ok, "errors": self.errors,
             "models": [{**dataclasses.asdict(m), "ok": m.ok} for m in self.models]}
@@ -248,6 +119,9 @@ def report_markdown_table(report: VerifyReport) -> str:
   errs = report.all_errors
   if errs:
     lines += ["", "Errors:"] + [f"- {e}" for e in errs]
+  warns = report.all_warnings
+  if warns:
+    lines += ["", "Warnings:"] + [f"- {w}" for w in warns]
   return "\n".join(lines) + "\n"
 
 
@@ -260,14 +134,6 @@ def _saved_model_cli() -> Optional[str]:
   if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
     return candidate
   return shutil.which("saved_model_cli")
-
-
-def _child_env() -> dict[str, str]:
-  env = dict(os.environ)
-  env.pop("TF_USE_LEGACY_KERAS", None)  # a serving process knows nothing of semrec's Keras choice.
-  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-  env.setdefault("CUDA_VISIBLE_DEVICES", "")
-  return env
 
 
 def _check_structure(check: ModelCheck, manifest: Optional[dict]) -> None:
@@ -319,8 +185,8 @@ def _run_child(check: ModelCheck, manifest: dict, timeout: float) -> None:
           "num_items": int((manifest.get("extra") or {}).get("num_items", 0)),
           "watch_modules": list(FORBIDDEN_MODULES)}
   try:
-    proc = subprocess.run([sys.executable, "-c", _CHILD_SCRIPT, json.dumps(args)], capture_output=True, text=True,
-                          timeout=timeout, env=_child_env(), cwd=tempfile.gettempdir())
+    proc = subprocess.run([sys.executable, "-c", CHILD_SCRIPT, json.dumps(args)], capture_output=True, text=True,
+                          timeout=timeout, env=child_env(), cwd=tempfile.gettempdir())
   except subprocess.TimeoutExpired:
     check.error(f"loading in a fresh process timed out after {timeout:.0f}s")
     return
@@ -348,11 +214,11 @@ def _start_saved_model_cli(check: ModelCheck) -> Optional[subprocess.Popen]:
   """Starts ``saved_model_cli show --dir <version> --all`` (runs alongside the fresh-process replay)."""
   cli = _saved_model_cli()
   if cli is None:
-    check.warnings.append(f"{check.name} v{check.version}: saved_model_cli not found next to {sys.executable} "
+    check.notes.append(f"{check.name} v{check.version}: saved_model_cli not found next to {sys.executable} "
                           "or on PATH; skipped")
     return None
   return subprocess.Popen([cli, "show", "--dir", check.path, "--all"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, env=_child_env(), cwd=tempfile.gettempdir())
+                          text=True, env=child_env(), cwd=tempfile.gettempdir())
 
 
 def _finish_saved_model_cli(check: ModelCheck, proc: Optional[subprocess.Popen], signature_name: str,
@@ -402,6 +268,7 @@ def verify_model_version(base_dir: str, name: str, version: int, run_saved_model
   With ``load=False`` only the structure is checked (no subprocess).
   """
   t0 = time.time()
+  base_dir = os.path.abspath(base_dir)  # the child processes run in another working directory
   vdir = os.path.join(base_dir, name, str(version))
   check = ModelCheck(name=name, version=version, path=vdir)
   manifest = None
@@ -433,7 +300,7 @@ def verify_model_version(base_dir: str, name: str, version: int, run_saved_model
       manifest is None and check.kind != "saved_model"):
     check.warnings.append(f"{name} v{version}: not loaded, because of the errors above")
   elif not load:
-    check.warnings.append(f"{name} v{version}: structure checked only (load=False)")
+    check.notes.append(f"{name} v{version}: structure checked only (load=False)")
   else:
     if manifest is None:
       # Still load and replay what is there: a truncated saved_model.pb is only visible to the loader.
@@ -464,6 +331,7 @@ def verify_export(base_dir: str, names: Optional[Sequence[str]] = None, all_vers
     load: False checks only the directory structure and file inventory (fast, no subprocess).
     progress: show a tqdm bar (one step per model version).
   """
+  base_dir = os.path.abspath(base_dir)  # the child processes run in another working directory
   report = VerifyReport(base_dir=base_dir, models=[])
   if not os.path.isdir(base_dir):
     report.errors.append(f"{base_dir}: export directory does not exist")
@@ -475,6 +343,9 @@ def verify_export(base_dir: str, names: Optional[Sequence[str]] = None, all_vers
   if names is None:
     names = sorted(d for d in os.listdir(base_dir)
                    if os.path.isdir(os.path.join(base_dir, d)) and not d.startswith("."))
+    if not names:
+      report.errors.append(f"{base_dir}: no model directory (<name>/<version>/) to verify: nothing was exported "
+                           "here")
   jobs = []
   for name in names:
     model_dir = os.path.join(base_dir, name)
@@ -515,7 +386,7 @@ def _check_models_config(report: VerifyReport) -> None:
   if not os.path.isfile(path):
     return
   try:
-    configs = sl.read_models_config(path)
+    configs = read_models_config(path)
   except sl.ExportError as e:
     report.errors.append(str(e))
     return

@@ -23,7 +23,13 @@ def load_sid_table(run: Run):
 
 
 def item_features(run: Run):
-  """The run's per-item feature table: ``sid`` [N, L] int32 and ``content`` [N, D] float32, catalogue order."""
+  """The run's per-item feature table, catalogue order, and its SID table.
+
+  Arrays: ``sid`` [N, L] int32, ``content`` [N, D] float32, and ``cluster_<name>`` [N] int32 for every k-means
+  granularity the SID stage fitted (``cluster_k100``, ``cluster_k1000`` by default; each k clipped to N).
+  Cluster IDs are fitted once per run, by the SID stage: later stages read them here (or with
+  :func:`cluster_ids`) instead of fitting k-means again.
+  """
   from semrec.data import ItemFeatures
   ids, x = load_embeddings(run)
   table = load_sid_table(run)
@@ -34,6 +40,14 @@ def item_features(run: Run):
   for name, c in table.cluster_ids.items():
     arrays[f"cluster_{name}"] = c
   return ItemFeatures(ids, arrays), table
+
+
+def cluster_ids(run: Run) -> dict:
+  """{granularity name ("k100", "k1000", ...): [N] int32 cluster IDs} fitted by the SID stage, catalogue order.
+
+  The finest is ``max(ids, key=lambda n: int(n[1:]))``; the centroids are ``<run>/sid/centroids_<name>.npy``.
+  """
+  return dict(load_sid_table(run).cluster_ids)
 
 
 def export_dir(run: Run) -> str:

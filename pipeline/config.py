@@ -6,12 +6,19 @@ the sections and shows two examples.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Optional
 
-from semrec.data import (RecDataset, SyntheticConfig, load_generic, load_movielens, make_synthetic)
+from semrec.config import ConfigError, setting
+from semrec.data import (SPLITS, RecDataset, SyntheticConfig, load_generic, load_movielens, make_synthetic)
 from semrec.encoders import EncoderConfig
+from semrec.ranking import RankerConfig
+from semrec.ranking.experiment import MODE_COMPONENTS
 from semrec.sid.rqvae import RQVAEConfig
-from semrec.towers.comparison import ComparisonConfig
+from semrec.towers.comparison import VARIANTS, ComparisonConfig
+
+
+SPLIT_FIELDS = ("split", "val_fraction", "cold_fraction", "exclude_history")  # DataConfig's retrieval protocol
 
 
 @dataclasses.dataclass
@@ -25,20 +32,34 @@ class DataConfig:
     text_columns: Item text columns (generic only).
     quality_columns: Numeric item quality columns (generic only).
     synthetic: Sizes and seed of the synthetic world.
-    train_fraction: Fraction of interactions (by time) before the train/test cutoff.
+    train_fraction: Fraction of interactions (by time) before the train/test cutoff (temporal split, and the
+      ranking stage's time periods).
+    split: Retrieval evaluation protocol: "temporal", "leave_one_out" or "cold_items" (docs/protocols.md).
+    val_fraction: temporal: the latest fraction of the pre-cutoff interactions used as the validation window.
+    cold_fraction: cold_items: fraction of the items (with a positive interaction) held out, seeded by ``seed``.
+    exclude_history: Remove each user's earlier items from the retrieval ranking (CLI ``--no-exclude-history``).
   """
-  type: str = "movielens"
+  type: str = setting("movielens", choices=("movielens", "synthetic", "generic"))
   interactions: str = ""
   items: str = ""
   text_columns: tuple = ("title",)
   quality_columns: tuple = ()
   synthetic: SyntheticConfig = dataclasses.field(default_factory=lambda: SyntheticConfig(
       num_items=600, num_users=200, num_topics=8, num_days=30))
-  train_fraction: float = 0.8
+  train_fraction: float = setting(0.8, min=0.0, max=1.0, min_exclusive=True, max_exclusive=True)
+  split: str = "temporal"
+  val_fraction: float = 0.1
+  cold_fraction: float = 0.2
+  exclude_history: bool = True
 
   def __post_init__(self):
     if self.type not in ("movielens", "synthetic", "generic"):
       raise ValueError(f"data.type must be movielens, synthetic or generic, got {self.type!r}")
+    if self.split not in SPLITS:
+      raise ValueError(f"data.split must be one of {SPLITS}, got {self.split!r}")
+    for name in ("train_fraction", "val_fraction", "cold_fraction"):
+      if not 0.0 < getattr(self, name) < 1.0:
+        raise ValueError(f"data.{name} must be in (0, 1), got {getattr(self, name)}")
     if self.type == "generic" and not (self.interactions and self.items):
       raise ValueError("data.type 'generic' needs data.interactions and data.items paths")
 
@@ -48,7 +69,7 @@ def load_dataset(config: DataConfig) -> RecDataset:
   if config.type == "movielens":
     return load_movielens()
   if config.type == "synthetic":
-    return make_synthetic(config.synthetic)
+    return make_synthetic(config.synthetic).validate()
   return load_generic(config.interactions, config.items, config.text_columns, config.quality_columns)
 
 
@@ -71,26 +92,29 @@ class RankingStageConfig:
   """The ranking stage: the representation sweep and the production ranker.
 
   Attributes:
+    ranker: The ranker every configuration trains (``semrec.ranking.RankerConfig``: history length, tasks,
+      crosses, MLP, learning rate, batch size). Its ``item_representation`` and ``use_history`` are set per
+      configuration by the sweep (``modes`` x ``budgets`` x ``use_history`` below), its ``seed`` from the run.
     modes: Representation modes compared (see ``semrec.ranking.ALL_MODES``).
     budgets: Embedding-table budgets (rows); SPM needs each >= L*K + 1.
     num_seeds: Seeds per configuration (seed, seed+1, ...).
     use_history: History settings compared (True = the paper's Figure 3, False = Figure 2).
     num_periods: Sequential protocol: train on periods 1..N-1 in order, evaluate on period N.
-    history_length: H, history items per example.
     embedding_dim: d of every item representation.
-    batch_size: Training batch size.
     production_mode: Mode of the ranker exported for serving (trained with history).
     production_budget: Its table budget (rows).
   """
-  modes: tuple = ("random_hash", "unigram", "bigram", "spm", "spm+hash")
+  # Before the stage held a RankerConfig, these were ranking-level keys; older files still load.
+  MOVED_KEYS: typing.ClassVar[dict] = {"history_length": "ranker.history_length", "batch_size": "ranker.batch_size"}
+
+  ranker: RankerConfig = dataclasses.field(default_factory=lambda: RankerConfig(history_length=20, batch_size=512))
+  modes: tuple = setting(("random_hash", "unigram", "bigram", "spm", "spm+hash"), choices=tuple(MODE_COMPONENTS))
   budgets: tuple = (1024, 4096)
   num_seeds: int = 1
   use_history: tuple = (True, False)
-  num_periods: int = 10
-  history_length: int = 20
+  num_periods: int = setting(10, min=2)
   embedding_dim: int = 32
-  batch_size: int = 512
-  production_mode: str = "spm+hash"
+  production_mode: str = setting("spm+hash", choices=tuple(MODE_COMPONENTS))
   production_budget: int = 1024
 
 
@@ -106,9 +130,9 @@ class RetrievalStageConfig:
     top_k: k of the exported retrieval models.
   """
   comparison: ComparisonConfig = dataclasses.field(default_factory=ComparisonConfig)
-  production_variant: str = "sid_spm_hashed"
-  production_quality: str = "none"
-  index_kind: str = "auto"
+  production_variant: str = setting("sid_spm_hashed", choices=VARIANTS)
+  production_quality: str = setting("none", choices=("none", "tuned"))
+  index_kind: str = setting("auto", choices=("auto", "scann", "brute_force"))
   top_k: int = 100
 
 
@@ -173,11 +197,25 @@ class RunConfig:
         self.retrieval.comparison, epochs=1, batch_size=64, num_clusters=16, sid_codebook_size=16, spm_vocab_size=64,
         embedding_dim=8, output_dim=8, mlp_dims=(16,), max_history=5))
     ranking = rep(self.ranking, modes=("random_hash", "unigram", "spm"), budgets=(64, 128), use_history=(True,),
-                  num_periods=4, history_length=5, embedding_dim=8, batch_size=64, production_budget=64)
+                  num_periods=4, embedding_dim=8, production_budget=64,
+                  ranker=rep(self.ranking.ranker, history_length=5, batch_size=64))
     export = rep(self.export, verify_saved_model_cli=False)
     return rep(self, data=data, encoder=encoder, sid=sid, retrieval=retrieval, ranking=ranking, export=export)
 
   def validate(self):
-    """Cross-field checks (each sub-config validates itself at construction)."""
-    if self.sid.model.codebook_size < 2:
-      raise ValueError(f"sid.model.codebook_size must be >= 2, got {self.sid.model.codebook_size}")
+    """Cross-field checks (each field's type and range: ``semrec.config.validate``).
+
+    Raises:
+      ConfigError: naming the fields.
+    """
+    m = self.sid.model
+    if m.codebook_size < 2:
+      raise ConfigError(f"sid.model.codebook_size: must be >= 2, got {m.codebook_size}")
+    need = m.num_levels * m.codebook_size + 1  # SPM pieces: every single code + the pad row
+    spm = [b for b in self.ranking.budgets if any(x.startswith("spm") for x in self.ranking.modes)]
+    if self.ranking.production_mode.startswith("spm"):
+      spm.append(self.ranking.production_budget)
+    for b in spm:
+      if b < need:
+        raise ConfigError(f"ranking.budgets: {b} rows is too small for SPM: it needs >= L*K+1 = {need} "
+                          f"(sid.model.num_levels={m.num_levels} x codebook_size={m.codebook_size} + 1)")

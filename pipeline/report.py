@@ -8,11 +8,33 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from semrec.atomic import save_figure
 from semrec.atomic import write_json as atomic_write_json
 from semrec.report import Report, console_table, markdown_table
 
 if TYPE_CHECKING:
   from semrec.pipeline.run import Run
+
+
+def _num(v, spec: str = ".4f") -> str:
+  """A figure for the console table; "n/a" for an undefined one (None / NaN, e.g. no cold items)."""
+  return "n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+
+def relation_chain(values, spec: str = ".3f") -> str:
+  """Values joined by the relation that holds between neighbours as printed ("0.434 < 0.467 > 0.393");
+  None entries (e.g. no pair shares that prefix) are left out, an undefined neighbour gets a ","."""
+  shown = [_num(v, spec) for v in values if v is not None]
+  out = shown[:1]
+  for a, b in zip(shown, shown[1:]):
+    if "n/a" in (a, b):
+      rel = ","
+    else:
+      rel = "<" if float(a) < float(b) else (">" if float(a) > float(b) else "=")
+    out += [rel, b]
+  return " ".join(out)
 
 
 def _headline_rows(results: dict) -> list[dict]:
@@ -25,26 +47,26 @@ def _headline_rows(results: dict) -> list[dict]:
   if sid:
     rows.append({"stage": "sid", "metric": f"utilisation per level ({sid['mode']}, L={sid['num_levels']}, "
                                             f"K={sid['codebook_size']})",
-                 "value": " / ".join(f"{u:.1%}" for u in sid["utilisation"])})
-    rows.append({"stage": "sid", "metric": "unique-SID ratio (before suffix)", "value": f"{sid['unique_ratio']:.4f}"})
+                 "value": " / ".join(_num(u, ".1%") for u in sid["utilisation"])})
+    rows.append({"stage": "sid", "metric": "unique-SID ratio (before suffix)", "value": _num(sid["unique_ratio"])})
     rows.append({"stage": "sid", "metric": "mean cosine by shared prefix 0..L",
-                 "value": " < ".join(f"{c:.3f}" for c in sid["prefix_cosine"] if c is not None)})
+                 "value": relation_chain(sid["prefix_cosine"])})
   ret = results.get("retrieval") or {}
   for r in ret.get("headline", []):
     rows.append({"stage": "retrieval", "metric": f"{r['variant']} ({r['quality']}) recall@100 all / warm / cold",
-                 "value": f"{r['all']:.4f} / {r['warm']:.4f} / {r['cold']:.4f}"})
+                 "value": f"{_num(r['all'])} / {_num(r['warm'])} / {_num(r['cold'])}"})
   idx = results.get("index") or {}
   if idx:
     rows.append({"stage": "index", "metric": f"served index ({idx.get('kind')}) recall@10 vs brute force",
-                 "value": f"{idx.get('recall_at_10', float('nan')):.4f}"})
+                 "value": _num(idx.get("recall_at_10"))})
     if idx.get("scann_recall_at_10") is not None:
       rows.append({"stage": "index", "metric": "ScaNN searcher recall@10 vs brute force",
-                   "value": f"{idx['scann_recall_at_10']:.4f}"})
+                   "value": _num(idx["scann_recall_at_10"])})
   rk = results.get("ranking") or {}
   for r in rk.get("summary", []):
     if r.get("use_history") and r.get("task") == rk["summary"][0].get("task"):
       rows.append({"stage": "ranking", "metric": f"{r['mode']} AUC / cold AUC (history, budget {r['budget']})",
-                   "value": f"{r['auc']:.4f} / {r['cold_auc']:.4f}"})
+                   "value": f"{_num(r['auc'])} / {_num(r['cold_auc'])}"})
   ver = results.get("verify") or {}
   if ver:
     rows.append({"stage": "verify", "metric": "exports loaded + answered in a fresh process",
@@ -103,11 +125,7 @@ def plot_prefix_similarity(health: dict, path: str, title: str):
   ax.set_ylabel("mean content cosine")
   ax.set_title(f"{title}: SID hierarchy")
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  save_figure(fig, path)
 
 
 def comparison_markdown(table, ks=(10, 50, 100)) -> str:

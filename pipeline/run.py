@@ -16,10 +16,11 @@ import shutil
 import time
 from typing import Callable, Optional
 
+from semrec.atomic import CorruptArtefactError, read_json
 from semrec.atomic import write_json as atomic_write_json
-from semrec.config import save_yaml, to_dict
-from semrec.data import RecDataset, temporal_split
-from semrec.pipeline.config import load_dataset
+from semrec.config import ConfigError, save_yaml, to_dict
+from semrec.data import EvalSplit, RecDataset, TemporalSplit, make_split, temporal_split
+from semrec.pipeline.config import SPLIT_FIELDS, load_dataset
 from semrec.pipeline.report import write_report
 from semrec.pipeline.stages import STAGE_ORDER, STAGES
 
@@ -58,18 +59,29 @@ class Run:
     return self._fingerprint
 
   @property
-  def split(self):
+  def split(self) -> EvalSplit:
+    """The retrieval evaluation protocol of ``config.data`` (``semrec.data.make_split``; seeded by the run seed)."""
     if self._split is None:
-      self._split = temporal_split(self.dataset, self.config.data.train_fraction)
+      d = self.config.data
+      self._split = make_split(self.dataset, d.split, train_fraction=d.train_fraction, val_fraction=d.val_fraction,
+                               cold_fraction=d.cold_fraction, seed=self.config.seed)
     return self._split
+
+  @property
+  def temporal_split(self) -> TemporalSplit:
+    """The row-level train/test split at the ``data.train_fraction`` time quantile."""
+    if getattr(self, "_temporal_split", None) is None:
+      self._temporal_split = temporal_split(self.dataset, self.config.data.train_fraction)
+    return self._temporal_split
 
   def is_done(self, stage: str) -> bool:
     """True when ``stage`` finished in this directory (whatever config it ran with; see ``stale_sections``)."""
     return os.path.exists(self.path(stage, "_DONE.json"))
 
   def _done_record(self, stage: str) -> dict:
-    with open(self.path(stage, "_DONE.json")) as f:
-      return json.load(f)
+    """The stage's ``_DONE.json``; CorruptArtefactError (naming it, and ``--force``) when it is damaged."""
+    return read_json(self.path(stage, "_DONE.json"), "stage record",
+                     f"rerun with --force to recompute the {stage} stage (or delete the file)")
 
   def stage_result(self, stage: str) -> dict:
     """The metrics dict a finished stage recorded (without the bookkeeping ``_config`` entry)."""
@@ -88,7 +100,12 @@ class Run:
     cfg = self.config
     values = {"seed": cfg.seed}
     for n in names:
-      values[n] = to_dict(cfg.encoder_config() if n == "encoder" else getattr(cfg, n))
+      if n == "split":
+        values[n] = {f: getattr(cfg.data, f) for f in SPLIT_FIELDS}
+      elif n == "data":
+        values[n] = {k: v for k, v in to_dict(cfg.data).items() if k not in SPLIT_FIELDS}
+      else:
+        values[n] = to_dict(cfg.encoder_config() if n == "encoder" else getattr(cfg, n))
     if "data" in names and cfg.data.type == "generic":  # the files can change under the same paths
       values["data_files"] = self.data_fingerprint
     digest = lambda v: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest()[:16]  # noqa: E731
@@ -115,22 +132,36 @@ def run_stages(run: Run, stages, registry: dict[str, Callable], log: Callable[[s
                force: bool = False) -> dict:
   """Runs ``stages`` in order, skipping finished ones; returns {stage: result}.
 
-  A finished stage is reused unless ``force`` or its config changed since it ran (``Run.stale_sections``);
-  a stale stage's directory is cleared before it is recomputed, so no artefact of the old config survives.
+  A finished stage is reused unless ``force``, its config changed since it ran (``Run.stale_sections``) or
+  the files it reported changed since (``STAGES.recheck``, e.g. a deleted export folder under verify). A stale
+  stage's directory is cleared before it is recomputed, except what a server may be using: ``export/models``
+  is never cleared, so every exported version survives (recomputed models are added as new versions). A
+  damaged ``_DONE.json`` is an error naming it, unless ``force``.
   """
   unknown = [s for s in stages if s not in registry]
   if unknown:
     raise ValueError(f"unknown stage(s) {unknown}; known: {list(registry)}")
   results = {}
   for stage in stages:
-    stale = run.stale_sections(stage)
-    if run.is_done(stage) and not force and not stale:
+    try:
+      stale = run.stale_sections(stage)
+      done = run.is_done(stage)
+    except CorruptArtefactError:
+      if not force:
+        raise
+      log(f"[semrec] {stage}: damaged {run.path(stage, '_DONE.json')}; recomputing (--force)")
+      stale, done = [], False
+    changed = STAGES.recheck(run, stage) if done and not force and not stale else None
+    if done and not force and not stale and not changed:
       log(f"[semrec] {stage}: already done in {run.path(stage)} (resuming)")
       results[stage] = run.stage_result(stage)
       continue
+    if changed:
+      log(f"[semrec] {stage}: {changed}; recomputing")
     if stale:
-      log(f"[semrec] {stage}: config changed since it ran ({', '.join(stale)}); clearing {run.path(stage)}")
-      shutil.rmtree(run.path(stage))
+      log(f"[semrec] {stage}: config changed since it ran ({', '.join(stale)}); clearing {run.path(stage)}"
+          + (" (keeping the exported models)" if stage in STAGES.keep else ""))
+      _clear_stage_dir(run.path(stage), STAGES.keep.get(stage, ()))
     log(f"[semrec] {stage}: running")
     t0 = time.time()
     result = registry[stage](run) or {}
@@ -141,8 +172,46 @@ def run_stages(run: Run, stages, registry: dict[str, Callable], log: Callable[[s
   return results
 
 
+def _clear_stage_dir(directory: str, keep=()):
+  """Deletes ``directory`` except the entries named in ``keep`` (e.g. the served ``models`` tree)."""
+  if not keep:
+    shutil.rmtree(directory)
+    return
+  for name in os.listdir(directory):
+    if name not in keep:
+      path = os.path.join(directory, name)
+      shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+
 def write_config(run: Run):
   save_yaml(run.config, run.path("config.yaml"))
+
+
+def preflight(run: "Run", stages=STAGE_ORDER):
+  """Checks the data against the config before any stage runs (the dataset is loaded and validated here).
+
+  Raises:
+    DataError / ConfigError: no positive before the cutoff, interactions that cannot be cut into
+      ``ranking.num_periods`` periods, a catalogue smaller than ``sid.model.codebook_size``.
+  """
+  from semrec.data import DataError, time_periods
+  cfg, ds = run.config, run.dataset
+  split = run.temporal_split
+  if "retrieval" in stages:
+    run.split  # noqa: B018 -- builds the retrieval protocol's split now, so its errors come before any stage
+  if not (split.train["label"].to_numpy() > 0).any():
+    raise DataError(f"dataset {ds.name!r}: no positive interaction before the train/test cutoff "
+                    f"{split.cutoff} (data.train_fraction={cfg.data.train_fraction})")
+  if "ranking" in stages:
+    try:
+      time_periods(ds.interactions, cfg.ranking.num_periods)
+    except DataError as e:
+      raise DataError(f"{e} ({ds.interactions['timestamp'].nunique()} distinct timestamps): lower "
+                      f"ranking.num_periods (now {cfg.ranking.num_periods}, at least 2)") from e
+  if ds.num_items < cfg.sid.model.codebook_size and any(s in stages for s in ("sid", "retrieval", "ranking")):
+    raise ConfigError(f"sid.model.codebook_size={cfg.sid.model.codebook_size} exceeds the catalogue "
+                      f"({ds.num_items} items): every code needs an item; set sid.model.codebook_size <= "
+                      f"{ds.num_items} (about N/30 fills every code)")
 
 
 def run_all(run: Run, force: bool = False, log: Callable[[str], None] = print) -> str:

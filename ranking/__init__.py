@@ -1,19 +1,21 @@
 """The SID ranker: multitask DCN ranker, sequential training, cold-start AUC, the representation sweep, serving."""
 from semrec.ranking.data import (CONTEXT_COLUMNS, CONTEXT_DIM, RankingExamples, RankingFeaturizer, SequentialSplit,
-                                 context_features, sequential_split)
+                                 context_features, daily_split, sequential_split)
 from semrec.ranking.experiment import (ALL_MODES, HEADLINE_BUDGETS, HEADLINE_MODES, MODE_COMPONENTS,
                                        ExperimentResult, format_summary, plot_experiment, run_ranking_experiment)
 from semrec.ranking.metrics import auc, sliced_auc
-from semrec.ranking.model import Ranker, RankerConfig, needs_content
-from semrec.ranking.serving import RankerServingModule, ServingError, export_ranker, score_in_fresh_process
+from semrec.ranking.model import CrossStack, MlpStack, Ranker, RankerConfig, binary_task, needs_content
+from semrec.ranking.piece_stats import lookup_statistics, piece_support, unseen_piece_share
+from semrec.ranking.serving import RankerServingModule
 from semrec.ranking.training import (RankerRun, SequentialData, build_item_representation, evaluate,
                                      make_featurizer, predict, prepare_sequential, train_ranker, train_sequential)
 
 __all__ = [
     "CONTEXT_COLUMNS", "CONTEXT_DIM", "RankingExamples", "RankingFeaturizer", "SequentialSplit", "context_features",
-    "sequential_split", "ALL_MODES", "HEADLINE_BUDGETS", "HEADLINE_MODES", "MODE_COMPONENTS", "ExperimentResult",
+    "sequential_split", "daily_split", "CrossStack", "MlpStack", "binary_task", "lookup_statistics",
+    "piece_support", "unseen_piece_share", "ALL_MODES", "HEADLINE_BUDGETS", "HEADLINE_MODES", "MODE_COMPONENTS", "ExperimentResult",
     "format_summary", "plot_experiment", "run_ranking_experiment", "auc", "sliced_auc", "Ranker", "RankerConfig",
-    "needs_content", "RankerServingModule", "ServingError", "export_ranker", "score_in_fresh_process", "RankerRun",
+    "needs_content", "RankerServingModule", "RankerRun",
     "SequentialData", "build_item_representation", "evaluate", "make_featurizer", "predict", "prepare_sequential",
     "train_ranker", "train_sequential",
 ]

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from semrec.config import to_dict
 from semrec.data import ItemFeatures, RecDataset
 from semrec.ranking.model import RankerConfig
 from semrec.ranking.training import SequentialData, prepare_sequential, train_sequential
@@ -35,6 +36,9 @@ ALL_MODES = tuple(MODE_COMPONENTS)
 # The main job's headline comparison (fits in ~3 minutes on MovieLens on 2 cores).
 HEADLINE_MODES = ("random_hash", "unigram", "bigram", "spm")
 HEADLINE_BUDGETS = (1024, 4096)
+# Per (mode, budget) columns copied into the summary (see ``semrec.ranking.piece_stats``).
+STAT_COLUMNS = ("spm_vocab", "rows_used", "lookups_per_item", "new_unseen_share", "new_piece_support",
+                "items_per_row")
 
 
 @dataclasses.dataclass
@@ -77,39 +81,24 @@ def _budget_independent(mode: str, num_levels: int, codebook_size: int, budgets:
   return False
 
 
-def run_ranking_experiment(dataset: RecDataset, item_features: ItemFeatures,
-                           modes: Sequence[str] = HEADLINE_MODES, budgets: Sequence[int] = HEADLINE_BUDGETS,
-                           seeds: Sequence[int] = (0,), use_history: Sequence[bool] = (True, False),
-                           codebook_size: Optional[int] = None, num_periods: int = 10,
-                           base_config: Optional[RankerConfig] = None, embedding_dim: int = 32,
-                           output_dir: Optional[str] = None, data: Optional[SequentialData] = None,
-                           progress: bool = True) -> ExperimentResult:
-  """Trains every (history setting, mode, budget, seed) ranker and tabulates AUC / cold AUC.
+@dataclasses.dataclass
+class _Sweep:
+  """What every run of one sweep shares: the data, L/K/D, the SPMs and lookup statistics per budget."""
+  data: SequentialData
+  codes: np.ndarray
+  L: int
+  K: int
+  D: int
+  base: RankerConfig
+  embedding_dim: int
+  budgets: tuple
+  spms: dict
+  stats: dict
+  checkpoint_dir: Optional[str]
 
-  Args:
-    dataset: Interactions with the task columns (``label``, ``like``) and timestamps.
-    item_features: ``sid`` [N, L] int32 codes per item (and ``content`` [N, D] for ``dense``).
-    modes: Names from ``ALL_MODES``: random_hash, dense, unigram, bigram, prefix, spm, spm+hash.
-    budgets: Embedding-table budgets (rows): hash buckets for random_hash, the SPM vocabulary, the
-      hashed row count of n-gram modes whose exact id space is larger (see ``semrec.sid.budget``).
-      SPM needs budget >= L * K + 1.
-    seeds: Seeds (weight init + shuffling); the data and split are the same for all.
-    use_history: Which history settings to run (paper Figure 3 = True, Figure 2 = False).
-    codebook_size: K (default: max code + 1).
-    num_periods: Sequential protocol periods (train on the first N-1, evaluate on the last).
-    base_config: Template :class:`RankerConfig` (MLP sizes, lr, batch size, tasks...).
-    embedding_dim: d of every representation.
-    output_dir: If set, writes ``ranking_experiment.{csv,md,json}`` and ``ranking_experiment.png``.
-    data: Precomputed :class:`SequentialData` (else built from ``dataset``).
-    progress: tqdm bar over runs.
 
-  Returns:
-    An :class:`ExperimentResult`.
-  """
-  from semrec.sid.spm import train_sid_spm
-  from semrec.ranking.training import build_item_representation
-
-  start = time.perf_counter()
+def _check_inputs(item_features: ItemFeatures, modes, budgets, seeds, use_history, codebook_size):
+  """Validates the sweep arguments; returns (modes, sorted budgets, codes, L, K, D)."""
   modes = tuple(modes)
   unknown = [m for m in modes if m not in MODE_COMPONENTS]
   if unknown:
@@ -127,92 +116,173 @@ def run_ranking_experiment(dataset: RecDataset, item_features: ItemFeatures,
   D = int(np.asarray(item_features.arrays["content"]).shape[1]) if "content" in item_features.arrays else 0
   if any(m.startswith("spm") for m in modes) and budgets[0] < L * K + 1:
     raise ValueError(f"SPM modes need every budget >= L*K + 1 = {L * K + 1}; got budgets {budgets}")
+  return modes, budgets, codes, L, K, D
+
+
+def _fit_spm(sw: _Sweep, budget: int):
+  """The budget's SPM, trained on the training periods' impression-weighted SIDs (cached on disk
+  in the checkpoint directory, so a resumed sweep reuses the same piece table)."""
+  from semrec.sid.spm import SidSpm, train_sid_spm
+  path = os.path.join(sw.checkpoint_dir, f"spm_{budget}") if sw.checkpoint_dir else None
+  if path and os.path.exists(os.path.join(path, "sid_spm.json")):
+    return SidSpm.load(path)
+  spm = train_sid_spm(sw.codes, sw.data.item_impressions(), vocab_size=budget, codebook_size=sw.K,
+                      item_ids=sw.data.item_features.item_ids)
+  if path:
+    from semrec.atomic import atomic_directory
+    with atomic_directory(path) as tmp:
+      spm.save(tmp)
+  return spm
+
+
+def _mode_stats(sw: _Sweep, mode: str, budget: int) -> dict:
+  """Lookup statistics (``piece_stats.lookup_statistics``) of the mode's first table component."""
+  from semrec.ranking.piece_stats import lookup_statistics, representation_lookups
+  from semrec.ranking.training import build_item_representation
+  comp = [m for m in MODE_COMPONENTS[mode] if m != "dense"]
+  if not comp:
+    return {}
+  rep = _rep_config(mode, budget, sw.L, sw.K, sw.embedding_dim, sw.D)
+  layer = build_item_representation(rep, sw.data, spm=sw.spms.get(budget))
+  fi = sw.data.item_features
+  rows = representation_lookups(layer, sw.codes, fi.item_ids)[comp[0]]
+  return lookup_statistics(rows, sw.data.item_impressions(), fi.index_of(sw.data.split.cold_items))
+
+
+def _plan(modes, budgets, seeds, use_history, L: int, K: int) -> list:
+  """(use_history, mode, budget, seed) per run: largest budget first, then history setting, then seed,
+  so a sweep cut short has complete seed statistics for the largest tables first. A budget-independent
+  mode runs once (at the smallest budget, whose rows stand for every budget), in the first pass."""
+  plan = []
+  for i, b in enumerate(sorted(budgets, reverse=True)):
+    for hist in use_history:
+      for seed in seeds:
+        for mode in modes:
+          if not _budget_independent(mode, L, K, budgets):
+            plan.append((bool(hist), mode, b, int(seed)))
+          elif i == 0:
+            plan.append((bool(hist), mode, budgets[0], int(seed)))
+  return plan
+
+
+def _run_key(hist: bool, mode: str, budget: int, seed: int) -> str:
+  return f"{'hist' if hist else 'nohist'}_{mode.replace('+', '-')}_{budget}_s{seed}"
+
+
+def _train_one(sw: _Sweep, hist: bool, mode: str, budget: int, seed: int) -> list:
+  """Trains one configuration; returns its result rows (one per task and budget it stands for)."""
+  from semrec.ranking.training import build_item_representation
+  from semrec.sid import budget as sb
+  rep_cfg = _rep_config(mode, budget, sw.L, sw.K, sw.embedding_dim, sw.D)
+  cfg = dataclasses.replace(sw.base, item_representation=rep_cfg, use_history=hist, seed=seed)
+  spm = sw.spms.get(budget) if "spm" in rep_cfg.modes else None
+  layer = build_item_representation(rep_cfg, sw.data, spm=spm)
+  run = train_sequential(cfg, item_representation=layer, data=sw.data, progress=False)
+  n_rows = sum(sb.table_rows(m, sw.L, sw.K, budget, budget) for m in rep_cfg.modes)
+  extra = {"spm_vocab": spm.vocab_size if spm is not None else np.nan, **sw.stats.get((mode, budget), {})}
+  same_for = sw.budgets if _budget_independent(mode, sw.L, sw.K, sw.budgets) else (budget,)
+  return [{"use_history": hist, "mode": mode, "budget": rb, "rows": int(n_rows), "seed": seed, "task": task,
+           "auc": m["auc"], "cold_auc": m["cold_auc"], "warm_auc": m["warm_auc"], "n_eval": m["n"],
+           "n_cold": m["n_cold"], **extra, "train_seconds": run.train_seconds,
+           "examples_per_second": run.examples_per_second}
+          for task, m in run.metrics.items() for rb in same_for]
+
+
+def _load_or_train(sw: _Sweep, hist: bool, mode: str, budget: int, seed: int, train: bool = True) -> list:
+  """A finished configuration's rows from its checkpoint file, or trains it and writes that file
+  (atomically, on completion: a kill loses at most the configuration in progress). With
+  ``train=False`` an unfinished configuration gives no rows."""
+  from semrec.atomic import write_json
+  path = os.path.join(sw.checkpoint_dir, "runs", _run_key(hist, mode, budget, seed) + ".json") \
+      if sw.checkpoint_dir else None
+  if path and os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)["rows"]
+  if not train:
+    return []
+  rows = _train_one(sw, hist, mode, budget, seed)
+  if path:
+    write_json(path, {"rows": rows})
+  return rows
+
+
+def _check_checkpoint(checkpoint_dir: str, identity: dict):
+  """Creates the checkpoint folder, or checks that it belongs to the same sweep (same data and config)."""
+  from semrec.atomic import write_json
+  os.makedirs(os.path.join(checkpoint_dir, "runs"), exist_ok=True)
+  path = os.path.join(checkpoint_dir, "sweep.json")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      have = json.load(f)
+    if have != json.loads(json.dumps(identity, default=str)):
+      raise ValueError(f"{checkpoint_dir}: the checkpoint holds a different sweep (data or base config changed); "
+                       "use another checkpoint_dir or delete it")
+  else:
+    write_json(path, identity)
+
+
+def run_ranking_experiment(dataset: Optional[RecDataset], item_features: ItemFeatures,
+                           modes: Sequence[str] = HEADLINE_MODES, budgets: Sequence[int] = HEADLINE_BUDGETS,
+                           seeds: Sequence[int] = (0,), use_history: Sequence[bool] = (True, False),
+                           codebook_size: Optional[int] = None, num_periods: int = 10,
+                           base_config: Optional[RankerConfig] = None, embedding_dim: int = 32,
+                           output_dir: Optional[str] = None, data: Optional[SequentialData] = None,
+                           progress: bool = True, checkpoint_dir: Optional[str] = None,
+                           title: str = "", finished_only: bool = False) -> ExperimentResult:
+  """Trains every (history setting, mode, budget, seed) ranker and tabulates AUC / cold AUC.
+
+  Args:
+    dataset: Interactions with the task columns (``label``, ``like``) and timestamps (unused when
+      ``data`` is given).
+    item_features: ``sid`` [N, L] int32 codes per item (and ``content`` [N, D] for ``dense``).
+    modes: Names from ``ALL_MODES``: random_hash, dense, unigram, bigram, prefix, spm, spm+hash.
+    budgets: Embedding-table budgets (rows): hash buckets for random_hash, the SPM vocabulary, the
+      hashed row count of n-gram modes whose exact id space is larger (see ``semrec.sid.budget``).
+      SPM needs budget >= L * K + 1.
+    seeds: Seeds (weight init + shuffling); the data and split are the same for all.
+    use_history: Which history settings to run (paper Figure 3 = True, Figure 2 = False).
+    codebook_size: K (default: max code + 1).
+    num_periods: Sequential protocol periods (train on the first N-1, evaluate on the last).
+    base_config: Template :class:`RankerConfig` (MLP sizes, lr, batch size, tasks...).
+    embedding_dim: d of every representation.
+    output_dir: If set, writes ``ranking_experiment.{csv,md,json}`` and ``ranking_experiment.png``.
+    data: Precomputed :class:`SequentialData` (else built from ``dataset``; e.g. from a
+      ``daily_split`` for the day-by-day protocol).
+    progress: tqdm bar over runs.
+    checkpoint_dir: If set, every finished configuration is written there on completion and the
+      SPMs are cached; a rerun with the same directory skips finished configurations.
+    title: Dataset name shown in the PNG.
+    finished_only: Report the configurations already in ``checkpoint_dir`` and train nothing (the
+      tables of a sweep still running, or cut short).
+
+  Returns:
+    An :class:`ExperimentResult`.
+  """
+  start = time.perf_counter()
+  modes, budgets, codes, L, K, D = _check_inputs(item_features, modes, budgets, seeds, use_history, codebook_size)
   base = base_config or RankerConfig(batch_size=512)
   data = data or prepare_sequential(dataset.interactions, item_features, num_periods, base.history_length,
                                     base.tasks)
-
-  # One SPM per budget, trained on the training periods' impression-weighted SIDs.
-  spms, cold_unseen, cold_support = {}, {}, {}
-  if any(m.startswith("spm") for m in modes):
-    weights = data.item_impressions()
-    cold_rows = item_features.index_of(data.split.cold_items)
-    for b in budgets:
-      spms[b] = train_sid_spm(codes, weights, vocab_size=b, codebook_size=K, item_ids=item_features.item_ids)
-      pieces_b = spms[b].segment_padded(codes)
-      cold_unseen[b] = unseen_piece_share(pieces_b, weights > 0, cold_rows)
-      cold_support[b] = piece_support(pieces_b, weights, cold_rows)
-
-  from semrec.sid import budget as sb
-  plan = []
-  for hist in use_history:
-    for mode in modes:
-      run_budgets = budgets[:1] if _budget_independent(mode, L, K, budgets) else budgets
-      for b in run_budgets:
-        for seed in seeds:
-          plan.append((bool(hist), mode, b, int(seed)))
-  rows = []
-  for hist, mode, b, seed in tqdm(plan, desc="ranking experiment", disable=not progress):
-    rep_cfg = _rep_config(mode, b, L, K, embedding_dim, D)
-    cfg = dataclasses.replace(base, item_representation=rep_cfg, use_history=hist, seed=seed)
-    spm = spms.get(b)
-    layer = build_item_representation(rep_cfg, data, spm=spm)
-    run = train_sequential(cfg, item_representation=layer, data=data, progress=False)
-    n_rows = sum(sb.table_rows(m, L, K, b, b) for m in rep_cfg.modes)
-    uses_spm = "spm" in rep_cfg.modes
-    # sentencepiece may stop below the budget: record the vocabulary it actually learned.
-    spm_vocab = spm.vocab_size if uses_spm else np.nan
-    pieces = float(np.mean(sb.pieces_per_item(spm.segment_padded(codes)))) if uses_spm else np.nan
-    unseen = cold_unseen[b] if uses_spm else np.nan
-    support = cold_support[b] if uses_spm else np.nan
-    same_for = budgets if _budget_independent(mode, L, K, budgets) else (b,)
-    for task, m in run.metrics.items():
-      for rb in same_for:
-        rows.append({"use_history": hist, "mode": mode, "budget": rb, "rows": int(n_rows), "seed": seed,
-                     "task": task, "auc": m["auc"], "cold_auc": m["cold_auc"], "warm_auc": m["warm_auc"],
-                     "n_eval": m["n"], "n_cold": m["n_cold"], "spm_vocab": spm_vocab, "spm_pieces_per_item": pieces,
-                     "spm_cold_unseen_piece_share": unseen, "spm_cold_piece_support": support,
-                     "train_seconds": run.train_seconds, "examples_per_second": run.examples_per_second})
+  if checkpoint_dir:
+    _check_checkpoint(checkpoint_dir, {"base": to_dict(base), "embedding_dim": embedding_dim, "L": L, "K": K,
+                                       "split": data.split.summary(), "codes_sum": int(codes.sum())})
+  sw = _Sweep(data=data, codes=codes, L=L, K=K, D=D, base=base, embedding_dim=embedding_dim, budgets=budgets,
+              spms={}, stats={}, checkpoint_dir=checkpoint_dir)
+  if not finished_only:  # (finished rows carry their statistics)
+    if any(m.startswith("spm") for m in modes):
+      sw.spms = {b: _fit_spm(sw, b) for b in budgets}
+    sw.stats = {(m, b): _mode_stats(sw, m, b) for m in modes for b in budgets}
+  plan = _plan(modes, budgets, seeds, use_history, L, K)
+  if finished_only and not checkpoint_dir:
+    raise ValueError("finished_only needs a checkpoint_dir")
+  rows = [r for cfg in tqdm(plan, desc="ranking experiment", disable=not progress)
+          for r in _load_or_train(sw, *cfg, train=not finished_only)]
   runs = pd.DataFrame(rows)
-  summary = summarise(runs)
-  result = ExperimentResult(runs=runs, summary=summary, split=data.split.summary(),
+  result = ExperimentResult(runs=runs, summary=summarise(runs), split=data.split.summary(),
                             seconds=time.perf_counter() - start, files={})
   if output_dir:
-    result.files = write_outputs(result, output_dir)
+    result.files = write_outputs(result, output_dir, title=title)
   return result
-
-
-def unseen_piece_share(pieces: np.ndarray, trained: np.ndarray, rows: np.ndarray) -> float:
-  """Share of the pieces of items ``rows`` that no trained item uses (their embeddings never get a
-  gradient, so they stay at their random initialisation).
-
-  Args:
-    pieces: [N, L] piece ids per item, -1 padded (``SidSpm.segment_padded``).
-    trained: [N] bool, items with training impressions.
-    rows: Item rows to measure (e.g. the cold items).
-  """
-  used = np.unique(pieces[trained][pieces[trained] >= 0])
-  p = pieces[rows]
-  p = p[p >= 0]
-  return float(np.mean(~np.isin(p, used))) if p.size else float("nan")
-
-
-def piece_support(pieces: np.ndarray, weights: np.ndarray, rows: np.ndarray) -> float:
-  """Median, over the pieces of items ``rows``, of the training impressions that reach each piece
-  (sum of ``weights`` of every item whose segmentation contains it): how well trained the
-  embeddings a (cold) item falls back to are.
-
-  Args:
-    pieces: [N, L] piece ids per item, -1 padded.
-    weights: [N] training impressions per item.
-    rows: Item rows to measure.
-  """
-  valid = pieces >= 0
-  n = int(pieces.max()) + 1 if valid.any() else 0
-  support = np.zeros(n, np.float64)
-  np.add.at(support, pieces[valid], np.broadcast_to(np.asarray(weights, np.float64)[:, None], pieces.shape)[valid])
-  p = pieces[rows]
-  p = p[p >= 0]
-  return float(np.median(support[p])) if p.size else float("nan")
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -232,9 +302,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
       auc=("auc", "mean"), auc_std=("auc", "std"), cold_auc=("cold_auc", "mean"), cold_auc_std=("cold_auc", "std"),
       d_auc_vs_hash=("d_auc_vs_hash", "mean"), d_auc_vs_hash_std=("d_auc_vs_hash", "std"),
       d_cold_auc_vs_hash=("d_cold_auc_vs_hash", "mean"), d_cold_auc_vs_hash_std=("d_cold_auc_vs_hash", "std"),
-      spm_vocab=("spm_vocab", "first"), spm_pieces_per_item=("spm_pieces_per_item", "first"),
-      spm_cold_unseen_piece_share=("spm_cold_unseen_piece_share", "first"),
-      spm_cold_piece_support=("spm_cold_piece_support", "first"))
+      **{c: (c, "first") for c in STAT_COLUMNS if c in df.columns})
   agg = agg.reset_index()
   mode_order = {m: i for i, m in enumerate(dict.fromkeys(runs["mode"]))}
   agg["_m"] = agg["mode"].map(mode_order)
@@ -263,9 +331,9 @@ def format_summary(summary: pd.DataFrame, task: Optional[str] = None) -> str:
   return "\n".join(lines)
 
 
-def plot_experiment(runs: pd.DataFrame, path: str, task: Optional[str] = None) -> str:
-  """PNG like the paper's Figures 2/3: % AUC and cold-AUC change vs random hashing at the smallest
-  budget, against table budget, one panel row per history setting; error bars = std over seeds."""
+def plot_experiment(runs: pd.DataFrame, path: str, task: Optional[str] = None, title: str = "") -> str:
+  """PNG of AUC and new-item (CTR/1D) AUC against table budget, one line per mode, one panel row per
+  history setting; points are the mean over seeds, error bars the std over seeds."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -274,50 +342,32 @@ def plot_experiment(runs: pd.DataFrame, path: str, task: Optional[str] = None) -
   df = runs[runs["task"] == task]
   hist_settings = sorted(df["use_history"].unique(), reverse=True)
   fig, axes = plt.subplots(len(hist_settings), 2, figsize=(11, 4 * len(hist_settings)), squeeze=False)
-  b0 = df["budget"].min()
   for i, hist in enumerate(hist_settings):
     sub = df[df["use_history"] == hist]
-    ref = sub[(sub["mode"] == "random_hash") & (sub["budget"] == b0)].set_index("seed")
     for j, metric in enumerate(("auc", "cold_auc")):
       ax = axes[i, j]
       for mode in dict.fromkeys(sub["mode"]):
-        m = sub[sub["mode"] == mode]
-        xs, ys, es = [], [], []
-        for b, g in m.groupby("budget"):
-          g = g.set_index("seed")
-          if len(ref):
-            rel = 100.0 * (g[metric] / ref[metric].reindex(g.index) - 1.0)
-          else:
-            rel = g[metric]
-          xs.append(b)
-          ys.append(float(np.nanmean(rel)))
-          es.append(float(np.nanstd(rel)) if len(rel) > 1 else 0.0)
-        ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=mode)
+        g = sub[sub["mode"] == mode].groupby("budget")[metric]
+        mean, std = g.mean(), g.std().fillna(0.0)
+        ax.errorbar(mean.index, mean.values, yerr=std.values, marker="o", capsize=3, label=mode)
       ax.set_xscale("log", base=2)
-      ax.axhline(0.0, color="grey", lw=0.8, ls="--")
-      name = "AUC" if metric == "auc" else "cold-item AUC (CTR/1D)"
-      ax.set_title(f"{task}: {name}, history={'yes' if hist else 'no'}")
+      name = "AUC" if metric == "auc" else "new-item AUC (CTR/1D)"
+      ax.set_title(f"{title + ': ' if title else ''}{task} {name}, history={'yes' if hist else 'no'}", fontsize=10)
       ax.set_xlabel("embedding table budget (rows)")
-      ax.set_ylabel(f"% change vs random_hash @ {b0}" if len(ref) else name)
+      ax.set_ylabel(f"{name} (mean ± std over seeds)")
       ax.grid(alpha=0.3)
   axes[0, 0].legend(fontsize=8)
   fig.tight_layout()
-  tmp = f"{path}.tmp{os.getpid()}.png"
-  fig.savefig(tmp, dpi=110)
+  tmp = f"{path}.tmp{os.getpid()}"  # semrec.atomic has no binary writer yet
+  fig.savefig(tmp, dpi=110, format="png")
   plt.close(fig)
   os.replace(tmp, path)
   return path
 
 
-def _write_text(path: str, text: str):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
-def write_outputs(result: ExperimentResult, output_dir: str) -> dict:
+def write_outputs(result: ExperimentResult, output_dir: str, title: str = "") -> dict:
   """Writes the runs (CSV), the summary (Markdown, JSON) and the PNG atomically into ``output_dir``."""
+  from semrec.atomic import write_text
   os.makedirs(output_dir, exist_ok=True)
   files = {
       "runs_csv": os.path.join(output_dir, "ranking_experiment_runs.csv"),
@@ -325,11 +375,33 @@ def write_outputs(result: ExperimentResult, output_dir: str) -> dict:
       "summary_json": os.path.join(output_dir, "ranking_experiment.json"),
       "png": os.path.join(output_dir, "ranking_experiment.png"),
   }
-  _write_text(files["runs_csv"], result.runs.to_csv(index=False))
-  _write_text(files["summary_md"], result.markdown() + "\n")
+  write_text(files["runs_csv"], result.runs.to_csv(index=False))
+  write_text(files["summary_md"], result.markdown() + "\n")
   payload = {"split": result.split, "seconds": result.seconds,
              "summary": json.loads(result.summary.to_json(orient="records")),
              "runs": json.loads(result.runs.to_json(orient="records"))}
-  _write_text(files["summary_json"], json.dumps(payload, indent=1))
-  plot_experiment(result.runs, files["png"])
+  write_text(files["summary_json"], json.dumps(payload, indent=1))
+  plot_experiment(result.runs, files["png"], title=title)
   return files
+
+
+def format_budget_table(summary: pd.DataFrame, task: str = "label") -> str:
+  """A compact Markdown table: one row per (history, mode), per budget "AUC / new-item AUC" as mean ±
+  std over seeds, then the new-item lookup statistics at the largest budget."""
+  df = summary[summary["task"] == task]
+  budgets = sorted(df["budget"].unique())
+  head = " | ".join(f"{b}: AUC | {b}: new-item AUC" for b in budgets)
+  lines = [f"| history | mode | {head} | seeds | new-item unseen share @{budgets[-1]} | items/row @{budgets[-1]} |",
+           "| --- | --- | " + " | ".join(["---"] * (2 * len(budgets))) + " | ---: | ---: | ---: |"]
+  for (hist, mode), g in df.groupby(["use_history", "mode"], sort=False):
+    g = g.set_index("budget")
+    cells = []
+    for b in budgets:
+      r = g.loc[b] if b in g.index else None
+      cells += [_pm(r["auc"], r["auc_std"]) if r is not None else "-",
+                _pm(r["cold_auc"], r["cold_auc_std"]) if r is not None else "-"]
+    last = g.loc[budgets[-1]] if budgets[-1] in g.index else None
+    stat = lambda c: f"{last[c]:.3g}" if last is not None and c in last and np.isfinite(last[c]) else "-"  # noqa: E731
+    lines.append(f"| {'yes' if hist else 'no'} | {mode} | " + " | ".join(cells) +
+                 f" | {int(g['seeds'].max())} | {stat('new_unseen_share')} | {stat('items_per_row')} |")
+  return "\n".join(lines)

@@ -6,12 +6,14 @@ d item-representation width, T tasks.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from semrec.config import from_dict, to_dict
 from semrec.ranking.data import CONTEXT_DIM, ITEM_SLOTS
+from semrec.sid.adapters import ItemRepresentationConfig
 
 
 @dataclasses.dataclass
@@ -35,7 +37,7 @@ class RankerConfig:
     batch_size: Training batch size.
     seed: Seed for weight initialisation and shuffling.
   """
-  item_representation: object = None
+  item_representation: Optional[ItemRepresentationConfig] = None
   use_history: bool = True
   history_length: int = 20
   tasks: Sequence[str] = ("label", "like")
@@ -70,19 +72,7 @@ class RankerConfig:
     if self.learning_rate <= 0:
       raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
     if self.item_representation is None:
-      from semrec.sid.adapters import ItemRepresentationConfig
       self.item_representation = ItemRepresentationConfig()
-
-  def to_dict(self) -> dict:
-    d = dataclasses.asdict(self)
-    rep = self.item_representation
-    if hasattr(rep, "to_dict"):
-      d["item_representation"] = rep.to_dict()
-    elif dataclasses.is_dataclass(rep):
-      d["item_representation"] = dataclasses.asdict(rep)
-    d["tasks"] = list(self.tasks)
-    d["hidden_units"] = list(self.hidden_units)
-    return d
 
 
 def needs_content(rep_config) -> bool:
@@ -90,12 +80,84 @@ def needs_content(rep_config) -> bool:
   return "dense" in tuple(getattr(rep_config, "modes", ()) or ())
 
 
+def _glorot(seed: int):
+  return tf.keras.initializers.GlorotUniform(seed=seed)
+
+
+@tf.keras.utils.register_keras_serializable(package="semrec")
+class CrossStack(tf.keras.layers.Layer):
+  """The default feature interaction: ``num_layers`` stacked DCN crosses, x_{i+1} = x0 * W x_i + b + x_i.
+
+  Input and output: [B, F] float32 (F unchanged). ``num_layers=0`` is the identity.
+
+  Args:
+    num_layers: Number of ``tfrs.layers.dcn.Cross`` layers.
+    projection_dim: Low-rank projection of each cross (None = full rank).
+    seed: Seed of the kernel initialisers (layer i uses ``seed + i``).
+  """
+
+  def __init__(self, num_layers: int = 2, projection_dim: Optional[int] = None, seed: int = 0, **kwargs):
+    super().__init__(**kwargs)
+    self.num_layers, self.projection_dim, self.seed = int(num_layers), projection_dim, int(seed)
+    self.crosses = [tfrs.layers.dcn.Cross(projection_dim=projection_dim, kernel_initializer=_glorot(seed + i),
+                                          name=f"cross_{i}") for i in range(self.num_layers)]
+
+  def call(self, x0: tf.Tensor) -> tf.Tensor:
+    x = x0
+    for cross in self.crosses:
+      x = cross(x0, x)
+    return x
+
+  def get_config(self) -> dict:
+    return {**super().get_config(), "num_layers": self.num_layers, "projection_dim": self.projection_dim,
+            "seed": self.seed}
+
+
+@tf.keras.utils.register_keras_serializable(package="semrec")
+class MlpStack(tf.keras.layers.Layer):
+  """ReLU MLP with optional dropout after each hidden layer: [B, F] -> [B, units[-1]] (identity if empty)."""
+
+  def __init__(self, units: Sequence[int] = (128, 64), dropout: float = 0.0, seed: int = 0, **kwargs):
+    super().__init__(**kwargs)
+    self.units, self.dropout_rate, self.seed = tuple(int(u) for u in units), float(dropout), int(seed)
+    self.dense = [tf.keras.layers.Dense(u, activation="relu", kernel_initializer=_glorot(seed + i), name=f"mlp_{i}")
+                  for i, u in enumerate(self.units)]
+    self.dropout = tf.keras.layers.Dropout(self.dropout_rate, seed=self.seed) if self.dropout_rate else None
+
+  def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+    for layer in self.dense:
+      x = layer(x)
+      if self.dropout is not None:
+        x = self.dropout(x, training=training)
+    return x
+
+  def get_config(self) -> dict:
+    return {**super().get_config(), "units": list(self.units), "dropout": self.dropout_rate, "seed": self.seed}
+
+
+def binary_task(name: str) -> tfrs.tasks.Ranking:
+  """The default task of one label: logits -> per-example binary cross-entropy (``Reduction.NONE``, so
+  the model can average over the *global* batch under any ``tf.distribute`` strategy) + an AUC metric."""
+  return tfrs.tasks.Ranking(
+      loss=tf.keras.losses.BinaryCrossentropy(from_logits=True, reduction=tf.keras.losses.Reduction.NONE),
+      metrics=[tf.keras.metrics.AUC(name=f"{name}_auc", from_logits=True)], name=f"task_{name}")
+
+
+def masked_mean(hist: tf.Tensor, item_ids: tf.Tensor) -> tf.Tensor:
+  """[B, d] mean of ``hist`` [B, H, d] over the non-padding items (``item_ids`` [B, H] != ""); 0 if none."""
+  valid = tf.cast(tf.not_equal(item_ids, ""), hist.dtype)[..., None]
+  return tf.reduce_sum(hist * valid, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
+
+
 class Ranker(tfrs.Model):
-  """Multitask pointwise ranker over (candidate, last item, history, context).
+  """Multitask pointwise ranker over (candidate, last item, history, context), TFRS-style.
 
   The same ``ItemRepresentation`` layer embeds the candidate, the last item and each history item,
   so swapping the representation mode (random hash, dense, unigram, bigram, prefix, SPM, SPM+hash)
-  changes nothing else in the model.
+  changes nothing else in the model. As in ``tfrs.experimental.models.Ranking``, the blocks are
+  injected: ``feature_interaction`` ([B, F] -> [B, F'], default DCN crosses), ``top_stack``
+  ([B, F'] -> [B, F''], default MLP) and ``tasks`` (name -> a ``tfrs.tasks.Task`` over [B, 1]
+  labels and logits, default :func:`binary_task`); a variant is a different layer passed in.
 
   Inputs (see ``semrec.ranking.data``): ``candidate_item_id`` [B] string, ``candidate_sid`` [B, L]
   int32, ``last_item_id`` [B], ``last_sid`` [B, L], ``history_item_id`` [B, H], ``history_sid``
@@ -106,10 +168,16 @@ class Ranker(tfrs.Model):
     config: The :class:`RankerConfig`.
     item_representation: An already built ``ItemRepresentation`` layer (e.g. holding a trained SPM
       piece table); built from ``config.item_representation`` when None.
+    feature_interaction: Layer over the concatenated features x0 [B, F]; default
+      ``CrossStack(config.num_cross_layers, config.cross_projection_dim)``.
+    top_stack: Layer after the interaction; default ``MlpStack(config.hidden_units, config.dropout)``.
+    tasks: Mapping task name (one per ``config.tasks``) -> task layer; default :func:`binary_task`.
   """
 
   def __init__(self, config: RankerConfig, item_representation: Optional[tf.keras.layers.Layer] = None,
-               **kwargs):
+               feature_interaction: Optional[tf.keras.layers.Layer] = None,
+               top_stack: Optional[tf.keras.layers.Layer] = None,
+               tasks: Optional[Mapping[str, tf.keras.layers.Layer]] = None, **kwargs):
     super().__init__(**kwargs)
     self.config = config
     if item_representation is None:
@@ -117,27 +185,18 @@ class Ranker(tfrs.Model):
       item_representation = ItemRepresentation(config.item_representation)
     self.item_representation = item_representation
     self.uses_content = needs_content(config.item_representation)
-    init = lambda i: tf.keras.initializers.GlorotUniform(seed=config.seed * 1000 + i)  # noqa: E731
-    self.context_projection = tf.keras.layers.Dense(16, activation="relu", kernel_initializer=init(0),
+    base = config.seed * 1000
+    self.context_projection = tf.keras.layers.Dense(16, activation="relu", kernel_initializer=_glorot(base),
                                                     name="context_projection")
-    self.crosses = [
-        tfrs.layers.dcn.Cross(projection_dim=config.cross_projection_dim, kernel_initializer=init(10 + i),
-                              name=f"cross_{i}")
-        for i in range(config.num_cross_layers)
-    ]
-    self.hidden = [tf.keras.layers.Dense(u, activation="relu", kernel_initializer=init(20 + i), name=f"mlp_{i}")
-                   for i, u in enumerate(config.hidden_units)]
-    self.dropout = tf.keras.layers.Dropout(config.dropout, seed=config.seed) if config.dropout else None
-    self.heads = {t: tf.keras.layers.Dense(1, kernel_initializer=init(40 + i), name=f"head_{t}")
+    self.feature_interaction = feature_interaction or CrossStack(
+        config.num_cross_layers, config.cross_projection_dim, seed=base + 10, name="feature_interaction")
+    self.top_stack = top_stack or MlpStack(config.hidden_units, config.dropout, seed=base + 20, name="top_stack")
+    self.heads = {t: tf.keras.layers.Dense(1, kernel_initializer=_glorot(base + 40 + i), name=f"head_{t}")
                   for i, t in enumerate(config.tasks)}
-    self.tasks = {
-        t: tfrs.tasks.Ranking(
-            loss=tf.keras.losses.BinaryCrossentropy(from_logits=True,
-                                                    reduction=tf.keras.losses.Reduction.SUM_OVER_BATCH_SIZE),
-            metrics=[tf.keras.metrics.AUC(name=f"{t}_auc", from_logits=True)],
-            name=f"task_{t}")
-        for t in config.tasks
-    }
+    tasks = dict(tasks) if tasks is not None else {t: binary_task(t) for t in config.tasks}
+    if set(tasks) != set(config.tasks):
+      raise ValueError(f"Ranker: tasks {sorted(tasks)} must match config.tasks {list(config.tasks)}")
+    self.tasks = {t: tasks[t] for t in config.tasks}
     self.task_weights = dict(zip(config.tasks, config.task_weights or [1.0] * len(config.tasks)))
 
   def _item_inputs(self, features, slot: str) -> dict:
@@ -177,9 +236,7 @@ class Ranker(tfrs.Model):
 
   def pool_history(self, features, dedupe: bool = True) -> tf.Tensor:
     """[B, d] mean representation of the non-padding history items (zeros for an empty history)."""
-    hist = self.embed_items(features, "history", dedupe=dedupe)  # [B, H, d]; padding rows are zeros
-    valid = tf.cast(tf.not_equal(features["history_item_id"], ""), hist.dtype)[..., None]
-    return tf.reduce_sum(hist * valid, axis=1) / tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
+    return masked_mean(self.embed_items(features, "history", dedupe=dedupe), features["history_item_id"])
 
   def score(self, candidate: tf.Tensor, last: tf.Tensor, history: Optional[tf.Tensor], context: tf.Tensor,
             training: bool = False) -> dict:
@@ -188,14 +245,8 @@ class Ranker(tfrs.Model):
     if self.config.use_history:
       parts += [history, candidate * history]
     parts.append(self.context_projection(tf.cast(context, tf.float32)))
-    x0 = tf.concat(parts, axis=-1)
-    x = x0
-    for cross in self.crosses:
-      x = cross(x0, x)
-    for layer in self.hidden:
-      x = layer(x)
-      if self.dropout is not None:
-        x = self.dropout(x, training=training)
+    x = self.feature_interaction(tf.concat(parts, axis=-1))
+    x = self.top_stack(x, training=training)
     return {t: tf.squeeze(head(x), axis=-1) for t, head in self.heads.items()}
 
   def logits(self, features, training: bool = False) -> dict:
@@ -209,23 +260,29 @@ class Ranker(tfrs.Model):
     return {t: tf.sigmoid(v) for t, v in self.logits(features, training=training).items()}
 
   def get_config(self) -> dict:
-    return {"config": self.config.to_dict()}
+    return {"config": to_dict(self.config),
+            "feature_interaction": tf.keras.utils.serialize_keras_object(self.feature_interaction),
+            "top_stack": tf.keras.utils.serialize_keras_object(self.top_stack)}
 
   @classmethod
   def from_config(cls, config: dict) -> "Ranker":
-    """Rebuilds an untrained ranker; an SPM representation gets its piece table from the weights
-    restored afterwards (e.g. ``model.load_weights``)."""
-    from semrec.sid.adapters import ItemRepresentation, ItemRepresentationConfig
-    d = dict(config["config"])
-    rep = ItemRepresentationConfig(**d.pop("item_representation"))
-    cfg = RankerConfig(item_representation=rep, **d)
-    return cls(cfg, item_representation=ItemRepresentation(rep))
+    """Rebuilds an untrained ranker (its interaction and top stack from their configs; default
+    tasks); an SPM representation gets its piece table from the weights restored afterwards."""
+    from semrec.sid.adapters import ItemRepresentation
+    cfg = from_dict(RankerConfig, config["config"])
+    blocks = {k: tf.keras.utils.deserialize_keras_object(config[k]) for k in ("feature_interaction", "top_stack")
+              if config.get(k) is not None}
+    return cls(cfg, item_representation=ItemRepresentation(cfg.item_representation), **blocks)
 
   def compute_loss(self, inputs, training: bool = False) -> tf.Tensor:
+    """Weighted sum over tasks of the per-example losses averaged over the *global* batch
+    (``tf.nn.compute_average_loss``: sum / (local batch x replicas)), so the gradients all-reduced
+    by a ``tf.distribute`` strategy equal the single-process ones."""
     features, labels = inputs
     logits = self.logits(features, training=training)
     loss = 0.0
     for t, task in self.tasks.items():
-      loss += self.task_weights[t] * task(labels=tf.reshape(labels[t], [-1, 1]),
-                                         predictions=tf.reshape(logits[t], [-1, 1]), training=training)
+      per_example = task(labels=tf.reshape(labels[t], [-1, 1]), predictions=tf.reshape(logits[t], [-1, 1]),
+                         training=training)
+      loss += self.task_weights[t] * tf.nn.compute_average_loss(tf.reshape(per_example, [-1]))
     return loss

@@ -1,4 +1,4 @@
-"""Serving the ranker: an explicit ``tf.Module`` over raw features, exported in TF Serving layout.
+"""Serving the ranker: an explicit ``tf.Module`` over raw features (exported by ``semrec.export.export_ranker``).
 
 The ``serving_default`` signature takes raw features, i.e. item ids and their SID codes (and content
 for dense modes), never precomputed pieces: SPM segmentation of the codes happens in-graph inside the
@@ -22,17 +22,11 @@ codes of different shapes, a context or content of the wrong width.
 """
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import tempfile
-import textwrap
-from typing import Mapping, Optional
+from typing import Optional
 
-import numpy as np
 import tensorflow as tf
 
-from semrec.ranking.model import Ranker
+from semrec.ranking.model import Ranker, masked_mean
 
 
 class RankerServingModule(tf.Module):
@@ -92,16 +86,15 @@ class RankerServingModule(tf.Module):
       ids, sid = f[f"{slot}_item_id"], f[f"{slot}_sid"]
       shape_checks.append(tf.debugging.assert_equal(
           tf.shape(sid)[-1], L, message=f"{slot}_sid: each item needs L={L} SID codes (last dimension)"))
-      shape_checks.append(tf.debugging.assert_equal(
-          tf.shape(sid)[:-1], tf.shape(ids),
-          message=f"{slot}_sid: leading shape must equal the shape of {slot}_item_id"))
+      shape_checks.append(_assert_same_shape(
+          tf.shape(sid)[:-1], tf.shape(ids), f"{slot}_sid: leading shape must equal the shape of {slot}_item_id"))
       if self.uses_content:
         content = f[f"{slot}_content"]
         shape_checks.append(tf.debugging.assert_equal(
             tf.shape(content)[-1], self.content_dim, message=f"{slot}_content: width must be D={self.content_dim}"))
-        shape_checks.append(tf.debugging.assert_equal(
+        shape_checks.append(_assert_same_shape(
             tf.shape(content)[:-1], tf.shape(ids),
-            message=f"{slot}_content: leading shape must equal the shape of {slot}_item_id"))
+            f"{slot}_content: leading shape must equal the shape of {slot}_item_id"))
       if slot != "candidate":
         shape_checks.append(batch_ok(f"{slot}_item_id", tf.shape(ids)[0]))
     ctx = f["context"]
@@ -124,115 +117,40 @@ class RankerServingModule(tf.Module):
       value_checks.append(tf.debugging.assert_all_finite(ctx, message="context: NaN/inf values"))
     return shape_checks + value_checks
 
+  def _embed_request(self, f) -> tuple:
+    """Candidate [B, d], last [U, d] and pooled history [U, d] (None without history) from ONE call of
+    the item representation over every item of the request (candidates, last item and history
+    flattened together): SPM segmentation, hashing and the lookups run once per request instead of
+    once per slot, which is what dominates a 1-user x 100-candidate request."""
+    slots = ["candidate", "last"] + (["history"] if self.uses_history else [])
+    keys = ["item_id", "sid"] + (["content"] if self.uses_content else [])
+    widths = {"item_id": [], "sid": [self.sid_length], "content": [self.content_dim]}
+    flat = {k: tf.concat([tf.reshape(f[f"{s}_{k}"], [-1] + widths[k]) for s in slots], 0) for k in keys}
+    sizes = [tf.size(f[f"{s}_item_id"]) for s in slots]
+    parts = tf.split(self.model.item_representation(flat), sizes)
+    hist = None
+    if self.uses_history:
+      ids = f["history_item_id"]
+      hist = masked_mean(tf.reshape(parts[2], tf.concat([tf.shape(ids), [-1]], 0)), ids)
+    return parts[0], parts[1], hist
+
   def _serve(self, features):
     with tf.control_dependencies(self._checks(features)):
       f = {k: tf.identity(v) for k, v in features.items()}
     b = tf.shape(f["candidate_item_id"])[0]
-    m = self.model
-    cand = m.embed_items(f, "candidate", dedupe=False)
+    cand, last, hist = self._embed_request(f)
     d = tf.shape(cand)[-1]
-    last = tf.broadcast_to(m.embed_items(f, "last", dedupe=False), [b, d])
-    hist = tf.broadcast_to(m.pool_history(f, dedupe=False), [b, d]) if self.uses_history else None
+    last = tf.broadcast_to(last, [b, d])
+    hist = tf.broadcast_to(hist, [b, d]) if hist is not None else None
     ctx = tf.broadcast_to(f["context"], [b, self.context_dim])
-    logits = m.score(cand, last, hist, ctx, training=False)
+    logits = self.model.score(cand, last, hist, ctx, training=False)
     return {t: tf.sigmoid(v) for t, v in logits.items()}
 
 
-def export_ranker(model: Ranker, base_dir: str, example_features: Mapping[str, np.ndarray], name: str = "ranker",
-                  sid_length: Optional[int] = None, codebook_size: Optional[int] = None,
-                  content_dim: Optional[int] = None, metrics: Optional[dict] = None,
-                  data_fingerprint: Optional[str] = None, extra: Optional[dict] = None):
-  """Writes the ranker as ``<base_dir>/<name>/<next integer version>/`` for TF Serving.
-
-  Uses ``semrec.export``'s layout helpers: the version appears atomically, an existing version is
-  never modified, ``assets.extra/tf_serving_warmup_requests`` holds PredictionLog warm-up records,
-  and a manifest records inputs, outputs, library versions, metrics and file hashes.
-
-  Args:
-    model: The trained ranker.
-    base_dir: Export base directory.
-    example_features: One batch of raw features in the serving format (e.g.
-      ``RankingFeaturizer.features(examples)``); they become the warm-up requests, together with a
-      one-user request (user-side features of the first row broadcast over all candidates).
-    name: TF Serving model name.
-    sid_length, codebook_size, content_dim: L, K, D (default: from the model's representation config).
-    metrics, data_fingerprint, extra: Recorded in the manifest.
-
-  Returns:
-    ``semrec.export.serving_module.ExportResult`` (``.path`` is the version directory).
-  """
-  from semrec.export.serving_module import export_serving_module
-
-  rep = model.config.item_representation
-  L = int(sid_length or getattr(rep, "num_levels"))
-  K = int(codebook_size or getattr(rep, "codebook_size"))
-  D = content_dim or (getattr(rep, "content_dim", None) if model.uses_content else None)
-  module = RankerServingModule(model, L, K, content_dim=D)
-  req = {k: np.asarray(v) for k, v in example_features.items() if k in module.input_specs}
-  missing = sorted(set(module.input_specs) - set(req))
-  if missing:
-    raise ValueError(f"export_ranker: example_features lack serving inputs {missing}")
-  one_user = {k: (v[:1] if not k.startswith("candidate_") else v) for k, v in req.items()}
-  info = {"tasks": list(model.config.tasks), "sid_length": L, "codebook_size": K,
-          "ranker_config": model.config.to_dict(), **dict(extra or {})}
-  return export_serving_module(module, base_dir, name, [req, one_user], artefact="ranker",
-                               data_fingerprint=data_fingerprint, metrics=metrics,
-                               description="SID ranker: raw item ids + SID codes -> task probabilities",
-                               extra=info, needs_scann_ops=False)
+def _assert_same_shape(shape_a, shape_b, message: str):
+  """Asserts two shape vectors are equal, whatever their lengths (ranks): compared as strings, so a rank
+  mismatch fails with ``message`` (and both shapes) instead of TF's unnamed "Incompatible shapes"."""
+  text = lambda s: tf.strings.reduce_join(tf.strings.as_string(s), separator=",")  # noqa: E731
+  return tf.debugging.Assert(tf.equal(text(shape_a), text(shape_b)), [message, "got", shape_a, "vs", shape_b])
 
 
-_FRESH_SCRIPT = textwrap.dedent("""
-    import os, sys
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-    export_dir, in_dir, out_dir = sys.argv[1:4]
-    fn = tf.saved_model.load(export_dir).signatures["serving_default"]
-    feats = {}
-    for name in sorted(os.listdir(in_dir)):
-      spec = fn.structured_input_signature[1][name]
-      feats[name] = tf.io.parse_tensor(tf.io.read_file(os.path.join(in_dir, name)), spec.dtype)
-    try:
-      out = fn(**feats)
-    except tf.errors.InvalidArgumentError as e:
-      sys.stderr.write("SERVING_ERROR: " + e.message + "\\n")
-      sys.exit(3)
-    for k, v in out.items():
-      tf.io.write_file(os.path.join(out_dir, k), tf.io.serialize_tensor(v))
-    bad = [m for m in ("semrec", "tensorflow_recommenders", "sentencepiece") if m in sys.modules]
-    if bad:
-      sys.stderr.write("imported non-tensorflow modules: %s\\n" % bad)
-      sys.exit(4)
-    """)
-
-
-class ServingError(RuntimeError):
-  """The exported model rejected a request (message from its in-graph asserts)."""
-
-
-def score_in_fresh_process(export_dir: str, features: Mapping[str, np.ndarray], timeout: float = 300) -> dict:
-  """Loads ``export_dir`` in a new Python process that imports only tensorflow and scores ``features``.
-
-  Returns task -> numpy scores. Raises :class:`ServingError` (with the model's assert message) when
-  the model rejects the request, ``RuntimeError`` for any other failure.
-  """
-  with tempfile.TemporaryDirectory() as tmp:
-    in_dir, out_dir = os.path.join(tmp, "in"), os.path.join(tmp, "out")
-    os.makedirs(in_dir)
-    os.makedirs(out_dir)
-    for k, v in features.items():
-      arr = np.asarray(v)
-      t = tf.constant(arr.astype(str) if arr.dtype == object else arr)
-      tf.io.write_file(os.path.join(in_dir, k), tf.io.serialize_tensor(t))
-    script = os.path.join(tmp, "score.py")
-    with open(script, "w") as fh:
-      fh.write(_FRESH_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, script, export_dir, in_dir, out_dir], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=tmp)
-    if proc.returncode == 3:
-      msg = [ln for ln in proc.stderr.splitlines() if "SERVING_ERROR" in ln or "must" in ln]
-      raise ServingError("\n".join(msg) or proc.stderr[-2000:])
-    if proc.returncode != 0:
-      raise RuntimeError(f"fresh-process scoring failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    return {k: tf.io.parse_tensor(tf.io.read_file(os.path.join(out_dir, k)), tf.float32).numpy()
-            for k in os.listdir(out_dir)}

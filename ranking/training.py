@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -71,18 +71,31 @@ class SequentialData:
 
 
 def prepare_sequential(interactions: pd.DataFrame, item_features: ItemFeatures, num_periods: int = 10,
-                       history_length: int = 20, tasks: Sequence[str] = ("label", "like")) -> SequentialData:
+                       history_length: int = 20, tasks: Sequence[str] = ("label", "like"),
+                       split: Optional[SequentialSplit] = None) -> SequentialData:
   """Cuts ``interactions`` into periods and builds every period's examples (histories, context).
 
   Histories and context come causally from the full log: an example only sees interactions
   strictly before its own timestamp, so eval examples see the training periods but nothing later.
+
+  Args:
+    interactions: The full, time-sorted log (histories and context are drawn from it).
+    item_features: The item table examples index.
+    num_periods: Equal-count periods when ``split`` is None (the last is evaluated).
+    history_length: H.
+    tasks: Label columns.
+    split: A prebuilt split (e.g. ``daily_split``: one period per day, sub-sampled training days).
   """
-  split = sequential_split(interactions, num_periods)
+  split = split or sequential_split(interactions, num_periods)
   featurizer = RankingFeaturizer(item_features, history_length=history_length, tasks=tasks)
-  train = [featurizer.examples(p, interactions) for p in tqdm(split.train_periods, desc="examples", leave=False)]
-  ev = featurizer.examples(split.eval_period, interactions)
-  return SequentialData(split=split, train_examples=train, eval_examples=ev, cold_mask=split.is_cold(ev.item_ids),
-                        item_features=item_features)
+  # One featurizer pass over every period (the log is indexed once), then cut back into periods.
+  frames = [*split.train_periods, split.eval_period]
+  allx = featurizer.examples(pd.concat(frames, ignore_index=True), interactions)
+  bounds = np.cumsum([0] + [len(f) for f in frames])
+  parts = [allx.take(np.arange(lo, hi)) for lo, hi in zip(bounds[:-1], bounds[1:])]
+  ev = parts[-1]
+  return SequentialData(split=split, train_examples=parts[:-1], eval_examples=ev,
+                        cold_mask=split.is_cold(ev.item_ids), item_features=item_features)
 
 
 def make_featurizer(config: RankerConfig, item_features: ItemFeatures) -> RankingFeaturizer:
@@ -101,8 +114,9 @@ def predict(model: Ranker, featurizer: RankingFeaturizer, examples: RankingExamp
             batch_size: int = 2048) -> dict:
   """task -> [n] float32 probabilities for ``examples``."""
   outs = {t: [] for t in model.config.tasks}
+  call = tf.function(lambda f: model(f, training=False), reduce_retracing=True)  # one graph, not eager ops
   for feats, _ in featurizer.dataset(examples, batch_size):
-    pred = model(feats, training=False)
+    pred = call(feats)
     for t in outs:
       outs[t].append(pred[t].numpy())
   return {t: np.concatenate(v) if v else np.zeros(0, np.float32) for t, v in outs.items()}
@@ -117,7 +131,8 @@ def evaluate(model: Ranker, featurizer: RankingFeaturizer, examples: RankingExam
 def train_sequential(config: RankerConfig, item_features: Optional[ItemFeatures] = None,
                      interactions: Optional[pd.DataFrame] = None, num_periods: int = 10,
                      item_representation: Optional[tf.keras.layers.Layer] = None,
-                     data: Optional[SequentialData] = None, verbose: int = 0, progress: bool = True) -> RankerRun:
+                     data: Optional[SequentialData] = None, verbose: int = 0, progress: bool = True,
+                     on_period_end: Optional[Callable[[int, Ranker], None]] = None) -> RankerRun:
   """Trains a fresh :class:`Ranker` on periods 1..N in order (one pass each), evaluates on N+1.
 
   Args:
@@ -131,6 +146,8 @@ def train_sequential(config: RankerConfig, item_features: Optional[ItemFeatures]
       ``item_features``, ``interactions`` and ``num_periods`` are not needed.
     verbose: Keras fit verbosity.
     progress: Show a tqdm bar over periods.
+    on_period_end: Called as ``on_period_end(i, model)`` after training period i (e.g. to snapshot
+      weights; the causality test uses it).
 
   Returns:
     A :class:`RankerRun`.
@@ -152,6 +169,8 @@ def train_sequential(config: RankerConfig, item_features: Optional[ItemFeatures]
     hist = model.fit(ds, epochs=1, verbose=verbose)
     period_metrics.append({k: float(v[-1]) for k, v in hist.history.items()})
     n_train += len(ex)
+    if on_period_end is not None:
+      on_period_end(i, model)
   seconds = time.perf_counter() - start
 
   metrics = evaluate(model, featurizer, data.eval_examples, data.cold_mask)

@@ -15,6 +15,7 @@ from typing import Dict, Optional, Tuple, Union
 
 import tensorflow as tf
 
+from semrec.config import to_dict
 from semrec.sid import budget as _budget
 from semrec.sid.spm import SidSpm, SpmSegmenter
 
@@ -82,11 +83,6 @@ class ItemRepresentationConfig:
   @property
   def uses_sid(self) -> bool:
     return any(m in ("unigram", "bigram", "prefix", "spm") for m in self.modes)
-
-  def to_dict(self) -> dict:
-    d = dataclasses.asdict(self)
-    d["modes"] = list(self.modes)
-    return d
 
 
 def _fingerprint_mod(values: tf.Tensor, buckets: int) -> tf.Tensor:
@@ -287,5 +283,5 @@ class ItemRepresentation(tf.keras.layers.Layer):
 
   def get_config(self):
     cfg = super().get_config()
-    cfg["config"] = self.config.to_dict()
+    cfg["config"] = to_dict(self.config)
     return cfg

@@ -18,6 +18,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import tensorflow as tf
 
+from semrec.atomic import save_npz
 from semrec.sid.kmeans import validate_embeddings
 from semrec.sid.quantizer import ResidualQuantizer
 
@@ -270,10 +271,8 @@ def assign_shard(assigner: SidAssigner, x: np.ndarray, start: int, out_dir: str,
   x = validate_embeddings(x, item_ids=item_ids, expected_dim=assigner.input_dim, name="embedding store")
   codes = predict_codes(assigner, x, batch_size=batch_size)
   clusters = {n: cluster_layers[n](x).numpy().astype(np.int32) for n in names}
-  tmp = path + f".tmp{os.getpid()}.npz"
-  np.savez(tmp, codes=codes, start=start, stop=stop, fingerprint=fp,
+  save_npz(path, codes=codes, start=start, stop=stop, fingerprint=fp,
            **{f"cluster/{n}": v for n, v in clusters.items()})
-  os.replace(tmp, path)
   return {"start": start, "stop": stop, "codes": codes, "cluster_ids": clusters}
 
 

@@ -18,6 +18,7 @@ from typing import Optional
 
 import numpy as np
 
+from semrec.atomic import save_figure, write_text
 from semrec.data import DataError
 from semrec.sid.kmeans import validate_embeddings
 
@@ -94,45 +95,56 @@ def sid_health(codes, embeddings, codebook_size: int, reconstructions=None, item
   if codebook_size > n:
     raise ValueError(f"codebook_size K={codebook_size} is larger than the number of items N={n}; "
                      "utilisation cannot be judged")
-  rng = np.random.default_rng(seed)
-  u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  health = {"num_items": int(n), "num_levels": int(num_levels), "codebook_size": int(codebook_size),
+            "levels": [{"level": l + 1} | _level_health(codes[:, l], codebook_size) for l in range(num_levels)]}
+  health.update(_uniqueness(codes))
+  health["reconstruction"] = _reconstruction(x, reconstructions, item_ids)
+  rows = _prefix_table(codes, x, max_pairs, np.random.default_rng(seed))
+  health["prefix_table"] = rows
+  cosines = [r["mean_cosine"] for r in rows if r["mean_cosine"] is not None]
+  health["prefix_cosine_strictly_rising"] = bool(len(cosines) == len(rows) and len(cosines) > 1
+                                                  and all(b > a for a, b in zip(cosines, cosines[1:])))
+  return health
 
-  levels = []
-  for l in range(num_levels):
-    counts = np.bincount(codes[:, l], minlength=codebook_size)
-    p = counts[counts > 0] / n
-    levels.append({
-        "level": l + 1,
-        "utilisation": float((counts > 0).sum() / codebook_size),
-        "used_codes": int((counts > 0).sum()),
-        "dead_codes": int((counts == 0).sum()),
-        "perplexity": float(np.exp(-(p * np.log(p)).sum())),
-        "largest_code_share": float(counts.max() / n),
-    })
 
-  _, inverse, sid_counts = np.unique(codes, axis=0, return_inverse=True, return_counts=True)
+def _level_health(level_codes: np.ndarray, codebook_size: int) -> dict:
+  """Code usage of one level: [N] int codes -> utilisation, used / dead codes, perplexity, largest share."""
+  n = len(level_codes)
+  counts = np.bincount(level_codes, minlength=codebook_size)
+  p = counts[counts > 0] / n
+  return {"utilisation": float((counts > 0).sum() / codebook_size), "used_codes": int((counts > 0).sum()),
+          "dead_codes": int((counts == 0).sum()), "perplexity": float(np.exp(-(p * np.log(p)).sum())),
+          "largest_code_share": float(counts.max() / n)}
+
+
+def _uniqueness(codes: np.ndarray) -> dict:
+  """How many items share a full SID ([N, L] codes)."""
+  n = len(codes)
+  _, sid_counts = np.unique(codes, axis=0, return_counts=True)
   sizes, size_counts = np.unique(sid_counts, return_counts=True)
-  health = {
-      "num_items": int(n), "num_levels": int(num_levels), "codebook_size": int(codebook_size),
-      "levels": levels,
-      "unique_ratio": float(len(sid_counts) / n),
-      "num_unique_sids": int(len(sid_counts)),
-      "collision_groups": {str(int(s)): int(c) for s, c in zip(sizes, size_counts)},
-      "max_collision_group": int(sid_counts.max()),
-      "items_in_collisions": float(sid_counts[sid_counts > 1].sum() / n),
-  }
+  return {"unique_ratio": float(len(sid_counts) / n), "num_unique_sids": int(len(sid_counts)),
+          "collision_groups": {str(int(s)): int(c) for s, c in zip(sizes, size_counts)},
+          "max_collision_group": int(sid_counts.max()),
+          "items_in_collisions": float(sid_counts[sid_counts > 1].sum() / n)}
 
-  if reconstructions is not None:
-    r = validate_embeddings(reconstructions, item_ids=item_ids, expected_dim=x.shape[1], name="reconstructions")
-    if r.shape[0] != n:
-      raise DataError(f"reconstructions have {r.shape[0]} rows but codes have {n}")
-    cos = (x * r).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(r, axis=1), 1e-12)
-    health["reconstruction"] = {"mse": float(((x - r) ** 2).sum(1).mean()),
-                                "mse_per_dim": float(((x - r) ** 2).mean()),
-                                "cosine": float(cos.mean())}
-  else:
-    health["reconstruction"] = None
 
+def _reconstruction(x: np.ndarray, reconstructions, item_ids) -> Optional[dict]:
+  """MSE (per item, summed over dims; and per dim) and mean cosine of [N, F] reconstructions, or None."""
+  if reconstructions is None:
+    return None
+  n = x.shape[0]
+  r = validate_embeddings(reconstructions, item_ids=item_ids, expected_dim=x.shape[1], name="reconstructions")
+  if r.shape[0] != n:
+    raise DataError(f"reconstructions have {r.shape[0]} rows but codes have {n}")
+  cos = (x * r).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(r, axis=1), 1e-12)
+  return {"mse": float(((x - r) ** 2).sum(1).mean()), "mse_per_dim": float(((x - r) ** 2).mean()),
+          "cosine": float(cos.mean())}
+
+
+def _prefix_table(codes: np.ndarray, x: np.ndarray, max_pairs: int, rng: np.random.Generator) -> list[dict]:
+  """Mean content cosine of item pairs sharing an SID prefix of length l = 1..L (row l = 0: random pairs)."""
+  n, num_levels = codes.shape
+  u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
   m = min(max_pairs, n * (n - 1) // 2) if n > 1 else 0
   rows = []
   if m:
@@ -149,11 +161,7 @@ def sid_health(codes, embeddings, codebook_size: int, reconstructions=None, item
                  "mean_cosine": float((u[i] * u[j]).sum(1).mean()) if len(i) else None,
                  "pairs": int(len(i)), "pairs_total": int(total), "groups": int(len(cnt)),
                  "mean_subtrie_size": float(cnt.mean())})
-  health["prefix_table"] = rows
-  cosines = [r["mean_cosine"] for r in rows if r["mean_cosine"] is not None]
-  health["prefix_cosine_strictly_rising"] = bool(len(cosines) == len(rows) and len(cosines) > 1
-                                                  and all(b > a for a, b in zip(cosines, cosines[1:])))
-  return health
+  return rows
 
 
 def format_health_table(health: dict) -> str:
@@ -210,13 +218,7 @@ def plot_code_usage(codes, codebook_size: int, path: str, title: Optional[str] =
   axes[-1, 0].set_xlabel("codes, sorted by usage")
   if title:
     fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f"{path}.tmp{os.getpid()}"
-  fig.savefig(tmp, format="png", dpi=100)
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return save_figure(fig, path, dpi=100)
 
 
 def write_health_report(model, embeddings, out_dir: str, item_ids=None, title: Optional[str] = None,
@@ -241,9 +243,6 @@ def write_health_report(model, embeddings, out_dir: str, item_ids=None, title: O
                       **health_kwargs)
   os.makedirs(out_dir, exist_ok=True)
   for name, text in (("health.json", json.dumps(health, indent=2)), ("health.md", format_health_table(health))):
-    path = os.path.join(out_dir, name)
-    with open(path + ".tmp", "w") as f:
-      f.write(text)
-    os.replace(path + ".tmp", path)
+    write_text(os.path.join(out_dir, name), text)
   plot_code_usage(codes, model.codebook_size, os.path.join(out_dir, "code_usage.png"), title=title)
   return health

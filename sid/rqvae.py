@@ -25,6 +25,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from semrec.config import from_dict, to_dict
 from semrec.sid.assign import NORMALIZATIONS, SidAssigner, predict_codes
 from semrec.sid.kmeans import fit_kmeans, nearest_centroid, validate_embeddings
 from semrec.sid.quantizer import rq_vae_loss
@@ -96,19 +97,6 @@ class RQVAEConfig:
       raise ValueError(f"need beta >= 0 and learning_rate > 0, got {self.beta}, {self.learning_rate}")
     if self.dead_code_window < 0 or self.refresh_steps < 0:
       raise ValueError("dead_code_window and refresh_steps must be >= 0")
-
-  def to_dict(self) -> dict:
-    d = dataclasses.asdict(self)
-    d["hidden_dims"] = list(self.hidden_dims)
-    return d
-
-  @classmethod
-  def from_dict(cls, d: dict) -> "RQVAEConfig":
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - names
-    if unknown:
-      raise ValueError(f"unknown RQVAEConfig fields: {sorted(unknown)}")
-    return cls(**d)
 
 
 def replica_all_gather(x: tf.Tensor) -> tf.Tensor:
@@ -331,7 +319,7 @@ class SidModel:
           for i, w in enumerate(layer.get_weights()):
             arrays[f"decoder/{j:03d}/{i:03d}"] = w
       np.savez(os.path.join(tmp, "weights.npz"), **arrays)
-      manifest = {"format_version": FORMAT_VERSION, "kind": "semrec.sid.SidModel", "config": self.config.to_dict(),
+      manifest = {"format_version": FORMAT_VERSION, "kind": "semrec.sid.SidModel", "config": to_dict(self.config),
                   "input_dim": self.input_dim, "assigner_config": self.assigner.get_config(),
                   "fingerprint": self.assigner.fingerprint(), "history": self.history}
       with open(os.path.join(tmp, "manifest.json"), "w") as f:
@@ -341,9 +329,10 @@ class SidModel:
   def load(cls, directory: str) -> "SidModel":
     from semrec.atomic import read_manifest
     manifest = read_manifest(directory, "SID model", kind="semrec.sid.SidModel")
-    config = RQVAEConfig.from_dict(manifest["config"])
-    with np.load(os.path.join(directory, "weights.npz"), allow_pickle=False) as f:
-      arrays = {k: f[k] for k in f.files}
+    config = from_dict(RQVAEConfig, manifest["config"])
+    from semrec.atomic import read_npz
+    arrays = read_npz(os.path.join(directory, "weights.npz"), "SID model weights",
+                      "run `semrec sid train --force` to retrain the SID model")
     network = _build_network(config, manifest["input_dim"]) if config.mode == "rqvae" else None
     assigner = network.assigner if network is not None else _build_assigner(config, manifest["input_dim"])
     assigner.trainable = False  # get_weights order depends on trainability; saved models are frozen
@@ -353,7 +342,8 @@ class SidModel:
         layer.set_weights([arrays[k] for k in sorted(a for a in arrays if a.startswith(f"decoder/{j:03d}/"))])
     model = cls(config, assigner, network, history=manifest.get("history"))
     if assigner.fingerprint() != manifest["fingerprint"]:
-      raise ValueError(f"{directory}: weights do not match the manifest fingerprint (corrupt or mixed files)")
+      raise ValueError(f"{directory}: weights do not match the manifest fingerprint (corrupt or mixed files); run "
+                       "`semrec sid train --force` to retrain the SID model")
     return model
 
 

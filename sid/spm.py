@@ -34,6 +34,8 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import tensorflow as tf
 
+from semrec import atomic
+
 CHAR_BASE = 0xF0000  # Supplementary Private Use Area-A: 65,534 code points, no script, no normalisation.
 MAX_CHARS = 0xFFFFD - CHAR_BASE + 1
 _KEY_LIMIT = 2 ** 63 - 1
@@ -165,10 +167,7 @@ class SidSpm:
     meta = {"num_levels": self.num_levels, "codebook_size": self.codebook_size, "vocab_size": self.vocab_size,
             "char_base": CHAR_BASE}
     for name, data in ((_MODEL_FILE, self.model_proto), (_META_FILE, json.dumps(meta, indent=2).encode())):
-      fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.")
-      with os.fdopen(fd, "wb") as f:
-        f.write(data)
-      os.replace(tmp, os.path.join(directory, name))
+      atomic.write_bytes(os.path.join(directory, name), data)
 
   @classmethod
   def load(cls, directory: str) -> "SidSpm":
@@ -252,11 +251,67 @@ def train_sid_spm(codes, weights=None, vocab_size: int = 8192, codebook_size: Op
         seed_sentencepieces_file=seed_path, seed_sentencepiece_size=max(int(seed_sentencepiece_size), 1),
         num_threads=int(num_threads), minloglevel=2)
   # Drop the temporary seed-file path from the stored trainer spec (keeps the artefact reproducible).
-  from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
-  proto = sentencepiece_model_pb2.ModelProto()
-  proto.ParseFromString(model.getvalue())
-  proto.trainer_spec.ClearField("seed_sentencepieces_file")
-  return SidSpm(proto.SerializeToString(), L, K)
+  # Wire-level edit: sentencepiece's generated sentencepiece_model_pb2 refuses to import when the
+  # installed protobuf runtime is older than its gencode (seen: gencode 7.36.1, runtime 6.33.6).
+  return SidSpm(_drop_trainer_spec_field(model.getvalue(), _SEED_FILE_FIELD), L, K)
+
+
+_SEED_FILE_FIELD = 54  # TrainerSpec.seed_sentencepieces_file (sentencepiece_model.proto)
+
+
+def _varint(buf: bytes, pos: int) -> Tuple[int, int]:
+  value, shift = 0, 0
+  while True:
+    b = buf[pos]
+    pos += 1
+    value |= (b & 0x7F) << shift
+    if b < 0x80:
+      return value, pos
+    shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+  out = bytearray()
+  while True:
+    b = value & 0x7F
+    value >>= 7
+    out.append(b | (0x80 if value else 0))
+    if not value:
+      return bytes(out)
+
+
+def _fields(buf: bytes):
+  """(field number, raw bytes of the whole field) for each top-level field of a serialized message."""
+  pos = 0
+  while pos < len(buf):
+    start = pos
+    key, pos = _varint(buf, pos)
+    wire = key & 7
+    if wire == 0:
+      _, pos = _varint(buf, pos)
+    elif wire == 1:
+      pos += 8
+    elif wire == 5:
+      pos += 4
+    elif wire == 2:
+      n, pos = _varint(buf, pos)
+      pos += n
+    else:
+      raise ValueError(f"unsupported protobuf wire type {wire}")
+    yield key >> 3, buf[start:pos]
+
+
+def _drop_trainer_spec_field(model_proto: bytes, field: int) -> bytes:
+  """``model_proto`` with ``trainer_spec.<field>`` removed (ModelProto.trainer_spec is field 2)."""
+  out = bytearray()
+  for num, raw in _fields(model_proto):
+    if num == 2:
+      _, body_start = _varint(raw, 0)
+      _, body_start = _varint(raw, body_start)
+      body = b"".join(r for n, r in _fields(raw[body_start:]) if n != field)
+      raw = raw[:1] + _encode_varint(len(body)) + body
+    out += raw
+  return bytes(out)
 
 
 @tf.keras.utils.register_keras_serializable(package="semrec")

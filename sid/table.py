@@ -185,8 +185,13 @@ class SidTable:
   @classmethod
   def load(cls, directory: str) -> "SidTable":
     from semrec.atomic import read_manifest
+    from semrec.atomic import CorruptArtefactError, read_npz
+    fix = "run `semrec sid train --force` to rebuild it"
     manifest = read_manifest(directory, "SID table", kind="semrec.sid.SidTable")
-    with np.load(os.path.join(directory, "table.npz"), allow_pickle=False) as f:
-      clusters = {k.split("/", 1)[1]: f[k] for k in f.files if k.startswith("cluster_ids/")}
-      return cls(f["item_ids"], f["codes"], manifest["codebook_size"],
-                 suffix=f["suffix"] if "suffix" in f.files else None, cluster_ids=clusters or None)
+    path = os.path.join(directory, "table.npz")
+    f = read_npz(path, "SID table", fix)
+    if "item_ids" not in f or "codes" not in f:
+      raise CorruptArtefactError(f"{path}: damaged SID table (no item_ids/codes arrays); {fix}")
+    clusters = {k.split("/", 1)[1]: v for k, v in f.items() if k.startswith("cluster_ids/")}
+    return cls(f["item_ids"], f["codes"], manifest["codebook_size"], suffix=f.get("suffix"),
+               cluster_ids=clusters or None)

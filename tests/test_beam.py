@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("apache_beam")
 
 from semrec import beam as sbeam  # noqa: E402
+from semrec.config import to_dict  # noqa: E402
 from semrec.encoders import EmbeddingStore, EncoderConfig, build_encoder, encode_corpus  # noqa: E402
 
 WORLD = dict(num_items=24, num_users=8, num_topics=3, num_days=3, impressions_per_user_per_day=3, seed=1)
@@ -87,7 +88,7 @@ def test_encode_killed_after_first_shard_resumes(world, world_dir, reference_sto
         os.kill(os.getpid(), signal.SIGKILL)
       be.encode_shard = once
       ds = make_synthetic(SyntheticConfig(output_dir={world_dir!r}, **{WORLD!r}))
-      be.encode_pipeline(ds, EncoderConfig(**{ENCODER.to_dict()!r}), {out!r}, shard_size={SHARD})
+      be.encode_pipeline(ds, EncoderConfig(**{to_dict(ENCODER)!r}), {out!r}, shard_size={SHARD})
   """)
   proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
   assert proc.returncode == -9, proc.stderr[-2000:]

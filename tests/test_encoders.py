@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from semrec.config import from_dict, to_dict
 from semrec.data import write_wav
 from semrec.encoders import (AudioEncoder, EncodeError, EncoderConfig, ImageEncoder, ItemContent, LogMelSpectrogram,
                              ModalityProjection, TextEncoder, build_vggish, item_contents, prepare_waveform,
@@ -318,7 +319,8 @@ def minilm(synthetic_encoder):
 
 
 def test_text_parity_with_sentence_transformers(minilm):
-  """The TF MiniLM matches the sentence-transformers reference stored in tests/fixtures (no torch here)."""
+  """The TF MiniLM (packaged files, hashes checked by TextEncoder) matches the sentence-transformers reference
+  stored in tests/fixtures (no torch here)."""
   import hashlib
   ref = np.load(os.path.join(FIXTURES, "text_parity.npz"))
   with open(os.path.join(resolve_text_model("all-MiniLM-L6-v2"), "model.safetensors"), "rb") as f:
@@ -327,7 +329,8 @@ def test_text_parity_with_sentence_transformers(minilm):
   assert out.shape == (8, 384) and out.dtype == np.float32
   np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
   cos = (out * ref["embeddings"]).sum(axis=1) / np.linalg.norm(ref["embeddings"], axis=1)
-  assert cos.min() > 0.999, cos
+  assert cos.min() > 0.9999, cos  # measured >= 0.99999 (float32 TF vs torch)
+  assert minilm.info["sha256_checked"] == sorted(["config.json", "model.safetensors", "tokenizer.json", "vocab.txt"])
 
 
 def test_text_determinism_batching_and_empty(minilm):
@@ -372,7 +375,7 @@ def test_config_validation_and_presets():
   assert syn.modalities == ("text", "image", "audio") and syn.image_weights == "pretrained"
   assert syn.image_architecture == "efficientnet_lite0" and syn.audio_weights == "random" and syn.image_size == 224
   assert EncoderConfig(modalities=("audio", "text"), audio_weights="random").modalities == ("text", "audio")
-  assert EncoderConfig.from_dict(syn.to_dict()) == syn
+  assert from_dict(EncoderConfig, to_dict(syn)) == syn
   with pytest.raises(ValueError, match="audio_weights is required"):
     EncoderConfig(modalities=("text", "audio"))
   with pytest.raises(ValueError, match="subset"):

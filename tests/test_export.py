@@ -476,11 +476,11 @@ class WireParserTest(tf.test.TestCase):
   def test_wire_parser_matches_the_serving_protos(self):
     from tensorflow.core.framework import tensor_pb2
 
-    from semrec.export import verify
+    from semrec.export import fresh_process
 
-    compile(verify._CHILD_SCRIPT, "<verify child>", "exec")  # the child script is valid Python
+    compile(fresh_process.CHILD_SCRIPT, "<verify child>", "exec")  # the child script is valid Python
     ns = {"tensor_pb2": tensor_pb2}
-    exec(verify._WIRE_PARSER, ns)  # noqa: S102 - our own constant
+    exec(fresh_process._WIRE_PARSER, ns)  # noqa: S102 - our own constant
     d = self.get_temp_dir()
     requests = [
         {"ids": np.array([["a", ""], ["é", "long id " * 40]], dtype=object), "codes": np.arange(12, dtype=np.int32).reshape(2, 2, 3)},

@@ -1,8 +1,7 @@
 """Acceptance: tiny versions of every artefact kind, exported and verified in fresh processes.
 
 Uses the real semrec classes (SidAssigner / ClusterIdLayer, TwoTowerRetriever towers, the towers ScaNN
-index, the Ranker and its serving module) when they are importable, and plain Keras stand-ins otherwise,
-so the export path is exercised whatever stage the other packages are at. Each model is loaded by a new
+index, the Ranker and its serving module): a broken import fails the test. Each model is loaded by a new
 ``python`` process importing only tensorflow (plus scann for the ScaNN-in-graph model and the searcher),
 which is slow on a loaded machine: the whole file does two ``verify_export`` calls.
 """
@@ -16,37 +15,19 @@ import pytest
 import tensorflow as tf
 
 from semrec import export as ex
+from semrec.atomic import write_json
 from semrec.export import serving_layout as sl
 
 L, K, N_ITEMS, H = 3, 4, 40, 3
 
 
 def _sid_layers(dim):
-  """(sid_assigner, cluster_layer, real) — semrec.sid layers when available."""
+  """The real semrec.sid assigner and cluster-ID layers (untrained weights; the export does not care)."""
+  from semrec.sid import ClusterIdLayer, SidAssigner
   rng = np.random.default_rng(0)
-  try:
-    from semrec.sid.assign import SidAssigner
-    from semrec.sid.kmeans import ClusterIdLayer
-    sid = SidAssigner(input_dim=dim, num_levels=L, codebook_size=K, name="sid_assigner")
-    cluster = ClusterIdLayer(rng.normal(size=(5, dim)).astype(np.float32), name="cluster_id")
-    return sid, cluster, True
-  except ImportError:
-    class ArgmaxSid(tf.keras.layers.Layer):
-      def build(self, shape):
-        self.w = self.add_weight("w", (shape[-1], L * K), initializer=tf.keras.initializers.RandomNormal(seed=0))
-
-      def call(self, x):
-        return tf.argmax(tf.reshape(tf.matmul(x, self.w), [-1, L, K]), axis=-1, output_type=tf.int32)
-
-    class NearestCentroid(tf.keras.layers.Layer):
-      def build(self, shape):
-        self.c = self.add_weight("c", (5, shape[-1]), initializer=tf.keras.initializers.RandomNormal(seed=1),
-                                 trainable=False)
-
-      def call(self, x):
-        return tf.argmin(tf.reduce_sum(tf.square(x[:, None] - self.c[None]), -1), axis=-1, output_type=tf.int32)
-
-    return ArgmaxSid(), NearestCentroid(), False
+  sid = SidAssigner(input_dim=dim, num_levels=L, codebook_size=K, name="sid_assigner")
+  cluster = ClusterIdLayer(rng.normal(size=(5, dim)).astype(np.float32), name="cluster_id")
+  return sid, cluster
 
 
 def _item_representation():
@@ -66,7 +47,7 @@ def _retriever():
 
 
 def _ranker():
-  """(model, example features, real) — semrec.ranking.Ranker when available."""
+  """(semrec.ranking.Ranker, example features in its serving format)."""
   rng = np.random.default_rng(3)
   b = 4
   feats = {
@@ -78,22 +59,15 @@ def _ranker():
       "history_sid": rng.integers(0, K, size=(b, H, L)).astype(np.int32),
       "context": rng.normal(size=(b, 2)).astype(np.float32),
   }
-  try:
-    from semrec.ranking.model import Ranker, RankerConfig
-    from semrec.sid import ItemRepresentationConfig
-  except ImportError:
-    inputs = {k: tf.keras.Input(v.shape[1:], dtype=tf.string if v.dtype == object else v.dtype, name=k)
-              for k, v in feats.items()}
-    x = tf.concat([tf.cast(tf.reshape(inputs["candidate_sid"], [-1, L]), tf.float32), inputs["context"]], -1)
-    model = tf.keras.Model(inputs, {"label": tf.keras.layers.Dense(1, activation="sigmoid")(x)[:, 0]})
-    return model, feats, False
+  from semrec.ranking import Ranker, RankerConfig
+  from semrec.sid import ItemRepresentationConfig
   config = RankerConfig(item_representation=ItemRepresentationConfig(modes=("unigram",), embedding_dim=4,
                                                                      num_levels=L, codebook_size=K),
                         use_history=True, history_length=H, tasks=("label", "like"), context_dim=2,
                         num_cross_layers=1, hidden_units=(8,))
   model = Ranker(config)
   model(feats)
-  return model, feats, True
+  return model, feats
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +77,7 @@ def exported():
   rng = np.random.default_rng(0)
   results = {}
   content = rng.normal(size=(6, 8)).astype(np.float32)
-  sid, cluster, _ = _sid_layers(8)
+  sid, cluster = _sid_layers(8)
   results["sid"] = ex.export_sid_assigner(base, sid, content, cluster_layer=cluster, data_fingerprint="fp")
 
   retriever = _retriever()
@@ -129,7 +103,7 @@ def exported():
   saved = index.save(tempfile.mkdtemp(prefix="semrec_index_") + "/index")
   results["searcher_copy"] = ex.export_scann_searcher(base, saved, q_emb, k=5)  # version 2, from a saved dir
   shutil.rmtree(os.path.dirname(saved))
-  ranker, rank_feats, _ = _ranker()
+  ranker, rank_feats = _ranker()
   results["ranker"] = ex.export_ranker(base, ranker, rank_feats)
   ex.write_serving_configs(base, base_path_prefix="/models")
   yield base, results, {"query": query, "q_emb": q_emb, "c_emb": c_emb, "item_ids": item_ids,
@@ -243,7 +217,7 @@ def test_fresh_process_catches_what_structure_checks_cannot(exported):
     shutil.copytree(os.path.join(other.path, "variables"), os.path.join(sdir, "variables"))
     manifest = sl.read_manifest(sdir)
     manifest["files"] = sl.file_inventory(sdir)
-    sl.write_json_atomic(os.path.join(sdir, sl.MANIFEST_FILE), manifest)
+    write_json(os.path.join(sdir, sl.MANIFEST_FILE), manifest, sort_keys=True)
     shutil.rmtree(os.path.dirname(other.path))
 
     report = ex.verify_export(broken, run_saved_model_cli=False, max_workers=2)

@@ -6,6 +6,7 @@ import pytest
 import semrec  # noqa: F401  (before tensorflow)
 import tensorflow as tf
 
+from semrec.config import from_dict, to_dict
 from semrec.data import DataError
 from semrec.sid import (RQVAEConfig, SidAssigner, SidModel, SidTable, assign_sids, train_sid_model,
                         write_health_report)
@@ -38,7 +39,10 @@ def test_codes_shape_range_and_health(trained, data):
   assert codes.min() >= 0 and codes.max() < 8
   h = trained.health(data)
   assert h["num_items"] == len(data)
-  assert all(lv["utilisation"] > 0.5 for lv in h["levels"])
+  # k-means initialisation and dead-code resets (rqvae) / residual k-means (rqkmeans) put every one of the
+  # K=8 codes of each level to use on 200 clustered items: utilisation 100%, as the README states.
+  assert [lv["utilisation"] for lv in h["levels"]] == [1.0, 1.0]
+  assert all(lv["dead_codes"] == 0 for lv in h["levels"])
   if trained.config.normalization == "center":  # better than predicting the mean
     assert h["reconstruction"]["mse"] < ((data - data.mean(0)) ** 2).sum(1).mean()
   if trained.config.mode == "rqvae":
@@ -147,7 +151,7 @@ def test_config_validation():
   with pytest.raises(ValueError, match="codebook_size"):
     RQVAEConfig(codebook_size=1)
   cfg = RQVAEConfig(mode="rqkmeans", hidden_dims=[8, 4])
-  assert RQVAEConfig.from_dict(cfg.to_dict()) == cfg
+  assert from_dict(RQVAEConfig, to_dict(cfg)) == cfg
 
 
 @pytest.fixture(scope="module")
@@ -159,13 +163,47 @@ def synthetic_400(tmp_path_factory):
   return make_synthetic(cfg)
 
 
-@pytest.mark.parametrize("mode", ["rqvae", "rqkmeans"])
-def test_level1_codes_are_topic_pure(synthetic_400, mode):
-  # Content = bag of words of the titles (no topic labels); truth = item_topics.
+CFG_400 = dict(num_levels=2, codebook_size=8, hidden_dims=(64,), latent_dim=16, epochs=30, batch_size=32,
+               init_batch_size=400, normalization="center")
+
+
+@pytest.fixture(scope="module")
+def trained_400(synthetic_400):
+  """{mode: SID model trained on the titles' bag of words}, each trained once for the tests below."""
   x = title_features(synthetic_400)
+  return x, {mode: train_sid_model(x, RQVAEConfig(mode=mode, **CFG_400), progress=False)
+             for mode in ("rqvae", "rqkmeans")}
+
+
+@pytest.mark.parametrize("mode", ["rqvae", "rqkmeans"])
+def test_level1_codes_are_topic_pure(synthetic_400, trained_400, mode):
+  # Content = bag of words of the titles (no topic labels); truth = item_topics.
+  x, models = trained_400
   topics = np.asarray(synthetic_400.item_topics)
-  cfg = RQVAEConfig(mode=mode, num_levels=2, codebook_size=8, hidden_dims=(64,), latent_dim=16, epochs=60,
-                    batch_size=32, init_batch_size=400, normalization="center")
-  codes = train_sid_model(x, cfg).codes(x)
+  codes = models[mode].codes(x)
   p, r = purity(codes[:, 0], topics), random_purity(codes[:, 0], topics)
   assert p > 0.9 and p > r + 0.4, (p, r)
+
+
+def test_rqvae_training_beats_the_same_model_without_gradient_steps(synthetic_400, trained_400):
+  # The same seeded network, k-means codebook initialisation and final codebook refresh, but a learning rate
+  # of 1e-12 for its one epoch: zero effective gradient steps. Its decoder is still random, so only
+  # training can bring reconstructions towards the input; measured (400 items, 30 epochs): reconstruction
+  # cosine 0.47 trained vs 0.16 untrained, MSE 0.84 vs 1.03 (predicting the mean: 0.93), level-1 topic purity
+  # 0.975 vs 0.54.
+  x, models = trained_400
+  trained = models["rqvae"]
+  untrained = train_sid_model(x, RQVAEConfig(mode="rqvae", **{**CFG_400, "epochs": 1}, learning_rate=1e-12),
+                              progress=False)
+  topics = np.asarray(synthetic_400.item_topics)
+
+  def reconstruction(model):  # (mean squared error per item, mean cosine) of the decoded SIDs
+    r = model.reconstruct(x)
+    cos = (x * r).sum(1) / np.maximum(np.linalg.norm(x, axis=1) * np.linalg.norm(r, axis=1), 1e-12)
+    return float(((x - r) ** 2).sum(1).mean()), float(cos.mean())
+
+  (mse_t, cos_t), (mse_u, cos_u) = reconstruction(trained), reconstruction(untrained)
+  assert cos_t > cos_u + 0.2 and mse_t < mse_u, (cos_t, cos_u, mse_t, mse_u)
+  assert mse_t < ((x - x.mean(0)) ** 2).sum(1).mean()  # better than predicting the mean
+  p_trained, p_untrained = (purity(m.codes(x)[:, 0], topics) for m in (trained, untrained))
+  assert p_trained > p_untrained + 0.2, (p_trained, p_untrained)

@@ -145,3 +145,35 @@ def test_implicit_generic_file_is_all_positives(tmp_path):
   (tmp_path / "rated.csv").write_text("user_id,item_id,timestamp,rating\nu,a,0,5\nu,b,1,2\n")
   assert load_generic(str(tmp_path / "rated.csv"), str(tmp_path / "items.csv")).interactions["label"].tolist() == [
       1.0, 0.0]
+
+
+def _implicit_files(tmp_path, num_users=6, num_items=10):
+  rng = np.random.default_rng(0)
+  lines = ["user_id,item_id,timestamp"] + [f"u{u},i{i},{t}" for u in range(num_users)
+                                           for t, i in enumerate(rng.choice(num_items, 5, replace=False))]
+  (tmp_path / "inter.csv").write_text("\n".join(lines) + "\n")
+  (tmp_path / "items.csv").write_text("item_id,title\n" + "".join(f"i{i},item {i}\n" for i in range(num_items)))
+  return str(tmp_path / "inter.csv"), str(tmp_path / "items.csv")
+
+
+def test_run_split_from_cli_flags(tmp_path):
+  from semrec.cli import _build_config
+  from semrec.pipeline import Run
+  inter, items = _implicit_files(tmp_path)
+  cfg = _build_config(None, "generic", inter, items, None, None, 0, False, "leave_one_out", True)
+  assert cfg.data.split == "leave_one_out" and cfg.data.exclude_history is False
+  run = Run(cfg, str(tmp_path / "run"))
+  assert run.split.kind == "leave_one_out" and len(run.split.queries("test")) == 6
+  # The protocol is its own config section: changing it re-runs retrieval but not encoding.
+  before = {s: run.config_sections(s) for s in ("encode", "retrieval")}
+  cfg.data.split = "cold_items"
+  after = {s: run.config_sections(s) for s in ("encode", "retrieval")}
+  assert before["encode"] == after["encode"] and before["retrieval"]["split"] != after["retrieval"]["split"]
+  # Implicit data has no negative impressions: the ranking stage records a documented skip instead of failing.
+  from semrec.pipeline.stages.ranking import stage_ranking
+  assert stage_ranking(run)["skipped"].startswith("skipped: implicit feedback")
+  default = _build_config(None, "generic", inter, items, None, None, 0, False, None, False)
+  assert default.data.split == "temporal" and default.data.exclude_history is True
+  from semrec.pipeline.config import DataConfig
+  with pytest.raises(ValueError, match="data.split"):
+    DataConfig(split="random")

@@ -34,14 +34,16 @@ class _Fixture:
   """Shared tiny world + features, built once per module."""
 
   def __init__(self, tmp_dir):
-    from semrec.sid import RQVAEConfig, train_sid_model
+    from semrec.sid import ClusterIdLayer, RQVAEConfig, fit_kmeans, train_sid_model
     self.ds = _world(tmp_dir)
     self.split = temporal_split(self.ds)
     self.content = _content(self.ds)
     self.sid_model = train_sid_model(self.content, RQVAEConfig(mode="rqkmeans", num_levels=2, codebook_size=4))
     self.codes = self.sid_model.codes(self.content)
+    # Cluster IDs as the pipeline makes them: k-means on the content (never the true topics).
+    clusters = ClusterIdLayer(fit_kmeans(self.content, k=4, seed=0))(self.content).numpy().astype(np.int32)
     self.features = ItemFeatures(self.ds.item_ids, {"content": self.content, "sid": self.codes,
-                                                    "cluster_id": self.ds.item_topics.astype(np.int32)})
+                                                    "cluster_id": clusters})
     self.quality = QualityVector.fit(self.split.train, self.ds.items, self.split.cutoff, self.ds.quality_columns)
     self.pos = self.split.train[self.split.train["label"] > 0]
 

@@ -1,6 +1,7 @@
 """Full-ranking evaluation of any scorer on a protocol's ``Queries`` (docs/protocols.md).
 
-Shape letters: Q queries, q queries in a batch, N catalogue items (``item_ids``), T targets per query.
+Shape letters: Q queries, q queries in a batch, N catalogue items (``item_ids``), T targets per
+query.
 
 Ranking: each query's items are ordered by descending score; equal scores are ordered by catalogue
 position (the item listed first in ``item_ids`` ranks first), so results never depend on sort internals.

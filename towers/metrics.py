@@ -1,5 +1,9 @@
 """Retrieval metrics over the full catalogue: Recall@K and NDCG@K with warm/cold slices.
 
+Legacy single-target helpers (ties counted in the target's favour, the target never excluded), kept for
+callers written before ``semrec.towers.evaluation``; new code evaluates with ``evaluate_scores`` on a
+``semrec.data.make_split`` query set (docs/protocols.md), which every retrieval table uses.
+
 Shape letters: Q queries (one per held-out positive interaction), N catalogue items, d width.
 
 Each query has one held-out target item. Recall@K is 1 if the target is among the top K items

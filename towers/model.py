@@ -25,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from semrec.config import from_dict, to_dict
 from semrec.towers.distributed import gather_candidates
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                                   QueryTowerConfig)
@@ -79,9 +80,6 @@ class RetrieverConfig:
   @property
   def uses_quality(self) -> bool:
     return self.quality_mode != "none" and self.quality_dim > 0
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
 
 
 class TwoTowerRetriever(tfrs.Model):
@@ -247,7 +245,7 @@ def save_retriever(model: TwoTowerRetriever, directory: str) -> str:
   with atomic_directory(directory) as tmp:
     ser = tf.keras.utils.serialize_keras_object
     enc = model.item_encoder
-    meta = {"config": model.config.to_dict(),
+    meta = {"config": to_dict(model.config),
             "item_representation": ser(enc.item_representation) if enc.item_representation is not None else None,
             "sid_assigner": ser(enc.sid_assigner) if enc.sid_assigner is not None else None,
             "cluster_assigner": ser(enc.cluster_assigner) if enc.cluster_assigner is not None else None}
@@ -264,7 +262,7 @@ def load_retriever(directory: str, example_batch) -> TwoTowerRetriever:
   de = tf.keras.utils.deserialize_keras_object
   layers = {k: de(meta[k]) if meta.get(k) else None for k in ("item_representation", "sid_assigner",
                                                               "cluster_assigner")}
-  model = TwoTowerRetriever(RetrieverConfig(**meta["config"]), **layers)
+  model = TwoTowerRetriever(from_dict(RetrieverConfig, meta["config"]), **layers)
   # Read before building: variables are restored as they are created (deferred restoration), so layers
   # whose call needs their saved state (e.g. an SPM piece table) already hold it on the first call.
   status = tf.train.Checkpoint(model=model).read(os.path.join(directory, "weights", "ckpt"))

@@ -14,7 +14,7 @@ from semrec.pipeline.stages.ranking import stage_ranking
 from semrec.pipeline.stages.retrieval import stage_retrieval
 from semrec.pipeline.stages.sid import stage_sid
 from semrec.pipeline.stages.sid_assign import stage_sid_assign
-from semrec.pipeline.stages.verify import stage_verify
+from semrec.pipeline.stages.verify import stage_verify, verify_changes
 
 STAGE_ORDER = ("encode", "sid", "retrieval", "index", "ranking", "export", "verify")
 
@@ -32,11 +32,24 @@ class _Stages:
     self.requires = {"encode": (), "sid": ("encode",), "sid-assign": ("sid",), "retrieval": ("sid",),
                      "index": ("retrieval",), "ranking": ("sid",), "export": ("sid",),
                      "verify": ("export",)}
-    # RunConfig sections each stage reads itself (besides `seed`). export and verify cover every
-    # SavedModel the run wrote, so they depend on the whole config.
-    everything = ("data", "encoder", "sid", "retrieval", "ranking", "export")
-    self.reads = {"encode": ("data", "encoder"), "sid": ("sid",), "sid-assign": (), "retrieval": ("retrieval",),
-                  "index": ("retrieval",), "ranking": ("ranking",), "export": everything, "verify": everything}
+    # RunConfig sections each stage reads itself (besides `seed`). The export stage exports the SID
+    # assigner (the other models are exported by the stages that train them); verify checks every
+    # SavedModel of the run and writes models.config (export.base_path_prefix), so it reads everything.
+    # "split" = the retrieval protocol fields of `data` (pipeline.config.SPLIT_FIELDS): changing the
+    # protocol re-runs retrieval, not encoding.
+    everything = ("data", "split", "encoder", "sid", "retrieval", "ranking", "export")
+    self.reads = {"encode": ("data", "encoder"), "sid": ("sid",), "sid-assign": (), "retrieval": ("retrieval", "split"),
+                  "index": ("retrieval",), "ranking": ("ranking",), "export": ("sid",), "verify": everything}
+    # What clearing a stale stage's directory keeps: the served models (TF Serving loads new versions
+    # beside the old ones; a rerun must never delete what a server may be serving).
+    self.keep = {"export": ("models",)}
+    # Finished stages whose result is re-checked against the files on every run.
+    self.rechecks = {"verify": verify_changes}
+
+  def recheck(self, run, stage: str) -> Optional[str]:
+    """Why a finished, up-to-date ``stage`` must still be recomputed (None when its files still hold)."""
+    check = self.rechecks.get(stage)
+    return check(run) if check is not None else None
 
   def sections_read(self, stage: str) -> Optional[set]:
     """RunConfig sections ``stage`` and its prerequisites read; None for a stage outside the registry."""

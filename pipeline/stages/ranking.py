@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -14,14 +15,24 @@ if TYPE_CHECKING:
 
 def stage_ranking(run: Run) -> dict:
   """The ranking representation sweep, then the production ranker (exported for TF Serving)."""
-  from semrec.ranking import (RankerConfig, format_summary, prepare_sequential, run_ranking_experiment,
-                              train_ranker)
+  from semrec.ranking import prepare_sequential, run_ranking_experiment, train_ranker
   from semrec.ranking.experiment import MODE_COMPONENTS
   from semrec.sid import ItemRepresentationConfig
   cfg = run.config.ranking
+  inter = run.dataset.interactions
+  if not (inter["label"] == 0).any():
+    # Implicit feedback (every row a positive, docs/protocols.md): the ranker learns P(label | impression) and
+    # has no negative impressions to learn from, so the stage records why it did not train.
+    reason = ("skipped: implicit feedback (every interaction is a positive, no negative impressions); the ranker "
+              "needs labelled impressions. Retrieval is trained and evaluated as usual.")
+    from semrec.atomic import write_text
+    write_text(os.path.join(run.stage_dir("ranking"), "ranking_experiment.md"), reason + "\n")
+    print(f"[semrec] ranking: {reason}")
+    return {"skipped": reason}
   feats, table = item_features(run)
   L, K = table.codes.shape[1], table.codebook_size
-  base = RankerConfig(batch_size=cfg.batch_size, history_length=cfg.history_length, seed=run.config.seed)
+  tasks = tuple(t for t in cfg.ranker.tasks if t in inter.columns)  # e.g. no "like" column: label only
+  base = dataclasses.replace(cfg.ranker, seed=run.config.seed, tasks=tasks)
   data = prepare_sequential(run.dataset.interactions, feats, cfg.num_periods, base.history_length, base.tasks)
   result = run_ranking_experiment(run.dataset, feats, modes=cfg.modes, budgets=cfg.budgets,
                                   seeds=tuple(run.config.seed + s for s in range(cfg.num_seeds)),

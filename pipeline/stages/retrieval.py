@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from semrec.atomic import save_npz
 from semrec.atomic import write_text as atomic_write_text
 from semrec.pipeline.artefacts import export_dir, item_features
 from semrec.pipeline.report import comparison_markdown
@@ -45,7 +46,7 @@ def stage_retrieval(run: Run) -> dict:
 
   # --- The production retriever.
   variant = rcfg.production_variant
-  split = run.split
+  split = run.temporal_split
   pos = lambda d: d[d["label"] > 0]  # noqa: E731
   train_pos = pos(split.train)
   arrays = dict(feats.arrays)
@@ -91,9 +92,8 @@ def stage_retrieval(run: Run) -> dict:
   save_retriever(model, os.path.join(out_dir, "model"))
   rng = np.random.default_rng(run.config.seed)
   sample = np.sort(rng.choice(len(q), size=min(1000, len(q)), replace=False))
-  tmp = os.path.join(out_dir, "embeddings.tmp.npz")
-  np.savez(tmp, item_ids=np.asarray(ids, dtype=str), candidates=c, queries=q[sample])
-  os.replace(tmp, os.path.join(out_dir, "embeddings.npz"))
+  save_npz(os.path.join(out_dir, "embeddings.npz"), item_ids=np.asarray(ids, dtype=str), candidates=c,
+           queries=q[sample])
 
   # --- Exports.
   item_ex = {k: v.numpy() for k, v in next(iter(inputs.catalogue_dataset(8))).items()}

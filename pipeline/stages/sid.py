@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from semrec.atomic import save_npy
 from semrec.pipeline.artefacts import load_embeddings
 from semrec.pipeline.report import plot_prefix_similarity
 
@@ -29,7 +30,7 @@ def stage_sid(run: Run) -> dict:
   cluster_layers = fit_cluster_granularities(x, ks=ks, seed=run.config.seed)
   cluster_ids = {name: layer(x).numpy().astype("int32") for name, layer in cluster_layers.items()}
   for name, layer in cluster_layers.items():
-    np.save(run.path("sid", f"centroids_{name}.npy"), layer.get_weights()[0])
+    save_npy(run.path("sid", f"centroids_{name}.npy"), layer.get_weights()[0])
   table = sid_model.table(x, ids, suffix=cfg.unique_suffix, cluster_ids=cluster_ids)
   table.save(run.path("sid", "table"))
   health = write_health_report(sid_model, x, run.path("sid"), item_ids=ids, seed=run.config.seed,

@@ -1,0 +1,190 @@
+"""Shared pieces of the `semrec` command line (semrec.cli): output filtering, the common run options, config
+building from flags, the run directory, and turning bad-input errors into a clean ``Error:`` exit."""
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import click
+
+
+def _configure_output(verbose: bool):
+  """Quiet by default: TensorFlow's C++ logs (CUDA probing, oneDNN notices), absl / TF Python logging and
+  Python warnings are filtered; ``--verbose`` shows them all. Progress bars and results are unaffected.
+
+  Runs before the first TensorFlow import (commands import the library lazily), which is when
+  ``TF_CPP_MIN_LOG_LEVEL`` is read.
+  """
+  os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
+  level = logging.INFO if verbose else logging.ERROR
+  for name in ("tensorflow", "absl", "h5py", "transformers"):
+    logging.getLogger(name).setLevel(level)
+  if verbose:
+    warnings.resetwarnings()
+  else:
+    warnings.filterwarnings("ignore")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def _verbose_option(f):
+  """``--verbose`` accepted after any command too (``semrec run --verbose``), same as ``semrec --verbose run``."""
+  def callback(ctx, param, value):
+    if value:
+      _configure_output(True)
+  return click.option("--verbose", "-v", is_flag=True, expose_value=False, is_eager=True, callback=callback,
+                      help="Show TensorFlow / absl logs and Python warnings (hidden by default).")(f)
+
+
+def _user_error_types() -> tuple:
+  """Errors that describe bad input (their message names the file, row, field or artefact at fault)."""
+  from semrec.atomic import CorruptArtefactError
+  from semrec.config import ConfigError
+  from semrec.data import DataError
+  from semrec.encoders import EncodeError
+  from semrec.export import ExportError
+  return (DataError, ConfigError, CorruptArtefactError, EncodeError, ExportError, FileNotFoundError, ValueError)
+
+
+class _Cli(click.Group):
+  """The `semrec` group: any error a command raises becomes one `Error: ...` line and exit code 1
+  (`--debug` prints the traceback first). Bad-input errors print their message as is; anything else
+  is prefixed with its type and a hint to rerun with `--debug`."""
+
+  def invoke(self, ctx):
+    try:
+      return super().invoke(ctx)
+    except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+      raise
+    except Exception as e:  # noqa: BLE001 -- the CLI's single exit point for errors
+      if ctx.params.get("debug"):
+        import traceback
+        traceback.print_exc()
+      message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+      if not isinstance(e, _user_error_types()):
+        message = f"{type(e).__name__}: {message} (rerun with --debug for the traceback)"
+      raise click.ClickException(message) from e
+
+
+def _show_warnings():
+  """Python warnings as one `Warning: ...` line each on stderr. Data conversions (``semrec.data.DataWarning``:
+  duplicates dropped, fractional timestamps floored) are always shown, even when other warnings are quiet."""
+  warnings.filterwarnings("always", category=UserWarning, module=r"semrec\.data\.")
+  warnings.showwarning = lambda message, category, *args, **kwargs: click.echo(f"Warning: {message}", err=True)
+
+
+class _UserErrors:
+  """Turns bad-input errors (which name the file, row, item and field) into a clean `Error: ...` exit 1."""
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, exc_type, exc, tb):
+    if exc is None:
+      return False
+    from semrec.data import DataError
+    from semrec.encoders import EncodeError
+    from semrec.export import ExportError
+    if isinstance(exc, (DataError, EncodeError, ExportError, FileNotFoundError)):
+      raise click.ClickException(str(exc)) from exc
+    return False
+
+
+def _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick, split=None,
+                  no_exclude_history=False):
+  """The RunConfig of a command: defaults < --quick presets < the config file < flags, validated whole.
+
+  ``--quick`` shrinks sizes and epochs, but a value set in the config file wins over its preset (so
+  ``--quick`` with ``sid.model.codebook_size: 64`` in the file keeps 64); each such value is reported.
+  """
+  from semrec.config import from_dict, load_yaml, merge_dicts, read_yaml, to_dict, validate
+  from semrec.pipeline import RunConfig
+
+  def flags(cfg):
+    if dataset:
+      cfg.data.type = dataset
+    if interactions:
+      cfg.data.interactions = interactions
+    if items:
+      cfg.data.items = items
+    if text_columns:
+      cfg.data.text_columns = tuple(c.strip() for c in text_columns.split(",") if c.strip())
+    if quality_columns:
+      cfg.data.quality_columns = tuple(c.strip() for c in quality_columns.split(",") if c.strip())
+    if seed is not None:
+      cfg.seed = seed
+    if split:
+      cfg.data.split = split
+    if no_exclude_history:
+      cfg.data.exclude_history = False
+    return cfg
+
+  cfg = flags(load_yaml(RunConfig, config_path) if config_path else RunConfig())
+  if cfg.data.type == "generic" and not (cfg.data.interactions and cfg.data.items):
+    raise click.UsageError("--dataset generic needs --interactions and --items")
+  if quick:
+    raw = read_yaml(config_path) if config_path else {}
+    preset = to_dict(cfg.quick())
+    kept = _overridden(preset, raw)
+    cfg = flags(from_dict(RunConfig, merge_dicts(preset, raw)))
+    for path, value in kept:
+      click.echo(f"Note: --quick keeps {path}={value!r} from {config_path} (the file wins over the preset)", err=True)
+  validate(cfg)
+  cfg.validate()
+  return cfg
+
+
+def _overridden(preset: dict, raw: dict, prefix: str = "") -> list:
+  """[(dotted key, file value)] where the config file sets a value the --quick preset changes."""
+  out = []
+  for k, v in raw.items():
+    if isinstance(v, dict) and isinstance(preset.get(k), dict):
+      out += _overridden(preset[k], v, f"{prefix}{k}.")
+    elif k in preset and preset[k] != v and not isinstance(v, dict):
+      out.append((f"{prefix}{k}", v))
+  return out
+
+
+def _run_options(f):
+  opts = [
+      click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+                   help="YAML RunConfig (see docs/config.md); flags below override it."),
+      click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+                   help="Run directory (default runs/<dataset>). Finished stages in it are reused."),
+      click.option("--dataset", type=click.Choice(["movielens", "synthetic", "generic"]), default=None,
+                   help="Bundled MovieLens (default), the synthetic multimodal world, or your own files."),
+      click.option("--interactions", type=click.Path(exists=True, dir_okay=False), default=None,
+                   help="Generic format: interactions CSV/Parquet (user_id,item_id,timestamp[,rating|label])."),
+      click.option("--items", type=click.Path(exists=True, dir_okay=False), default=None,
+                   help="Generic format: items CSV/Parquet (item_id, text columns, media paths, quality)."),
+      click.option("--text-columns", default=None, help="Generic format: comma-separated item text columns."),
+      click.option("--quality-columns", default=None, help="Generic format: comma-separated numeric quality columns."),
+      click.option("--seed", type=int, default=None, help="Global seed."),
+      click.option("--split", type=click.Choice(["temporal", "leave_one_out", "cold_items"]), default=None,
+                   help="Retrieval evaluation protocol (docs/protocols.md); default temporal."),
+      click.option("--no-exclude-history", is_flag=True,
+                   help="Keep each user's earlier items in the retrieval ranking (excluded by default)."),
+      click.option("--quick", is_flag=True, help="Tiny sizes and epochs (smoke test of the whole job); values set "
+                   "in --config win over these presets."),
+      click.option("--force", is_flag=True, help="Recompute the stage(s) even if finished."),
+  ]
+  for o in reversed(opts):
+    f = o(f)
+  return _verbose_option(f)
+
+
+def _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split=None,
+              no_exclude_history=False, stages=()):
+  """The run directory, after the config and the data were checked against each other for ``stages``
+  (``semrec.pipeline.preflight``), before any stage runs."""
+  from semrec.pipeline import Run, preflight, write_config
+  cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+                      no_exclude_history)
+  run = Run(cfg, run_dir or _default_run_dir(cfg, quick))
+  preflight(run, stages)
+  write_config(run)
+  return run
+
+
+def _default_run_dir(cfg, quick: bool) -> str:
+  return os.path.join("runs", cfg.data.type + ("-quick" if quick else ""))
