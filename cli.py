@@ -319,8 +319,10 @@ def _with_strategy(cmd: click.Command, stage: str) -> click.Command:
     task_type, task_id, chief = task_info()
     kwargs["run_dir"] = _strategy_run_dir(stage, task_id, chief, kwargs)
     s = make_strategy(strategy)  # before any other TF op (MWMS)
-    with s.scope():
-      return inner(**kwargs)
+    # The scope stays entered until the process ends: leaving it after a whole stage raised
+    # "IndexError: pop from empty list" from TF's scope stack (seen with MWMS x2 on the retrieval stage).
+    s.scope().__enter__()
+    return inner(**kwargs)
 
   cmd.params.append(click.Option(["--strategy"], type=click.Choice(["none", "mirrored", "mwms", "ps"]),
                                  default="none", show_default=True,
