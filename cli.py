@@ -284,9 +284,13 @@ def _strategy_run_dir(stage: str, task_id: int, chief: bool, kwargs: dict):
   names = ("config_path", "dataset", "interactions", "items", "text_columns", "quality_columns", "seed", "quick")
   cfg = _build_config(*(kwargs[n] for n in names))
   run_dir = kwargs["run_dir"] or _default_run_dir(cfg, kwargs["quick"])
-  missing = [d for d in STAGES.dependencies(stage) if not os.path.exists(os.path.join(run_dir, d, "_DONE.json"))]
+  from semrec.pipeline import Run
+  run = Run(cfg, run_dir)
+  # Unfinished or stale prerequisites would be (re)computed by every worker, through the links too.
+  missing = [d for d in STAGES.dependencies(stage) if not run.is_done(d) or run.stale_sections(d)]
   if missing:
-    raise click.ClickException(f"--strategy trains only the {stage!r} stage: finish {missing} in {run_dir} first "
+    raise click.ClickException(f"--strategy trains only the {stage!r} stage: finish (or refresh) {missing} in "
+                               f"{run_dir} first "
                                "(e.g. `semrec sid assign` or `semrec run` without --strategy)")
   if chief:
     return run_dir
@@ -315,8 +319,10 @@ def _with_strategy(cmd: click.Command, stage: str) -> click.Command:
     task_type, task_id, chief = task_info()
     kwargs["run_dir"] = _strategy_run_dir(stage, task_id, chief, kwargs)
     s = make_strategy(strategy)  # before any other TF op (MWMS)
-    with s.scope():
-      return inner(**kwargs)
+    # The scope stays entered until the process ends: leaving it after a whole stage raised
+    # "IndexError: pop from empty list" from TF's scope stack (seen with MWMS x2 on the retrieval stage).
+    s.scope().__enter__()
+    return inner(**kwargs)
 
   cmd.params.append(click.Option(["--strategy"], type=click.Choice(["none", "mirrored", "mwms", "ps"]),
                                  default="none", show_default=True,
