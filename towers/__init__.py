@@ -11,7 +11,7 @@ from semrec.towers.model import (QUALITY_MODES, RetrieverConfig, TwoTowerRetriev
 from semrec.towers.sequential import SequentialQueryTower, SequentialTowerConfig
 from semrec.towers.tasks import MixedNegativeRetrieval, gather_candidates
 from semrec.towers.training import (FitConfig, ValidationEarlyStopping, evaluate_retriever, query_embeddings,
-                                    selection_score, train_and_evaluate)
+                                    query_features, selection_score, train_and_evaluate, tune_content_mix)
 from semrec.towers.comparison_report import comparison_markdown, comparison_table, plot_comparison
 from semrec.towers.comparison import (DEFAULT_VARIANTS, ITEM_REPRESENTATIONS, VARIANTS, ComparisonConfig, ItemSide,
                                       build_variant_retriever, prepare_item_side, run_retrieval_comparison, run_variant, select_served,
@@ -27,7 +27,8 @@ __all__ = [
     "SequentialTowerConfig", "MixedNegativeRetrieval", "gather_candidates", "metrics_from_ranks", "rank_of_targets",
     "sliced_metrics", "QUALITY_MODES", "RetrieverConfig", "TwoTowerRetriever", "compile_retriever",
     "embed_candidates", "embed_queries", "init_model", "load_retriever", "save_retriever", "tune_quality_weights",
-    "FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "query_embeddings", "selection_score",
+    "FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "query_embeddings", "query_features",
+    "tune_content_mix", "selection_score",
     "train_and_evaluate", "DEFAULT_VARIANTS", "ITEM_REPRESENTATIONS", "VARIANTS", "ComparisonConfig", "ItemSide",
     "build_variant_retriever", "comparison_markdown", "comparison_table", "plot_comparison", "prepare_item_side",
     "run_retrieval_comparison", "run_variant", "select_served", "served_retriever", "variant_config", "QualityConfig", "QualityVector",
