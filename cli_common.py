@@ -2,8 +2,12 @@
 building from flags, the run directory, and turning bad-input errors into a clean ``Error:`` exit."""
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import re
+import sys
+import threading
 import warnings
 
 import click
@@ -17,6 +21,7 @@ def _configure_output(verbose: bool):
   ``TF_CPP_MIN_LOG_LEVEL`` is read.
   """
   os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0" if verbose else "3"
+  _NativeLogFilter.set(not verbose)
   level = logging.INFO if verbose else logging.ERROR
   for name in ("tensorflow", "absl", "h5py", "transformers"):
     logging.getLogger(name).setLevel(level)
@@ -25,6 +30,60 @@ def _configure_output(verbose: bool):
   else:
     warnings.filterwarnings("ignore")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+class _NativeLogFilter:
+  """Drops absl-format INFO/WARNING lines that native code writes to file descriptor 2.
+
+  ``TF_CPP_MIN_LOG_LEVEL`` quiets TensorFlow's own C++ logging, but ScaNN logs through absl directly
+  (``I0000 00:00:... partitioner_factory_base.cc:58] ...``), dozens of lines per index build. While the filter
+  is on, fd 2 is a pipe read by a thread that forwards every other line (errors included) to the real
+  stderr; Python's ``sys.stderr`` (progress bars, ``Error:`` lines) writes to the real stderr directly.
+  """
+  PATTERN = re.compile(rb"^(?:[IW]\d{4} \d+:\d+:\d+\.\d+ +\d+ \S+:\d+\] |"
+                       rb"WARNING: All log messages before absl::InitializeLog\(\) is called)")
+  _active = None
+
+  def __init__(self):
+    sys.stderr.flush()
+    self.saved = os.dup(2)
+    self.python_stderr = sys.stderr
+    sys.stderr = open(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
+    read_fd, write_fd = os.pipe()
+    os.dup2(write_fd, 2)
+    os.close(write_fd)
+    self.thread = threading.Thread(target=self._forward, args=(read_fd,), daemon=True)
+    self.thread.start()
+
+  def _forward(self, read_fd: int):
+    with open(read_fd, "rb", buffering=0) as pipe:
+      for line in iter(pipe.readline, b""):
+        if not self.PATTERN.match(line):
+          os.write(self.saved, line)
+
+  def close(self):
+    sys.stderr.flush()
+    os.dup2(self.saved, 2)  # closes the pipe's last write end: the thread reads EOF and ends
+    self.thread.join(timeout=2)
+    sys.stderr.close()
+    sys.stderr = self.python_stderr
+
+  @classmethod
+  def set(cls, on: bool):
+    """Turns the filter on (idempotent) or off; it is also removed at interpreter exit. Only installed when
+    Python's stderr is file descriptor 2 itself."""
+    if on and cls._active is None:
+      try:
+        real = sys.stderr.fileno() == 2
+      except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        real = False
+      if not real:  # stderr already redirected (click's CliRunner, pytest capture): leave it alone
+        return
+      cls._active = cls()
+      atexit.register(cls.set, False)
+    elif not on and cls._active is not None:
+      cls._active.close()
+      cls._active = None
 
 
 def _verbose_option(f):

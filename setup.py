@@ -76,7 +76,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "absl-py"],
-        "beam": ["apache-beam>=2.60"],
+        "beam": ["apache-beam>=2.77,<2.78"],
         "bench": ["faiss-cpu>=1.8"],
     },
     entry_points={"console_scripts": ["semrec=semrec.cli:main"]},

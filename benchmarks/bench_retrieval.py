@@ -1,150 +1,201 @@
-"""MovieLens retrieval comparison: hashed-ID baseline vs content / cluster-ID / SID candidate towers.
+"""Retrieval acceptance benchmark (issue 17): learned variants vs the baselines, per dataset and split, over seeds.
 
-  python -m semrec.benchmarks.bench_retrieval --content-npz EMB.npz            # full settings
-  python -m semrec.benchmarks.bench_retrieval --content-npz EMB.npz --quick    # the `semrec run` defaults
+  python -m semrec.benchmarks.bench_retrieval                                   # every target, 3 seeds
+  python -m semrec.benchmarks.bench_retrieval --runs scientific:leave_one_out --seeds 0
 
-Content embeddings come from ``--content-npz`` (keys ``item_ids`` [N] and ``embeddings`` [N, D]) or, without
-it, are computed here with ``semrec.encoders.TextEncoder`` (MiniLM) over the item texts.
+Datasets: ``scientific`` and ``microlens`` (the development sets in ../shared/data/dev-benchmarks, read in place,
+implicit feedback: every row a positive; skipped with a message when absent) and the bundled ``movielens``.
+Content: all-MiniLM-L6-v2 text embeddings (``semrec.encoders.TextEncoder``), cached outside the repository in
+``~/.cache/semrec/<dataset>_minilm.npz`` (computed on first use). Every run uses the library defaults
+(``ComparisonConfig()``: same settings on every dataset), ``semrec.data.make_split`` and the baselines of the
+same run; per-variant checkpoints go to ``~/.cache/semrec/bench_retrieval`` (an interrupted run resumes).
 
-Also reproduces the TFRS basic-retrieval tutorial protocol on the bundled data (``--tfrs-protocol``):
-random 80/20 split of all ratings (seed 42), user-id query tower and movie-title candidate tower
-(StringLookup + 32-d Embedding), ``tfrs.tasks.Retrieval`` with FactorizedTopK over all movies, Adagrad 0.1,
-3 epochs, batch 8192; reports test top-100 categorical accuracy. The tutorial's published ~0.23 is on
-ml-100k (943 users, 1,682 movies); the bundled data is ml-latest-small (671 users, 9,125 movies), so the
-figure is comparable in protocol only, not in data.
-
-Writes benchmarks/results/bench_retrieval[_quick].json, and the table CSV + recall plot PNG in
-benchmarks/results/bench_retrieval[_quick]/.
+Writes benchmarks/results/bench_retrieval.json: per run (dataset:split), each model's test metrics per seed and
+mean / std over seeds, the served (validation-selected) variant per seed, and the acceptance checks.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import time
 
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from semrec.atomic import write_json
 import numpy as np
+import pandas as pd
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+DEV_DIRS = (os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "..", "shared", "data",
+                         "dev-benchmarks"), "/work/shared/data/dev-benchmarks")
+CACHE = os.path.expanduser("~/.cache/semrec")
+RUNS = ("scientific:leave_one_out", "microlens:leave_one_out", "movielens:leave_one_out", "scientific:cold_items",
+        "microlens:cold_items", "movielens:cold_items", "movielens:temporal")
+REFERENCE_TRANSITION_R10 = {"scientific": 0.0823, "microlens": 0.0712}
 
 
-def tfrs_tutorial_protocol(dataset, epochs: int = 3, seed: int = 42) -> dict:
-  """The TFRS basic-retrieval tutorial, verbatim in model and protocol, on ``dataset``'s ratings."""
-  import tensorflow as tf
-  import tensorflow_recommenders as tfrs
-
-  inter = dataset.interactions
-  titles = dict(zip(dataset.items["item_id"].astype(str), dataset.items["title"].astype(str)))
-  ratings = tf.data.Dataset.from_tensor_slices({
-      "user_id": inter["user_id"].astype(str).to_numpy(),
-      "movie_title": inter["item_id"].astype(str).map(titles).to_numpy()})
-  movies = tf.data.Dataset.from_tensor_slices(dataset.items["title"].astype(str).to_numpy())
-  tf.random.set_seed(seed)
-  n = len(inter)
-  shuffled = ratings.shuffle(n, seed=seed, reshuffle_each_iteration=False)
-  n_train = int(0.8 * n)
-  train, test = shuffled.take(n_train), shuffled.skip(n_train).take(n - n_train)
-  unique_titles = np.unique(dataset.items["title"].astype(str).to_numpy())
-  unique_users = np.unique(inter["user_id"].astype(str).to_numpy())
-  dim = 32
-  user_model = tf.keras.Sequential([tf.keras.layers.StringLookup(vocabulary=unique_users, mask_token=None),
-                                    tf.keras.layers.Embedding(len(unique_users) + 1, dim)])
-  movie_model = tf.keras.Sequential([tf.keras.layers.StringLookup(vocabulary=unique_titles, mask_token=None),
-                                     tf.keras.layers.Embedding(len(unique_titles) + 1, dim)])
-  task = tfrs.tasks.Retrieval(metrics=tfrs.metrics.FactorizedTopK(candidates=movies.batch(128).map(movie_model)))
-
-  class MovielensModel(tfrs.Model):
-    def __init__(self):
-      super().__init__()
-      self.user_model, self.movie_model, self.task = user_model, movie_model, task
-
-    def compute_loss(self, features, training=False):
-      return self.task(self.user_model(features["user_id"]), self.movie_model(features["movie_title"]),
-                       compute_metrics=not training)
-
-  model = MovielensModel()
-  model.compile(optimizer=tf.keras.optimizers.Adagrad(learning_rate=0.1))
-  t0 = time.time()
-  model.fit(train.shuffle(100_000, seed=seed).batch(8192).cache(), epochs=epochs, verbose=0)
-  train_seconds = time.time() - t0
-  res = model.evaluate(test.batch(4096).cache(), return_dict=True, verbose=0)
-  return {"protocol": "TFRS basic retrieval tutorial (random 80/20, user-id x title embeddings, 3 epochs)",
-          "data": f"{dataset.name} (ml-latest-small), NOT the tutorial's ml-100k",
-          "num_ratings": int(n), "num_movies": int(len(unique_titles)), "num_users": int(len(unique_users)),
-          "top_100_accuracy": float(res["factorized_top_k/top_100_categorical_accuracy"]),
-          "top_10_accuracy": float(res["factorized_top_k/top_10_categorical_accuracy"]),
-          "published_ml100k_top_100_accuracy": 0.23, "train_seconds": train_seconds}
+def dev_dir() -> str:
+  """$SEMREC_DEV_BENCHMARKS, else ../shared/data/dev-benchmarks beside the repository (first that exists)."""
+  if os.environ.get("SEMREC_DEV_BENCHMARKS"):
+    return os.environ["SEMREC_DEV_BENCHMARKS"]
+  return next((os.path.abspath(d) for d in DEV_DIRS if os.path.isdir(d)), os.path.abspath(DEV_DIRS[0]))
 
 
-def _provenance() -> dict:
-  """The code the figures came from: git commit, and whether towers/ or sid/ had uncommitted edits."""
-  import subprocess
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  def git(*a):
-    try:
-      return subprocess.run(["git", *a], cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-      return ""
-  return {"git_commit": git("rev-parse", "HEAD"), "uncommitted": git("status", "--short", "--", "towers", "sid")}
+def load_dataset(name: str):
+  """``RecDataset`` of a development set (implicit: label 1 on every row) or the bundled MovieLens."""
+  from semrec.data import RecDataset, load_movielens
+  if name == "movielens":
+    return load_movielens()
+  d = os.path.join(dev_dir(), name)
+  inter = pd.read_csv(os.path.join(d, "interactions.csv"), dtype={"user_id": str, "item_id": str})
+  inter["label"] = np.float32(1.0)
+  items = pd.read_csv(os.path.join(d, "items.csv"), dtype={"item_id": str}, keep_default_na=False)
+  return RecDataset(name=name, interactions=inter, items=items, text_columns=("text",), quality_columns=())
 
 
-def load_content(dataset, npz_path):
-  if npz_path:
-    z = np.load(npz_path, allow_pickle=False)
-    return z["item_ids"].astype(str), z["embeddings"].astype(np.float32), f"npz:{os.path.basename(npz_path)}"
-  from semrec.encoders import TextEncoder
-  enc = TextEncoder()
-  ids = dataset.item_ids.astype(str)
-  return ids, enc.encode(dataset.item_texts(), item_ids=ids), "semrec.encoders.TextEncoder (MiniLM)"
+def content_embeddings(name: str, dataset) -> tuple:
+  """(item_ids, [N, 384] MiniLM embeddings), cached in ~/.cache/semrec."""
+  path = os.path.join(CACHE, f"{name}_minilm.npz")
+  if not os.path.exists(path):
+    from semrec.encoders import TextEncoder
+    os.makedirs(CACHE, exist_ok=True)
+    emb = TextEncoder(batch_size=64).encode(dataset.item_texts(), item_ids=list(dataset.item_ids))
+    from semrec.atomic import save_npz
+    save_npz(path, item_ids=np.asarray(dataset.item_ids, dtype=str), embeddings=emb.astype(np.float32))
+  with np.load(path) as z:
+    return z["item_ids"].astype(object), z["embeddings"]
 
 
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--quick", action="store_true", help="the default ComparisonConfig (what `semrec run` uses)")
-  ap.add_argument("--content-npz", default=None)
-  ap.add_argument("--epochs", type=int, default=None)
-  ap.add_argument("--learned", action="store_true", help="also train towers with a learned quality w")
-  ap.add_argument("--tune-new-item-weight", type=float, default=None,
-                  help="ComparisonConfig.tune_new_item_weight (weight of new-item queries in the w search)")
-  ap.add_argument("--tfrs-protocol", action="store_true", help="also run the TFRS tutorial protocol")
-  ap.add_argument("--out", default=None, help="default results/bench_retrieval[_quick].json")
-  args = ap.parse_args(argv)
-  args.out = args.out or os.path.join(RESULTS, "bench_retrieval_quick.json" if args.quick else "bench_retrieval.json")
+def run_one(name: str, kind: str, seed: int, variants, verbose: bool = True) -> dict:
+  """One comparison (library defaults, ``seed``) on ``name``/``kind``; returns test metrics per model."""
+  from semrec.data import make_split
+  from semrec.towers import ComparisonConfig, run_retrieval_comparison
+  ds = load_dataset(name)
+  ids, emb = content_embeddings(name, ds)
+  split = make_split(ds, kind, seed=seed)
+  cfg = ComparisonConfig(seed=seed, **({"variants": tuple(variants)} if variants else {}),
+                         quality_modes=("none", "tuned") if kind == "temporal" else ("none",))
+  out_dir = os.path.join(CACHE, "bench_retrieval", f"{name}_{kind}_s{seed}")
+  res = run_retrieval_comparison(ds, split, ids, emb, cfg, output_dir=out_dir, verbose=verbose)
+  models = {n: m["test"] for n, m in res["baselines"].items()}
+  for v, r in res["results"].items():
+    models[v] = r["test"]
+    if "tuned" in r:
+      models[f"{v}+quality"] = r["tuned"]["test"]
+  return {"models": models, "served": res["served"], "split": res["split"],
+          "train_seconds": {v: r["train_seconds"] for v, r in res["results"].items()},
+          "best_epoch": {v: r["best_epoch"] for v, r in res["results"].items()}, "seconds": res["seconds"]}
 
-  from semrec.data import load_movielens
-  from semrec.towers.comparison import ComparisonConfig, run_retrieval_comparison
 
-  ds = load_movielens()
-  ids, emb, source = load_content(ds, args.content_npz)
-  cfg = ComparisonConfig() if args.quick else ComparisonConfig(epochs=6, output_dim=64, embedding_dim=64,
-                                                                 mlp_dims=(128,), max_history=20)
-  if args.epochs:
-    cfg = dataclasses.replace(cfg, epochs=args.epochs)
-  if args.tune_new_item_weight is not None:
-    cfg = dataclasses.replace(cfg, tune_new_item_weight=args.tune_new_item_weight)
-  if args.learned:
-    cfg = dataclasses.replace(cfg, quality_modes=tuple(cfg.quality_modes) + ("learned",))
-  out_dir = os.path.splitext(os.path.abspath(args.out))[0]  # table CSV, full JSON and PNG go here
-  t0 = time.time()
-  res = run_retrieval_comparison(ds, ids, emb, cfg, output_dir=out_dir)
-  table = res["table"]
-  import pandas as pd
-  pd.set_option("display.width", 200)
-  cols = ["variant", "quality", "slice", "recall@10", "recall@50", "recall@100", "ndcg@10", "num_queries"]
-  print(table[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-  print("acceptance:", json.dumps(res["acceptance"], indent=1, default=str))
-  result = {"benchmark": "bench_retrieval", "quick": args.quick, "content": source, "provenance": _provenance(),
-            "comparison_seconds": time.time() - t0, **{k: v for k, v in res.items() if k != "table"},
-            "table": table.to_dict("records")}
-  if args.tfrs_protocol:
-    result["tfrs_tutorial_protocol"] = tfrs_tutorial_protocol(ds)
-    print("TFRS tutorial protocol:", result["tfrs_tutorial_protocol"])
-  write_json(args.out, result)
-  print(f"wrote {args.out} ({result['comparison_seconds']:.0f}s)")
-  return result
+def aggregate(per_seed: list) -> dict:
+  """{model: {slice: {metric: [mean, std]}}} over seeds (models present in every seed)."""
+  out = {}
+  names = set.intersection(*(set(r["models"]) for r in per_seed))
+  for n in sorted(names):
+    out[n] = {}
+    for s in per_seed[0]["models"][n]:
+      keys = [k for k in per_seed[0]["models"][n][s] if k.startswith(("recall", "ndcg"))]
+      out[n][s] = {k: [float(np.mean(v)), float(np.std(v))]
+                   for k in keys if (v := [r["models"][n].get(s, {}).get(k, np.nan) for r in per_seed])}
+  return out
+
+
+def _m(agg, model, metric, s="overall"):
+  return agg.get(model, {}).get(s, {}).get(metric, [np.nan])[0]
+
+
+def acceptance(name: str, kind: str, agg: dict, per_seed: list) -> dict:
+  """The issue's targets for this run (means over seeds; the served variant = the most frequent choice)."""
+  learned = [n for n in agg if n not in ("popularity", "transition", "content_knn") and "+quality" not in n]
+  served = pd.Series([r["served"]["variant"] for r in per_seed]).mode().iloc[0]
+  best = max(learned, key=lambda n: _m(agg, n, "recall@10"))
+  out = {"served": served, "best_learned": best}
+  if kind == "leave_one_out":
+    ratio = _m(agg, best, "recall@10") / _m(agg, "transition", "recall@10")
+    out.update({"best_r10_over_transition": ratio, "served_r10_over_transition":
+                _m(agg, served, "recall@10") / _m(agg, "transition", "recall@10"),
+                "target": ">= 1.2 (dev sets); > 1 and > today's default sid_spm_hashed (movielens)",
+                "met": bool(ratio >= (1.2 if name != "movielens" else 1.0))})
+  elif kind == "cold_items":
+    ratio = _m(agg, served, "recall@10", "cold") / _m(agg, "content_knn", "recall@10", "cold")
+    out.update({"served_cold_r10_over_content_knn": ratio, "target": ">= 1.2", "met": bool(ratio >= 1.2)})
+  else:
+    best_all = max(_m(agg, n, "recall@100") for n in learned)
+    cold, content_cold = _m(agg, served, "recall@100", "cold"), _m(agg, "content", "recall@100", "cold")
+    tuned = _m(agg, f"{served}+quality", "recall@100", "cold")
+    out.update({"served_cold_r100": cold, "content_cold_r100": content_cold,
+                "served_overall_r100": _m(agg, served, "recall@100"), "best_overall_r100": best_all,
+                "quality_cold_r100": tuned, "met": bool(cold >= content_cold and
+                                                         _m(agg, served, "recall@100") >= best_all - 0.005 and
+                                                         tuned >= 0.9 * cold)})
+  return out
+
+
+def main():
+  from semrec.atomic import write_json
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--runs", nargs="+", default=list(RUNS), help="dataset:split pairs")
+  parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+  parser.add_argument("--variants", nargs="*", default=None, help="default: ComparisonConfig's")
+  parser.add_argument("--out", default=os.path.join(RESULTS, "bench_retrieval.json"))
+  parser.add_argument("--merge", nargs="*", default=None,
+                      help="combine the per-seed results of these JSON files (e.g. one process per seed) into --out")
+  args = parser.parse_args()
+  if args.merge:
+    write_json(args.out, merge_reports(args.merge))
+    return
+  report = {"command": "python -m semrec.benchmarks.bench_retrieval " + " ".join(
+      [f"--runs {' '.join(args.runs)}", f"--seeds {' '.join(map(str, args.seeds))}"] +
+      ([f"--variants {' '.join(args.variants)}"] if args.variants else [])), "runs": {}}
+  if os.path.exists(args.out):
+    import json
+    with open(args.out) as f:
+      report["runs"] = json.load(f).get("runs", {})
+  for run in args.runs:
+    name, kind = run.split(":")
+    if name != "movielens" and not os.path.isdir(os.path.join(dev_dir(), name)):
+      print(f"skip {run}: {dev_dir()}/{name} not found")
+      continue
+    per_seed, t0 = [], time.time()
+    for seed in args.seeds:
+      print(f"== {run} seed {seed}", flush=True)
+      per_seed.append(run_one(name, kind, seed, args.variants))
+    agg = aggregate(per_seed)
+    report["runs"][run] = {"seeds": args.seeds, "mean_std": agg, "per_seed": per_seed,
+                           "acceptance": acceptance(name, kind, agg, per_seed), "seconds": time.time() - t0}
+    print(_table(run, agg), "\n", report["runs"][run]["acceptance"], flush=True)
+    write_json(args.out, report)
+
+
+def merge_reports(paths) -> dict:
+  """One report from several (each from its own process): per-seed results concatenated per run, then the
+  mean / std and acceptance recomputed."""
+  import json
+  runs, commands = {}, []
+  for p in paths:
+    with open(p) as f:
+      rep = json.load(f)
+    commands.append(rep["command"])
+    for run, r in rep["runs"].items():
+      entry = runs.setdefault(run, {"seeds": [], "per_seed": [], "seconds": 0.0})
+      entry["seeds"] += r["seeds"]
+      entry["per_seed"] += r["per_seed"]
+      entry["seconds"] += r["seconds"]
+  for run, r in runs.items():
+    name, kind = run.split(":")
+    r["mean_std"] = aggregate(r["per_seed"])
+    r["acceptance"] = acceptance(name, kind, r["mean_std"], r["per_seed"])
+    print(_table(run, r["mean_std"]), "\n", r["acceptance"])
+  return {"command": commands, "runs": runs}
+
+
+def _table(run: str, agg: dict) -> str:
+  lines = [f"{run}: test, mean ± std over seeds", "| model | R@10 | R@100 | cold R@10 | cold R@100 |",
+           "|---|---|---|---|---|"]
+  for n, m in agg.items():
+    cell = lambda s, k: ("{:.4f} ± {:.4f}".format(*m[s][k]) if s in m and k in m[s] else "-")  # noqa: E731
+    lines.append(f"| {n} | {cell('overall', 'recall@10')} | {cell('overall', 'recall@100')} | "
+                 f"{cell('cold', 'recall@10')} | {cell('cold', 'recall@100')} |")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -124,13 +124,16 @@ class RetrievalStageConfig:
 
   Attributes:
     comparison: Settings of the comparison (variants, quality modes, epochs, sizes).
-    production_variant: Item-tower variant of the served retriever (one of ``semrec.towers.VARIANTS``).
-    production_quality: "none" (cold-start friendly) or "tuned" (w tuned on the validation window).
+    production_variant: "auto" (default): the variant with the best validation selection score
+      (``semrec.towers.FitConfig.cold_weight`` weighs cold against warm targets); or one of
+      ``semrec.towers.VARIANTS`` to force it (it must be among ``comparison.variants``).
+    production_quality: "none" (the served model has no quality vector; "tuned" rows are reported in the
+      comparison only).
     index_kind: "auto" (brute force below 20k items, ScaNN above), "scann" or "brute_force".
     top_k: k of the exported retrieval models.
   """
   comparison: ComparisonConfig = dataclasses.field(default_factory=ComparisonConfig)
-  production_variant: str = setting("sid_spm_hashed", choices=VARIANTS)
+  production_variant: str = setting("auto", choices=("auto",) + VARIANTS)
   production_quality: str = setting("none", choices=("none", "tuned"))
   index_kind: str = setting("auto", choices=("auto", "scann", "brute_force"))
   top_k: int = 100
@@ -193,9 +196,7 @@ class RunConfig:
                                         audio_architecture="vggish-small")
     sid = rep(self.sid, model=rep(self.sid.model, codebook_size=16, epochs=2, init_batch_size=512, batch_size=64),
               cluster_ks=(8, 16))
-    retrieval = rep(self.retrieval, top_k=10, comparison=rep(
-        self.retrieval.comparison, epochs=1, batch_size=64, num_clusters=16, sid_codebook_size=16, spm_vocab_size=64,
-        embedding_dim=8, output_dim=8, mlp_dims=(16,), max_history=5))
+    retrieval = rep(self.retrieval, top_k=10, comparison=self.retrieval.comparison.quick())
     ranking = rep(self.ranking, modes=("random_hash", "unigram", "spm"), budgets=(64, 128), use_history=(True,),
                   num_periods=4, embedding_dim=8, production_budget=64,
                   ranker=rep(self.ranking.ranker, history_length=5, batch_size=64))

@@ -1,9 +1,12 @@
-"""Item representations: random hash, dense content, SID n-grams and SentencePiece pieces.
+"""Item representations: random hash, dense content, cluster IDs, SID n-grams and SentencePiece pieces.
 
 One Keras layer, ``ItemRepresentation``, turns an item's features into a d-dim vector. Which
 representation it uses is configuration (``ItemRepresentationConfig.modes``), so the baselines
-(random hashed ids, a content projection) and the SID adapters of Singh et al. (unigram, bigram,
-prefix n-grams, SentencePiece pieces) are one run apart.
+(random hashed ids, a content projection), trainable k-means cluster-ID embeddings (Kuaishou) and
+the SID adapters of Singh et al. (unigram, bigram, prefix n-grams, SentencePiece pieces) are one run
+apart. It is the one item representation of semrec: the retrieval towers (``semrec.towers.ItemEncoder``)
+and the ranker (``semrec.ranking.Ranker``) both embed items with it, so e.g. retrieval's SPM + hashed
+ID and the ranker's "spm+hash" are the same layer with the same knobs.
 
 Shape letters: B batch, H history length, L SID levels, K codebook size, D content width,
 d embedding width. Leading dims ``[...]`` may be ``[B]`` or ``[B, H]``.
@@ -19,8 +22,13 @@ from semrec.config import to_dict
 from semrec.sid import budget as _budget
 from semrec.sid.spm import SidSpm, SpmSegmenter
 
-MODES = _budget.ALL_MODES
+MODES = _budget.ALL_MODES + ("cluster",)
 COMBINERS = ("concat", "sum")
+
+
+def cluster_feature(k: int) -> str:
+  """Input key of the cluster ids at granularity ``k`` (e.g. ``cluster_k100``)."""
+  return f"cluster_k{int(k)}"
 
 
 @dataclasses.dataclass
@@ -41,7 +49,13 @@ class ItemRepresentationConfig:
       their span values into this many rows. For "spm" it is the SentencePiece vocabulary size,
       which must be >= L * K + 1 (every (level, code) is a piece, plus <unk>).
     hash_buckets: Rows of the "random_hash" table.
-    content_dim: D, the content embedding width ("dense" mode only; 0 when unused).
+    content_dim: D, the content embedding width ("dense" mode only); 0 = taken from the first input.
+    cluster_sizes: k of each cluster granularity of the "cluster" mode (e.g. (100, 1000)); the ids
+      come in the input features ``cluster_k<k>`` (``cluster_feature(k)``), -1 = unknown (no lookup).
+    id_dropout: Fraction of rows whose "random_hash" part is zeroed in each training call
+      (DropoutNet-style ID dropout: the other parts must score an item alone, as they do for a new
+      item whose hashed-ID row was never trained). Inference never drops. With id_dropout > 0 the
+      hash table starts at zero, so an untrained row (a new item's) is exactly a dropped one.
   """
   modes: Tuple[str, ...] = ("unigram",)
   combiner: str = "concat"
@@ -51,6 +65,8 @@ class ItemRepresentationConfig:
   table_budget: int = 65536
   hash_buckets: int = 100_000
   content_dim: int = 0
+  cluster_sizes: Tuple[int, ...] = ()
+  id_dropout: float = 0.0
 
   def __post_init__(self):
     if isinstance(self.modes, str):
@@ -71,10 +87,16 @@ class ItemRepresentationConfig:
         raise ValueError(f"ItemRepresentationConfig.{name} must be a positive int, got {v!r}")
     if not isinstance(self.content_dim, int) or self.content_dim < 0:
       raise ValueError(f"ItemRepresentationConfig.content_dim must be an int >= 0, got {self.content_dim!r}")
-    if "dense" in self.modes and self.content_dim < 1:
-      raise ValueError(f"ItemRepresentationConfig.content_dim must be >= 1 for mode 'dense', got {self.content_dim}")
     if "spm" in self.modes:
       SpmSegmenter.check_sizes(self.num_levels, self.codebook_size, self.table_budget)
+    self.cluster_sizes = tuple(int(k) for k in self.cluster_sizes)
+    if any(k < 1 for k in self.cluster_sizes) or len(set(self.cluster_sizes)) != len(self.cluster_sizes):
+      raise ValueError(f"ItemRepresentationConfig.cluster_sizes must be distinct positive ints, got {self.cluster_sizes}")
+    if ("cluster" in self.modes) != bool(self.cluster_sizes):
+      raise ValueError("ItemRepresentationConfig: mode 'cluster' and cluster_sizes go together "
+                       f"(modes={self.modes}, cluster_sizes={self.cluster_sizes})")
+    if not 0.0 <= self.id_dropout < 1.0:
+      raise ValueError(f"ItemRepresentationConfig.id_dropout must be in [0, 1), got {self.id_dropout}")
 
   @property
   def output_dim(self) -> int:
@@ -83,6 +105,17 @@ class ItemRepresentationConfig:
   @property
   def uses_sid(self) -> bool:
     return any(m in ("unigram", "bigram", "prefix", "spm") for m in self.modes)
+
+  @property
+  def input_features(self) -> Tuple[str, ...]:
+    """The input keys the configured modes read (besides the optional ``item_id``)."""
+    keys = ["item_id"] if "random_hash" in self.modes else []
+    if self.uses_sid:
+      keys.append("sid")
+    if "dense" in self.modes:
+      keys.append("content")
+    keys += [cluster_feature(k) for k in self.cluster_sizes]
+    return tuple(keys)
 
 
 def _fingerprint_mod(values: tf.Tensor, buckets: int) -> tf.Tensor:
@@ -100,13 +133,17 @@ class ItemRepresentation(tf.keras.layers.Layer):
     item_id: [...] tf.string item ids ("" = padding; needed by "random_hash").
     sid: [..., L] int32/int64 SID codes in [0, K); a row of all -1 is padding (SID modes).
     content: [..., D] float32 content embedding ("dense").
+    cluster_k<k>: [...] int32 cluster id at granularity k, -1 = unknown ("cluster", one key per k).
 
   Output: [..., output_dim] float32; padded items (item_id == "", or an all -1 SID row, or when
   neither key is given an all-zero content row) map to a zero vector so history pooling can mask.
+  ``call(inputs, training=True)`` zeroes the "random_hash" part of a random ``id_dropout`` fraction
+  of the rows (ID dropout); ``training`` False / None never drops.
 
   Each SID mode sums the embeddings of its sub-pieces: "unigram" L lookups, "bigram" ceil(L/2),
   "prefix" L (each into one table of exact or hashed rows, see ``sid.budget``), "spm" one per
-  SentencePiece piece (1..L), segmented in-graph by ``SpmSegmenter`` with standard TF ops.
+  SentencePiece piece (1..L), segmented in-graph by ``SpmSegmenter`` with standard TF ops;
+  "cluster" one per granularity (one table of sum(k) rows, granularity g offset by the k before it).
   Bad input: a code outside [0, K) or a partially -1 SID row fails an in-graph assert naming
   the "sid" field; a wrong L raises ``ValueError`` (static shape) or fails an assert (dynamic).
 
@@ -131,8 +168,13 @@ class ItemRepresentation(tf.keras.layers.Layer):
       if mode == "dense":
         self.dense = tf.keras.layers.Dense(c.embedding_dim, name="dense_content")
         continue
-      rows = _budget.table_rows(mode, c.num_levels, c.codebook_size, c.table_budget, c.hash_buckets)
-      self._tables[mode] = tf.keras.layers.Embedding(rows, c.embedding_dim, name=f"{mode}_embeddings")
+      rows = (sum(c.cluster_sizes) if mode == "cluster" else
+              _budget.table_rows(mode, c.num_levels, c.codebook_size, c.table_budget, c.hash_buckets))
+      # With ID dropout the hashed-ID rows start at zero: a row no training item reached (a new item's)
+      # then equals a dropped one, so a new item is scored exactly as the dropout-trained path learned.
+      init = "zeros" if mode == "random_hash" and c.id_dropout > 0 else "uniform"
+      self._tables[mode] = tf.keras.layers.Embedding(rows, c.embedding_dim, embeddings_initializer=init,
+                                                     name=f"{mode}_embeddings")
       if mode in _budget.NGRAM_MODES:
         self._hashed[mode] = _budget.ngram_is_hashed(mode, c.num_levels, c.codebook_size, c.table_budget)
     self.segmenter = None
@@ -154,7 +196,7 @@ class ItemRepresentation(tf.keras.layers.Layer):
     c = self.config
     for mode, table in self._tables.items():
       table.build((None,))
-    if "dense" in c.modes:
+    if "dense" in c.modes and c.content_dim:
       self.dense.build((None, c.content_dim))
     if self.segmenter is not None:
       self.segmenter.build((None, c.num_levels))
@@ -197,7 +239,8 @@ class ItemRepresentation(tf.keras.layers.Layer):
   def lookup_ids(self, inputs: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     """Table rows each mode reads: mode -> [..., P] int64, -1 where there is no lookup.
 
-    P is 1 for "random_hash", ceil(L/2) for "bigram", L for "unigram", "prefix" and "spm".
+    P is 1 for "random_hash", ceil(L/2) for "bigram", L for "unigram", "prefix" and "spm",
+    len(cluster_sizes) for "cluster".
     "dense" has no table and no entry.
     """
     ids, _, lead = self._lookup_ids_flat(inputs)
@@ -220,9 +263,14 @@ class ItemRepresentation(tf.keras.layers.Layer):
       id_pad = tf.equal(tf.reshape(item_id, [-1]), "")
       pad = id_pad if pad is None else tf.logical_or(pad, id_pad)
       item_id = tf.reshape(item_id, [-1])
+    if "cluster" in c.modes:
+      rows, lead_c = self._cluster_rows(inputs)  # an unknown (-1) cluster id only removes its own lookup
+      lead = lead_c if lead is None else lead
     ids = {}
     for mode in c.modes:
-      if mode == "random_hash":
+      if mode == "cluster":
+        ids[mode] = rows
+      elif mode == "random_hash":
         ids[mode] = tf.strings.to_hash_bucket_fast(item_id, c.hash_buckets)[:, None]
       elif mode in _budget.NGRAM_MODES:
         ids[mode] = self._ngram_ids(mode, codes)
@@ -231,6 +279,24 @@ class ItemRepresentation(tf.keras.layers.Layer):
     if pad is not None:
       ids = {m: tf.where(pad[:, None], tf.constant(-1, tf.int64), v) for m, v in ids.items()}
     return ids, pad, lead
+
+  def _cluster_rows(self, inputs):
+    """-> (rows [M, G] int64 into the cluster table, -1 for unknown ids; leading shape)."""
+    cols, offset = [], 0
+    lead = None
+    for k in self.config.cluster_sizes:
+      key = cluster_feature(k)
+      cid = tf.convert_to_tensor(self._require(inputs, key))
+      if not cid.dtype.is_integer:
+        raise ValueError(f"ItemRepresentation: {key!r} must be an integer tensor, got {cid.dtype.name}")
+      lead = tf.shape(cid) if lead is None else lead
+      cid = tf.reshape(tf.cast(cid, tf.int64), [-1])
+      check = tf.debugging.assert_less(cid, tf.constant(k, tf.int64),
+                                       message=f"ItemRepresentation: {key!r} ids must be < {k} (-1 = unknown)")
+      with tf.control_dependencies([check]):
+        cols.append(tf.where(cid >= 0, cid + offset, tf.constant(-1, tf.int64)))
+      offset += k
+    return tf.stack(cols, axis=1), lead
 
   def _ngram_ids(self, mode: str, codes: tf.Tensor) -> tf.Tensor:
     """codes [M, L] int64 -> [M, P] int64 table rows of the mode's spans."""
@@ -253,21 +319,24 @@ class ItemRepresentation(tf.keras.layers.Layer):
 
   # -- forward -------------------------------------------------------------------------------------
 
-  def call(self, inputs: Dict[str, tf.Tensor]) -> tf.Tensor:
+  def call(self, inputs: Dict[str, tf.Tensor], training=None) -> tf.Tensor:
     if not isinstance(inputs, dict):
-      raise ValueError("ItemRepresentation expects a dict of features ('item_id', 'sid', 'content')")
+      raise ValueError("ItemRepresentation expects a dict of features ('item_id', 'sid', 'content', 'cluster_k<k>')")
     c = self.config
     ids, pad, lead = self._lookup_ids_flat(inputs)
     outs = []
     for mode in c.modes:
       if mode == "dense":
         content = tf.convert_to_tensor(self._require(inputs, "content"), tf.float32)
-        if content.shape.rank is not None and content.shape[-1] is not None and content.shape[-1] != c.content_dim:
+        width = content.shape[-1] if content.shape.rank is not None else None
+        if c.content_dim and width is not None and width != c.content_dim:
           raise ValueError(f"ItemRepresentation: 'content' last dimension must be content_dim={c.content_dim}, "
-                           f"got {content.shape[-1]}")
+                           f"got {width}")
+        if not (c.content_dim or width):
+          raise ValueError("ItemRepresentation: 'content' needs a static last dimension when content_dim=0")
         if lead is None:
           lead = tf.shape(content)[:-1]
-        flat = tf.reshape(content, [-1, c.content_dim])
+        flat = tf.reshape(content, [-1, c.content_dim or width])
         if pad is None:
           pad = tf.reduce_all(tf.equal(flat, 0.0), axis=-1)
         outs.append(self.dense(flat))
@@ -275,11 +344,20 @@ class ItemRepresentation(tf.keras.layers.Layer):
         rows = ids[mode]
         emb = self._tables[mode](tf.maximum(rows, 0))  # [M, P, d]
         mask = tf.cast(rows >= 0, emb.dtype)[:, :, None]
-        outs.append(tf.reduce_sum(emb * mask, axis=1))
+        part = tf.reduce_sum(emb * mask, axis=1)
+        if mode == "random_hash" and c.id_dropout > 0 and training is True:
+          part = part * self._id_keep_mask(tf.shape(part)[0])
+        outs.append(part)
     out = tf.concat(outs, axis=-1) if c.combiner == "concat" else tf.add_n(outs)
     if pad is not None:
       out = tf.where(pad[:, None], tf.zeros_like(out), out)
     return tf.reshape(out, tf.concat([lead, [self.output_dim]], 0))
+
+  def _id_keep_mask(self, rows: tf.Tensor) -> tf.Tensor:
+    """[M, 1] float32: 0 for a random ``id_dropout`` fraction of the M rows, else 1 (no rescaling:
+    a kept ID row must look the same at training and at serving)."""
+    u = tf.random.uniform([rows], seed=None)
+    return tf.cast(u >= self.config.id_dropout, tf.float32)[:, None]
 
   def get_config(self):
     cfg = super().get_config()

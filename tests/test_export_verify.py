@@ -32,18 +32,19 @@ def _sid_layers(dim):
 
 def _item_representation():
   from semrec.sid import ItemRepresentation, ItemRepresentationConfig
-  return ItemRepresentation(ItemRepresentationConfig(modes=("unigram",), embedding_dim=4, num_levels=L,
-                                                     codebook_size=K))
+  return ItemRepresentation(ItemRepresentationConfig(modes=("unigram", "random_hash"), embedding_dim=4, num_levels=L,
+                                                     codebook_size=K, hash_buckets=50))
 
 
 def _retriever():
   from semrec.towers import (CandidateTowerConfig, ItemEncoderConfig, QueryTowerConfig, RetrieverConfig,
                              TwoTowerRetriever)
-  config = RetrieverConfig(item=ItemEncoderConfig(hash_bins=50, hash_dim=4, use_sid=True),
+  rep = _item_representation()
+  config = RetrieverConfig(item=ItemEncoderConfig(representation=rep.config),
                            candidate=CandidateTowerConfig(mlp_dims=(8,), output_dim=4),
                            query=QueryTowerConfig(user_hash_bins=20, user_dim=4, max_history=H, mlp_dims=(8,),
                                                   output_dim=4))
-  return TwoTowerRetriever(config, item_representation=_item_representation())
+  return TwoTowerRetriever(config, item_representation=rep)
 
 
 def _ranker():

@@ -180,7 +180,7 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
       (dict(modes=("unigram", "unigram")), "duplicates"),
       (dict(combiner="mean"), "mean"),
       (dict(embedding_dim=0), "embedding_dim"),
-      (dict(modes=("dense",), content_dim=0), "content_dim"),
+      (dict(modes=("dense",), content_dim=-1), "content_dim"),
       (dict(modes=("spm",), table_budget=10), "L\\*K \\+ 1 = 17"),
   )
   def test_config_validation(self, kwargs, msg):

@@ -1,25 +1,38 @@
 """Two-tower retrieval: query/candidate towers, Etsy quality vector, TFRS model, ScaNN/brute-force index, metrics."""
 from semrec.towers.index import (IndexConfig, RetrievalIndex, brute_force_top_k, build_and_save_index, build_index,
                                  index_report, recall_against_exact)
-from semrec.towers.inputs import RetrievalInputs, item_frequencies
+from semrec.towers.inputs import RetrievalInputs, item_frequencies, sequence_windows
 from semrec.towers.evaluation import DEFAULT_KS, NDCG_KS, evaluate_scores, query_metrics
 from semrec.towers.baselines import (BASELINES, ContentKnnBaseline, PopularityBaseline, TransitionBaseline,
                                     evaluate_baselines)
 from semrec.towers.metrics import metrics_from_ranks, rank_of_targets, sliced_metrics
 from semrec.towers.model import (QUALITY_MODES, RetrieverConfig, TwoTowerRetriever, compile_retriever, embed_candidates,
-                                 embed_queries, init_model, load_retriever, save_retriever, tune_quality_weights)
-from semrec.towers.comparison import (VARIANTS, ComparisonConfig, build_variant_retriever, fit_retriever,
-                                      run_retrieval_comparison)
-from semrec.towers.quality import QualityConfig, QualityVector
+                                 embed_queries, init_model, load_retriever, save_retriever)
+from semrec.towers.sequential import SequentialQueryTower, SequentialTowerConfig
+from semrec.towers.tasks import MixedNegativeRetrieval, gather_candidates
+from semrec.towers.training import (FitConfig, ValidationEarlyStopping, evaluate_retriever, query_embeddings,
+                                    selection_score, train_and_evaluate)
+from semrec.towers.comparison_report import comparison_markdown, comparison_table, plot_comparison
+from semrec.towers.comparison import (DEFAULT_VARIANTS, ITEM_REPRESENTATIONS, VARIANTS, ComparisonConfig, ItemSide,
+                                      build_variant_retriever, prepare_item_side, run_retrieval_comparison, run_variant, select_served,
+                                      served_retriever, variant_config)
+from semrec.towers.quality import QualityConfig, QualityVector, tune_quality_weights
+from semrec.towers.residual import ContentResidual, content_basis
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                                   QueryTowerConfig)
 
 __all__ = [
-    "IndexConfig", "RetrievalIndex", "brute_force_top_k", "build_and_save_index", "build_index", "index_report", "recall_against_exact",
-    "RetrievalInputs", "item_frequencies", "metrics_from_ranks", "rank_of_targets", "sliced_metrics",
-    "QUALITY_MODES", "RetrieverConfig", "TwoTowerRetriever", "compile_retriever", "embed_candidates", "embed_queries", "init_model",
-    "load_retriever", "save_retriever", "tune_quality_weights", "VARIANTS", "ComparisonConfig", "build_variant_retriever", "fit_retriever", "run_retrieval_comparison", "QualityConfig", "QualityVector", "CandidateTower",
-    "CandidateTowerConfig", "ItemEncoder", "ItemEncoderConfig", "QueryTower", "QueryTowerConfig",
+    "IndexConfig", "RetrievalIndex", "brute_force_top_k", "build_and_save_index", "build_index", "index_report",
+    "recall_against_exact", "RetrievalInputs", "item_frequencies", "sequence_windows", "SequentialQueryTower",
+    "SequentialTowerConfig", "MixedNegativeRetrieval", "gather_candidates", "metrics_from_ranks", "rank_of_targets",
+    "sliced_metrics", "QUALITY_MODES", "RetrieverConfig", "TwoTowerRetriever", "compile_retriever",
+    "embed_candidates", "embed_queries", "init_model", "load_retriever", "save_retriever", "tune_quality_weights",
+    "FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "query_embeddings", "selection_score",
+    "train_and_evaluate", "DEFAULT_VARIANTS", "ITEM_REPRESENTATIONS", "VARIANTS", "ComparisonConfig", "ItemSide",
+    "build_variant_retriever", "comparison_markdown", "comparison_table", "plot_comparison", "prepare_item_side",
+    "run_retrieval_comparison", "run_variant", "select_served", "served_retriever", "variant_config", "QualityConfig", "QualityVector",
+    "CandidateTower", "CandidateTowerConfig", "ItemEncoder", "ItemEncoderConfig", "QueryTower", "QueryTowerConfig",
+    "ContentResidual", "content_basis",
     "DEFAULT_KS", "NDCG_KS", "evaluate_scores", "query_metrics", "BASELINES", "ContentKnnBaseline",
     "PopularityBaseline", "TransitionBaseline", "evaluate_baselines",
 ]

@@ -1,32 +1,30 @@
-"""One-run comparison of candidate-tower item representations (DESIGN.md evaluation protocol).
+"""One-run comparison of retriever variants against non-learned baselines, on any ``semrec.data`` split.
 
-Protocol:
-  * ``temporal_split(dataset, train_fraction)``: train before the cutoff, test after; cold items are
-    items first seen after the cutoff.
-  * The last ``val_fraction`` of the train period (by time) is a validation window: the towers are
-    trained on the interactions before it (positives only, in-batch softmax with logQ correction),
-    the quality weights w are tuned on it, and the test period is never used for either.
-  * Quality features f(p) for the validation window are fitted on the data before the window (reference
-    time = window start); for the test they are refitted on the full train period (reference time =
-    cutoff), so no feature ever sees the period it is scored on.
-  * Every test positive is a query (user history of earlier positives, train + test log), scored
-    against the full catalogue; items the user interacted with earlier are excluded. Recall@10/50/100
-    and NDCG@10 overall, on warm and on cold target items.
+A variant is a configuration of ONE model (``TwoTowerRetriever``): an item representation (the parts of the
+shared ``ItemEncoder``) and a query tower. Names: ``<item>`` uses the pooled query tower (mean / attention /
+GRU over the history, ``RetrieverConfig.query``), ``seq_<item>`` the causal self-attention tower
+(``RetrieverConfig.sequential``). Item representations:
+  hashed_id        hashed item-ID embedding only (no content: the classic baseline)
+  content          Dense projection of the frozen content embedding
+  cluster_id       trainable k-means cluster-ID embedding (Kuaishou), ids from the SID stage or fitted here
+  sid_unigram      SID unigram pieces (semrec.sid ItemRepresentation)
+  sid_spm          SID SentencePiece pieces (trained on the interaction-weighted SID corpus)
+  sid_spm_hashed   SID SPM pieces + hashed item ID
+  hashed_content   hashed item ID + content projection (the ID memorises head items, content carries new ones)
+  cold_content     content projection + the frozen content residual (retritem's cold-aware item tower)
+  cold_hashed_content  hashed ID (ID dropout 0.3) + content projection + content residual
+  cold_hashed_cluster  cold_hashed_content + trainable cluster-ID embeddings (the SID stage's k-means ids)
 
-Variants (all share the same query tower, training and data; only ``ItemEncoderConfig`` differs):
-  hashed_id       hashed item-ID embedding only (the baseline)
-  content         Dense projection of the content embedding
-  cluster_id      trainable k-means cluster-ID embedding (Kuaishou)
-  sid_unigram     SID unigram pieces (semrec.sid ItemRepresentation, mode "unigram")
-  sid_spm         SID SentencePiece pieces (mode "spm", trained on the impression-weighted SID corpus)
-  sid_spm_hashed  SID SPM pieces + hashed item ID
-Quality modes: "none" (w = 0), "tuned" (same towers, w tuned on the validation window), "learned"
-(separate towers trained with w as a trainable variable).
+Every variant is trained and evaluated by ``semrec.towers.training.train_and_evaluate`` (the function the
+pipeline's served retriever uses): early stopping on the validation selection score, then validation and
+test metrics overall / warm / cold. The baselines (popularity, transition, content kNN;
+``semrec.towers.evaluate_baselines``) are rows of the same table, on the same split. The served variant is
+the one with the best validation selection score (``FitConfig.cold_weight`` weighs cold against warm
+targets). With ``output_dir`` each finished variant is checkpointed, and a rerun resumes after the last one.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from typing import Optional, Sequence
@@ -34,386 +32,338 @@ from typing import Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from semrec.data import ItemFeatures, RecDataset, temporal_split
+from semrec.data import ItemFeatures, RecDataset
+from semrec.towers.model import RetrieverConfig
+from semrec.towers.sequential import SequentialTowerConfig
+from semrec.towers.training import FitConfig
+from semrec.towers.towers import CandidateTowerConfig, QueryTowerConfig
 
-VARIANTS = ("hashed_id", "content", "cluster_id", "sid_unigram", "sid_spm", "sid_spm_hashed")
-SID_VARIANTS = ("sid_unigram", "sid_spm", "sid_spm_hashed")
+ITEM_REPRESENTATIONS = ("hashed_id", "content", "cluster_id", "sid_unigram", "sid_spm", "sid_spm_hashed",
+                        "hashed_content", "cold_content", "cold_hashed_content", "cold_hashed_cluster")
+VARIANTS = ITEM_REPRESENTATIONS + tuple(f"seq_{r}" for r in ITEM_REPRESENTATIONS)
+SID_REPRESENTATIONS = ("sid_unigram", "sid_spm", "sid_spm_hashed")
+DEFAULT_VARIANTS = ("hashed_id", "content", "sid_spm_hashed", "cold_hashed_content", "seq_hashed_content",
+                    "seq_cold_hashed_content")
+
+
+def _default_retriever() -> RetrieverConfig:
+  return RetrieverConfig(candidate=CandidateTowerConfig(mlp_dims=(), output_dim=64),
+                         query=QueryTowerConfig(max_history=20, mlp_dims=(64,), output_dim=64),
+                         sequential=SequentialTowerConfig(max_history=20), num_negatives=1024,
+                         in_batch_negatives=True, temperature=0.05, content_mix=True, learning_rate=2e-3)
 
 
 @dataclasses.dataclass
 class ComparisonConfig:
-  """Settings of ``run_retrieval_comparison`` (defaults sized for ~3-4 min on MovieLens, 2 cores).
+  """Settings of ``run_retrieval_comparison``.
 
   Attributes:
-    variants: Which candidate-tower variants to train (see the module docstring).
-    quality_modes: Subset of ("none", "tuned", "learned"); "tuned" reuses the "none" towers.
-    train_fraction: Temporal split point (fraction of interactions before the cutoff).
-    val_fraction: Fraction of the train interactions (the latest) used as the validation window.
-    max_history: History length H of the query tower.
-    pooling: Query-tower history pooling ("mean", "attention", "gru").
-    user_hash_bins: Hashed user-ID rows in the query tower (0 = no user id).
-    embedding_dim: Width of each item part (hash, cluster, content projection, SID pieces).
-    output_dim: Tower output width d.
-    mlp_dims: Hidden widths of both towers' MLPs.
-    epochs: Training epochs per variant.
-    batch_size: Training batch size (= in-batch negatives + 1).
-    learning_rate: Adam learning rate.
-    temperature: Softmax temperature (towers L2-normalise their outputs).
+    retriever: The base ``RetrieverConfig`` (towers, query towers, loss, learning rate); a variant replaces
+      only its item parts and ``query_tower``.
+    fit: ``FitConfig`` (epochs, early stopping, batch size, selection metric).
+    variants: Variant names (see the module docstring).
+    embedding_dim: Width of each item part (hash, content projection, cluster, SID pieces).
     hash_bins: Item hash rows (0 = 2 x catalogue size).
-    num_clusters: k of the cluster-ID variant.
-    sid_levels: L of the SIDs computed when none are passed in.
-    sid_codebook_size: K of those SIDs.
-    sid_mode: semrec.sid ``RQVAEConfig.mode`` for those SIDs ("rqkmeans" or "rqvae").
-    spm_vocab_size: SentencePiece vocabulary (= table budget) of the SPM variants.
-    ks: Recall cut-offs.
-    max_tune_queries: Validation queries sampled for the w search.
-    quality_new_item_policy: ``QualityConfig.new_item_policy`` for items without train interactions.
-    tune_new_item_weight: Weight, in the w search, of validation queries whose target item is new in the
-      window (1 = plain recall; > 1 protects new-item recall).
+    num_clusters: k of the cluster-ID part when cluster ids are fitted here.
+    sid_levels, sid_codebook_size, sid_mode: SIDs trained here when none are passed in.
+    spm_vocab_size: SentencePiece vocabulary (= table budget) of the SPM parts.
+    quality_modes: Subset of ("none", "tuned"): "tuned" tunes the Etsy w on the validation queries after
+      training (temporal split, single-target queries) and reports it as extra rows.
+    baselines: Baselines evaluated as table rows (``semrec.towers.BASELINES`` names).
     seed: Seeds TF, k-means, SIDs and shuffling.
   """
-  variants: Sequence[str] = VARIANTS
-  quality_modes: Sequence[str] = ("none", "tuned")
-  train_fraction: float = 0.8
-  val_fraction: float = 0.1
-  max_history: int = 10
-  pooling: str = "mean"
-  user_hash_bins: int = 0
-  embedding_dim: int = 32
-  output_dim: int = 32
-  mlp_dims: Sequence[int] = (64,)
-  epochs: int = 3
-  batch_size: int = 1024
-  learning_rate: float = 5e-3
-  temperature: float = 0.05
+  retriever: RetrieverConfig = dataclasses.field(default_factory=_default_retriever)
+  fit: FitConfig = dataclasses.field(default_factory=FitConfig)
+  variants: Sequence[str] = DEFAULT_VARIANTS
+  embedding_dim: int = 64
   hash_bins: int = 0
   num_clusters: int = 256
   sid_levels: int = 3
   sid_codebook_size: int = 64
   sid_mode: str = "rqkmeans"
   spm_vocab_size: int = 1024
-  ks: Sequence[int] = (10, 50, 100)
-  max_tune_queries: int = 3000
-  quality_new_item_policy: str = "neutral"
-  tune_new_item_weight: float = 1.0
+  quality_modes: Sequence[str] = ("none",)
+  baselines: Sequence[str] = ("popularity", "transition", "content_knn")
   seed: int = 0
 
   def __post_init__(self):
+    if isinstance(self.retriever, dict):
+      self.retriever = RetrieverConfig(**self.retriever)
+    if isinstance(self.fit, dict):
+      self.fit = FitConfig(**self.fit)
     self.variants = tuple(self.variants)
     self.quality_modes = tuple(self.quality_modes)
+    self.baselines = tuple(self.baselines)
     bad = [v for v in self.variants if v not in VARIANTS]
-    if bad:
-      raise ValueError(f"unknown variants {bad}; expected a subset of {VARIANTS}")
-    badq = [q for q in self.quality_modes if q not in ("none", "tuned", "learned")]
-    if badq:
-      raise ValueError(f"unknown quality modes {badq}; expected a subset of ('none', 'tuned', 'learned')")
-    if not 0 < self.val_fraction < 1:
-      raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+    if bad or not self.variants:
+      raise ValueError(f"unknown variants {bad or '(none)'}; expected a non-empty subset of {VARIANTS}")
+    badq = [q for q in self.quality_modes if q not in ("none", "tuned")]
+    if badq or "none" not in self.quality_modes:
+      raise ValueError(f"quality_modes must include 'none' and be a subset of ('none', 'tuned'), got "
+                       f"{self.quality_modes}")
 
 
-def _content_matrix(dataset: RecDataset, content_ids, content) -> np.ndarray:
-  """[N, D] content rows in catalogue order; every catalogue item must have one."""
+  def quick(self) -> "ComparisonConfig":
+    """A copy with tiny sizes (smoke tests, ``semrec run --quick``): 1 epoch, 8-d parts, H = 5."""
+    rep = dataclasses.replace
+    r = self.retriever
+    small = rep(r, candidate=rep(r.candidate, output_dim=8), query=rep(r.query, output_dim=8, mlp_dims=(16,),
+                                                                        max_history=5),
+                sequential=rep(r.sequential, max_history=5), num_negatives=min(r.num_negatives, 64))
+    return rep(self, retriever=small, fit=rep(self.fit, max_epochs=1, batch_size=64), embedding_dim=8,
+               num_clusters=16, sid_codebook_size=16, spm_vocab_size=64)
+
+
+def item_representation_of(variant: str) -> str:
+  return variant[4:] if variant.startswith("seq_") else variant
+
+
+@dataclasses.dataclass
+class ItemSide:
+  """Per-item inputs shared by every variant: features (content, cluster_id, sid), the trained SPM, L, K."""
+  features: ItemFeatures
+  spm: object = None
+  sid_levels: int = 0
+  sid_codebook_size: int = 0
+  hash_bins: int = 0
+  num_clusters: int = 0
+
+
+def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: ComparisonConfig,
+                      sid_codes: Optional[np.ndarray] = None, sid_codebook_size: Optional[int] = None,
+                      cluster_ids: Optional[np.ndarray] = None) -> ItemSide:
+  """Content rows in catalogue order, plus the cluster ids / SIDs / SPM the configured variants need.
+
+  ``sid_codes`` [N, L] / ``cluster_ids`` [N] (catalogue order) are reused when given (e.g. the SID stage's,
+  fitted once per run); otherwise they are fitted here on the content embeddings.
+  """
   from semrec.sid import validate_embeddings
-  emb = validate_embeddings(content, item_ids=np.asarray(content_ids), name="content embeddings")
-  idx = pd.Index(np.asarray(content_ids).astype(str)).get_indexer(dataset.item_ids.astype(str))
-  if (idx < 0).any():
-    missing = dataset.item_ids[idx < 0]
-    raise ValueError(f"no content embedding for item {missing[0]!r} ({len(missing)} catalogue items missing)")
-  return emb[idx]
-
-
-def _item_encoder_config(variant: str, cfg: ComparisonConfig, hash_bins: int):
-  from semrec.towers.towers import ItemEncoderConfig
-  e = cfg.embedding_dim
-  if variant == "hashed_id":
-    return ItemEncoderConfig(hash_bins=hash_bins, hash_dim=e)
-  if variant == "content":
-    return ItemEncoderConfig(content_dim=e)
-  if variant == "cluster_id":
-    return ItemEncoderConfig(num_clusters=cfg.num_clusters, cluster_dim=e)
-  if variant in ("sid_unigram", "sid_spm"):
-    return ItemEncoderConfig(use_sid=True)
-  return ItemEncoderConfig(use_sid=True, hash_bins=hash_bins, hash_dim=e)
-
-
-def _item_representation(variant: str, cfg: ComparisonConfig, spm, levels: int, k: int):
-  from semrec.sid import ItemRepresentation, ItemRepresentationConfig
-  if variant == "sid_unigram":
-    rc = ItemRepresentationConfig(modes=("unigram",), embedding_dim=cfg.embedding_dim, num_levels=levels,
-                                  codebook_size=k, table_budget=max(levels * k, 1))
-    return ItemRepresentation(rc, name="item_representation")
-  if variant in ("sid_spm", "sid_spm_hashed"):
-    rc = ItemRepresentationConfig(modes=("spm",), embedding_dim=cfg.embedding_dim, num_levels=levels,
-                                  codebook_size=k, table_budget=cfg.spm_vocab_size)
-    return ItemRepresentation(rc, spm=spm, name="item_representation")
-  return None
-
-
-def build_variant_retriever(variant: str, cfg: ComparisonConfig, quality_dim: int = 0, quality_mode: str = "none",
-                            spm=None, num_levels: Optional[int] = None, codebook_size: Optional[int] = None,
-                            hash_bins: int = 0, time_mean: float = 0.0, time_scale: float = 1.0):
-  """The ``TwoTowerRetriever`` of one comparison variant (the comparison and the served model share it).
-
-  Args:
-    variant: One of ``VARIANTS``.
-    cfg: Sizes (embedding/output dims, MLPs, history, temperature, learning rate, SPM budget, ...).
-    quality_dim, quality_mode: The Etsy quality vector (Q features; "none" | "tuned" | "learned").
-    spm: Trained ``SidSpm`` for the SPM variants.
-    num_levels, codebook_size: L and K of the SIDs (default ``cfg.sid_levels`` / ``cfg.sid_codebook_size``).
-    hash_bins: Item hash rows of the hashed variants.
-    time_mean, time_scale: Normalisation of the query tower's request time.
-  """
-  from semrec.towers.model import RetrieverConfig, TwoTowerRetriever
-  from semrec.towers.towers import CandidateTowerConfig, QueryTowerConfig
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
-  if variant in ("sid_spm", "sid_spm_hashed") and spm is None:
-    raise ValueError(f"variant {variant!r} needs a trained SidSpm (spm=...)")
-  rc = RetrieverConfig(
-      item=_item_encoder_config(variant, cfg, hash_bins),
-      candidate=CandidateTowerConfig(mlp_dims=cfg.mlp_dims, output_dim=cfg.output_dim),
-      query=QueryTowerConfig(user_hash_bins=cfg.user_hash_bins, user_dim=cfg.embedding_dim,
-                             max_history=cfg.max_history, pooling=cfg.pooling, mlp_dims=cfg.mlp_dims,
-                             output_dim=cfg.output_dim, time_mean=time_mean, time_scale=time_scale),
-      temperature=cfg.temperature, quality_dim=quality_dim if quality_mode != "none" else 0,
-      quality_mode=quality_mode, learning_rate=cfg.learning_rate)
-  rep = _item_representation(variant, cfg, spm, num_levels or cfg.sid_levels, codebook_size or cfg.sid_codebook_size)
-  return TwoTowerRetriever(rc, item_representation=rep)
-
-
-def fit_retriever(model, train_ds, epochs: int):
-  """Builds ``model`` eagerly on the first batch, compiles it and runs Keras ``fit``; returns the History."""
-  from semrec.towers.model import compile_retriever, init_model
-  init_model(model, next(iter(train_ds)))
-  compile_retriever(model)
-  return model.fit(train_ds, epochs=epochs, verbose=0)
-
-
-def _plot(table: pd.DataFrame, path: str, k: int = 100):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  modes = list(dict.fromkeys(table["quality"]))
-  fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4), squeeze=False, sharey=True)
-  slices = ["overall", "warm", "cold"]
-  for ax, mode in zip(axes[0], modes):
-    sub = table[table["quality"] == mode]
-    variants = list(dict.fromkeys(sub["variant"]))
-    x = np.arange(len(variants))
-    for j, s in enumerate(slices):
-      vals = [float(sub[(sub["variant"] == v) & (sub["slice"] == s)][f"recall@{k}"].iloc[0]) for v in variants]
-      ax.bar(x + (j - 1) * 0.27, vals, width=0.27, label=s)
-    ax.set_xticks(x)
-    ax.set_xticklabels(variants, rotation=30, ha="right")
-    ax.set_title(f"quality: {mode}")
-    ax.set_ylabel(f"Recall@{k}")
-    ax.legend()
-  fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
-
-
-def run_retrieval_comparison(dataset: RecDataset, content_ids, content, config: Optional[ComparisonConfig] = None,
-                             sid_codes: Optional[np.ndarray] = None, sid_codebook_size: Optional[int] = None,
-                             output_dir: Optional[str] = None, verbose: bool = True) -> dict:
-  """Trains and evaluates every configured variant; returns the metrics table and acceptance checks.
-
-  Args:
-    dataset: A ``RecDataset`` (e.g. ``load_movielens()``).
-    content_ids: [M] item ids of ``content`` (must cover the catalogue).
-    content: [M, D] float32 content embeddings.
-    config: ``ComparisonConfig``.
-    sid_codes: Optional [N, L] int SIDs in catalogue order (e.g. from a ``SidTable``); default: trained
-      here with ``semrec.sid.train_sid_model`` on the content embeddings.
-    sid_codebook_size: K of ``sid_codes`` (required with them).
-    output_dir: If set, writes ``retrieval_comparison.json``, ``.csv`` and ``retrieval_recall.png`` there.
-
-  Returns:
-    {"table": DataFrame (variant, quality, slice, recall@K..., ndcg@10, num_queries, train_seconds),
-     "acceptance": {...}, "quality_weights": {variant: w}, "split": {...}, "config": {...},
-     "plot": path or None, "seconds": total}.
-  """
-  import tensorflow as tf
-  from tqdm.auto import tqdm
-  from semrec.towers.inputs import RetrievalInputs, item_frequencies
-  from semrec.towers.metrics import rank_of_targets, sliced_metrics
-  from semrec.towers.model import embed_candidates, embed_queries, tune_quality_weights
-  from semrec.towers.quality import QualityConfig, QualityVector
-
-  cfg = config or ComparisonConfig()
-  t_start = time.time()
-  tf.keras.utils.set_random_seed(cfg.seed)
   ids = dataset.item_ids.astype(str).astype(object)
-  n_items = len(ids)
-  x = _content_matrix(dataset, content_ids, content)
-
-  split = temporal_split(dataset, cfg.train_fraction)
-  train = split.train
-  ts = np.sort(train["timestamp"].to_numpy())
-  val_start = int(ts[int(len(ts) * (1 - cfg.val_fraction))])
-  fit_rows = train[train["timestamp"] < val_start]
-  val_rows = train[train["timestamp"] >= val_start]
-  if len(fit_rows) == 0 or len(val_rows) == 0:
-    raise ValueError(f"val_fraction={cfg.val_fraction} leaves an empty fit or validation window")
-  pos = lambda d: d[d["label"] > 0]  # noqa: E731
-
-  # Item-side features: content, cluster ids, SIDs (+ SPM), quality vectors.
-  arrays = {"content": x}
-  needs_sid = any(v in SID_VARIANTS for v in cfg.variants)
-  if "cluster_id" in cfg.variants:
-    from semrec.sid.kmeans import fit_kmeans, nearest_centroid
-    cents = fit_kmeans(x, min(cfg.num_clusters, n_items), seed=cfg.seed)
-    arrays["cluster_id"] = nearest_centroid(x, cents)
-  levels, k = cfg.sid_levels, cfg.sid_codebook_size
-  spm = None
-  if needs_sid:
+  emb = validate_embeddings(content, item_ids=np.asarray(content_ids), name="content embeddings")
+  idx = pd.Index(np.asarray(content_ids).astype(str)).get_indexer(ids)
+  if (idx < 0).any():
+    raise ValueError(f"no content embedding for item {ids[idx < 0][0]!r} ({int((idx < 0).sum())} items missing)")
+  x = emb[idx]
+  arrays, reps = {"content": x}, {item_representation_of(v) for v in cfg.variants}
+  num_clusters = 0
+  if any("cluster" in _REPRESENTATIONS[r][0] for r in reps):
+    from semrec.sid import cluster_feature
+    if cluster_ids is None:
+      from semrec.sid.kmeans import fit_kmeans, nearest_centroid
+      cluster_ids = nearest_centroid(x, fit_kmeans(x, min(cfg.num_clusters, len(ids)), seed=cfg.seed))
+    cluster_ids = np.asarray(cluster_ids, np.int32)
+    num_clusters = int(cluster_ids.max()) + 1
+    arrays[cluster_feature(num_clusters)] = cluster_ids
+  side = ItemSide(ItemFeatures(ids, arrays), hash_bins=cfg.hash_bins or 2 * len(ids), num_clusters=num_clusters)
+  if reps & set(SID_REPRESENTATIONS):
     if sid_codes is None:
       from semrec.sid import RQVAEConfig, train_sid_model
-      sid_model = train_sid_model(x, RQVAEConfig(mode=cfg.sid_mode, num_levels=levels, codebook_size=k,
-                                                 seed=cfg.seed), item_ids=ids)
-      sid_codes = sid_model.codes(x)
-    else:
-      if sid_codebook_size is None:
-        raise ValueError("sid_codebook_size is required with sid_codes")
-      sid_codes = np.asarray(sid_codes)
-      if sid_codes.shape[0] != n_items:
-        raise ValueError(f"sid_codes has {sid_codes.shape[0]} rows, the catalogue has {n_items} items")
-      levels, k = int(sid_codes.shape[1]), int(sid_codebook_size)
-    arrays["sid"] = sid_codes.astype(np.int32)
-    if any(v in ("sid_spm", "sid_spm_hashed") for v in cfg.variants):
+      sid_codes = train_sid_model(x, RQVAEConfig(mode=cfg.sid_mode, num_levels=cfg.sid_levels,
+                                                 codebook_size=cfg.sid_codebook_size, seed=cfg.seed),
+                                  item_ids=ids).codes(x)
+      sid_codebook_size = cfg.sid_codebook_size
+    elif sid_codebook_size is None:
+      raise ValueError("sid_codebook_size is required with sid_codes")
+    arrays["sid"] = np.asarray(sid_codes, np.int32)
+    side.sid_levels, side.sid_codebook_size = int(arrays["sid"].shape[1]), int(sid_codebook_size)
+    if reps & {"sid_spm", "sid_spm_hashed"}:
       from semrec.sid import train_sid_spm
-      # Impression-weighted SID corpus: items weighted by their interactions before the validation window.
-      weights = fit_rows["item_id"].astype(str).value_counts().reindex(ids).fillna(0).to_numpy()
-      spm = train_sid_spm(sid_codes, weights=weights, vocab_size=cfg.spm_vocab_size, codebook_size=k, item_ids=ids)
-  features = ItemFeatures(ids, arrays)
-  qcfg = QualityConfig(new_item_policy=cfg.quality_new_item_policy)
-  q_val = QualityVector.fit(fit_rows, dataset.items, reference_time=val_start,
-                            quality_columns=dataset.quality_columns, config=qcfg)
-  q_test = QualityVector.fit(train, dataset.items, reference_time=split.cutoff,
-                             quality_columns=dataset.quality_columns, config=qcfg)
+      weights = split.train["item_id"].astype(str).value_counts().reindex(ids).fillna(0).to_numpy()
+      side.spm = train_sid_spm(arrays["sid"], weights=weights, vocab_size=cfg.spm_vocab_size,
+                               codebook_size=side.sid_codebook_size, item_ids=ids)
+    side.features = ItemFeatures(ids, arrays)
+  return side
 
-  probs = item_frequencies(pos(fit_rows))
-  hash_bins = cfg.hash_bins or 2 * n_items
-  t_mean = float(fit_rows["timestamp"].mean())
-  t_scale = float(max(fit_rows["timestamp"].std(), 1.0))
-  all_inter = dataset.interactions
-  cold_set = set(split.cold_items.tolist())
 
-  # Query rows, targets, exclusions and slices do not depend on the variant: encode them once.
-  base_inputs = RetrievalInputs(features, list(arrays), cfg.max_history)
-  enc_fit = base_inputs.encode(pos(fit_rows), item_probs=probs)
-  enc_test = base_inputs.encode(pos(split.test), context=all_inter)
-  test_targets = base_inputs.rows_of(enc_test["item_id"])
-  test_excl = base_inputs.exclusions(enc_test, all_inter)
-  is_cold = np.array([i in cold_set for i in enc_test["item_id"]])
-  slices = {"overall": np.ones(len(is_cold), bool), "warm": ~is_cold, "cold": is_cold}
-  val_pos = pos(val_rows)
-  if len(val_pos) > cfg.max_tune_queries:  # the w search is a small grid: a sample of the window suffices
-    val_pos = val_pos.sample(cfg.max_tune_queries, random_state=cfg.seed).sort_values("timestamp", kind="stable")
-  enc_val = base_inputs.encode(val_pos, context=train)
-  val_targets = base_inputs.rows_of(enc_val["item_id"])
-  val_excl = base_inputs.exclusions(enc_val, train)
-  val_new = ~np.isin(enc_val["item_id"], fit_rows["item_id"].astype(str).unique())
-  val_weights = np.where(val_new, cfg.tune_new_item_weight, 1.0)
+# Item representation -> (ItemRepresentation modes, ItemEncoderConfig cold-start options).
+_REPRESENTATIONS = {
+    "hashed_id": (("random_hash",), {}),
+    "content": (("dense",), {}),
+    "cluster_id": (("cluster",), {}),
+    "sid_unigram": (("unigram",), {}),
+    "sid_spm": (("spm",), {}),
+    "sid_spm_hashed": (("spm", "random_hash"), {}),
+    "hashed_content": (("random_hash", "dense"), {}),
+    "cold_content": (("dense",), {"content_residual": True}),
+    "cold_hashed_content": (("random_hash", "dense"), {"content_residual": True, "id_dropout": 0.3}),
+    "cold_hashed_cluster": (("random_hash", "dense", "cluster"), {"content_residual": True, "id_dropout": 0.3}),
+}
 
-  rows_out, weights_out, per_variant = [], {}, {}
-  progress = tqdm(cfg.variants, desc="retrieval comparison", disable=not verbose)
-  for variant in progress:
-    modes_to_train = []
-    if "none" in cfg.quality_modes or "tuned" in cfg.quality_modes:
-      modes_to_train.append("tuned")
-    if "learned" in cfg.quality_modes:
-      modes_to_train.append("learned")
-    for train_mode in modes_to_train:
-      progress.set_postfix_str(f"{variant}/{train_mode}")
-      tf.keras.utils.set_random_seed(cfg.seed)
-      model = build_variant_retriever(variant, cfg, quality_dim=q_val.dim, quality_mode=train_mode, spm=spm,
-                                      num_levels=levels, codebook_size=k, hash_bins=hash_bins, time_mean=t_mean,
-                                      time_scale=t_scale)
-      names = model.item_encoder.required_features()
-      in_val = RetrievalInputs(features, names, cfg.max_history, quality=q_val.features(),
-                               unknown_quality=q_val.new_item_features())
-      in_test = RetrievalInputs(features, names, cfg.max_history, quality=q_test.features(),
-                                unknown_quality=q_test.new_item_features())
-      train_ds = in_val.dataset(enc_fit, cfg.batch_size, shuffle=True, seed=cfg.seed)
-      t0 = time.time()
-      hist = fit_retriever(model, train_ds, cfg.epochs)
-      train_seconds = time.time() - t0
 
-      def evaluate(w):
-        if model.quality_weights is not None:
-          model.set_quality_weights(w)
-        q = embed_queries(model, in_test, enc_test)
-        c = embed_candidates(model, in_test)
-        ranks = rank_of_targets(q, c, test_targets, test_excl, max_k=max(cfg.ks))
-        return sliced_metrics(ranks, slices, cfg.ks)
+def _item_parts(rep: str, cfg: ComparisonConfig, side: ItemSide):
+  """``ItemEncoderConfig`` of an item representation (``_REPRESENTATIONS``)."""
+  from semrec.sid import ItemRepresentationConfig
+  from semrec.towers.towers import ItemEncoderConfig
+  modes, opts = _REPRESENTATIONS[rep]
+  opts = dict(opts)
+  id_dropout = opts.pop("id_dropout", 0.0)
+  budget = cfg.spm_vocab_size if "spm" in modes else max(side.sid_levels * side.sid_codebook_size, 1)
+  rc = ItemRepresentationConfig(modes=modes, embedding_dim=cfg.embedding_dim, num_levels=max(side.sid_levels, 1),
+                                codebook_size=max(side.sid_codebook_size, 1), table_budget=budget,
+                                hash_buckets=side.hash_bins, id_dropout=id_dropout,
+                                cluster_sizes=(side.num_clusters,) if "cluster" in modes else ())
+  return ItemEncoderConfig(representation=rc, **opts)
 
-      results = {}
-      if train_mode == "tuned":
-        if "none" in cfg.quality_modes:
-          results["none"] = evaluate(np.zeros(q_val.dim, np.float32))
-        if "tuned" in cfg.quality_modes:
-          qb = embed_queries(model, in_val, enc_val, with_quality=False)
-          cb = embed_candidates(model, in_val, with_quality=False)
-          w, info = tune_quality_weights(qb, cb, q_val.features(), val_targets, val_excl, k=max(cfg.ks),
-                                         query_weights=val_weights)
-          weights_out[f"{variant}/tuned"] = {"w": dict(zip(q_val.feature_names, map(float, w))), **info}
-          results["tuned"] = evaluate(w)
-      else:
-        w = model.quality_weights.numpy()
-        weights_out[f"{variant}/learned"] = {"w": dict(zip(q_val.feature_names, map(float, w)))}
-        results["learned"] = evaluate(w)
-      for qmode, sliced in results.items():
-        for s, m in sliced.items():
-          rows_out.append({"variant": variant, "quality": qmode, "slice": s, **m,
-                           "train_seconds": round(train_seconds, 1), "final_loss": float(hist.history["loss"][-1])})
-      per_variant[f"{variant}/{train_mode}"] = train_seconds
-      tf.keras.backend.clear_session()
 
-  table = pd.DataFrame(rows_out)
-  kmax = max(cfg.ks)
-  acceptance = _acceptance(table, kmax)
-  out = {"table": table, "acceptance": acceptance, "quality_weights": weights_out,
-         "split": {**split.summary(), "val_start": val_start, "fit_interactions": int(len(fit_rows)),
-                   "val_interactions": int(len(val_rows))},
-         "config": dataclasses.asdict(cfg), "quality_features": q_test.feature_names, "plot": None,
-         "sid": {"num_levels": levels, "codebook_size": k, "spm_vocab": spm.vocab_size if spm is not None else None}}
+def variant_config(variant: str, cfg: ComparisonConfig, side: ItemSide, quality_dim: int = 0,
+                   time_mean: float = 0.0, time_scale: float = 1.0) -> RetrieverConfig:
+  """The ``RetrieverConfig`` of ``variant``: ``cfg.retriever`` with the variant's item parts and query tower."""
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+  item = _item_parts(item_representation_of(variant), cfg, side)
+  base = cfg.retriever
+  rc = dataclasses.replace(base, item=item, query_tower="sequential" if variant.startswith("seq_") else "pooled",
+                           query=dataclasses.replace(base.query, time_mean=time_mean, time_scale=time_scale),
+                           quality_dim=quality_dim, quality_mode="tuned" if quality_dim else "none",
+                           content_mix=base.content_mix and item.needs_content)
+  return rc
+
+
+def build_variant_retriever(variant: str, cfg: ComparisonConfig, side: ItemSide, quality=None):
+  """(``TwoTowerRetriever``, ``RetrievalInputs``) of ``variant``; ``quality`` is an optional QualityVector."""
+  import tensorflow as tf
+  from semrec.towers.inputs import RetrievalInputs
+  from semrec.towers.model import TwoTowerRetriever
+  tf.keras.utils.set_random_seed(cfg.seed)
+  qdim = quality.dim if quality is not None else 0
+  rc = variant_config(variant, cfg, side, qdim)
+  basis = None
+  if rc.item.content_residual:
+    from semrec.towers.towers import content_basis
+    basis = content_basis(side.features.arrays["content"], rc.candidate.output_dim)
+  model = TwoTowerRetriever(rc, spm=side.spm if "spm" in rc.item.representation.modes else None,
+                            content_basis=basis)
+  inputs = RetrievalInputs(side.features, model.required_features(), rc.max_history,
+                           quality=quality.features() if quality is not None else None,
+                           unknown_quality=quality.new_item_features() if quality is not None else None)
+  return model, inputs
+
+
+def _variant_key(variant: str, cfg: ComparisonConfig, split, side: ItemSide) -> str:
+  from semrec.towers.training import fingerprint
+  rc = variant_config(variant, cfg, side)
+  return fingerprint({"variant": variant, "retriever": dataclasses.asdict(rc), "fit": dataclasses.asdict(cfg.fit),
+                      "seed": cfg.seed, "split": split.summary(), "items": len(side.features.item_ids),
+                      "sid": side.sid_levels, "k": side.sid_codebook_size})
+
+
+def run_variant(variant: str, cfg: ComparisonConfig, split, side: ItemSide, quality=None,
+                output_dir: Optional[str] = None, callbacks: tuple = ()) -> tuple:
+  """(model, inputs, result): ``variant`` trained and evaluated by ``train_and_evaluate`` (resumable)."""
+  from semrec.towers.training import train_and_evaluate
+  model, inputs = build_variant_retriever(variant, cfg, side, quality)
+  vdir = os.path.join(output_dir, "variants", variant) if output_dir else None
+  result = train_and_evaluate(model, inputs, split, cfg.fit, seed=cfg.seed, output_dir=vdir,
+                              key=_variant_key(variant, cfg, split, side), callbacks=callbacks)
+  return model, inputs, result
+
+
+def select_served(results: dict) -> dict:
+  """The variant with the best validation selection score, and why (every variant's score)."""
+  scores = {v: float(r["selection_score"]) for v, r in results.items()}
+  best = max(scores, key=scores.get)
+  return {"variant": best, "selection_score": scores[best], "scores": scores}
+
+
+def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
+                             config: Optional[ComparisonConfig] = None, sid_codes=None, sid_codebook_size=None,
+                             cluster_ids=None, output_dir: Optional[str] = None, verbose: bool = True,
+                             callbacks: tuple = ()) -> dict:
+  """Trains, evaluates and tables every configured variant next to the baselines on ``split``.
+
+  Args:
+    dataset: The ``RecDataset`` ``split`` was made from (``semrec.data.make_split``).
+    split: An ``EvalSplit`` (temporal, leave_one_out or cold_items).
+    content_ids, content: [M] ids and [M, D] content embeddings (must cover the catalogue).
+    config: ``ComparisonConfig``.
+    sid_codes, sid_codebook_size, cluster_ids: The SID stage's codes / cluster ids to reuse (catalogue order).
+    output_dir: Per-variant checkpoints (resume) and ``retrieval_comparison.csv`` / ``.json``.
+    callbacks: Extra Keras callbacks for every variant's training.
+
+  Returns:
+    {"table": DataFrame, "results": {variant: result}, "baselines": {name: metrics by stage},
+     "served": select_served(...), "split": summary, "config": dict, "seconds": float,
+     "item_side": the ``ItemSide`` used (for ``served_retriever``)}.
+  """
+  from semrec.towers.baselines import evaluate_baselines
+  from semrec.towers.comparison_report import comparison_table, write_outputs
+  cfg = config or ComparisonConfig()
+  t0 = time.time()
+  side = prepare_item_side(dataset, split, content_ids, content, cfg, sid_codes, sid_codebook_size, cluster_ids)
+  x, ids = side.features.arrays["content"], side.features.item_ids
+  base = {}
+  for stage in ("valid", "test"):
+    for name, m in evaluate_baselines(split, ids, x, stage=stage, names=cfg.baselines, ks=cfg.fit.ks).items():
+      base.setdefault(name, {})[stage] = m
+  quality = _quality(dataset, split, cfg)
+  results = {}
+  for variant in cfg.variants:
+    model, inputs, res = run_variant(variant, cfg, split, side, None, output_dir, callbacks)
+    if quality is not None:
+      res["tuned"] = _tuned_quality(model, variant, cfg, split, side, quality)
+    results[variant] = res
+    if verbose:
+      m = res["test"]["overall"]
+      print(f"  {variant}: test R@10 {m['recall@10']:.4f} R@100 {m.get('recall@100', float('nan')):.4f} "
+            f"(valid score {res['selection_score']:.4f}, best epoch {res['best_epoch']}, "
+            f"{'resumed' if res['resumed'] else str(res['train_seconds']) + ' s'})", flush=True)
+  table = comparison_table(results, base)
+  out = {"table": table, "results": results, "baselines": base, "served": select_served(results),
+         "split": split.summary(), "config": dataclasses.asdict(cfg), "seconds": time.time() - t0}
   if output_dir:
-    os.makedirs(output_dir, exist_ok=True)
-    out["plot"] = os.path.join(output_dir, "retrieval_recall.png")
-    _plot(table, out["plot"], kmax)
-    csv = os.path.join(output_dir, "retrieval_comparison.csv")
-    table.to_csv(csv + ".tmp", index=False)
-    os.replace(csv + ".tmp", csv)
-  out["seconds"] = time.time() - t_start
-  if output_dir:
-    js = os.path.join(output_dir, "retrieval_comparison.json")
-    with open(js + ".tmp", "w") as f:
-      json.dump({**{k: v for k, v in out.items() if k != "table"}, "table": table.to_dict("records")}, f, indent=2,
-                default=str)
-    os.replace(js + ".tmp", js)
+    write_outputs(out, output_dir)
+  out["item_side"] = side
   return out
 
 
-def _acceptance(table: pd.DataFrame, k: int) -> dict:
-  """Issue targets: SID cold Recall@k >= 3x the hashed-ID baseline, overall Recall@k no worse."""
-  col = f"recall@{k}"
-  def get(variant, quality, s):
-    sel = table[(table["variant"] == variant) & (table["quality"] == quality) & (table["slice"] == s)]
-    return float(sel[col].iloc[0]) if len(sel) else None
-  out = {}
-  for quality in dict.fromkeys(table["quality"]) if len(table) else []:
-    base_cold, base_all = get("hashed_id", quality, "cold"), get("hashed_id", quality, "overall")
-    if base_cold is None:
-      continue
-    for v in SID_VARIANTS:
-      cold, overall = get(v, quality, "cold"), get(v, quality, "overall")
-      if cold is None:
-        continue
-      ratio = cold / base_cold if base_cold > 0 else (float("inf") if cold > 0 else float("nan"))
-      out[f"{v}/{quality}"] = {"cold_ratio_vs_hashed": ratio, "cold_target_met": bool(cold >= 3 * base_cold and cold > 0),
-                               "overall": overall, "baseline_overall": base_all,
-                               "overall_target_met": bool(overall >= base_all)}
+def served_retriever(comparison: dict, cfg: ComparisonConfig, split, output_dir: str,
+                     variant: Optional[str] = None) -> tuple:
+  """(model, inputs, result) of the served variant (default: the validation choice) from its checkpoint.
+
+  The served model IS the comparison's trained model of that variant (``run_variant`` resumes it from
+  ``output_dir`` without retraining), so the figures in the comparison table are the served model's.
+  """
+  variant = variant or comparison["served"]["variant"]
+  if variant not in comparison["results"]:
+    raise ValueError(f"served variant {variant!r} was not in the comparison ({sorted(comparison['results'])})")
+  return run_variant(variant, cfg, split, comparison["item_side"], None, output_dir)
+
+
+def _quality(dataset: RecDataset, split, cfg: ComparisonConfig):
+  if "tuned" not in cfg.quality_modes:
+    return None
+  if split.kind != "temporal":
+    raise ValueError(f"quality mode 'tuned' needs the temporal split (got {split.kind!r})")
+  from semrec.towers.quality import QualityVector
+  return QualityVector.fit(split.train, dataset.items, reference_time=split.info["valid_start"],
+                           quality_columns=dataset.quality_columns)
+
+
+def _tuned_quality(model, variant, cfg, split, side, quality) -> dict:
+  """Validation-tuned Etsy w on the trained towers (no retraining); valid/test metrics with w applied."""
+  from semrec.towers.inputs import RetrievalInputs
+  from semrec.towers.model import embed_candidates
+  from semrec.towers.quality import tune_quality_weights
+  from semrec.towers.training import evaluate_retriever, query_embeddings
+  valid = split.queries("valid")
+  inputs = RetrievalInputs(side.features, model.required_features(), model.config.max_history)
+  qb, cb = query_embeddings(model, inputs, valid), embed_candidates(model, inputs)
+  targets = inputs.rows_of(np.array([t[0] for t in valid.targets], dtype=object))
+  excl = [inputs.rows_of(np.asarray(e, dtype=object)) for e in valid.exclude]
+  f = quality.gather(side.features.item_ids)  # [N, Q] catalogue order (new items: the new-item prior)
+  # Cold-constrained (semrec.towers.quality): validation cold Recall@k stays within 10% of w = 0.
+  w, info = tune_quality_weights(qb, cb, f, targets, [e[e < inputs.num_items] for e in excl], k=max(cfg.fit.ks),
+                                 cold=np.asarray(valid.cold, bool))
+  from semrec.towers.evaluation import evaluate_scores
+  out = {"w": dict(zip(quality.feature_names, map(float, w))), **info}
+  for stage in ("valid", "test"):
+    q = split.queries(stage)
+    qe = query_embeddings(model, inputs, q)
+    out[stage] = evaluate_scores(lambda r: qe[r] @ cb.T + (f @ w)[None], q, side.features.item_ids,
+                                 ks=cfg.fit.ks)
   return out
+
+
+__all__ = ["DEFAULT_VARIANTS", "ITEM_REPRESENTATIONS", "VARIANTS", "ComparisonConfig", "ItemSide",
+           "build_variant_retriever", "prepare_item_side",
+           "run_retrieval_comparison", "run_variant", "select_served", "served_retriever", "variant_config"]

@@ -51,7 +51,7 @@ class RetrievalInputs:
     missing = [k for k in names if k not in item_features.arrays]
     if missing:
       raise KeyError(f"item features {missing} requested but ItemFeatures has only {sorted(item_features.arrays)}")
-    self.feature_names = [k for k in names if k in _ITEM_KEYS]
+    self.feature_names = [k for k in names if k in _ITEM_KEYS or k.startswith("cluster_k")]
     self.max_history = int(max_history)
     n = len(item_features.item_ids)
     self.tables = {}
@@ -120,14 +120,29 @@ class RetrievalInputs:
       out["quality"] = tf.gather(self._tf_tables["quality"], rows)
     return out
 
+  def _negatives(self, num_negatives: int):
+    """{"negatives": item dict [S], "num_items": N}: S uniform catalogue draws (-1 = every item, in order)."""
+    import tensorflow as tf
+    n = self.num_items
+    if num_negatives < 0 or num_negatives >= n:
+      rows = tf.range(n, dtype=tf.int64)
+    else:
+      rows = tf.random.uniform([num_negatives], 0, n, dtype=tf.int64)
+    ids = tf.gather(self._tf_ids, rows)
+    return {"negatives": self._item_dict(ids, rows, True), "num_items": tf.constant(n, tf.int64)}
+
   def _ensure_tf(self):
     import tensorflow as tf
     if not hasattr(self, "_tf_tables"):
       self._tf_tables = {k: tf.constant(v) for k, v in self.tables.items()}
+      self._tf_ids = tf.constant(np.asarray(self.item_features.item_ids).astype(str))
 
   def dataset(self, encoded: dict, batch_size: int, shuffle: bool = False, seed: int = 0,
-              drop_remainder: bool = False):
-    """A batched ``tf.data.Dataset`` of model batches (see the module docstring) from ``encode`` output."""
+              drop_remainder: bool = False, num_negatives: int = 0):
+    """A batched ``tf.data.Dataset`` of model batches (see the module docstring) from ``encode`` output.
+
+    ``num_negatives`` != 0 adds ``negatives`` (S uniformly sampled items per batch; -1 = the catalogue).
+    """
     import tensorflow as tf
     self._ensure_tf()
     n = len(encoded["item_id"])
@@ -141,11 +156,45 @@ class RetrievalInputs:
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
 
     def _to_batch(b):
-      return {"user_id": b["user_id"], "timestamp": b["timestamp"], "item_prob": b["item_prob"],
-              "item": self._item_dict(b["item_id"], b["item_row"], True),
-              "history": self._item_dict(b["history"], b["history_rows"], False)}
+      out = {"user_id": b["user_id"], "timestamp": b["timestamp"], "item_prob": b["item_prob"],
+             "item": self._item_dict(b["item_id"], b["item_row"], True),
+             "history": self._item_dict(b["history"], b["history_rows"], False)}
+      return {**out, **self._negatives(num_negatives)} if num_negatives else out
 
     return ds.map(_to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+  def sequence_dataset(self, sequences, batch_size: int, item_probs: Optional[pd.Series] = None,
+                       num_negatives: int = 0, shuffle: bool = True, seed: int = 0):
+    """Batches for every-prefix training of a sequential query tower.
+
+    Each sequence (time-ordered item ids) is cut into windows of ``max_history + 1`` items from its end
+    (``sequence_windows``); a window gives history = its first H items and target = its last H items
+    (position t's target is the item after t), left-padded with "".
+
+    Batch: history{... [B, H]}, target{... [B, H] incl. quality}, target_prob float32 [B, H] (train
+    frequency of the target, for logQ; default uniform), and with ``num_negatives`` negatives{... [S]},
+    num_items.
+    """
+    import tensorflow as tf
+    self._ensure_tf()
+    hist, tgt = sequence_windows(sequences, self.max_history)
+    if item_probs is not None:
+      p = pd.Series(item_probs).reindex(tgt.reshape(-1)).to_numpy(np.float64).reshape(tgt.shape)
+      p = np.where(np.isfinite(p) & (p > 0), p, 1.0 / self.num_items)
+    else:
+      p = np.full(tgt.shape, 1.0 / self.num_items)
+    base = {"history": hist.astype(str), "history_rows": self.rows_of(hist), "target": tgt.astype(str),
+            "target_rows": self.rows_of(tgt), "target_prob": p.astype(np.float32)}
+    ds = tf.data.Dataset.from_tensor_slices(base)
+    if shuffle:
+      ds = ds.shuffle(min(len(hist), 200_000), seed=seed, reshuffle_each_iteration=True)
+
+    def _to_batch(b):
+      out = {"history": self._item_dict(b["history"], b["history_rows"], False),
+             "target": self._item_dict(b["target"], b["target_rows"], True), "target_prob": b["target_prob"]}
+      return {**out, **self._negatives(num_negatives)} if num_negatives else out
+
+    return ds.batch(batch_size).map(_to_batch, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
   def catalogue_dataset(self, batch_size: int = 1024, item_ids=None):
     """Batches of item-feature dicts (with quality) over ``item_ids`` (default the whole catalogue)."""
@@ -173,10 +222,37 @@ class RetrievalInputs:
     return out
 
 
+def sequence_windows(sequences, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+  """Every-prefix training windows: ([n, max_len] histories, [n, max_len] targets), object, "" left-padded.
+
+  A sequence s of length L >= 2 is cut from its end into windows of up to max_len + 1 items that overlap by
+  one item (ends at L, L - max_len, ...), so each item after the first is a target exactly once and sees up
+  to max_len earlier items of its window. Sequences with fewer than 2 items give no window.
+
+  >>> h, t = sequence_windows([["a", "b", "c"]], 3)   # h = [["", "a", "b"]], t = [["", "b", "c"]]
+  """
+  hists, tgts = [], []
+  for seq in (sequences.values() if isinstance(sequences, dict) else sequences):
+    seq = np.asarray(seq, dtype=object)
+    end = len(seq)
+    while end >= 2:
+      w = seq[max(0, end - max_len - 1):end]
+      h = np.full(max_len, PAD_ITEM, dtype=object)
+      t = np.full(max_len, PAD_ITEM, dtype=object)
+      h[max_len - len(w) + 1:] = w[:-1]
+      t[max_len - len(w) + 1:] = w[1:]
+      hists.append(h)
+      tgts.append(t)
+      end -= max_len
+  if not hists:
+    raise ValueError("no sequence has 2 or more items: nothing to train a sequential tower on")
+  return np.stack(hists), np.stack(tgts)
+
+
 def item_frequencies(interactions: pd.DataFrame) -> pd.Series:
   """item_id -> fraction of ``interactions`` rows with that item (the logQ sampling probability)."""
   counts = interactions["item_id"].astype(str).value_counts()
   return counts / counts.sum()
 
 
-__all__ = ["RetrievalInputs", "item_frequencies", "PAD_ITEM"]
+__all__ = ["RetrievalInputs", "item_frequencies", "sequence_windows", "PAD_ITEM"]

@@ -5,21 +5,22 @@ Shape letters: B batch, N catalogue items, d tower width, Q quality features.
 Scores: with quality features the candidate embedding is [p ; f(p)] ([B, d + Q]) and the query
 embedding [q ; w] with one shared vector w [Q], so score = q.p + w.f(p). w is either learned with the
 towers (``quality_mode="learned"``) or held at zero during training and tuned afterwards on a
-validation window (``quality_mode="tuned"``, see ``tune_quality_weights``) without retraining; the
+validation window (``quality_mode="tuned"``, see ``semrec.towers.quality.tune_quality_weights``) without retraining; the
 tuned w is a model variable, so serving (``query_embedding`` / an index built from
 ``candidate_embedding``) applies it.
 
-Training: in-batch softmax (``tfrs.tasks.Retrieval``) with logQ correction from train item
-frequencies (``candidate_sampling_probability``), optional hard-negative mining,
-``remove_accidental_hits`` on item ids, and a temperature. The task has no FactorizedTopK metric, so
-training computes the loss only; full-catalogue metrics come from ``evaluate_retriever``.
+Training: the injected task (default ``semrec.towers.MixedNegativeRetrieval``): softmax over in-batch
+candidates (logQ-corrected with train item frequencies) plus S uniformly sampled catalogue items
+(``num_negatives``; -1 = full softmax), accidental-hit masking on item ids, and a temperature. A pooled
+query tower trains on one (history -> item) row per interaction; the sequential tower on whole sequences,
+one target per position. Full-catalogue metrics come from ``semrec.towers.evaluate_scores``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
@@ -27,10 +28,13 @@ import tensorflow_recommenders as tfrs
 
 from semrec.config import from_dict, to_dict
 from semrec.towers.distributed import gather_candidates
+from semrec.towers.sequential import SequentialQueryTower, SequentialTowerConfig
+from semrec.towers.tasks import MixedNegativeRetrieval
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
                                   QueryTowerConfig)
 
 QUALITY_MODES = ("none", "learned", "tuned")
+QUERY_TOWERS = ("pooled", "sequential")
 
 
 @dataclasses.dataclass
@@ -40,24 +44,37 @@ class RetrieverConfig:
   Attributes:
     item: Parts of the item representation (shared by both towers).
     candidate: Candidate-tower MLP.
-    query: Query-tower settings.
+    query: Pooled query-tower settings (``query_tower="pooled"``).
+    query_tower: "pooled" (``QueryTower``: user id + mean/attention/GRU pooled history) or "sequential"
+      (``SequentialQueryTower``: causal self-attention, trained on every prefix of each train sequence).
+    sequential: Settings of the sequential tower.
+    num_negatives: S uniformly sampled catalogue items added to the softmax per batch (mixed negative
+      sampling); -1 = the whole catalogue (full softmax), 0 = in-batch negatives only.
+    in_batch_negatives: Use the batch's other positives as negatives (with logQ correction).
     temperature: Softmax temperature (scores / temperature); None = 1.
     logq_correction: Subtract log(item train frequency) from in-batch logits (needs ``item_prob``).
     remove_accidental_hits: Mask in-batch negatives that are the positive item itself.
-    num_hard_negatives: If set, keep only this many highest-scoring negatives per query.
     quality_dim: Q, the number of quality features (0 = no quality vector).
     quality_mode: "none", "learned" (w trained with the towers) or "tuned" (w set after training).
+    content_mix: Score mixing with the raw content: the query gets [.. ; a * u] and the candidate [.. ; x],
+      with u the recency-weighted mean of the unit content of the last 10 history items (the content-kNN
+      baseline's user vector) and x the item's unit content, so score = learned + a * cos(u, x). a is a
+      model variable, 0 while training and set afterwards on validation (``set_content_mix``).
     learning_rate: Adam learning rate used by ``compile_retriever``.
   """
-  item: ItemEncoderConfig = dataclasses.field(default_factory=lambda: ItemEncoderConfig(hash_bins=10_000))
+  item: ItemEncoderConfig = dataclasses.field(default_factory=ItemEncoderConfig)
   candidate: CandidateTowerConfig = dataclasses.field(default_factory=CandidateTowerConfig)
   query: QueryTowerConfig = dataclasses.field(default_factory=QueryTowerConfig)
+  query_tower: str = "pooled"
+  sequential: SequentialTowerConfig = dataclasses.field(default_factory=SequentialTowerConfig)
+  num_negatives: int = 0
+  in_batch_negatives: bool = True
   temperature: Optional[float] = 0.05
   logq_correction: bool = True
   remove_accidental_hits: bool = True
-  num_hard_negatives: Optional[int] = None
   quality_dim: int = 0
   quality_mode: str = "none"
+  content_mix: bool = False
   learning_rate: float = 3e-3
 
   def __post_init__(self):
@@ -67,77 +84,172 @@ class RetrieverConfig:
       self.candidate = CandidateTowerConfig(**self.candidate)
     if isinstance(self.query, dict):
       self.query = QueryTowerConfig(**self.query)
+    if isinstance(self.sequential, dict):
+      self.sequential = SequentialTowerConfig(**self.sequential)
+    if self.query_tower not in QUERY_TOWERS:
+      raise ValueError(f"RetrieverConfig.query_tower must be one of {QUERY_TOWERS}, got {self.query_tower!r}")
+    if self.num_negatives < -1:
+      raise ValueError(f"RetrieverConfig.num_negatives must be >= -1, got {self.num_negatives}")
+    if not self.in_batch_negatives and self.num_negatives == 0:
+      raise ValueError("in_batch_negatives=False needs num_negatives != 0 (no negatives at all otherwise)")
     if self.quality_mode not in QUALITY_MODES:
       raise ValueError(f"RetrieverConfig.quality_mode must be one of {QUALITY_MODES}, got {self.quality_mode!r}")
     if self.quality_mode != "none" and self.quality_dim < 1:
       raise ValueError(f"quality_mode={self.quality_mode!r} needs quality_dim >= 1")
-    if self.candidate.output_dim != self.query.output_dim:
+    if self.query_tower == "pooled" and self.candidate.output_dim != self.query.output_dim:
       raise ValueError(f"candidate.output_dim ({self.candidate.output_dim}) != query.output_dim "
                        f"({self.query.output_dim})")
     if self.temperature is not None and self.temperature <= 0:
       raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
   @property
+  def max_history(self) -> int:
+    return self.sequential.max_history if self.query_tower == "sequential" else self.query.max_history
+
+  @property
   def uses_quality(self) -> bool:
     return self.quality_mode != "none" and self.quality_dim > 0
 
 
+@tf.keras.utils.register_keras_serializable(package="semrec")
+class ContentMix(tf.keras.layers.Layer):
+  """The raw-content part of a mixed score: query a * u [B, D], candidate x [B, D] (unit content rows).
+
+  u = normalize(sum_t decay^age_t * x_t) over the last ``num_recent`` history items (padding excluded), as
+  ``semrec.towers.ContentKnnBaseline``; a (``alpha``) is a non-trainable scalar, 0 until set.
+  """
+
+  def __init__(self, num_recent: int = 10, decay: float = 0.8, **kwargs):
+    super().__init__(**kwargs)
+    self.num_recent, self.decay = int(num_recent), float(decay)
+    self.alpha = self.add_weight(name="alpha", shape=(), initializer="zeros", trainable=False)
+
+  @staticmethod
+  def width(item_features):
+    return int(item_features["content"].shape[-1])
+
+  def candidate(self, item_features):
+    return tf.math.l2_normalize(tf.cast(item_features["content"], tf.float32), axis=-1)
+
+  def query(self, history):
+    x = tf.math.l2_normalize(tf.cast(history["content"][:, -self.num_recent:], tf.float32), axis=-1)  # [B, H, D]
+    mask = tf.cast(tf.not_equal(history["item_id"][:, -self.num_recent:], ""), tf.float32)
+    h = tf.shape(x)[1]
+    w = tf.pow(self.decay, tf.cast(tf.range(h - 1, -1, -1), tf.float32))[None] * mask  # age 0 = last slot
+    return self.alpha * tf.math.l2_normalize(tf.reduce_sum(x * w[..., None], axis=1), axis=-1)
+
+  def get_config(self):
+    return {**super().get_config(), "num_recent": self.num_recent, "decay": self.decay}
+
+
 class TwoTowerRetriever(tfrs.Model):
-  """Two-tower retrieval model.
+  """Two-tower retrieval model; the loss is an injected task layer (TFRS style).
 
   Args:
     config: ``RetrieverConfig``.
-    item_representation: semrec.sid ``ItemRepresentation`` layer when ``config.item.use_sid``.
+    item_representation: optional prebuilt semrec.sid ``ItemRepresentation`` (e.g. with a trained SPM);
+      default built from ``config.item.representation``.
     sid_assigner: frozen semrec.sid ``SidAssigner`` when ``config.item.sid_from_content``.
     cluster_assigner: frozen semrec.sid ``ClusterIdLayer`` when ``config.item.cluster_from_content``.
+    spm: trained ``SidSpm`` for an "spm" representation built from the config.
+    content_basis: optional [D, d] initial content-residual projection (``config.item.content_residual``).
+    task: The loss layer, called as ``task(q, c, candidate_ids=, candidate_sampling_probability=,
+      sampled_embeddings=, sampled_ids=, num_items=, sample_weight=)``; default a ``MixedNegativeRetrieval``
+      built from the config (temperature, logQ, accidental hits, in-batch negatives).
 
-  Inputs: the nested batch dict of ``semrec.towers.RetrievalInputs.dataset`` (user_id, timestamp,
-  item_prob, item{...}, history{...}).
+  Inputs: the nested batch dicts of ``semrec.towers.RetrievalInputs``: pointwise rows (``dataset``: user_id,
+  timestamp, item_prob, item{...}, history{...}) or, for the sequential tower, sequences
+  (``sequence_dataset``: history{... [B, H]}, target{... [B, H]}, target_prob [B, H]); either may carry
+  ``negatives{... [S]}`` and ``num_items`` (uniformly sampled items for the softmax).
   """
 
   def __init__(self, config: RetrieverConfig, item_representation=None, sid_assigner=None, cluster_assigner=None,
-               **kwargs):
+               task: Optional[tf.keras.layers.Layer] = None, spm=None, content_basis=None, **kwargs):
     super().__init__(**kwargs)
     self.config = config
-    self.item_encoder = ItemEncoder(config.item, item_representation=item_representation,
-                                    sid_assigner=sid_assigner, cluster_assigner=cluster_assigner, name="item_encoder")
+    self.item_encoder = ItemEncoder(config.item, item_representation=item_representation, spm=spm,
+                                    sid_assigner=sid_assigner, cluster_assigner=cluster_assigner,
+                                    content_basis=content_basis, name="item_encoder")
     self.candidate_tower = CandidateTower(self.item_encoder, config.candidate, name="candidate_tower")
-    self.query_tower = QueryTower(self.item_encoder, config.query, name="query_tower")
+    if config.query_tower == "sequential":
+      self.query_tower = SequentialQueryTower(self.candidate_tower, config.sequential,
+                                              output_dim=config.candidate.output_dim, name="query_tower")
+    else:
+      self.query_tower = QueryTower(self.item_encoder, config.query, name="query_tower")
     self.quality_weights = None
     if config.uses_quality:
       self.quality_weights = self.add_weight(name="quality_w", shape=(config.quality_dim,), initializer="zeros",
                                              trainable=config.quality_mode == "learned")
-    self.task = tfrs.tasks.Retrieval(temperature=config.temperature, num_hard_negatives=config.num_hard_negatives,
-                                     remove_accidental_hits=config.remove_accidental_hits)
+    self.content_mix = ContentMix(name="content_mix") if config.content_mix else None
+    self.task = task or MixedNegativeRetrieval(temperature=config.temperature, logq_correction=config.logq_correction,
+                                               remove_accidental_hits=config.remove_accidental_hits,
+                                               in_batch=config.in_batch_negatives, name="task")
 
-  def query_embedding(self, features, training=False):
-    """[B, d] query embedding, or [B, d + Q] = [q ; w] with the quality vector."""
-    q = self.query_tower(features, training=training)
+  def _with_w(self, q):
     if self.quality_weights is None:
       return q
-    w = tf.broadcast_to(self.quality_weights[None, :], [tf.shape(q)[0], self.config.quality_dim])
+    w = tf.broadcast_to(self.quality_weights, tf.concat([tf.shape(q)[:-1], [self.config.quality_dim]], 0))
     return tf.concat([q, w], axis=-1)
 
+  def required_features(self) -> list:
+    """Item-feature keys the model reads (the item encoder's, plus ``content`` for the content mix)."""
+    keys = set(self.item_encoder.required_features())
+    return sorted(keys | {"content"} if self.content_mix is not None else keys)
+
+  def query_embedding(self, features, training=False):
+    """[B, d] query embedding; [q ; w] with the quality vector; [.. ; a * u] with the content mix."""
+    q = self._with_w(self.query_tower(features, training=training))
+    if self.content_mix is None:
+      return q
+    return tf.concat([q, self.content_mix.query(features["history"])], axis=-1)
+
   def candidate_embedding(self, item_features, training=False):
-    """[B, d] candidate embedding, or [B, d + Q] = [p ; f(p)] with the quality vector."""
+    """[B, d] candidate embedding; [p ; f(p)] with the quality vector; [.. ; x] with the content mix."""
     p = self.candidate_tower(item_features, training=training)
-    if self.quality_weights is None:
+    if self.quality_weights is not None:
+      if "quality" not in item_features:
+        raise KeyError("the model uses a quality vector but the item features have no 'quality' key")
+      p = tf.concat([p, tf.cast(item_features["quality"], tf.float32)], axis=-1)
+    if self.content_mix is None:
       return p
-    if "quality" not in item_features:
-      raise KeyError("the model uses a quality vector but the item features have no 'quality' key")
-    f = tf.cast(item_features["quality"], tf.float32)
-    return tf.concat([p, f], axis=-1)
+    return tf.concat([p, self.content_mix.candidate(item_features)], axis=-1)
+
+  def set_content_mix(self, alpha: float):
+    """Sets a, the weight of the content cosine in every later score."""
+    if self.content_mix is None:
+      raise ValueError("this model has no content mix (config.content_mix=False)")
+    self.content_mix.alpha.assign(float(alpha))
 
   def call(self, features, training=False):
     return self.query_embedding(features, training=training), self.candidate_embedding(features["item"], training)
 
+  def _positive_pairs(self, features, training):
+    """(q [M, d'], c [M, d'], positive ids [M], P(positive) [M]) of a pointwise or a sequence batch."""
+    if "target" not in features:
+      q, c = self(features, training=training)
+      return q, c, features["item"]["item_id"], features["item_prob"]
+    if self.config.query_tower != "sequential":
+      raise ValueError("sequence batches (with 'target') need query_tower='sequential'")
+    seq, _ = self.query_tower.sequence_output(features, training=training)  # [B, H, d]
+    h = tf.shape(seq)[1]
+    target = {k: v[:, -h:] for k, v in features["target"].items()}
+    valid = tf.not_equal(target["item_id"], "")  # one positive per non-padding position
+    flat = {k: tf.boolean_mask(v, valid) for k, v in target.items()}
+    q = self._with_w(tf.boolean_mask(seq, valid))
+    if self.content_mix is not None:  # a = 0 while training: the mix part of every training score is 0
+      q = tf.concat([q, tf.zeros([tf.shape(q)[0], self.content_mix.width(flat)])], axis=-1)
+    c = self.candidate_embedding(flat, training=training)
+    return q, c, flat["item_id"], tf.boolean_mask(features["target_prob"][:, -h:], valid)
+
   def compute_loss(self, features, training=False):
-    q, c = self(features, training=training)
-    prob = features["item_prob"] if self.config.logq_correction else None
-    ids = features["item"]["item_id"] if self.config.remove_accidental_hits else None
+    q, c, ids, prob = self._positive_pairs(features, training)
     c, prob, ids = gather_candidates(c, prob, ids)  # [scale] cross-replica negatives; no-op with one replica
-    return self.task(q, c, candidate_sampling_probability=prob, candidate_ids=ids, compute_metrics=False,
-                     compute_batch_metrics=False)
+    sampled = sampled_ids = None
+    if "negatives" in features:
+      sampled = self.candidate_embedding(features["negatives"], training=training)
+      sampled_ids = features["negatives"]["item_id"]
+    return self.task(q, c, candidate_ids=ids, candidate_sampling_probability=prob, sampled_embeddings=sampled,
+                     sampled_ids=sampled_ids, num_items=features.get("num_items"))
 
   def set_quality_weights(self, w):
     """Sets w (e.g. the result of ``tune_quality_weights``); used by every later query embedding."""
@@ -158,9 +270,10 @@ def init_model(model: TwoTowerRetriever, batch) -> TwoTowerRetriever:
   """Builds all variables by running one batch through both towers eagerly.
 
   Call it before ``fit``: layers that create lookup tables in ``build`` (e.g. SPM segmenters) are then
-  built outside ``tf.function``.
+  built outside ``tf.function``. Runs the loss, so sequence batches (which have no single candidate item)
+  and sampled negatives build their paths too.
   """
-  model(batch, training=False)
+  model.compute_loss(batch, training=False)
   return model
 
 
@@ -180,63 +293,6 @@ def embed_queries(model: TwoTowerRetriever, inputs, encoded: dict, batch_size: i
   for b in inputs.dataset(encoded, batch_size):
     out.append((model.query_embedding(b) if with_quality else model.query_tower(b)).numpy())
   return np.concatenate(out) if out else np.zeros((0, model.config.query.output_dim), np.float32)
-
-
-def tune_quality_weights(query_base: np.ndarray, candidate_base: np.ndarray, quality: np.ndarray,
-                         target_rows: np.ndarray, exclude=None, grid: Sequence[float] = (-0.5, -0.2, -0.1, -0.05, 0.0,
-                                                                                         0.05, 0.1, 0.2, 0.5, 1.0),
-                         k: int = 100, passes: int = 2, query_weights: Optional[np.ndarray] = None
-                         ) -> tuple[np.ndarray, dict]:
-  """Coordinate-wise grid search for w maximising Recall@k on a validation window (towers frozen).
-
-  Args:
-    query_base: [V, d] validation query embeddings q (without w).
-    candidate_base: [N, d] candidate embeddings p (without f).
-    quality: [N, Q] f(p) of the same candidates (computed only from data before the window).
-    target_rows: [V] row of each validation query's target in ``candidate_base``.
-    exclude: optional per-query arrays of candidate rows to remove (items seen before).
-    grid: candidate values for each coordinate of w (q.p is a cosine when the towers normalise).
-    k: the Recall@k cut-off optimised (ties broken by NDCG@10).
-    query_weights: optional [V] weights of the queries in the objective (e.g. > 1 for queries whose target
-      is a new item, to keep w from trading new-item recall for popularity).
-
-  Returns:
-    (w [Q] float32, {"recall": best validation recall, "baseline_recall": recall at w = 0, "evaluations": n}).
-  """
-  base = np.asarray(query_base, np.float32) @ np.asarray(candidate_base, np.float32).T  # [V, N]
-  t = np.asarray(target_rows, np.int64)
-  if exclude is not None:
-    for i, ex in enumerate(exclude):
-      ex = np.asarray(ex, np.int64)
-      base[i, ex[ex != t[i]]] = -np.inf
-  f = np.asarray(quality, np.float32)
-  rows = np.arange(len(t))
-  qw = np.ones(len(t)) if query_weights is None else np.asarray(query_weights, np.float64)
-  if qw.shape != (len(t),) or (qw < 0).any() or qw.sum() <= 0:
-    raise ValueError(f"query_weights must be {len(t)} non-negative values with a positive sum")
-
-  def score(w):
-    bias = f @ w  # [N]
-    s = base + bias[None, :]
-    ts = s[rows, t]
-    rank = (s > ts[:, None]).sum(axis=1)
-    return (float(np.average(rank < k, weights=qw)),
-            float(np.average(np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0), weights=qw)))
-
-  w = np.zeros(f.shape[1], np.float32)
-  best = score(w)
-  baseline = best
-  evals = 1
-  for _ in range(passes):
-    for j in range(f.shape[1]):
-      for v in grid:
-        cand = w.copy()
-        cand[j] = v
-        s = score(cand)
-        evals += 1
-        if s > best:
-          best, w = s, cand
-  return w, {"recall": best[0], "ndcg@10": best[1], "baseline_recall": baseline[0], "evaluations": evals}
 
 
 def save_retriever(model: TwoTowerRetriever, directory: str) -> str:

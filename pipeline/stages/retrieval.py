@@ -1,4 +1,6 @@
-"""The retrieval stage: the item-tower comparison, then the production retriever (trained, saved, exported)."""
+"""The retrieval stage: the retriever comparison (learned variants + baselines on the run's split), the served
+variant chosen by validation, its embeddings and its exports. Wiring only: the logic is
+``semrec.towers.run_retrieval_comparison`` / ``served_retriever`` (the functions the benchmarks call)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,100 +12,53 @@ import numpy as np
 from semrec.atomic import save_npz
 from semrec.atomic import write_text as atomic_write_text
 from semrec.pipeline.artefacts import export_dir, item_features
-from semrec.pipeline.report import comparison_markdown
 
 if TYPE_CHECKING:
   from semrec.pipeline.run import Run
 
 
 def stage_retrieval(run: Run) -> dict:
-  """Item-tower comparison, then the production retriever: trained, evaluated, saved and exported.
-
-  Exports (TF Serving layout under ``export/models``): ``candidate_tower``, ``query_tower``,
-  ``retrieval_brute_force`` (standard ops only) and ``retrieval_scann`` (needs ScaNN's custom ops).
-  """
-  import shutil
-  import tensorflow as tf
+  """Comparison, served variant (best validation selection score unless ``production_variant`` names one),
+  embeddings for the index stage, and exports (TF Serving layout under ``export/models``):
+  ``candidate_tower``, ``query_tower``, ``retrieval_brute_force`` (standard ops only) and ``retrieval_scann``
+  (needs ScaNN's custom ops)."""
   from semrec.export import (export_brute_force_retrieval, export_candidate_tower, export_query_tower,
                              export_scann_retrieval)
-  from semrec.sid import train_sid_spm
-  from semrec.towers import (QualityVector, RetrievalInputs, build_index, build_variant_retriever, embed_candidates,
-                             embed_queries, fit_retriever, item_frequencies, rank_of_targets,
-                             run_retrieval_comparison, save_retriever, sliced_metrics)
-
+  from semrec.towers import (build_index, comparison_markdown, embed_candidates, plot_comparison, query_embeddings,
+                             query_features, run_retrieval_comparison, served_retriever)
   rcfg = run.config.retrieval
-  cmp = dataclasses.replace(rcfg.comparison, seed=run.config.seed, train_fraction=run.config.data.train_fraction)
+  cmp = dataclasses.replace(rcfg.comparison, seed=run.config.seed)
   feats, table = item_features(run)
   ids = feats.item_ids
-  K, L = table.codebook_size, table.codes.shape[1]
+  split = run.split
   out_dir = run.stage_dir("retrieval")
-  res = run_retrieval_comparison(run.dataset, ids, feats.arrays["content"], cmp, sid_codes=table.codes,
-                                 sid_codebook_size=K, output_dir=out_dir)
-  atomic_write_text(os.path.join(out_dir, "comparison.md"), comparison_markdown(res["table"], cmp.ks))
-  if res.get("plot"):
-    shutil.copyfile(res["plot"], run.path("plots", "retrieval_recall.png"))
-  print(comparison_markdown(res["table"], cmp.ks))
+  # Cluster ids: the SID stage's (fitted once per run), finest granularity.
+  clusters = max(table.cluster_ids.values(), key=lambda c: int(c.max())) if table.cluster_ids else None
+  res = run_retrieval_comparison(run.dataset, split, ids, feats.arrays["content"], cmp, sid_codes=table.codes,
+                                 sid_codebook_size=table.codebook_size, cluster_ids=clusters, output_dir=out_dir)
+  markdown = comparison_markdown(res["table"])
+  atomic_write_text(os.path.join(out_dir, "comparison.md"), markdown)
+  os.makedirs(run.path("plots"), exist_ok=True)
+  plot_comparison(res["table"], run.path("plots", "retrieval_recall.png"))
+  print(markdown)
+  variant = None if rcfg.production_variant == "auto" else rcfg.production_variant
+  model, inputs, served = served_retriever(res, cmp, split, out_dir, variant)
+  name = variant or res["served"]["variant"]
+  print(f"served retriever: {name} (validation selection score {served['selection_score']:.4f}; "
+        f"all variants: {res['served']['scores']})")
 
-  # --- The production retriever.
-  variant = rcfg.production_variant
-  split = run.temporal_split
-  pos = lambda d: d[d["label"] > 0]  # noqa: E731
-  train_pos = pos(split.train)
-  arrays = dict(feats.arrays)
-  if table.cluster_ids:
-    finest = max(table.cluster_ids, key=lambda n: int(table.cluster_ids[n].max()))
-    arrays["cluster_id"] = table.cluster_ids[finest]
-    cmp = dataclasses.replace(cmp, num_clusters=int(arrays["cluster_id"].max()) + 1)
-  from semrec.data import ItemFeatures
-  features = ItemFeatures(ids, arrays)
-  spm = None
-  if variant in ("sid_spm", "sid_spm_hashed"):
-    weights = train_pos["item_id"].astype(str).value_counts().reindex(ids).fillna(0).to_numpy()
-    spm = train_sid_spm(table.codes, weights=weights, vocab_size=cmp.spm_vocab_size, codebook_size=K, item_ids=ids)
-  qv = QualityVector.fit(split.train, run.dataset.items, reference_time=split.cutoff,
-                         quality_columns=run.dataset.quality_columns)
-  quality_mode = "tuned" if rcfg.production_quality == "tuned" else "none"
-  t = split.train["timestamp"]
-  tf.keras.utils.set_random_seed(run.config.seed)
-  model = build_variant_retriever(variant, cmp, quality_dim=qv.dim, quality_mode=quality_mode, spm=spm, num_levels=L,
-                                  codebook_size=K, hash_bins=cmp.hash_bins or 2 * len(ids),
-                                  time_mean=float(t.mean()), time_scale=float(max(t.std(), 1.0)))
-  inputs = RetrievalInputs(features, model.item_encoder.required_features(), cmp.max_history,
-                           quality=qv.features() if quality_mode != "none" else None,
-                           unknown_quality=qv.new_item_features() if quality_mode != "none" else None)
-  train_ds = inputs.dataset(inputs.encode(train_pos, item_probs=item_frequencies(train_pos)), cmp.batch_size,
-                            shuffle=True, seed=run.config.seed)
-  hist = fit_retriever(model, train_ds, cmp.epochs)
-  if quality_mode == "tuned":
-    w = res["quality_weights"].get(f"{variant}/tuned", {}).get("w")
-    if w is None:
-      raise ValueError(f"production_quality='tuned' needs 'tuned' in retrieval.comparison.quality_modes and "
-                       f"{variant!r} in its variants")
-    model.set_quality_weights([w[n] for n in qv.feature_names])
-
-  all_inter = run.dataset.interactions
-  enc_test = inputs.encode(pos(split.test), context=all_inter)
-  q = embed_queries(model, inputs, enc_test)
+  test = split.queries("test")
   c = embed_candidates(model, inputs)
-  is_cold = split.is_cold(enc_test["item_id"])
-  ranks = rank_of_targets(q, c, inputs.rows_of(enc_test["item_id"]), inputs.exclusions(enc_test, all_inter),
-                          max_k=max(cmp.ks))
-  metrics = sliced_metrics(ranks, {"overall": np.ones(len(is_cold), bool), "warm": ~is_cold, "cold": is_cold}, cmp.ks)
-  save_retriever(model, os.path.join(out_dir, "model"))
-  rng = np.random.default_rng(run.config.seed)
-  sample = np.sort(rng.choice(len(q), size=min(1000, len(q)), replace=False))
-  save_npz(os.path.join(out_dir, "embeddings.npz"), item_ids=np.asarray(ids, dtype=str), candidates=c,
-           queries=q[sample])
+  sample = np.sort(np.random.default_rng(run.config.seed).choice(len(test), size=min(1000, len(test)),
+                                                                  replace=False))
+  q = query_embeddings(model, inputs, test.subset(sample))
+  save_npz(os.path.join(out_dir, "embeddings.npz"), item_ids=np.asarray(ids, dtype=str), candidates=c, queries=q)
 
-  # --- Exports.
   item_ex = {k: v.numpy() for k, v in next(iter(inputs.catalogue_dataset(8))).items()}
-  q_batch = next(iter(inputs.dataset({k: v[:8] for k, v in enc_test.items()}, 8)))
-  query_ex = {"user_id": q_batch["user_id"].numpy(), "timestamp": q_batch["timestamp"].numpy(),
-              "history": {k: v.numpy() for k, v in q_batch["history"].items()}}
-  fp = run.data_fingerprint
-  summary = {s: {k: float(v) for k, v in m.items()} for s, m in metrics.items()}
-  base = export_dir(run)
-  k = min(rcfg.top_k, len(ids))
+  query_ex = {k: (v.numpy() if k != "history" else {hk: hv.numpy() for hk, hv in v.items()})
+              for k, v in query_features(inputs, test, np.arange(min(8, len(test))), model.config.max_history).items()}
+  summary = served["test"]
+  fp, base, k = run.data_fingerprint, export_dir(run), min(rcfg.top_k, len(ids))
   exported = {
       "candidate_tower": export_candidate_tower(base, model.candidate_embedding, item_ex, data_fingerprint=fp).path,
       "query_tower": export_query_tower(base, model.query_embedding, query_ex, data_fingerprint=fp,
@@ -115,17 +70,14 @@ def stage_retrieval(run: Run) -> dict:
           base, model.query_embedding, query_ex, k=k, index=build_index(c, ids, kind="scann", k=k),
           data_fingerprint=fp, metrics=summary).path,
   }
-  recall = lambda v, q_, s: float(res["table"].query(  # noqa: E731
-      "variant == @v and quality == @q_ and slice == @s")["recall@100"].iloc[0])
-  headline = [{"variant": v, "quality": qm, "all": recall(v, qm, "overall"), "warm": recall(v, qm, "warm"),
-               "cold": recall(v, qm, "cold")}
-              for v in cmp.variants for qm in cmp.quality_modes
-              if len(res["table"].query("variant == @v and quality == @qm"))]
-  return {
-      "comparison_seconds": round(res["seconds"], 1),
-      "acceptance": res["acceptance"],
-      "headline": headline,
-      "quality_weights": res["quality_weights"],
-      "production": {"variant": variant, "quality": quality_mode, "metrics": summary,
-                     "final_loss": float(hist.history["loss"][-1]), "exports": exported},
-  }
+  r100 = lambda m, s: m.get(s, {}).get("recall@100", float("nan"))  # noqa: E731
+  headline = [{"variant": n, "quality": "baseline" if kind == "baseline" else "none",
+               "all": r100(m, "overall"), "warm": r100(m, "warm"), "cold": r100(m, "cold")}
+              for kind, rows in (("baseline", res["baselines"]), ("learned", res["results"]))
+              for n, m in ((n, r["test"]) for n, r in rows.items())]
+  return {"comparison_seconds": round(res["seconds"], 1), "split": res["split"], "headline": headline,
+          "baselines": {n: m["test"] for n, m in res["baselines"].items()},
+          "variants": {v: r["test"] for v, r in res["results"].items()},
+          "selection": res["served"],
+          "production": {"variant": name, "why": "best validation selection score" if variant is None else
+                         "named by retrieval.production_variant", "metrics": summary, "exports": exported}}

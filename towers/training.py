@@ -1,0 +1,235 @@
+"""Training and evaluation of one retriever on an ``EvalSplit``: the single path the comparison, the pipeline's
+served retriever and the benchmarks share.
+
+Shape letters: Q queries, N catalogue items, d embedding width (+ Q_f quality features).
+
+``train_and_evaluate`` builds the training batches (pooled tower: one row per train positive with its
+history; sequential tower: every prefix of each user's train sequence), trains with Adam and early stopping
+on the validation selection score (``selection_score``: Recall@k on warm and cold validation targets,
+weighted), restores the best epoch, and scores the validation and test queries with
+``semrec.towers.evaluate_scores`` (full catalogue, or the split's candidates). With ``output_dir`` the
+finished model and its results are written atomically, and a later call with the same fingerprint reuses
+them instead of retraining (an interrupted sweep resumes after its last finished variant).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Callable, Optional
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from semrec.towers.inputs import RetrievalInputs, item_frequencies
+from semrec.towers.model import TwoTowerRetriever, compile_retriever, embed_candidates, init_model
+
+
+@dataclasses.dataclass
+class FitConfig:
+  """How a retriever is trained and how its best epoch is chosen.
+
+  Attributes:
+    max_epochs: Upper bound on training epochs.
+    patience: Stop after this many epochs without a better validation selection score (0 = never stop early).
+    batch_size: Rows (pooled tower) or sequences (sequential tower) per batch.
+    selection_k: k of the validation Recall@k used for early stopping and for choosing the served variant.
+    cold_weight: Weight of the cold-target recall in the selection score (see ``selection_score``).
+    min_cold_queries: The cold slice counts in the selection score only with at least this many validation
+      queries (fewer, e.g. the ~30 of 8k leave-one-out targets that are new items, are noise).
+    ks: Recall cut-offs reported.
+  """
+  max_epochs: int = 20
+  patience: int = 2
+  batch_size: int = 128
+  selection_k: int = 10
+  cold_weight: float = 0.5
+  min_cold_queries: int = 100
+  ks: tuple = (5, 10, 20, 50, 100)
+
+  def __post_init__(self):
+    self.ks = tuple(int(k) for k in self.ks)
+    if self.max_epochs < 1 or self.batch_size < 1 or self.patience < 0:
+      raise ValueError(f"FitConfig needs max_epochs >= 1, batch_size >= 1, patience >= 0, got {self}")
+    if not 0.0 <= self.cold_weight <= 1.0:
+      raise ValueError(f"FitConfig.cold_weight must be in [0, 1], got {self.cold_weight}")
+
+
+def selection_score(metrics: dict, k: int = 10, cold_weight: float = 0.5, min_cold_queries: int = 100) -> float:
+  """Validation score weighing warm and cold targets: (1 - w) * warm R@k + w * cold R@k.
+
+  Where the validation set has only warm or only cold targets (cold_items), or fewer than
+  ``min_cold_queries`` cold ones (leave-one-out), the overall recall alone. Weighing the slices, not the
+  queries, keeps a model that ignores new items from winning just because new-item targets are rare.
+  """
+  key = f"recall@{k}"
+  warm, cold = metrics.get("warm", {}).get(key), metrics.get("cold", {}).get(key)
+  n_cold = metrics.get("cold", {}).get("queries", 0)
+  if warm is None or cold is None or n_cold < min_cold_queries or not np.isfinite(warm) or not np.isfinite(cold):
+    return float(metrics["overall"][key])
+  return float((1.0 - cold_weight) * warm + cold_weight * cold)
+
+
+def training_dataset(model: TwoTowerRetriever, inputs: RetrievalInputs, split, batch_size: int, seed: int = 0):
+  """Batches for ``split.train``: sequences for the sequential tower, (history, item) rows otherwise."""
+  cfg = model.config
+  pos = split.train[split.train["label"] > 0] if "label" in split.train else split.train
+  probs = item_frequencies(pos)
+  if cfg.query_tower == "sequential":
+    return inputs.sequence_dataset(split.train_sequences(), batch_size, item_probs=probs,
+                                   num_negatives=cfg.num_negatives, shuffle=True, seed=seed)
+  enc = inputs.encode(pos, item_probs=probs)
+  return inputs.dataset(enc, batch_size, shuffle=True, seed=seed, num_negatives=cfg.num_negatives)
+
+
+def query_features(inputs: RetrievalInputs, queries, rows, max_history: int) -> dict:
+  """Model query features of ``queries[rows]``: user_id [q], timestamp [q], history{item_id [q, H], ...}."""
+  rows = np.asarray(rows, np.int64)
+  hist = queries.subset(rows).padded_histories(max_history)
+  table_rows = inputs.rows_of(hist)
+  inputs._ensure_tf()
+  h = {"item_id": tf.constant(hist.astype(str))}
+  for k in inputs.feature_names:
+    h[k] = tf.gather(inputs._tf_tables[k], table_rows)
+  return {"history": h, "user_id": tf.constant(queries.user_ids[rows].astype(str)),
+          "timestamp": tf.constant(np.asarray(queries.timestamps)[rows].astype(np.int64))}
+
+
+def query_embeddings(model: TwoTowerRetriever, inputs: RetrievalInputs, queries, batch_size: int = 1024,
+                     with_quality: bool = True) -> np.ndarray:
+  """[Q, d] query embeddings of a ``Queries`` set (history = most recent ``max_history`` items)."""
+  out = []
+  for s in range(0, len(queries), batch_size):
+    feats = query_features(inputs, queries, np.arange(s, min(s + batch_size, len(queries))),
+                           model.config.max_history)
+    q = model.query_embedding(feats) if with_quality else model.query_tower(feats)
+    out.append(q.numpy())
+  return np.concatenate(out) if out else np.zeros((0, model.config.candidate.output_dim), np.float32)
+
+
+def evaluate_retriever(model: TwoTowerRetriever, inputs: RetrievalInputs, queries, ks=(5, 10, 20, 50, 100),
+                       candidate_embeddings: Optional[np.ndarray] = None) -> dict:
+  """``evaluate_scores`` metrics of the model's dot-product scores over the catalogue on ``queries``."""
+  from semrec.towers.evaluation import evaluate_scores
+  q = query_embeddings(model, inputs, queries)
+  c = embed_candidates(model, inputs) if candidate_embeddings is None else candidate_embeddings
+  return evaluate_scores(lambda rows: q[rows] @ c.T, queries, inputs.item_features.item_ids, ks=tuple(ks))
+
+
+class ValidationEarlyStopping(tf.keras.callbacks.Callback):
+  """Scores the validation queries after each epoch; keeps the best weights; stops after ``patience``
+  epochs without improvement and restores the best weights at the end."""
+
+  def __init__(self, score_fn: Callable[[], tuple], patience: int):
+    super().__init__()
+    self.score_fn, self.patience = score_fn, patience
+    self.best, self.best_epoch, self.best_metrics, self.best_weights, self.history = -np.inf, -1, None, None, []
+
+  def on_epoch_end(self, epoch, logs=None):
+    score, metrics = self.score_fn()
+    self.history.append({"epoch": epoch, "loss": float((logs or {}).get("loss", np.nan)), "score": score})
+    if score > self.best:
+      self.best, self.best_epoch, self.best_metrics = score, epoch, metrics
+      self.best_weights = self.model.get_weights()
+    elif self.patience and epoch - self.best_epoch >= self.patience:
+      self.model.stop_training = True
+
+  def on_train_end(self, logs=None):
+    if self.best_weights is not None:
+      self.model.set_weights(self.best_weights)
+
+
+def fingerprint(obj) -> str:
+  """Short SHA-256 of a JSON-able object (configs, split summaries): the key of a finished variant."""
+  return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _load_finished(directory: str, key: str) -> Optional[dict]:
+  path = os.path.join(directory, "result.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    res = json.load(f)
+  return res if res.get("fingerprint") == key else None
+
+
+def _save_finished(directory: str, model: TwoTowerRetriever, result: dict):
+  from semrec.atomic import write_json
+  from semrec.towers.model import save_retriever
+  save_retriever(model, os.path.join(directory, "model"))
+  write_json(os.path.join(directory, "result.json"), result)
+
+
+def train_and_evaluate(model: TwoTowerRetriever, inputs: RetrievalInputs, split, fit: FitConfig, seed: int = 0,
+                       output_dir: Optional[str] = None, key: Optional[str] = None,
+                       callbacks: tuple = (), stages: tuple = ("valid", "test")) -> dict:
+  """Trains ``model`` on ``split.train`` (early stopping on the validation selection score) and evaluates it.
+
+  Args:
+    model: An untrained ``TwoTowerRetriever``.
+    inputs: ``RetrievalInputs`` over the catalogue with the model's required features.
+    split: A ``semrec.data.EvalSplit``.
+    fit: ``FitConfig``.
+    output_dir: If set, where the finished model (``model/``) and ``result.json`` are written; if a result with
+      the same ``key`` is there, the model's weights are loaded from it instead of training.
+    key: Fingerprint of everything the result depends on (config, split, features).
+    callbacks: Extra Keras callbacks for ``fit``.
+
+  Returns:
+    {"valid": metrics, "test": metrics, "selection_score": float, "best_epoch": int, "epochs": [...],
+     "train_seconds": float, "resumed": bool}.
+  """
+  ds = training_dataset(model, inputs, split, fit.batch_size, seed)
+  init_model(model, next(iter(ds)))
+  if output_dir and key and (done := _load_finished(output_dir, key)) is not None:
+    tf.train.Checkpoint(model=model).read(os.path.join(output_dir, "model", "weights", "ckpt")).expect_partial()
+    return {**done, "resumed": True}
+  valid = split.queries("valid")
+  stopper = ValidationEarlyStopping(lambda: _score(model, inputs, valid, fit), fit.patience)
+  compile_retriever(model)
+  t0 = time.time()
+  model.fit(ds, epochs=fit.max_epochs, verbose=0, callbacks=[stopper, *callbacks])
+  seconds = time.time() - t0
+  mix = tune_content_mix(model, inputs, valid, fit) if model.content_mix is not None else None
+  cands = embed_candidates(model, inputs)
+  result = {s: evaluate_retriever(model, inputs, split.queries(s), fit.ks, cands) for s in stages}
+  result.update({"selection_score": selection_score(result["valid"], fit.selection_k, fit.cold_weight,
+                                                    fit.min_cold_queries),
+                 "best_epoch": stopper.best_epoch, "epochs": stopper.history, "content_mix": mix, "train_seconds": round(seconds, 1),
+                 "fingerprint": key})
+  if output_dir and key:
+    _save_finished(output_dir, model, result)
+  return {**result, "resumed": False}
+
+
+MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def tune_content_mix(model: TwoTowerRetriever, inputs: RetrievalInputs, valid, fit: FitConfig,
+                     grid=MIX_GRID) -> dict:
+  """Sets the model's content-mix weight a to the grid value with the best validation selection score.
+
+  Returns {"alpha": a, "scores": {a: score}} (a = 0 is the learned model alone).
+  """
+  cands = embed_candidates(model, inputs)  # the content part of a candidate does not depend on a
+  scores = {}
+  for a in grid:
+    model.set_content_mix(a)
+    m = evaluate_retriever(model, inputs, valid, (fit.selection_k,), cands)
+    scores[float(a)] = selection_score(m, fit.selection_k, fit.cold_weight, fit.min_cold_queries)
+  best = max(scores, key=scores.get)
+  model.set_content_mix(best)
+  return {"alpha": best, "scores": scores}
+
+
+def _score(model, inputs, queries, fit: FitConfig) -> tuple:
+  m = evaluate_retriever(model, inputs, queries, (fit.selection_k,))
+  return selection_score(m, fit.selection_k, fit.cold_weight, fit.min_cold_queries), m
+
+
+__all__ = ["FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "fingerprint", "query_embeddings",
+           "query_features", "tune_content_mix",
+           "selection_score", "train_and_evaluate", "training_dataset"]
