@@ -303,6 +303,9 @@ def _strategy_run_dir(stage: str, task_id: int, chief: bool, kwargs: dict):
   return scratch
 
 
+_SCOPES = []
+
+
 def _with_strategy(cmd: click.Command, stage: str) -> click.Command:
   """Adds --strategy to a training stage command; "none" runs the command exactly as before."""
   inner = cmd.callback
@@ -321,7 +324,8 @@ def _with_strategy(cmd: click.Command, stage: str) -> click.Command:
     s = make_strategy(strategy)  # before any other TF op (MWMS)
     # The scope stays entered until the process ends: leaving it after a whole stage raised
     # "IndexError: pop from empty list" from TF's scope stack (seen with MWMS x2 on the retrieval stage).
-    s.scope().__enter__()
+    _SCOPES.append(s.scope())  # held: a collected scope object would leave the scope
+    _SCOPES[-1].__enter__()
     return inner(**kwargs)
 
   cmd.params.append(click.Option(["--strategy"], type=click.Choice(["none", "mirrored", "mwms", "ps"]),
