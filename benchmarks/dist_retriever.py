@@ -38,25 +38,31 @@ def main(argv=None):
   import numpy as np
   import tensorflow as tf
   from semrec.data import ItemFeatures, load_movielens
-  from semrec.towers import (ComparisonConfig, RetrievalInputs, brute_force_top_k, build_variant_retriever,
-                             compile_retriever, embed_candidates, embed_queries, init_model, item_frequencies,
-                             load_retriever, save_retriever)
+  from semrec.sid import ItemRepresentationConfig
+  from semrec.towers import (CandidateTowerConfig, ItemEncoderConfig, QueryTowerConfig, RetrievalInputs,
+                             RetrieverConfig, TwoTowerRetriever, brute_force_top_k, compile_retriever,
+                             embed_candidates, embed_queries, init_model, item_frequencies, load_retriever,
+                             save_retriever)
 
   ds = load_movielens()
   inter = ds.interactions.sort_values(["timestamp", "user_id"], kind="stable")
   pos = inter[inter["label"] > 0] if "label" in inter else inter
   train = pos.iloc[:args.rows]
   ids = np.asarray(ds.item_ids, dtype=object)
-  cfg = ComparisonConfig(variants=("hashed_id",), embedding_dim=16, output_dim=16, mlp_dims=(32,), max_history=5,
-                         batch_size=args.batch_size, seed=args.seed)
+  t = train["timestamp"]
+  # The hashed-ID retriever (in-batch softmax, logQ): the tables MWMS and PS must keep in sync / shard.
+  cfg = RetrieverConfig(
+      item=ItemEncoderConfig(representation=ItemRepresentationConfig(
+          modes=("random_hash",), embedding_dim=16, hash_buckets=2 * len(ids))),
+      candidate=CandidateTowerConfig(mlp_dims=(32,), output_dim=16),
+      query=QueryTowerConfig(max_history=5, mlp_dims=(32,), output_dim=16, time_mean=float(t.mean()),
+                             time_scale=float(max(t.std(), 1.0))))
   inputs = RetrievalInputs(ItemFeatures(ids, {}), [], cfg.max_history)
   enc = inputs.encode(train, item_probs=item_frequencies(train))
   train_ds = inputs.dataset(enc, args.batch_size, shuffle=True, seed=args.seed, drop_remainder=args.drop_remainder)
-  t = train["timestamp"]
   tf.keras.utils.set_random_seed(args.seed)
   with strategy.scope():
-    model = build_variant_retriever("hashed_id", cfg, hash_bins=2 * len(ids), time_mean=float(t.mean()),
-                                    time_scale=float(max(t.std(), 1.0)))
+    model = TwoTowerRetriever(cfg)
     init_model(model, next(iter(train_ds)))
     compile_retriever(model)
   t0 = time.perf_counter()
