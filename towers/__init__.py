@@ -9,7 +9,8 @@ from semrec.towers.metrics import metrics_from_ranks, rank_of_targets, sliced_me
 from semrec.towers.model import (QUALITY_MODES, RetrieverConfig, TwoTowerRetriever, compile_retriever, embed_candidates,
                                  embed_queries, init_model, load_retriever, save_retriever)
 from semrec.towers.sequential import SequentialQueryTower, SequentialTowerConfig
-from semrec.towers.tasks import MixedNegativeRetrieval, gather_candidates
+from semrec.towers.distributed import gather_candidates
+from semrec.towers.tasks import MixedNegativeRetrieval
 from semrec.towers.training import (FitConfig, ValidationEarlyStopping, evaluate_retriever, query_embeddings,
                                     query_features, selection_score, train_and_evaluate, tune_content_mix)
 from semrec.towers.comparison_report import comparison_markdown, comparison_table, plot_comparison

@@ -27,7 +27,6 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
 from semrec.config import from_dict, to_dict
-from semrec.towers.distributed import gather_candidates
 from semrec.towers.sequential import SequentialQueryTower, SequentialTowerConfig
 from semrec.towers.tasks import MixedNegativeRetrieval
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
@@ -243,7 +242,6 @@ class TwoTowerRetriever(tfrs.Model):
 
   def compute_loss(self, features, training=False):
     q, c, ids, prob = self._positive_pairs(features, training)
-    c, prob, ids = gather_candidates(c, prob, ids)  # [scale] cross-replica negatives; no-op with one replica
     sampled = sampled_ids = None
     if "negatives" in features:
       sampled = self.candidate_embedding(features["negatives"], training=training)

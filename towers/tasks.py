@@ -17,8 +17,9 @@ than its own column (in-batch duplicates, and a sampled copy of the positive).
 
 Under a distribution strategy the per-replica loss is divided by the number of replicas (gradients are summed
 across replicas), so the global loss is the mean over all positives. The only step that differs between one
-process and several is ``gather_candidates``: one small function, swapped for an all-gather by the
-multi-worker driver.
+process and several is ``semrec.towers.distributed.gather_candidates``: the identity in one process, an
+all-gather across replicas (this replica's rows first) under a strategy, so every replica's positives are
+negatives for every query, as in the single-process run.
 """
 from __future__ import annotations
 
@@ -26,17 +27,9 @@ from typing import Optional
 
 import tensorflow as tf
 
+from semrec.towers.distributed import gather_candidates
+
 _MASKED = -1e9  # additive mask for removed candidate columns (finite, so a row never becomes all -inf NaN)
-
-
-def gather_candidates(embeddings, ids, probabilities):
-  """Candidates of the in-batch softmax part: [M, d], [M], [M] -> [C, d], [C], [C], and the offset of this
-  replica's positives among the C columns (0 in one process).
-
-  Single process: identity. A multi-worker driver replaces it with an all-gather across replicas (the
-  positives' own columns then start at ``replica_id * M``).
-  """
-  return embeddings, ids, probabilities, 0
 
 
 def _log_expected_count(probabilities, num_draws):
@@ -82,16 +75,18 @@ class MixedNegativeRetrieval(tf.keras.layers.Layer):
     inv_t = 1.0 / (self.temperature or 1.0)
     m = tf.shape(q)[0]
     if self.in_batch:
-      c, cid, cprob, offset = gather_candidates(candidate_embeddings, candidate_ids, candidate_sampling_probability)
+      # [C, ...] over every replica's positives, this replica's M rows first (identity in one process).
+      c, cprob, cid = gather_candidates(candidate_embeddings, candidate_sampling_probability, candidate_ids)
       cols = tf.matmul(q, c, transpose_b=True) * inv_t  # [M, C]
-      labels = tf.range(m) + offset
+      labels = tf.range(m)
       if self.logq_correction:
         if cprob is None:
           raise ValueError("logq_correction needs candidate_sampling_probability")
         cols -= _log_expected_count(cprob, tf.shape(c)[0])[None, :]
       own = tf.one_hot(labels, tf.shape(c)[0], on_value=True, off_value=False)
       if self.remove_accidental_hits:
-        hits = tf.equal(tf.expand_dims(candidate_ids, 1), tf.expand_dims(cid, 0)) & ~own
+        # cid[:M] are this replica's positives (ids hashed to int64 when gathered across replicas).
+        hits = tf.equal(tf.expand_dims(cid[:m], 1), tf.expand_dims(cid, 0)) & ~own
         cols = tf.where(hits, _MASKED, cols)
     else:
       cols = tf.reduce_sum(q * tf.cast(candidate_embeddings, tf.float32), -1, keepdims=True) * inv_t  # [M, 1]
@@ -132,4 +127,4 @@ class MixedNegativeRetrieval(tf.keras.layers.Layer):
     return config
 
 
-__all__ = ["MixedNegativeRetrieval", "gather_candidates"]
+__all__ = ["MixedNegativeRetrieval"]
