@@ -131,12 +131,19 @@ def test_embed_candidates_run_inference(movielens, tmp_path):
   """RunInference over the exported candidate tower == embed_candidates on the live model (1e-6)."""
   from semrec.data import ItemFeatures
   from semrec.export import export_candidate_tower
-  from semrec.towers import ComparisonConfig, RetrievalInputs, build_variant_retriever, embed_candidates, init_model
+  from semrec.sid import ItemRepresentationConfig
+  from semrec.towers import (CandidateTowerConfig, ItemEncoderConfig, QueryTowerConfig, RetrievalInputs,
+                             RetrieverConfig, TwoTowerRetriever, embed_candidates, init_model)
   ids = np.asarray(movielens.item_ids[:300], dtype=object)
   content = np.random.default_rng(0).normal(size=(len(ids), 8)).astype(np.float32)
-  cfg = ComparisonConfig(variants=("content",), embedding_dim=8, output_dim=8, mlp_dims=(16,), max_history=3)
-  model = build_variant_retriever("content", cfg)
-  inputs = RetrievalInputs(ItemFeatures(ids, {"content": content}), model.item_encoder.required_features(), 3)
+  # The "content" item tower: a dense projection of the content embedding.
+  cfg = RetrieverConfig(
+      item=ItemEncoderConfig(representation=ItemRepresentationConfig(modes=("dense",), embedding_dim=8,
+                                                                     content_dim=8)),
+      candidate=CandidateTowerConfig(mlp_dims=(16,), output_dim=8),
+      query=QueryTowerConfig(max_history=3, mlp_dims=(16,), output_dim=8))
+  model = TwoTowerRetriever(cfg)
+  inputs = RetrievalInputs(ItemFeatures(ids, {"content": content}), model.required_features(), 3)
   batches = [{k: v.numpy() for k, v in b.items()} for b in inputs.catalogue_dataset(128)]
   inter = movielens.interactions
   rows = inter[inter["item_id"].astype(str).isin(set(ids))].head(64)
