@@ -225,7 +225,8 @@ class RoundTripTest(tf.test.TestCase):
     cfg = RetrieverConfig(item=ItemEncoderConfig(representation=_rep(("spm", "random_hash"), table_budget=16,
                                                                      id_dropout=0.2),
                                                  content_residual=True))
-    again = RetrieverConfig(**cfg.to_dict())
+    from semrec.config import from_dict, to_dict
+    again = from_dict(RetrieverConfig, to_dict(cfg))
     self.assertEqual(again, cfg)
     self.assertEqual(again.item.representation.modes, ("spm", "random_hash"))
     with self.assertRaisesRegex(ValueError, "id_dropout"):
