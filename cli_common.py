@@ -153,8 +153,9 @@ def _build_config(config_path, dataset, interactions, items, text_columns, quali
                   no_exclude_history=False):
   """The RunConfig of a command: defaults < --quick presets < the config file < flags, validated whole.
 
-  ``--quick`` shrinks sizes and epochs, but a value set in the config file wins over its preset (so
-  ``--quick`` with ``sid.model.codebook_size: 64`` in the file keeps 64); each such value is reported.
+  ``--quick`` shrinks sizes and epochs, but a value the config file changes from its default wins over the
+  preset (so ``--quick`` with ``sid.model.codebook_size: 64`` in the file keeps 64); each such value is
+  reported. A file value equal to the default does not count as set.
   """
   from semrec.config import from_dict, load_yaml, merge_dicts, read_yaml, to_dict, validate
   from semrec.pipeline import RunConfig
@@ -182,7 +183,9 @@ def _build_config(config_path, dataset, interactions, items, text_columns, quali
   if cfg.data.type == "generic" and not (cfg.data.interactions and cfg.data.items):
     raise click.UsageError("--dataset generic needs --interactions and --items")
   if quick:
-    raw = read_yaml(config_path) if config_path else {}
+    # Only values the file changes from the defaults count as set: a full dump of a RunConfig (every field
+    # written out) must still get the --quick sizes for the fields it leaves at their defaults.
+    raw = _changed(read_yaml(config_path) if config_path else {}, to_dict(RunConfig()))
     preset = to_dict(cfg.quick())
     kept = _overridden(preset, raw)
     cfg = flags(from_dict(RunConfig, merge_dicts(preset, raw)))
@@ -191,6 +194,20 @@ def _build_config(config_path, dataset, interactions, items, text_columns, quali
   validate(cfg)
   cfg.validate()
   return cfg
+
+
+def _changed(raw: dict, defaults: dict) -> dict:
+  """The entries of ``raw`` (nested) whose values differ from ``defaults`` (lists and tuples compare equal)."""
+  out = {}
+  for k, v in raw.items():
+    d = defaults.get(k, object())
+    if isinstance(v, dict) and isinstance(d, dict):
+      sub = _changed(v, d)
+      if sub:
+        out[k] = sub
+    elif not (isinstance(v, (list, tuple)) and isinstance(d, (list, tuple)) and list(v) == list(d)) and v != d:
+      out[k] = v
+  return out
 
 
 def _overridden(preset: dict, raw: dict, prefix: str = "") -> list:
