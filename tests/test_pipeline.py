@@ -156,7 +156,7 @@ def test_semrec_run_synthetic_quick_end_to_end(tmp_path):
   # The served retriever ranks held-out positives above chance (random ranking: recall@50 = 50 / 120;
   # measured 0.55), over every test query; the brute-force index is exact and ScaNN close to it.
   prod = metrics["stages"]["retrieval"]["production"]["metrics"]["overall"]
-  assert prod["num_queries"] > 20 and prod["recall@50"] > 50 / 120, prod
+  assert prod["queries"] > 20 and prod["recall@50"] > 50 / 120, prod
   idx = metrics["stages"]["index"]
   assert idx["recall_at_10"] == 1.0 and idx["scann_recall_at_10"] >= 0.9, idx
   # Ranking: every (mode, budget) configuration was trained and evaluated on warm and cold examples. (At these
