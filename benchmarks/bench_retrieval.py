@@ -21,48 +21,21 @@ import os
 import time
 
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from semrec.benchmarks.bench_baselines import content_embeddings, default_dev_dir, load_dev_set
 import numpy as np
 import pandas as pd
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-DEV_DIRS = (os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "..", "shared", "data",
-                         "dev-benchmarks"), "/work/shared/data/dev-benchmarks")
 CACHE = os.path.expanduser("~/.cache/semrec")
 RUNS = ("scientific:leave_one_out", "microlens:leave_one_out", "movielens:leave_one_out", "scientific:cold_items",
         "microlens:cold_items", "movielens:cold_items", "movielens:temporal")
 REFERENCE_TRANSITION_R10 = {"scientific": 0.0823, "microlens": 0.0712}
 
 
-def dev_dir() -> str:
-  """$SEMREC_DEV_BENCHMARKS, else ../shared/data/dev-benchmarks beside the repository (first that exists)."""
-  if os.environ.get("SEMREC_DEV_BENCHMARKS"):
-    return os.environ["SEMREC_DEV_BENCHMARKS"]
-  return next((os.path.abspath(d) for d in DEV_DIRS if os.path.isdir(d)), os.path.abspath(DEV_DIRS[0]))
-
-
 def load_dataset(name: str):
-  """``RecDataset`` of a development set (implicit: label 1 on every row) or the bundled MovieLens."""
-  from semrec.data import RecDataset, load_movielens
-  if name == "movielens":
-    return load_movielens()
-  d = os.path.join(dev_dir(), name)
-  inter = pd.read_csv(os.path.join(d, "interactions.csv"), dtype={"user_id": str, "item_id": str})
-  inter["label"] = np.float32(1.0)
-  items = pd.read_csv(os.path.join(d, "items.csv"), dtype={"item_id": str}, keep_default_na=False)
-  return RecDataset(name=name, interactions=inter, items=items, text_columns=("text",), quality_columns=())
-
-
-def content_embeddings(name: str, dataset) -> tuple:
-  """(item_ids, [N, 384] MiniLM embeddings), cached in ~/.cache/semrec."""
-  path = os.path.join(CACHE, f"{name}_minilm.npz")
-  if not os.path.exists(path):
-    from semrec.encoders import TextEncoder
-    os.makedirs(CACHE, exist_ok=True)
-    emb = TextEncoder(batch_size=64).encode(dataset.item_texts(), item_ids=list(dataset.item_ids))
-    from semrec.atomic import save_npz
-    save_npz(path, item_ids=np.asarray(dataset.item_ids, dtype=str), embeddings=emb.astype(np.float32))
-  with np.load(path) as z:
-    return z["item_ids"].astype(object), z["embeddings"]
+  """``RecDataset`` of a development set (``bench_baselines.load_dev_set``) or the bundled MovieLens."""
+  from semrec.data import load_movielens
+  return load_movielens() if name == "movielens" else load_dev_set(default_dev_dir(), name)
 
 
 def run_one(name: str, kind: str, seed: int, variants, verbose: bool = True) -> dict:
@@ -70,7 +43,7 @@ def run_one(name: str, kind: str, seed: int, variants, verbose: bool = True) -> 
   from semrec.data import make_split
   from semrec.towers import ComparisonConfig, run_retrieval_comparison
   ds = load_dataset(name)
-  ids, emb = content_embeddings(name, ds)
+  ids, emb = ds.item_ids.astype(object), content_embeddings(ds, CACHE)
   split = make_split(ds, kind, seed=seed)
   cfg = ComparisonConfig(seed=seed, **({"variants": tuple(variants)} if variants else {}),
                          quality_modes=("none", "tuned") if kind == "temporal" else ("none",))
@@ -152,8 +125,8 @@ def main():
       report["runs"] = json.load(f).get("runs", {})
   for run in args.runs:
     name, kind = run.split(":")
-    if name != "movielens" and not os.path.isdir(os.path.join(dev_dir(), name)):
-      print(f"skip {run}: {dev_dir()}/{name} not found")
+    if name != "movielens" and not os.path.isdir(os.path.join(default_dev_dir(), name)):
+      print(f"skip {run}: {default_dev_dir() or 'the dev-benchmarks folder'}/{name} not found")
       continue
     per_seed, t0 = [], time.time()
     for seed in args.seeds:
