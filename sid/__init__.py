@@ -1,5 +1,5 @@
 """Content-derived item IDs: cluster IDs, Semantic IDs and their adapters."""
-from semrec.sid.adapters import ItemRepresentation, ItemRepresentationConfig, cluster_feature  # noqa: E402
+from semrec.sid.adapters import ID_KNOWN, ItemRepresentation, ItemRepresentationConfig, cluster_feature  # noqa: E402
 from semrec.sid.budget import budget_table, lookups_per_item, ngram_spans, table_rows  # noqa: E402
 from semrec.sid.spm import SidSpm, SpmSegmenter, sid_to_string, train_sid_spm  # noqa: E402
 from semrec.sid.kmeans import (ClusterIdEmbedding, ClusterIdLayer, fit_cluster_granularities, fit_kmeans,  # noqa: E402
@@ -13,7 +13,7 @@ from semrec.sid.table import SidTable, compute_suffix  # noqa: E402
 from semrec.sid.health import format_health_table, plot_code_usage, sid_health, write_health_report  # noqa: E402
 
 __all__ = [
-    "ItemRepresentation", "ItemRepresentationConfig", "cluster_feature", "budget_table", "lookups_per_item", "ngram_spans",
+    "ID_KNOWN", "ItemRepresentation", "ItemRepresentationConfig", "cluster_feature", "budget_table", "lookups_per_item", "ngram_spans",
     "table_rows", "SidSpm", "SpmSegmenter", "sid_to_string", "train_sid_spm",
     "ClusterIdEmbedding", "ClusterIdLayer", "fit_cluster_granularities", "fit_kmeans", "validate_embeddings",
     "lloyd_statistics", "lloyd_update", "refine_kmeans",

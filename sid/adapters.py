@@ -24,6 +24,7 @@ from semrec.sid.spm import SidSpm, SpmSegmenter
 
 MODES = _budget.ALL_MODES + ("cluster",)
 COMBINERS = ("concat", "sum")
+ID_KNOWN = "id_known"  # input key of ItemRepresentationConfig.gate_unknown_ids: 1.0 = trained ID, 0.0 = new item
 
 
 def cluster_feature(k: int) -> str:
@@ -56,6 +57,10 @@ class ItemRepresentationConfig:
       (DropoutNet-style ID dropout: the other parts must score an item alone, as they do for a new
       item whose hashed-ID row was never trained). Inference never drops. With id_dropout > 0 the
       hash table starts at zero, so an untrained row (a new item's) is exactly a dropped one.
+    gate_unknown_ids: Multiply the "random_hash" part by the input ``id_known`` ([...] float32, 1 = the
+      item's ID was in the training data, 0 = a new item), at training and at inference. A new item whose
+      hash collides with a trained item's row (probability ~ trained items / hash_buckets) then gets a zero
+      ID part, exactly like an ID-dropped row, instead of the other item's embedding.
   """
   modes: Tuple[str, ...] = ("unigram",)
   combiner: str = "concat"
@@ -67,6 +72,7 @@ class ItemRepresentationConfig:
   content_dim: int = 0
   cluster_sizes: Tuple[int, ...] = ()
   id_dropout: float = 0.0
+  gate_unknown_ids: bool = False
 
   def __post_init__(self):
     if isinstance(self.modes, str):
@@ -97,6 +103,9 @@ class ItemRepresentationConfig:
                        f"(modes={self.modes}, cluster_sizes={self.cluster_sizes})")
     if not 0.0 <= self.id_dropout < 1.0:
       raise ValueError(f"ItemRepresentationConfig.id_dropout must be in [0, 1), got {self.id_dropout}")
+    if self.gate_unknown_ids and "random_hash" not in self.modes:
+      raise ValueError("ItemRepresentationConfig.gate_unknown_ids needs the 'random_hash' mode "
+                       f"(modes={self.modes})")
 
   @property
   def output_dim(self) -> int:
@@ -115,6 +124,8 @@ class ItemRepresentationConfig:
     if "dense" in self.modes:
       keys.append("content")
     keys += [cluster_feature(k) for k in self.cluster_sizes]
+    if self.gate_unknown_ids:
+      keys.append(ID_KNOWN)
     return tuple(keys)
 
 
@@ -345,6 +356,8 @@ class ItemRepresentation(tf.keras.layers.Layer):
         emb = self._tables[mode](tf.maximum(rows, 0))  # [M, P, d]
         mask = tf.cast(rows >= 0, emb.dtype)[:, :, None]
         part = tf.reduce_sum(emb * mask, axis=1)
+        if mode == "random_hash" and c.gate_unknown_ids:
+          part = part * tf.reshape(tf.cast(self._require(inputs, ID_KNOWN), part.dtype), [-1, 1])
         if mode == "random_hash" and c.id_dropout > 0 and training is True:
           part = part * self._id_keep_mask(tf.shape(part)[0])
         outs.append(part)

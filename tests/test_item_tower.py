@@ -85,6 +85,33 @@ class IdDropoutTest(tf.test.TestCase):
     self.assertEqual(np.all(enc(feats, training=False).numpy()[:, 3:] == 0.0, axis=1).sum(), 0)
 
 
+class UnknownIdGateTest(tf.test.TestCase):
+
+  def test_new_items_get_a_zero_id_part_even_when_their_hash_collides(self):
+    # hash_buckets=1: every item shares one trained row, the worst case of a collision.
+    layer = ItemRepresentation(_rep(("unigram", "random_hash"), hash_buckets=1, gate_unknown_ids=True))
+    feats = dict(_items(4), id_known=tf.constant([1.0, 0.0, 1.0, 0.0]))
+    layer(feats)
+    _fill_hash_table(layer)
+    row = layer._tables["random_hash"].embeddings.numpy()[0]  # pylint: disable=protected-access
+    for training in (False, True):  # the gate applies at training and at inference
+      out = layer(feats, training=training).numpy()
+      self.assertAllClose(out[[0, 2], 3:], [row, row])
+      self.assertAllEqual(out[[1, 3], 3:], np.zeros((2, 3)))
+    ungated = ItemRepresentation(_rep(("unigram", "random_hash"), hash_buckets=1))
+    ungated(feats)
+    _fill_hash_table(ungated)
+    self.assertAllClose(ungated(feats).numpy()[1, 3:], row)  # without the gate the new item inherits the row
+    self.assertIn("id_known", layer.config.input_features)
+
+  def test_needs_the_hash_mode_and_the_feature(self):
+    with self.assertRaisesRegex(ValueError, "gate_unknown_ids needs the 'random_hash' mode"):
+      _rep(("unigram",), gate_unknown_ids=True)
+    layer = ItemRepresentation(_rep(("unigram", "random_hash"), gate_unknown_ids=True))
+    with self.assertRaisesRegex((KeyError, ValueError), "id_known"):
+      layer(_items(2))
+
+
 class ClusterPartTest(tf.test.TestCase):
 
   def test_golden_lookup_and_unknown(self):

@@ -154,6 +154,10 @@ def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: Com
     cluster_ids = np.asarray(cluster_ids, np.int32)
     num_clusters = int(cluster_ids.max()) + 1
     arrays[cluster_feature(num_clusters)] = cluster_ids
+  if any(_REPRESENTATIONS[r][1].get("gate_unknown_ids") for r in reps):
+    from semrec.sid import ID_KNOWN
+    pos = split.train[split.train["label"] > 0] if "label" in split.train else split.train
+    arrays[ID_KNOWN] = pd.Index(ids).isin(pos["item_id"].astype(str)).astype(np.float32)  # trained ID rows
   side = ItemSide(ItemFeatures(ids, arrays), hash_bins=cfg.hash_bins or 2 * len(ids), num_clusters=num_clusters)
   if reps & set(SID_REPRESENTATIONS):
     if sid_codes is None:
@@ -175,6 +179,8 @@ def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: Com
   return side
 
 
+# The cold-aware ID part: ID dropout (DropoutNet), and a zero ID part for items the training data never had.
+_COLD_ID = {"id_dropout": 0.3, "gate_unknown_ids": True}
 # Item representation -> (ItemRepresentation modes, ItemEncoderConfig cold-start options).
 _REPRESENTATIONS = {
     "hashed_id": (("random_hash",), {}),
@@ -185,8 +191,8 @@ _REPRESENTATIONS = {
     "sid_spm_hashed": (("spm", "random_hash"), {}),
     "hashed_content": (("random_hash", "dense"), {}),
     "cold_content": (("dense",), {"content_residual": True}),
-    "cold_hashed_content": (("random_hash", "dense"), {"content_residual": True, "id_dropout": 0.3}),
-    "cold_hashed_cluster": (("random_hash", "dense", "cluster"), {"content_residual": True, "id_dropout": 0.3}),
+    "cold_hashed_content": (("random_hash", "dense"), {"content_residual": True, **_COLD_ID}),
+    "cold_hashed_cluster": (("random_hash", "dense", "cluster"), {"content_residual": True, **_COLD_ID}),
 }
 
 
@@ -197,10 +203,11 @@ def _item_parts(rep: str, cfg: ComparisonConfig, side: ItemSide):
   modes, opts = _REPRESENTATIONS[rep]
   opts = dict(opts)
   id_dropout = opts.pop("id_dropout", 0.0)
+  gate = opts.pop("gate_unknown_ids", False)
   budget = cfg.spm_vocab_size if "spm" in modes else max(side.sid_levels * side.sid_codebook_size, 1)
   rc = ItemRepresentationConfig(modes=modes, embedding_dim=cfg.embedding_dim, num_levels=max(side.sid_levels, 1),
                                 codebook_size=max(side.sid_codebook_size, 1), table_budget=budget,
-                                hash_buckets=side.hash_bins, id_dropout=id_dropout,
+                                hash_buckets=side.hash_bins, id_dropout=id_dropout, gate_unknown_ids=gate,
                                 cluster_sizes=(side.num_clusters,) if "cluster" in modes else ())
   return ItemEncoderConfig(representation=rc, **opts)
 
