@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 
 from semrec.data import PAD_ITEM, ItemFeatures, user_histories
+from semrec.sid.adapters import ID_KNOWN
 
-_ITEM_KEYS = ("sid", "content", "cluster_id")
+_ITEM_KEYS = ("sid", "content", "cluster_id", ID_KNOWN)  # unknown / padding rows get 0 (float) or -1 (int)
 
 
 class RetrievalInputs:
