@@ -12,8 +12,10 @@ GRU over the history, ``RetrieverConfig.query``), ``seq_<item>`` the causal self
   sid_spm_hashed   SID SPM pieces + hashed item ID
   hashed_content   hashed item ID + content projection (the ID memorises head items, content carries new ones)
   cold_content     content projection + the frozen content residual (retritem's cold-aware item tower)
-  cold_hashed_content  hashed ID (ID dropout 0.3) + content projection + content residual
-  cold_hashed_cluster  cold_hashed_content + trainable cluster-ID embeddings (the SID stage's k-means ids)
+  cold_hashed_content  hashed ID (ID dropout 0.3, zero for items without train interactions) + content
+                   projection + content residual
+  cold_hashed_cluster  cold_hashed_content + trainable cluster-ID embeddings (the SID stage's k-means ids;
+                   a new item shares its cluster's row with the warm items of that cluster)
 
 Every variant is trained and evaluated by ``semrec.towers.training.train_and_evaluate`` (the function the
 pipeline's served retriever uses): early stopping on the validation selection score, then validation and
@@ -42,7 +44,7 @@ ITEM_REPRESENTATIONS = ("hashed_id", "content", "cluster_id", "sid_unigram", "si
                         "hashed_content", "cold_content", "cold_hashed_content", "cold_hashed_cluster")
 VARIANTS = ITEM_REPRESENTATIONS + tuple(f"seq_{r}" for r in ITEM_REPRESENTATIONS)
 SID_REPRESENTATIONS = ("sid_unigram", "sid_spm", "sid_spm_hashed")
-DEFAULT_VARIANTS = ("hashed_id", "content", "sid_spm_hashed", "cold_hashed_content", "seq_hashed_content",
+DEFAULT_VARIANTS = ("hashed_id", "content", "sid_spm_hashed", "cold_hashed_cluster", "seq_hashed_content",
                     "seq_cold_hashed_content")
 
 
@@ -68,7 +70,8 @@ class ComparisonConfig:
     sid_levels, sid_codebook_size, sid_mode: SIDs trained here when none are passed in.
     spm_vocab_size: SentencePiece vocabulary (= table budget) of the SPM parts.
     quality_modes: Subset of ("none", "tuned"): "tuned" tunes the Etsy w on the validation queries after
-      training (temporal split, single-target queries) and reports it as extra rows.
+      training and reports it as extra rows (``<variant> + quality``). It needs a time window (the temporal
+      split: freshness and counts as of the validation start); on leave_one_out / cold_items it is skipped.
     baselines: Baselines evaluated as table rows (``semrec.towers.BASELINES`` names).
     seed: Seeds TF, k-means, SIDs and shuffling.
   """
@@ -82,7 +85,7 @@ class ComparisonConfig:
   sid_codebook_size: int = 64
   sid_mode: str = "rqkmeans"
   spm_vocab_size: int = 1024
-  quality_modes: Sequence[str] = ("none",)
+  quality_modes: Sequence[str] = ("none", "tuned")
   baselines: Sequence[str] = ("popularity", "transition", "content_knn")
   seed: int = 0
 
@@ -337,10 +340,8 @@ def served_retriever(comparison: dict, cfg: ComparisonConfig, split, output_dir:
 
 
 def _quality(dataset: RecDataset, split, cfg: ComparisonConfig):
-  if "tuned" not in cfg.quality_modes:
-    return None
-  if split.kind != "temporal":
-    raise ValueError(f"quality mode 'tuned' needs the temporal split (got {split.kind!r})")
+  if "tuned" not in cfg.quality_modes or split.kind != "temporal":
+    return None  # no time window to compute freshness / counts "as of" on leave_one_out and cold_items
   from semrec.towers.quality import QualityVector
   return QualityVector.fit(split.train, dataset.items, reference_time=split.info["valid_start"],
                            quality_columns=dataset.quality_columns)

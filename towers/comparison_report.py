@@ -35,17 +35,18 @@ def write_outputs(out: dict, output_dir: str):
 
 
 def comparison_markdown(table: pd.DataFrame, stage: str = "test", ks=(10, 100)) -> str:
-  """Markdown table (baselines first) of Recall@k overall / warm / cold on ``stage``, quality 'none'."""
-  sub = table[(table["stage"] == stage) & (table["quality"] == "none")]
+  """Markdown table (baselines first) of Recall@k overall / warm / cold on ``stage``; a variant with a tuned
+  Etsy quality vector gets a second row, ``<variant> + quality``."""
+  sub = table[table["stage"] == stage]
   cols = [f"recall@{k}" for k in ks]
   lines = ["| model | kind | " + " | ".join(f"{c} {s}" for c in cols for s in ("all", "warm", "cold")) + " |",
            "|---|---|" + "---|" * (3 * len(cols))]
-  for name in dict.fromkeys(sub["variant"]):
-    rows = sub[sub["variant"] == name]
+  for (name, quality), rows in sub.groupby(["variant", "quality"], sort=False):
     cell = lambda c, s: (f"{rows[rows['slice'] == s][c].iloc[0]:.4f}"  # noqa: E731
                          if (rows["slice"] == s).any() else "-")
     vals = " | ".join(cell(c, s) for c in cols for s in ("overall", "warm", "cold"))
-    lines.append(f"| {name} | {rows['kind'].iloc[0]} | {vals} |")
+    label = name if quality == "none" else f"{name} + quality"
+    lines.append(f"| {label} | {rows['kind'].iloc[0]} | {vals} |")
   return "\n".join(lines)
 
 
@@ -67,10 +68,8 @@ def plot_comparison(table: pd.DataFrame, path: str, stage: str = "test", k: int 
   ax.set_ylabel(f"Recall@{k} ({stage})")
   ax.legend()
   fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  plt.close(fig)
-  os.replace(tmp, path)
+  from semrec.atomic import save_figure
+  save_figure(fig, path)
   return path
 
 
