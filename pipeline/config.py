@@ -118,23 +118,27 @@ class RankingStageConfig:
   production_budget: int = 1024
 
 
+# The variants `semrec run` trains: the library's DEFAULT_VARIANTS minus seq_cold_hashed_content, the costliest
+# (about a third of the sweep on MovieLens) and with the lowest validation score of the six in
+# the last MovieLens run.
+RUN_VARIANTS = ("hashed_id", "content", "sid_spm_hashed", "cold_hashed_cluster", "seq_hashed_content")
+
+
 @dataclasses.dataclass
 class RetrievalStageConfig:
   """The retrieval stage: the item-tower comparison, then the production retriever and its index.
 
   Attributes:
-    comparison: Settings of the comparison (variants, quality modes, epochs, sizes).
+    comparison: Settings of the comparison (variants, quality modes, epochs, sizes); the variants default to
+      ``RUN_VARIANTS``.
     production_variant: "auto" (default): the variant with the best validation selection score
       (``semrec.towers.FitConfig.cold_weight`` weighs cold against warm targets); or one of
       ``semrec.towers.VARIANTS`` to force it (it must be among ``comparison.variants``).
-    production_quality: "none" (the served model has no quality vector; "tuned" rows are reported in the
-      comparison only).
     index_kind: "auto" (brute force below 20k items, ScaNN above), "scann" or "brute_force".
     top_k: k of the exported retrieval models.
   """
-  comparison: ComparisonConfig = dataclasses.field(default_factory=ComparisonConfig)
+  comparison: ComparisonConfig = dataclasses.field(default_factory=lambda: ComparisonConfig(variants=RUN_VARIANTS))
   production_variant: str = setting("auto", choices=("auto",) + VARIANTS)
-  production_quality: str = setting("none", choices=("none", "tuned"))
   index_kind: str = setting("auto", choices=("auto", "scann", "brute_force"))
   top_k: int = 100
 
