@@ -461,6 +461,9 @@ def test_comparison_baselines_slices_and_resume(world, tmp_path):
                                  verbose=False)
   assert out["results"]["hashed_id"]["resumed"] and not out["results"]["content"]["resumed"]
   table = out["table"]
+  # On the temporal split every learned variant also gets a tuned-quality row (ComparisonConfig default).
+  assert set(table[table["quality"] == "tuned"]["variant"]) == {"hashed_id", "content"}
+  table = table[table["quality"] == "none"]
   # Baselines are rows of the same table, on the same test queries.
   test = table[(table["stage"] == "test") & (table["slice"] == "overall")].set_index("variant")
   assert set(test.index) == {"popularity", "content_knn", "hashed_id", "content"}
@@ -484,3 +487,17 @@ def test_sequential_variant_beats_random_on_leave_one_out(world, tmp_path):
   overall = out["results"]["seq_cold_hashed_content"]["test"]["overall"]
   # 120 items, users prefer topics: a working sequential tower ranks the next item well above chance (10/120).
   assert overall["recall@10"] > 2 * 10 / world.ds.num_items, overall
+
+
+def test_comparison_markdown_rows_baselines_first_and_quality_rows():
+  import pandas as pd
+  from semrec.towers import comparison_markdown
+  rows = []
+  for name, kind, quality, r10 in (("popularity", "baseline", "none", 0.1), ("content", "learned", "none", 0.2),
+                                   ("content", "learned", "tuned", 0.25)):
+    for s in ("overall", "warm", "cold"):
+      rows.append({"variant": name, "kind": kind, "quality": quality, "stage": "test", "slice": s,
+                   "recall@10": r10, "recall@100": 2 * r10})
+  lines = comparison_markdown(pd.DataFrame(rows)).splitlines()
+  assert [ln.split(" | ")[0] for ln in lines[2:]] == ["| popularity", "| content", "| content + quality"]
+  assert lines[4] == "| content + quality | learned | " + " | ".join(["0.2500"] * 3 + ["0.5000"] * 3) + " |"
