@@ -18,8 +18,8 @@ from semrec.towers.comparison import (DEFAULT_VARIANTS, ITEM_REPRESENTATIONS, VA
                                       served_retriever, variant_config)
 from semrec.towers.quality import QualityConfig, QualityVector, tune_quality_weights
 from semrec.towers.residual import ContentResidual, content_basis
-from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
-                                  QueryTowerConfig)
+from semrec.towers.item_encoder import ItemEncoder, ItemEncoderConfig
+from semrec.towers.towers import CandidateTower, CandidateTowerConfig, QueryTower, QueryTowerConfig
 
 __all__ = [
     "IndexConfig", "RetrievalIndex", "brute_force_top_k", "build_and_save_index", "build_index", "index_report",
