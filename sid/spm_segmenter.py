@@ -81,7 +81,7 @@ class SpmSegmenter(tf.keras.layers.Layer):
     super().build(input_shape)
 
   def call(self, codes: tf.Tensor) -> tf.Tensor:
-    L, K = self.num_levels, self.codebook_size
+    L = self.num_levels
     codes = tf.convert_to_tensor(codes)
     if not codes.dtype.is_integer:
       raise ValueError(f"SpmSegmenter: 'sid' must be an integer tensor, got {codes.dtype.name}")
@@ -90,6 +90,17 @@ class SpmSegmenter(tf.keras.layers.Layer):
       raise ValueError(f"SpmSegmenter: 'sid' last dimension must be num_levels={L}, got {last}")
     codes = tf.cast(codes, tf.int64)
     lead = tf.shape(codes)[:-1]
+    flat, pad = self._checked_rows(codes)
+    found, pid, score, col = self._lookup_spans(flat)
+    back_start, back_id = self._viterbi(found, pid, score, col, tf.shape(flat)[0])
+    ids = self._backtrack(back_start, back_id, tf.shape(flat)[0])
+    ids = tf.where(pad[:, None], tf.constant(-1, tf.int32), ids)
+    return tf.reshape(ids, tf.concat([lead, [L]], 0))
+
+  def _checked_rows(self, codes: tf.Tensor):
+    """[..., L] int64 codes -> (flat [M, L] int64 with padding rows zeroed, pad [M] bool), after the
+    in-graph checks (last dimension L, codes in [0, K) or an all -1 padding row, a non-empty piece table)."""
+    L, K = self.num_levels, self.codebook_size
     level_check = tf.debugging.assert_equal(tf.shape(codes)[-1], L,
                                             message=f"SpmSegmenter: 'sid' last dimension must be num_levels={L}")
     with tf.control_dependencies([level_check]):
@@ -104,9 +115,16 @@ class SpmSegmenter(tf.keras.layers.Layer):
     ]
     with tf.control_dependencies(checks):
       flat = tf.where(pad[:, None], tf.zeros_like(flat), flat)
-    m = tf.shape(flat)[0]
+    return flat, pad
 
-    # Keys of every (start, length) substring: [M, S], S = L(L+1)/2.
+  def _lookup_spans(self, flat: tf.Tensor):
+    """Looks up every (start, length) substring of each [M, L] row in the piece table.
+
+    Returns (found [M, S] bool, piece id [M, S] int32, score [M, S] float32, {(start, length): column}),
+    S = L(L+1)/2.
+    """
+    L, K = self.num_levels, self.codebook_size
+    m = tf.shape(flat)[0]
     spans, queries = [], []
     base = K ** L
     for s in range(L):
@@ -119,14 +137,15 @@ class SpmSegmenter(tf.keras.layers.Layer):
     pos = tf.searchsorted(self.piece_keys[None, :], tf.reshape(q, [1, -1]), side="left", out_type=tf.int32)
     pos = tf.reshape(tf.minimum(pos, self.max_pieces - 1), tf.shape(q))
     found = tf.equal(tf.gather(self.piece_keys, pos), q)
-    pid = tf.gather(self.piece_ids, pos)
-    score = tf.gather(self.piece_scores, pos)
-    col = {sn: j for j, sn in enumerate(spans)}
+    return (found, tf.gather(self.piece_ids, pos), tf.gather(self.piece_scores, pos),
+            {sn: j for j, sn in enumerate(spans)})
 
-    # Viterbi over end positions 1..L (sentencepiece EncodeOptimized order: start ascending, strict >).
+  def _viterbi(self, found, pid, score, col, m):
+    """Best segmentation ending at each position 1..L (sentencepiece EncodeOptimized order: start ascending,
+    strict >). Returns (back_start, back_id): lists indexed by end position (entry 0 unused) of [M] int32."""
     best = [tf.zeros([m], tf.float32)]
     back_start, back_id = [None], [None]
-    for e in range(1, L + 1):
+    for e in range(1, self.num_levels + 1):
       b_score = tf.fill([m], tf.constant(-np.inf, tf.float32))
       b_start = tf.fill([m], -1)
       b_id = tf.fill([m], -1)
@@ -142,7 +161,11 @@ class SpmSegmenter(tf.keras.layers.Layer):
       best.append(b_score)
       back_start.append(b_start)
       back_id.append(b_id)
+    return back_start, back_id
 
+  def _backtrack(self, back_start, back_id, m):
+    """[M, L] int32 piece ids on the best path, in order, compacted to the front, -1 padded."""
+    L = self.num_levels
     # Backtrack from L: mark the ends on the best path.
     on_path = [tf.zeros([m], tf.bool) for _ in range(L)] + [tf.ones([m], tf.bool)]
     for e in range(L, 0, -1):
@@ -152,9 +175,7 @@ class SpmSegmenter(tf.keras.layers.Layer):
     ids = tf.stack(back_id[1:], axis=1)
     # Compact the pieces to the front, in order.
     order = tf.argsort(tf.where(ends, 0, 1) * L + tf.range(L)[None, :], axis=1, stable=True)
-    ids = tf.gather(tf.where(ends, ids, -1), order, batch_dims=1)
-    ids = tf.where(pad[:, None], tf.constant(-1, tf.int32), ids)
-    return tf.reshape(ids, tf.concat([lead, [L]], 0))
+    return tf.gather(tf.where(ends, ids, -1), order, batch_dims=1)
 
   def get_config(self):
     cfg = super().get_config()
