@@ -45,7 +45,7 @@ def movielens_item_features(embeddings_path=None, num_levels: int = 3, codebook_
   """(MovieLens RecDataset, ItemFeatures with ``sid`` [N, L] and ``content`` [N, D], info dict)."""
   from semrec.data import ItemFeatures, load_movielens
   from semrec.sid.assign import predict_codes
-  from semrec.sid.rqvae import RQVAEConfig, train_sid_model
+  from semrec.sid import RQVAEConfig, train_sid_model
 
   ds = load_movielens()
   ids = ds.item_ids.astype(str)

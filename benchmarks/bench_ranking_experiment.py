@@ -72,7 +72,7 @@ def scaled_inputs(checkpoint_dir: str, train_rows_per_day: int, eval_rows: int, 
   from semrec.data.impressions import ImpressionWorldConfig, make_impression_world
   from semrec.ranking import daily_split, prepare_sequential
   from semrec.sid.assign import predict_codes
-  from semrec.sid.rqvae import RQVAEConfig, train_sid_model
+  from semrec.sid import RQVAEConfig, train_sid_model
 
   t = time.perf_counter()
   world = make_impression_world(ImpressionWorldConfig(seed=seed))

@@ -3,7 +3,8 @@ from semrec.data.dataset import DataError, DataWarning, RecDataset
 from semrec.data.generic import load_generic, read_table
 from semrec.data.movielens import MOVIELENS_DIR, load_movielens
 from semrec.data.pipelines import PAD_ITEM, ItemFeatures, make_tf_dataset, user_histories
-from semrec.data.split import SPLITS, EvalSplit, Queries, TemporalSplit, make_split, temporal_split, time_periods
+from semrec.data.queries import SPLITS, EvalSplit, Queries
+from semrec.data.split import TemporalSplit, make_split, temporal_split, time_periods
 from semrec.data.synthetic import SyntheticConfig, make_synthetic, write_wav
 
 __all__ = [

@@ -2,7 +2,8 @@
 from semrec.ranking.data import (CONTEXT_COLUMNS, CONTEXT_DIM, RankingExamples, RankingFeaturizer, SequentialSplit,
                                  context_features, daily_split, sequential_split)
 from semrec.ranking.experiment import (ALL_MODES, HEADLINE_BUDGETS, HEADLINE_MODES, MODE_COMPONENTS,
-                                       ExperimentResult, format_summary, plot_experiment, run_ranking_experiment)
+                                       ExperimentResult, run_ranking_experiment)
+from semrec.ranking.experiment_report import format_summary, plot_experiment
 from semrec.ranking.metrics import auc, sliced_auc
 from semrec.ranking.model import CrossStack, MlpStack, Ranker, RankerConfig, binary_task, needs_content
 from semrec.ranking.piece_stats import lookup_statistics, piece_support, unseen_piece_share

@@ -8,7 +8,9 @@ from semrec.sid.kmeans import (ClusterIdEmbedding, ClusterIdLayer, fit_cluster_g
 from semrec.sid.quantizer import ResidualQuantizer, rq_vae_loss  # noqa: E402
 from semrec.sid.assign import (InputNormalizer, SidAssigner, assign_shard, assign_sids, collect_table,  # noqa: E402
                                predict_codes, shard_starts)
-from semrec.sid.rqvae import RQVAE, RQVAEConfig, SidModel, train_sid_model  # noqa: E402
+from semrec.sid.rqvae import RQVAE, RQVAEConfig  # noqa: E402
+from semrec.sid.model import SidModel  # noqa: E402
+from semrec.sid.training import train_sid_model  # noqa: E402
 from semrec.sid.table import SidTable, compute_suffix  # noqa: E402
 from semrec.sid.health import format_health_table, plot_code_usage, sid_health, write_health_report  # noqa: E402
 

@@ -13,25 +13,22 @@ What keeps every code in use (plain RQ-VAEs collapse to 20-60% of level-1 codes 
     per level over the whole catalogue's residuals (same nearest-code rule as inference), with any
     still-empty code re-seeded at the worst-served residual.
 RQ-KMeans: no network; residual k-means on the normalised input, level by level.
+
+This module holds the config and the Keras network; ``sid/training.py`` trains it (``train_sid_model``:
+codebook initialisation, fit, final refresh) and ``sid/model.py`` holds the trained ``SidModel`` (apply, save,
+load). Both names stay importable from here.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-import time
 from typing import Dict, Optional, Sequence, Tuple
 
-import numpy as np
 import tensorflow as tf
 
-from semrec.config import from_dict, to_dict
-from semrec.sid.assign import NORMALIZATIONS, SidAssigner, predict_codes
-from semrec.sid.kmeans import fit_kmeans, nearest_centroid, validate_embeddings
+from semrec.sid.assign import NORMALIZATIONS, SidAssigner
 from semrec.sid.quantizer import rq_vae_loss
 
 MODES = ("rqvae", "rqkmeans")
-FORMAT_VERSION = 1
 
 
 @dataclasses.dataclass
@@ -198,250 +195,13 @@ class RQVAE(tf.keras.Model):
             "name": self.name}
 
 
-def _residual_kmeans(z: np.ndarray, num_levels: int, k: int, seed: int, sample_size: Optional[int],
-                     max_iter: int) -> np.ndarray:
-  """Residual k-means: [N, D] -> codebooks [L, K, D] (level l fits the residuals left by 1..l-1)."""
-  books = []
-  r = z.astype(np.float32).copy()
-  for level in range(num_levels):
-    book = fit_kmeans(r, k, seed=seed + level, sample_size=sample_size, max_iter=max_iter)
-    books.append(book)
-    r -= book[nearest_centroid(r, book)]
-  return np.stack(books)
-
-
-def _refresh_codebooks(z: np.ndarray, books: np.ndarray, steps: int) -> np.ndarray:
-  """Lloyd passes per level over all residuals, starting from the trained codebooks.
-
-  Each pass assigns by the inference rule (nearest code), moves each used code to the mean of its
-  residuals and re-seeds each unused code at the residual of the worst-served item (largest
-  squared error), one distinct item per empty code. Returns new [L, K, D] codebooks.
-  """
-  books = books.astype(np.float32).copy()
-  r = z.astype(np.float32).copy()
-  k = books.shape[1]
-  for level in range(books.shape[0]):
-    book = books[level]
-    for _ in range(steps):
-      a = nearest_centroid(r, book)
-      counts = np.bincount(a, minlength=k)
-      order = np.argsort(a, kind="stable")
-      used = counts > 0
-      sums = np.zeros_like(book)
-      starts = np.concatenate([[0], np.cumsum(counts)[:-1]])[used]
-      sums[used] = np.add.reduceat(r[order], starts, axis=0)
-      book[used] = sums[used] / counts[used, None]
-      empty = np.flatnonzero(~used)
-      if len(empty):
-        err = ((r - book[a]) ** 2).sum(1)
-        worst = np.argsort(-err)[:len(empty)]
-        book[empty[:len(worst)]] = r[worst]
-    books[level] = book
-    r -= book[nearest_centroid(r, book)]
-  return books
-
-
-class SidModel:
-  """A trained Semantic-ID model: ``assigner`` (frozen ``SidAssigner``), plus the decoder for rqvae.
-
-  Attributes:
-    config: the ``RQVAEConfig`` it was trained with.
-    assigner: ``SidAssigner`` [B, F] float32 -> [B, L] int32, frozen (trainable=False).
-    network: the ``RQVAE`` Keras model (rqvae mode) or None (rqkmeans).
-    history: per-epoch training losses (rqvae) and timings.
-  """
-
-  def __init__(self, config: RQVAEConfig, assigner: SidAssigner, network: Optional[RQVAE] = None,
-               history: Optional[dict] = None):
-    self.config = config
-    self.assigner = assigner
-    self.network = network
-    self.history = history or {}
-    self.assigner.trainable = False
-
-  @property
-  def input_dim(self) -> int:
-    return self.assigner.input_dim
-
-  @property
-  def codebook_size(self) -> int:
-    return self.assigner.codebook_size
-
-  @property
-  def num_levels(self) -> int:
-    return self.assigner.num_levels
-
-  def codebooks(self) -> np.ndarray:
-    """[L, K, D] float32 codebooks."""
-    return self.assigner.quantizer.codebooks.numpy()
-
-  def codes(self, x, item_ids=None, batch_size: int = 8192) -> np.ndarray:
-    """[N, F] embeddings -> [N, L] int32 codes (validated input)."""
-    x = validate_embeddings(x, item_ids=item_ids, expected_dim=self.input_dim)
-    return predict_codes(self.assigner, x, batch_size=batch_size)
-
-  def reconstruct(self, x, batch_size: int = 8192) -> np.ndarray:
-    """[N, F] -> [N, F] float32 reconstructions in the input space (decoder output, or the
-    sum of code vectors for rqkmeans, mapped back through the normaliser)."""
-    x = validate_embeddings(x, expected_dim=self.input_dim)
-    out = np.empty_like(x)
-    books = self.assigner.quantizer.codebooks
-    for s in range(0, x.shape[0], batch_size):
-      xb = tf.constant(x[s:s + batch_size])
-      if self.network is not None:
-        y = self.network(xb)["reconstruction"]
-      else:
-        c = self.assigner(xb)
-        y = tf.add_n([tf.gather(books[l], c[:, l]) for l in range(self.num_levels)])
-      out[s:s + batch_size] = self.assigner.normalizer.invert(y).numpy()
-    return out
-
-  def table(self, x, item_ids, suffix: bool = True, cluster_ids=None):
-    """``SidTable`` of [N, F] embeddings with their item ids (TIGER suffix added by default)."""
-    from semrec.sid.table import SidTable
-    t = SidTable(item_ids, self.codes(x, item_ids=item_ids), self.codebook_size, cluster_ids=cluster_ids)
-    return t.with_suffix() if suffix else t
-
-  def health(self, x, item_ids=None, **kwargs) -> dict:
-    """``sid_health`` of this model's codes and reconstructions on [N, F] embeddings."""
-    from semrec.sid.health import sid_health
-    x = validate_embeddings(x, item_ids=item_ids, expected_dim=self.input_dim)
-    return sid_health(self.codes(x), x, self.codebook_size, reconstructions=self.reconstruct(x), **kwargs)
-
-  # ---- persistence -------------------------------------------------------------------------------
-  def save(self, directory: str):
-    """Writes manifest.json + weights.npz atomically (a temp dir swapped into place)."""
-    from semrec.atomic import atomic_directory
-    with atomic_directory(directory) as tmp:
-      arrays = {f"assigner/{i:03d}": w for i, w in enumerate(self.assigner.get_weights())}
-      if self.network is not None:
-        for j, layer in enumerate(self.network.decoder_layers):
-          for i, w in enumerate(layer.get_weights()):
-            arrays[f"decoder/{j:03d}/{i:03d}"] = w
-      np.savez(os.path.join(tmp, "weights.npz"), **arrays)
-      manifest = {"format_version": FORMAT_VERSION, "kind": "semrec.sid.SidModel", "config": to_dict(self.config),
-                  "input_dim": self.input_dim, "assigner_config": self.assigner.get_config(),
-                  "fingerprint": self.assigner.fingerprint(), "history": self.history}
-      with open(os.path.join(tmp, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2, default=float)
-
-  @classmethod
-  def load(cls, directory: str) -> "SidModel":
-    from semrec.atomic import read_manifest
-    manifest = read_manifest(directory, "SID model", kind="semrec.sid.SidModel")
-    config = from_dict(RQVAEConfig, manifest["config"])
-    from semrec.atomic import read_npz
-    arrays = read_npz(os.path.join(directory, "weights.npz"), "SID model weights",
-                      "run `semrec sid train --force` to retrain the SID model")
-    network = _build_network(config, manifest["input_dim"]) if config.mode == "rqvae" else None
-    assigner = network.assigner if network is not None else _build_assigner(config, manifest["input_dim"])
-    assigner.trainable = False  # get_weights order depends on trainability; saved models are frozen
-    assigner.set_weights([arrays[k] for k in sorted(a for a in arrays if a.startswith("assigner/"))])
-    if network is not None:
-      for j, layer in enumerate(network.decoder_layers):
-        layer.set_weights([arrays[k] for k in sorted(a for a in arrays if a.startswith(f"decoder/{j:03d}/"))])
-    model = cls(config, assigner, network, history=manifest.get("history"))
-    if assigner.fingerprint() != manifest["fingerprint"]:
-      raise ValueError(f"{directory}: weights do not match the manifest fingerprint (corrupt or mixed files); run "
-                       "`semrec sid train --force` to retrain the SID model")
-    return model
-
-
-def _build_assigner(config: RQVAEConfig, input_dim: int) -> SidAssigner:
-  a = SidAssigner(input_dim, config.num_levels, config.codebook_size, hidden_dims=(), latent_dim=None,
-                  normalization=config.normalization, whiten_dim=config.whiten_dim,
-                  dead_code_window=config.dead_code_window, name="assigner")
-  a.build(tf.TensorShape([None, input_dim]))
-  return a
-
-
-def _build_network(config: RQVAEConfig, input_dim: int) -> RQVAE:
-  net = RQVAE(input_dim, config.num_levels, config.codebook_size, hidden_dims=config.hidden_dims,
-              latent_dim=config.latent_dim, normalization=config.normalization, whiten_dim=config.whiten_dim,
-              activation=config.activation,
-              beta=config.beta, dead_code_window=config.dead_code_window)
-  net.assigner(tf.zeros([1, input_dim]))
-  net(tf.zeros([1, input_dim]))
-  return net
-
-
-class _TqdmEpochs(tf.keras.callbacks.Callback):
-  """One tqdm bar over epochs with the latest losses (Keras' own bar is off: verbose=0)."""
-
-  def __init__(self, epochs: int):
-    super().__init__()
-    from tqdm.auto import tqdm
-    self.bar = tqdm(total=epochs, desc="RQ-VAE", unit="epoch")
-
-  def on_epoch_end(self, epoch, logs=None):
-    logs = logs or {}
-    self.bar.set_postfix({k: f"{logs[k]:.3g}" for k in ("loss", "reconstruction", "codes_reset") if k in logs})
-    self.bar.update(1)
-
-  def on_train_end(self, logs=None):
-    self.bar.close()
-
-
-def train_sid_model(embeddings, config: Optional[RQVAEConfig] = None, item_ids=None,
-                    progress: bool = True) -> SidModel:
-  """Trains an RQ-VAE or RQ-KMeans Semantic-ID model on [N, F] content embeddings.
-
-  Args:
-    embeddings: [N, F] float content embeddings (e.g. ``EmbeddingStore.load().embeddings``).
-    config: ``RQVAEConfig`` (defaults: rqvae, L=3, K=256).
-    item_ids: optional [N] ids, only used to name bad rows in errors.
-    progress: show a tqdm bar over epochs (rqvae) when ``config.verbose`` is 0.
-
-  Returns:
-    a ``SidModel`` with ``.assigner``, ``.save(dir)``, ``SidModel.load(dir)``, ``.health(x)``.
-
-  Raises:
-    DataError: empty input or NaN/inf rows; ValueError: K larger than the number of items.
-  """
-  config = config or RQVAEConfig()
-  x = validate_embeddings(embeddings, item_ids=item_ids)
-  n, f = x.shape
-  if config.codebook_size > n:
-    raise ValueError(f"codebook_size K={config.codebook_size} is larger than the number of items N={n}: "
-                     "every code needs at least one item; use K <= N (e.g. K ~ N/30 or less)")
-  if config.normalization == "whiten" and (config.whiten_dim is None or config.whiten_dim > min(n - 1, f)):
-    if n < 3:
-      raise ValueError(f"whitening needs at least 3 items, got {n}; use normalization='center'")
-    config = dataclasses.replace(config, whiten_dim=min(n - 1, f))
-  tf.keras.utils.set_random_seed(config.seed)
-  t0 = time.time()
-  if config.mode == "rqkmeans":
-    assigner = _build_assigner(config, f)
-    assigner.normalizer.adapt(x)
-    z = assigner.normalizer(x).numpy()
-    books = _residual_kmeans(z, config.num_levels, config.codebook_size, config.seed, config.kmeans_sample_size,
-                             config.kmeans_max_iter)
-    assigner.quantizer.set_codebooks(books)
-    return SidModel(config, assigner, None, history={"train_seconds": time.time() - t0})
-
-  net = _build_network(config, f)
-  net.assigner.normalizer.adapt(x)
-  rng = np.random.default_rng(config.seed)
-  order = rng.permutation(n)
-  # Codebook initialisation: k-means on the first batch's residuals, level by level.
-  first = x[order[:max(config.init_batch_size, config.codebook_size)]]
-  z0 = net.assigner.encode(tf.constant(first)).numpy()
-  net.assigner.quantizer.set_codebooks(
-      _residual_kmeans(z0, config.num_levels, config.codebook_size, config.seed, None, config.kmeans_max_iter))
-  batch = min(config.batch_size, n)
-  steps_per_epoch = max(n // batch, 1)
-  schedule = tf.keras.optimizers.schedules.CosineDecay(config.learning_rate, config.epochs * steps_per_epoch,
-                                                        alpha=0.1)
-  net.compile(optimizer=tf.keras.optimizers.Adam(schedule))
-  ds = (tf.data.Dataset.from_tensor_slices(x).shuffle(n, seed=config.seed, reshuffle_each_iteration=True)
-        .batch(batch, drop_remainder=True).prefetch(2))
-  callbacks = [_TqdmEpochs(config.epochs)] if (progress and not config.verbose) else []
-  hist = net.fit(ds, epochs=config.epochs, verbose=config.verbose, callbacks=callbacks)
-  t_fit = time.time() - t0
-  if config.refresh_steps:
-    z = np.concatenate([net.assigner.encode(tf.constant(x[s:s + 8192])).numpy() for s in range(0, n, 8192)])
-    net.assigner.quantizer.set_codebooks(_refresh_codebooks(z, net.assigner.quantizer.codebooks.numpy(),
-                                                            config.refresh_steps))
-  history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-  history.update({"fit_seconds": t_fit, "train_seconds": time.time() - t0})
-  return SidModel(config, net.assigner, net, history=history)
+def __getattr__(name: str):
+  """``SidModel`` and ``train_sid_model`` live in sid/model.py and sid/training.py (which import this module);
+  resolved on first use so ``from semrec.sid.rqvae import SidModel`` keeps working."""
+  if name == "SidModel":
+    from semrec.sid.model import SidModel
+    return SidModel
+  if name == "train_sid_model":
+    from semrec.sid.training import train_sid_model
+    return train_sid_model
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,6 @@ from semrec.towers.inputs import RetrievalInputs, item_frequencies, sequence_win
 from semrec.towers.evaluation import DEFAULT_KS, NDCG_KS, evaluate_scores, query_metrics
 from semrec.towers.baselines import (BASELINES, ContentKnnBaseline, PopularityBaseline, TransitionBaseline,
                                     evaluate_baselines)
-from semrec.towers.metrics import metrics_from_ranks, rank_of_targets, sliced_metrics
 from semrec.towers.model import (QUALITY_MODES, RetrieverConfig, TwoTowerRetriever, compile_retriever, embed_candidates,
                                  embed_queries, init_model, load_retriever, save_retriever)
 from semrec.towers.sequential import SequentialQueryTower, SequentialTowerConfig
@@ -19,14 +18,14 @@ from semrec.towers.comparison import (DEFAULT_VARIANTS, ITEM_REPRESENTATIONS, VA
                                       served_retriever, variant_config)
 from semrec.towers.quality import QualityConfig, QualityVector, tune_quality_weights
 from semrec.towers.residual import ContentResidual, content_basis
-from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
-                                  QueryTowerConfig)
+from semrec.towers.item_encoder import ItemEncoder, ItemEncoderConfig
+from semrec.towers.towers import CandidateTower, CandidateTowerConfig, QueryTower, QueryTowerConfig
 
 __all__ = [
     "IndexConfig", "RetrievalIndex", "brute_force_top_k", "build_and_save_index", "build_index", "index_report",
     "recall_against_exact", "RetrievalInputs", "item_frequencies", "sequence_windows", "SequentialQueryTower",
-    "SequentialTowerConfig", "MixedNegativeRetrieval", "gather_candidates", "metrics_from_ranks", "rank_of_targets",
-    "sliced_metrics", "QUALITY_MODES", "RetrieverConfig", "TwoTowerRetriever", "compile_retriever",
+    "SequentialTowerConfig", "MixedNegativeRetrieval", "gather_candidates", "QUALITY_MODES", "RetrieverConfig",
+    "TwoTowerRetriever", "compile_retriever",
     "embed_candidates", "embed_queries", "init_model", "load_retriever", "save_retriever", "tune_quality_weights",
     "FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "query_embeddings", "query_features",
     "tune_content_mix", "selection_score",
