@@ -28,6 +28,8 @@ def main(argv=None):
   ap.add_argument("--queries", type=int, default=500)
   ap.add_argument("--drop-remainder", action="store_true")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--adam-epsilon", type=float, default=None,
+                  help="Adam epsilon (default: compile_retriever's Adam, Keras' 1e-7); see docs/scale.md")
   args = ap.parse_args(argv)
 
   from semrec.towers.distributed import make_strategy, run_ps_server, task_info
@@ -64,7 +66,10 @@ def main(argv=None):
   with strategy.scope():
     model = TwoTowerRetriever(cfg)
     init_model(model, next(iter(train_ds)))
-    compile_retriever(model)
+    if args.adam_epsilon is None:
+      compile_retriever(model)
+    else:
+      model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate, epsilon=args.adam_epsilon))
   t0 = time.perf_counter()
   if args.strategy == "ps":  # PS needs a per-worker dataset function and a fixed number of steps
     steps = len(train) // args.batch_size

@@ -87,11 +87,20 @@ def test_mirrored_two_replicas_gather_matches_one_replica():
 
 @pytest.mark.multiprocess
 def test_mwms_two_workers_match_single_process(tmp_path):
-  """2 MWMS worker processes on 127.0.0.1, 2 epochs: weights within 1e-6 of one process, >= 99% same top-10."""
+  """2 MWMS worker processes on 127.0.0.1, 2 epochs: every weight within 1e-6 of one process, >= 99% same top-10.
+
+  Adam runs with epsilon 1e-5, not Keras' 1e-7: MWMS sums each gradient in a different float32 order (per-replica
+  partial sums + all-reduce), which moves gradient components by ~1e-8..7e-8. On the first update of a weight
+  (v = 0) Adam's step alpha * m / (sqrt(v) + eps) has slope alpha * (1 - beta1) / eps around g = 0: ~950 with
+  eps = 1e-7, so a component whose true gradient is ~1e-7 ends 2.5e-5 apart (measured with the default eps:
+  max 1.9e-5 in 6 of 294,146 values, one hash row whose first gradient had a 4.2e-7 component; docs/scale.md).
+  With eps = 1e-5 the slope is <= 9.5 and the rounding stays below 1e-6: the gradients themselves match.
+  """
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  _run([sys.executable, "-m", "semrec.benchmarks.dist_retriever", "--strategy", "none", "--out", one] + TRAIN)
+  args = TRAIN + ["--adam-epsilon", "1e-5"]
+  _run([sys.executable, "-m", "semrec.benchmarks.dist_retriever", "--strategy", "none", "--out", one] + args)
   rc = launch_workers([sys.executable, "-m", "semrec.benchmarks.dist_retriever", "--strategy", "mwms", "--out", two]
-                      + TRAIN, num_workers=2, timeout=600, log_dir=str(tmp_path / "logs"),
+                      + args, num_workers=2, timeout=600, log_dir=str(tmp_path / "logs"),
                       env=dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2"))
   logs = "".join(open(os.path.join(tmp_path, "logs", f)).read()[-2000:] for f in sorted(os.listdir(tmp_path / "logs")))
   assert rc == 0, logs
@@ -99,14 +108,8 @@ def test_mwms_two_workers_match_single_process(tmp_path):
   assert int(a["replicas"]) == 1 and int(b["replicas"]) == 2
   weights = [k for k in a.files if k.startswith("w")]
   assert len(weights) >= 4
-  # Issue 13 asks for 1e-6. With the mixed-negative task (columns rotated so each replica's rows come first,
-  # hence a different float summation order in the softmax) 2 epochs of Adam leave at most ~2e-5 in a few
-  # weights of one rarely-updated embedding row (measured: 6 of 292,000 values); every other weight is within
-  # 1e-6. A wrong gather (each replica's own batch as negatives) agreed on 20% of top-10 lists in the spike.
-  for k in weights:
-    np.testing.assert_allclose(b[k], a[k], atol=1e-4, rtol=0, err_msg=k)
-  within = sum(int((np.abs(b[k] - a[k]) <= 1e-6).sum()) for k in weights)
-  assert within >= 0.9999 * sum(a[k].size for k in weights)
+  for k in weights:  # a wrong gather (each replica's own batch as negatives): 20% same top-10 in the spike
+    np.testing.assert_allclose(b[k], a[k], atol=1e-6, rtol=0, err_msg=k)
   assert (a["top10"] == b["top10"]).all(axis=1).mean() >= 0.99
   # The training moved the weights (the comparison is not between two untouched initialisations).
   assert a["loss"][-1] < a["loss"][0]
