@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from semrec.config import from_dict, to_dict
 from semrec.sid.assign import NORMALIZATIONS, SidAssigner, predict_codes
-from semrec.sid.kmeans import fit_kmeans, nearest_centroid, validate_embeddings
+from semrec.sid.kmeans import fit_kmeans, nearest_centroid, refine_kmeans, validate_embeddings
 from semrec.sid.quantizer import rq_vae_loss
 
 MODES = ("rqvae", "rqkmeans")
@@ -59,6 +59,8 @@ class RQVAEConfig:
     kmeans_sample_size: rqkmeans: fit each level on a random sample of this many items when the
       catalogue is larger (None = all items; 65,536 = 256 points per code at K=256, faiss' default).
     kmeans_max_iter: Lloyd iterations per k-means fit.
+    kmeans_refine_steps: rqkmeans: full-data Lloyd passes per level after its (sample) fit, over all items'
+      residuals (0 = none; ``semrec.beam.fit_rqkmeans_pipeline`` runs them as Beam combines).
     seed: seeds shuffling, initialisation and k-means.
     verbose: Keras fit verbosity.
   """
@@ -79,6 +81,7 @@ class RQVAEConfig:
   refresh_steps: int = 3
   kmeans_sample_size: Optional[int] = 65536
   kmeans_max_iter: int = 100
+  kmeans_refine_steps: int = 0
   seed: int = 0
   verbose: int = 0
 
@@ -95,8 +98,8 @@ class RQVAEConfig:
       raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
     if self.beta < 0 or self.learning_rate <= 0:
       raise ValueError(f"need beta >= 0 and learning_rate > 0, got {self.beta}, {self.learning_rate}")
-    if self.dead_code_window < 0 or self.refresh_steps < 0:
-      raise ValueError("dead_code_window and refresh_steps must be >= 0")
+    if self.dead_code_window < 0 or self.refresh_steps < 0 or self.kmeans_refine_steps < 0:
+      raise ValueError("dead_code_window, refresh_steps and kmeans_refine_steps must be >= 0")
 
 
 def replica_all_gather(x: tf.Tensor) -> tf.Tensor:
@@ -199,12 +202,15 @@ class RQVAE(tf.keras.Model):
 
 
 def _residual_kmeans(z: np.ndarray, num_levels: int, k: int, seed: int, sample_size: Optional[int],
-                     max_iter: int) -> np.ndarray:
-  """Residual k-means: [N, D] -> codebooks [L, K, D] (level l fits the residuals left by 1..l-1)."""
+                     max_iter: int, refine_steps: int = 0) -> np.ndarray:
+  """Residual k-means: [N, D] -> codebooks [L, K, D] (level l fits the residuals left by 1..l-1, on a
+  sample of them, then ``refine_steps`` Lloyd passes over all of them)."""
   books = []
   r = z.astype(np.float32).copy()
   for level in range(num_levels):
     book = fit_kmeans(r, k, seed=seed + level, sample_size=sample_size, max_iter=max_iter)
+    if refine_steps:
+      book = refine_kmeans(r, book, refine_steps)
     books.append(book)
     r -= book[nearest_centroid(r, book)]
   return np.stack(books)
@@ -415,7 +421,7 @@ def train_sid_model(embeddings, config: Optional[RQVAEConfig] = None, item_ids=N
     assigner.normalizer.adapt(x)
     z = assigner.normalizer(x).numpy()
     books = _residual_kmeans(z, config.num_levels, config.codebook_size, config.seed, config.kmeans_sample_size,
-                             config.kmeans_max_iter)
+                             config.kmeans_max_iter, config.kmeans_refine_steps)
     assigner.quantizer.set_codebooks(books)
     return SidModel(config, assigner, None, history={"train_seconds": time.time() - t0})
 
