@@ -235,6 +235,40 @@ def batch_kmeans_cmd(store, k, out, sample_size, refine_steps, seed, runner, num
   click.echo(f"centroids [{cents.shape[0]}, {cents.shape[1]}]: {out}")
 
 
+@batch_group.command("rqkmeans")
+@click.option("--store", type=click.Path(exists=True, file_okay=False), required=True, help="Embedding store.")
+@click.option("--out", type=click.Path(file_okay=False), required=True, help="SID model directory (SidModel.save).")
+@click.option("--levels", type=int, default=3, show_default=True, help="L, code levels.")
+@click.option("--codebook-size", type=int, default=256, show_default=True, help="K, codes per level.")
+@click.option("--sample-size", type=int, default=65536, show_default=True,
+              help="Fit each level on this many sampled items (0 = all).")
+@click.option("--refine-steps", type=int, default=0, show_default=True,
+              help="Full-data Lloyd passes per level after its sample fit.")
+@click.option("--normalization", default="whiten", show_default=True, help="center | standardize | whiten | none.")
+@click.option("--whiten-dim", type=int, default=64, show_default=True)
+@click.option("--seed", type=int, default=0)
+@_runner_options
+def batch_rqkmeans_cmd(store, out, levels, codebook_size, sample_size, refine_steps, normalization, whiten_dim, seed,
+                       runner, num_workers, beam_options):
+  """Fit an RQ-KMeans SID model level by level (then `semrec batch assign --sid-model OUT` gives the codes)."""
+  from semrec.sid import RQVAEConfig
+  with _UserErrors():
+    cfg = RQVAEConfig(mode="rqkmeans", num_levels=levels, codebook_size=codebook_size,
+                      kmeans_sample_size=sample_size or None, kmeans_refine_steps=refine_steps,
+                      normalization=normalization, whiten_dim=whiten_dim, seed=seed)
+    if runner == "inprocess":
+      from semrec.encoders import EmbeddingStore
+      from semrec.sid import train_sid_model
+      contents = EmbeddingStore(store).load()
+      model = train_sid_model(contents.embeddings, cfg, item_ids=contents.item_ids, progress=False)
+      model.save(out)
+    else:
+      from semrec.beam import fit_rqkmeans_pipeline
+      model = fit_rqkmeans_pipeline(store, cfg, runner=runner, num_workers=num_workers, beam_options=beam_options,
+                                    out_dir=out)
+  click.echo(f"RQ-KMeans SID model (L={model.num_levels}, K={model.codebook_size}): {out}")
+
+
 @batch_group.command("embed")
 @click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False), required=True,
               help="Candidate-tower SavedModel version dir (e.g. <run>/export/models/candidate_tower/1).")

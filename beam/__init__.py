@@ -5,6 +5,7 @@ Each pipeline calls the same per-shard functions as the in-process driver, so it
   ``assign_pipeline``      -> ``sid.assign_shard`` (same codes files and SID table as ``assign_sids``)
   ``embed_pipeline``       -> ``RunInference`` over the exported candidate-tower SavedModel
   ``refine_kmeans_pipeline`` -> ``sid.lloyd_statistics`` in a ``CombineFn`` (full-data Lloyd passes)
+  ``fit_rqkmeans_pipeline`` -> RQ-KMeans level by level (sample fit + Lloyd combines per level) = ``train_sid_model``
 Runner selection: ``make_pipeline(runner, num_workers, beam_options)`` (see ``semrec.beam.options``).
 
 Importing ``semrec.beam`` does not import Beam; the pipelines import it on first use.
@@ -18,6 +19,8 @@ _LAZY = {
     "embed_pipeline": "semrec.beam.embed", "SavedModelHandler": "semrec.beam.embed",
     "refine_kmeans_pipeline": "semrec.beam.kmeans", "LloydCombineFn": "semrec.beam.kmeans",
     "fit_kmeans_pipeline": "semrec.beam.kmeans",
+    "fit_rqkmeans_pipeline": "semrec.beam.rqkmeans", "rqkmeans_assigner": "semrec.beam.rqkmeans",
+    "level_residuals": "semrec.beam.rqkmeans",
 }
 
 __all__ = ["RUNNERS", "check_runner", "make_pipeline", "parse_beam_options", "require_beam"] + sorted(_LAZY)

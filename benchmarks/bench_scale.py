@@ -97,7 +97,7 @@ def _child_encode(work: str, runner: str, workers: int, items: int, shard: int) 
   return {"seconds": time.perf_counter() - t, "items": items}
 
 
-def _random_store(path: str, n: int, dim: int, shard: int):
+def random_store(path: str, n: int, dim: int, shard: int):
   """A complete embedding store of n random unit vectors (written through the store's own functions)."""
   import numpy as np
   from semrec.encoders import EncodedBatch, ItemContent, StorePlan, finalize_store, prepare_store, write_shard
@@ -143,7 +143,7 @@ def _child_assign(work: str, runner: str, workers: int, items: int, shard: int) 
 def _prepare_assign(work: str, items: int, dim: int, shard: int):
   from semrec.encoders import EmbeddingStore
   from semrec.sid import RQVAEConfig, train_sid_model
-  _random_store(os.path.join(work, "rstore"), items, dim, shard)
+  random_store(os.path.join(work, "rstore"), items, dim, shard)
   x = EmbeddingStore(os.path.join(work, "rstore")).load().embeddings
   train_sid_model(x, RQVAEConfig(mode="rqkmeans", num_levels=3, codebook_size=64, kmeans_sample_size=20000),
                   progress=False).save(os.path.join(work, "sidmodel"))

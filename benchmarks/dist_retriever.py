@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -28,6 +29,8 @@ def main(argv=None):
   ap.add_argument("--queries", type=int, default=500)
   ap.add_argument("--drop-remainder", action="store_true")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--adam-epsilon", type=float, default=None,
+                  help="Adam epsilon (default: compile_retriever's Adam, Keras' 1e-7); see docs/scale.md")
   args = ap.parse_args(argv)
 
   from semrec.towers.distributed import make_strategy, run_ps_server, task_info
@@ -64,7 +67,10 @@ def main(argv=None):
   with strategy.scope():
     model = TwoTowerRetriever(cfg)
     init_model(model, next(iter(train_ds)))
-    compile_retriever(model)
+    if args.adam_epsilon is None:
+      compile_retriever(model)
+    else:
+      model.compile(optimizer=tf.keras.optimizers.Adam(cfg.learning_rate, epsilon=args.adam_epsilon))
   t0 = time.perf_counter()
   if args.strategy == "ps":  # PS needs a per-worker dataset function and a fixed number of steps
     steps = len(train) // args.batch_size
@@ -98,3 +104,8 @@ def main(argv=None):
 
 if __name__ == "__main__":
   main()
+  # Every result is written. Under MWMS, TF's cluster health-check thread sleeps 30 s between checks and the
+  # strategy's __del__ joins it, so a normal interpreter exit idles up to 30 s after the work is done.
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(0)

@@ -66,18 +66,33 @@ class InputNormalizer(tf.keras.layers.Layer):
     total = np.zeros(self.dim)
     for s in range(0, n, chunk_size):
       total += np.asarray(x[s:s + chunk_size], np.float64).sum(0)
-    mean = total / n if self.mode != "none" else np.zeros(self.dim)
-    self.mean.assign(mean.astype(np.float32))
+    mean = self.mean_of(n, total)
+    sq = np.zeros(self.dim)
+    cov = np.zeros((self.dim, self.dim)) if self.mode == "whiten" else None
+    if self.mode != "none":
+      for s in range(0, n, chunk_size):
+        part = self.centred_moments(x[s:s + chunk_size], mean)
+        sq += part[0]
+        if cov is not None:
+          cov += part[1]
+    self.set_statistics(n, mean, sq, cov)
+
+  def mean_of(self, n: int, total: np.ndarray) -> np.ndarray:
+    """[F] float64 mean from the row count and the [F] float64 column sums (zeros in mode "none")."""
+    return total / n if self.mode != "none" else np.zeros(self.dim)
+
+  def centred_moments(self, x: np.ndarray, mean: np.ndarray) -> tuple:
+    """One chunk's share of ``adapt``'s second pass: (sum of squares [F], X^T X [F, F] or None), float64,
+    of the chunk centred on ``mean``; additive over chunks (``semrec.beam`` sums them per shard)."""
+    xc = np.asarray(x, np.float64) - mean
+    return (xc ** 2).sum(0), (xc.T @ xc if self.mode == "whiten" else None)
+
+  def set_statistics(self, n: int, mean: np.ndarray, sq: np.ndarray, cov: Optional[np.ndarray]):
+    """Sets the weights from N, the float64 mean [F] and the summed ``centred_moments`` (see ``adapt``)."""
+    self.mean.assign(np.asarray(mean).astype(np.float32))
     if self.mode == "none":
       self.scale.assign(np.ones(self.dim, np.float32))
       return
-    sq = np.zeros(self.dim)
-    cov = np.zeros((self.dim, self.dim)) if self.mode == "whiten" else None
-    for s in range(0, n, chunk_size):
-      xc = np.asarray(x[s:s + chunk_size], np.float64) - mean
-      sq += (xc ** 2).sum(0)
-      if cov is not None:
-        cov += xc.T @ xc
     if self.mode == "whiten":
       if n <= self.output_dim:
         raise ValueError(f"whitening to {self.output_dim} dims needs more than {self.output_dim} items, got {n}")

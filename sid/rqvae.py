@@ -56,6 +56,8 @@ class RQVAEConfig:
     kmeans_sample_size: rqkmeans: fit each level on a random sample of this many items when the
       catalogue is larger (None = all items; 65,536 = 256 points per code at K=256, faiss' default).
     kmeans_max_iter: Lloyd iterations per k-means fit.
+    kmeans_refine_steps: rqkmeans: full-data Lloyd passes per level after its (sample) fit, over all items'
+      residuals (0 = none; ``semrec.beam.fit_rqkmeans_pipeline`` runs them as Beam combines).
     seed: seeds shuffling, initialisation and k-means.
     verbose: Keras fit verbosity.
   """
@@ -76,6 +78,7 @@ class RQVAEConfig:
   refresh_steps: int = 3
   kmeans_sample_size: Optional[int] = 65536
   kmeans_max_iter: int = 100
+  kmeans_refine_steps: int = 0
   seed: int = 0
   verbose: int = 0
 
@@ -92,8 +95,8 @@ class RQVAEConfig:
       raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
     if self.beta < 0 or self.learning_rate <= 0:
       raise ValueError(f"need beta >= 0 and learning_rate > 0, got {self.beta}, {self.learning_rate}")
-    if self.dead_code_window < 0 or self.refresh_steps < 0:
-      raise ValueError("dead_code_window and refresh_steps must be >= 0")
+    if self.dead_code_window < 0 or self.refresh_steps < 0 or self.kmeans_refine_steps < 0:
+      raise ValueError("dead_code_window, refresh_steps and kmeans_refine_steps must be >= 0")
 
 
 def replica_all_gather(x: tf.Tensor) -> tf.Tensor:

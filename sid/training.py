@@ -15,18 +15,21 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
-from semrec.sid.kmeans import fit_kmeans, nearest_centroid, validate_embeddings
+from semrec.sid.kmeans import fit_kmeans, nearest_centroid, refine_kmeans, validate_embeddings
 from semrec.sid.model import SidModel, build_assigner, build_network
 from semrec.sid.rqvae import RQVAEConfig
 
 
 def _residual_kmeans(z: np.ndarray, num_levels: int, k: int, seed: int, sample_size: Optional[int],
-                     max_iter: int) -> np.ndarray:
-  """Residual k-means: [N, D] -> codebooks [L, K, D] (level l fits the residuals left by 1..l-1)."""
+                     max_iter: int, refine_steps: int = 0) -> np.ndarray:
+  """Residual k-means: [N, D] -> codebooks [L, K, D] (level l fits the residuals left by 1..l-1, on a
+  sample of them, then ``refine_steps`` Lloyd passes over all of them)."""
   books = []
   r = z.astype(np.float32).copy()
   for level in range(num_levels):
     book = fit_kmeans(r, k, seed=seed + level, sample_size=sample_size, max_iter=max_iter)
+    if refine_steps:
+      book = refine_kmeans(r, book, refine_steps)
     books.append(book)
     r -= book[nearest_centroid(r, book)]
   return np.stack(books)
@@ -113,7 +116,7 @@ def train_sid_model(embeddings, config: Optional[RQVAEConfig] = None, item_ids=N
     assigner.normalizer.adapt(x)
     z = assigner.normalizer(x).numpy()
     books = _residual_kmeans(z, config.num_levels, config.codebook_size, config.seed, config.kmeans_sample_size,
-                             config.kmeans_max_iter)
+                             config.kmeans_max_iter, config.kmeans_refine_steps)
     assigner.quantizer.set_codebooks(books)
     return SidModel(config, assigner, None, history={"train_seconds": time.time() - t0})
 

@@ -189,3 +189,62 @@ def test_cli_batch_assign_runners_agree(reference_store, sid_model_dir, tmp_path
   bad = CliRunner().invoke(main, ["batch", "assign", "--store", reference_store, "--sid-model", sid_model_dir,
                                   "--out", str(tmp_path / "x"), "--centroids", "k3"])
   assert bad.exit_code != 0 and "NAME=FILE.npy" in bad.output
+
+
+@pytest.fixture(scope="module")
+def rq_store(tmp_path_factory):
+  from semrec.benchmarks.bench_scale import random_store
+  path = str(tmp_path_factory.mktemp("rq") / "store")
+  random_store(path, 300, 16, 100)  # 300 random unit vectors, 3 shards
+  return path
+
+
+RQ = dict(mode="rqkmeans", num_levels=2, codebook_size=8, kmeans_sample_size=200)
+
+
+@pytest.mark.parametrize("workers,refine", [(1, 0), (1, 2), pytest.param(2, 1, marks=pytest.mark.multiprocess)])
+def test_rqkmeans_level_by_level_equals_in_process(rq_store, tmp_path, workers, refine):
+  """Beam RQ-KMeans (normaliser moments, per-level sample fit, Lloyd combines) == train_sid_model(rqkmeans)."""
+  from semrec.sid import RQVAEConfig, SidModel, train_sid_model
+  cfg = RQVAEConfig(**RQ, kmeans_refine_steps=refine)
+  x = EmbeddingStore(rq_store).load().embeddings
+  ref = train_sid_model(x, cfg, progress=False)
+  got = sbeam.fit_rqkmeans_pipeline(rq_store, cfg, num_workers=workers, out_dir=str(tmp_path / "model"))
+  for a, b in zip(ref.assigner.normalizer.get_weights(), got.assigner.normalizer.get_weights()):
+    np.testing.assert_allclose(b, a, atol=1e-6, rtol=0)
+  assert got.codebooks().shape == (2, 8, 16)  # whitening capped at F = 16 dims
+  np.testing.assert_allclose(got.codebooks(), ref.codebooks(), atol=1e-6, rtol=0)
+  codes = SidModel.load(str(tmp_path / "model")).codes(x)
+  np.testing.assert_array_equal(codes, ref.codes(x))
+  assert len(np.unique(codes[:, 0])) == 8
+
+
+def test_rqkmeans_refinement_lowers_full_data_error(rq_store):
+  """In-process kmeans_refine_steps: Lloyd passes over all items move the sample-fitted level-0 codebook and
+  cannot raise its full-data squared error (the check the Beam refinement is compared against above)."""
+  from semrec.sid import RQVAEConfig, lloyd_statistics, train_sid_model
+  x = EmbeddingStore(rq_store).load().embeddings
+  plain = train_sid_model(x, RQVAEConfig(**RQ), progress=False)
+  refined = train_sid_model(x, RQVAEConfig(**RQ, kmeans_refine_steps=2), progress=False)
+  z = sbeam.level_residuals(plain.assigner, x, plain.codebooks()[:0])  # level-0 input: the normalised items
+  assert np.abs(refined.codebooks()[0] - plain.codebooks()[0]).max() > 1e-3
+  assert lloyd_statistics(z, refined.codebooks()[0])[2] < lloyd_statistics(z, plain.codebooks()[0])[2]
+  with pytest.raises(ValueError, match="mode='rqkmeans'"):
+    sbeam.fit_rqkmeans_pipeline(rq_store, RQVAEConfig(mode="rqvae"))
+
+
+def test_cli_batch_rqkmeans_runners_agree(rq_store, tmp_path):
+  from click.testing import CliRunner
+  from semrec.cli import main
+  from semrec.sid import SidModel
+  x = EmbeddingStore(rq_store).load().embeddings
+  models = {}
+  for runner in ("inprocess", "direct"):
+    out = str(tmp_path / runner)
+    res = CliRunner().invoke(main, ["batch", "rqkmeans", "--store", rq_store, "--out", out, "--levels", "2",
+                                    "--codebook-size", "8", "--sample-size", "200", "--refine-steps", "1",
+                                    "--runner", runner], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    models[runner] = SidModel.load(out)
+  np.testing.assert_allclose(models["direct"].codebooks(), models["inprocess"].codebooks(), atol=1e-6, rtol=0)
+  np.testing.assert_array_equal(models["direct"].codes(x), models["inprocess"].codes(x))

@@ -1,6 +1,7 @@
 """Two-tower retrieval: query/candidate towers, Etsy quality vector, TFRS model, ScaNN/brute-force index, metrics."""
 from semrec.towers.index import (IndexConfig, RetrievalIndex, brute_force_top_k, build_and_save_index, build_index,
                                  index_report, recall_against_exact)
+from semrec.towers.sharded_index import ShardedIndex, build_sharded_index, merge_top_k, shard_of
 from semrec.towers.inputs import RetrievalInputs, item_frequencies, sequence_windows
 from semrec.towers.evaluation import DEFAULT_KS, NDCG_KS, evaluate_scores, query_metrics
 from semrec.towers.baselines import (BASELINES, ContentKnnBaseline, PopularityBaseline, TransitionBaseline,
@@ -22,6 +23,7 @@ from semrec.towers.item_encoder import ItemEncoder, ItemEncoderConfig
 from semrec.towers.towers import CandidateTower, CandidateTowerConfig, QueryTower, QueryTowerConfig
 
 __all__ = [
+    "ShardedIndex", "build_sharded_index", "merge_top_k", "shard_of",
     "IndexConfig", "RetrievalIndex", "brute_force_top_k", "build_and_save_index", "build_index", "index_report",
     "recall_against_exact", "RetrievalInputs", "item_frequencies", "sequence_windows", "SequentialQueryTower",
     "SequentialTowerConfig", "MixedNegativeRetrieval", "gather_candidates", "QUALITY_MODES", "RetrieverConfig",
