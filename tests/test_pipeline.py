@@ -200,3 +200,22 @@ def test_semrec_run_synthetic_quick_end_to_end(tmp_path):
   os.remove(os.path.join(models, "ranker", "1", "saved_model.pb"))
   res4 = runner.invoke(main, ["verify-export", "--structure-only", models])
   assert res4.exit_code == 1 and "saved_model.pb" in res4.output
+
+
+def test_verify_accepts_a_skipped_ranking_stage(tmp_path):
+  """Implicit feedback: the ranking stage records a skip and exports nothing; verify must not look for it."""
+  from semrec.pipeline.stages.verify import _stage_exports
+
+  class _Run:
+    results = {"retrieval": {"production": {"exports": {"query_tower": str(tmp_path / "export/models/query_tower/1")}}},
+               "ranking": {"skipped": "implicit feedback"}, "index": {"searcher_export": "x/scann_searcher/1"},
+               "export": {"sid_assigner": "x/sid_assigner/1"}}
+
+    def is_done(self, stage):
+      return stage in self.results
+
+    def stage_result(self, stage):
+      return self.results[stage]
+
+  assert _stage_exports(_Run()) == {"query_tower/1": "retrieval", "scann_searcher/1": "index",
+                                    "sid_assigner/1": "export"}
