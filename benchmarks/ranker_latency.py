@@ -11,9 +11,9 @@ SavedModel with ``tf.saved_model.load`` and calls its ``serving_default`` signat
   an export with an item-vector cache, the path that embeds the missing items);
 - ``batch_1000_rows``: 1,000 independent rows.
 
-Timing: after warm-up calls, ``--rounds`` rounds; in each round every model gets ``--repeats`` 1x100
-requests and ``--repeats // 5`` batches, the models interleaved in chunks of calls (a load change on the
-shared machine hits every model alike). Every timed call is kept: per round p50/p95/p99/max and the load
+Timing: after warm-up calls, ``--rounds`` rounds; in each round every model gets ``--repeats`` calls of each
+request and ``--repeats // 5`` batches, every (model, input) interleaved in chunks of calls (10 requests or 2
+batches at a time, so a load change on the shared machine hits every model and input alike). Every timed call is kept: per round p50/p95/p99/max and the load
 average (``os.getloadavg``) before and after the round; over the whole run p50/p95/p99/max of all calls
 pooled, and the median over rounds of the per-round p99.
 
@@ -37,7 +37,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 NOOP = "noop_signature"  # reference: a SavedModel signature with the same inputs that does no work
 # shape -> (saved input kind, repeats divisor)
 SHAPES = {"request_1_user_100_candidates": ("request", 1), "request_100_candidates_10_new": ("request_new", 1),
-          "batch_1000_rows": ("batch", 5)}
+          "batch_1000_rows": ("batch", 5)}  # a batch is timed 1/5 as often as a request
 
 
 def configure_threads(threads: int) -> None:
@@ -54,26 +54,31 @@ def summarize(ms: np.ndarray) -> dict:
           "calls": int(len(ms))}
 
 
-def interleaved_times(calls: dict, repeats: int, chunk: int = 10) -> dict:
-  """name -> [repeats'] milliseconds: chunks of ``chunk`` timed calls per name, names interleaved
-  (``repeats`` rounded up to a multiple of ``chunk``). No warm-up here (see :func:`measure`)."""
+def interleaved_times(calls: dict, steps: int, chunk: dict) -> dict:
+  """name -> [steps * chunk[name]] milliseconds: ``steps`` times, ``chunk[name]`` timed calls of each name in
+  turn (names interleaved, so a load change on the shared machine hits all alike). No warm-up here."""
   from semrec.benchmarks.timing import call_times
   times = {n: [] for n in calls}
-  for _ in range(max(-(-repeats // chunk), 1)):
+  for _ in range(steps):
     for n, fn in calls.items():
-      times[n].append(call_times(fn, chunk, warmup=0))
+      times[n].append(call_times(fn, chunk[n], warmup=0))
   return {n: np.concatenate(ts) * 1e3 for n, ts in times.items()}
 
 
-def measure(calls: dict, rounds: int, repeats: int, chunk: int = 10, warmup: int = 20) -> dict:
-  """name -> {"rounds": [per-round summary + load average], "all": pooled summary, "median_round_p99_ms"}."""
+def measure(calls: dict, rounds: int, repeats: int, chunk=10, warmup: int = 20) -> dict:
+  """name -> {"rounds": [per-round summary + load average], "all": pooled summary, "median_round_p99_ms"}.
+
+  ``chunk``: calls per interleaving step, one int or name -> int; each round has ceil(repeats / largest
+  chunk) steps (e.g. 300 repeats, chunk 10 for a request and 2 for a batch: 300 requests and 60 batches)."""
   from semrec.benchmarks.timing import call_times
+  chunk = dict(chunk) if isinstance(chunk, dict) else {n: int(chunk) for n in calls}
+  steps = max(-(-repeats // max(chunk.values())), 1)
   for fn in calls.values():
     call_times(fn, 0, warmup=warmup)
   per_round = {n: [] for n in calls}
   for _ in range(rounds):
     load_before = os.getloadavg()
-    ms = interleaved_times(calls, repeats, chunk)
+    ms = interleaved_times(calls, steps, chunk)
     load_after = os.getloadavg()
     for n in calls:
       per_round[n].append({**summarize(ms[n]), "load_before": load_before, "load_after": load_after,
@@ -147,9 +152,14 @@ def run(export_base: str, threads: int = 1, rounds: int = 7, repeats: int = 300)
   with tempfile.TemporaryDirectory() as tmp:  # the no-op reference, same inputs as the first model
     models[NOOP] = (noop_model(first[0].structured_input_signature[1], os.path.join(tmp, "noop")), first[1])
     res["models"] = sorted(models)
+    calls, chunk = {}, {}  # every (shape, model) interleaved in the same rounds
     for shape, (kind, div) in SHAPES.items():
-      calls = {n: (lambda fn=fn, x=inp[kind]: fn(**x)) for n, (fn, inp) in models.items()}
-      res[shape] = measure(calls, rounds, max(repeats // div, 20), chunk=10 if div == 1 else 5)
+      for n, (fn, inp) in models.items():
+        calls[(shape, n)] = lambda fn=fn, x=inp[kind]: fn(**x)
+        chunk[(shape, n)] = max(10 // div, 1)
+    timed = measure(calls, rounds, repeats, chunk)
+    for shape in SHAPES:
+      res[shape] = {n: timed[(shape, n)] for n in models}
   res["load_average_end"] = os.getloadavg()
   return res
 

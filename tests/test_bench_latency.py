@@ -37,3 +37,12 @@ def test_measure_times_every_call_in_every_round():
   assert res["slow"]["all"]["max_ms"] >= 30.0 and res["slow"]["all"]["p99_ms"] >= 30.0
   assert res["fast"]["all"]["max_ms"] < 30.0
   assert res["slow"]["median_round_p99_ms"] >= 30.0
+
+
+def test_measure_interleaves_unequal_chunks():
+  # repeats 20 with chunks {a: 10, b: 2}: ceil(20 / 10) = 2 steps per round -> a 20 calls, b 4 calls a round.
+  order = []
+  res = rl.measure({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, rounds=2, repeats=20,
+                   chunk={"a": 10, "b": 2}, warmup=0)
+  assert res["a"]["all"]["calls"] == 40 and res["b"]["all"]["calls"] == 8
+  assert order[:24] == ["a"] * 10 + ["b"] * 2 + ["a"] * 10 + ["b"] * 2
