@@ -4,14 +4,17 @@
   mode at one table budget; examples/s over the whole loop and in steady state (periods 2..N,
   i.e. without the first period, which includes graph tracing). Baseline: ``random_hash`` in the
   same run; ratio = mode examples/s / random_hash examples/s.
-- serving: each trained ranker exported with ``export_ranker`` (TF Serving layout), reloaded with
-  ``tf.saved_model.load`` and called through its ``serving_default`` signature: latency p50/p99 of
-  (a) one request = one user (last item, 20-item history, context) x 100 candidates and
-  (b) a batch of 1,000 independent rows, timed after all training with the models interleaved in
-  rounds of calls (the machine is shared: a load change hits every model alike; the load average
-  is recorded). Baseline: random_hash; ratio = mode latency / baseline. The served eval-period AUC
-  is compared with the in-memory model's (same weights). Last, an in-process A/B of the last mode's
-  serving graph: one item-representation call per request (current) vs one per slot (previous).
+- serving: each trained ranker exported with ``export_ranker`` (TF Serving layout) and timed in a clean
+  process (``semrec.benchmarks.ranker_latency``): reloaded with ``tf.saved_model.load``, TensorFlow's
+  intra-/inter-op pools pinned (``--threads``, default 1 = one core per request as a TF Serving worker
+  thread; then 0 = TensorFlow's default pools), called through ``serving_default`` on (a) one request =
+  one user (last item, 20-item history, context) x 100 candidates and (b) a batch of 1,000 independent
+  rows. After warm-up, ``--rounds`` rounds of calls with the models interleaved (the machine is shared:
+  a load change hits every model alike); every call is kept: p50/p95/p99/max over all calls, per-round
+  p99 and the median round, the load average before/after each round. Baseline: random_hash; ratio =
+  mode latency / baseline. The served eval-period AUC is compared with the in-memory model's (same
+  weights). Last, an in-process A/B of the last mode's serving graph: one item-representation call per
+  request (current) vs one per slot (previous).
 
 SIDs: residual k-means (``semrec.sid.train_sid_model`` mode rqkmeans, L=3, K=256) of MiniLM text
 embeddings of the MovieLens items: from --embeddings (an .npz with ``item_ids`` and ``embeddings``)
@@ -122,10 +125,19 @@ def train_mode(mode: str, data, fi, budget: int) -> tuple:
                "cold_auc_label": run.metrics["label"]["cold_auc"]}
 
 
-def export_and_requests(run, data, fi, export_base: str, name: str) -> tuple:
-  """Exports the ranker; (serving fn, 1 user x 100 candidates request, 1,000-row batch) as tensors."""
+def catalogue(fi) -> dict:
+  """The item-vector cache of an export: every MovieLens item (id and SID codes)."""
+  return {"item_id": fi.item_ids.astype(str), "sid": fi.arrays["sid"]}
+
+
+def export_and_requests(run, data, fi, export_base: str, name: str, item_cache: bool = True) -> tuple:
+  """Exports the ranker (with the catalogue's item-vector cache unless ``item_cache`` is False) and saves
+  its serving inputs beside it (``<name>.requests.npz``, read by ``ranker_latency``): one user x 100
+  catalogue candidates, the same with 10 candidates replaced by items not in the catalogue, 1,000 rows.
+  Returns (serving fn, {kind: tensors})."""
   import tensorflow as tf
   from semrec.export import export_ranker
+  from semrec.benchmarks.ranker_latency import save_requests
   ev = data.eval_examples
   rng = np.random.default_rng(0)
   rows = rng.choice(len(ev), size=min(1000, len(ev)), replace=False)
@@ -136,65 +148,94 @@ def export_and_requests(run, data, fi, export_base: str, name: str) -> tuple:
   request["candidate_sid"] = fi.arrays["sid"][cand_rows]
   if "last_content" in request:
     request["candidate_content"] = fi.arrays["content"][cand_rows]
-  res = export_ranker(export_base, run.model, batch, name=name)
+  request_new = dict(request)
+  request_new["candidate_item_id"] = request["candidate_item_id"].copy()
+  request_new["candidate_item_id"][::10] = [f"new_item_{i}" for i in range(10)]
+  cache = catalogue(fi) if item_cache and "last_content" not in request else None
+  res = export_ranker(export_base, run.model, batch, name=name, item_cache=cache)
+  inputs = {"request": request, "request_new": request_new, "batch": batch}
+  save_requests(os.path.join(export_base, f"{name}.requests.npz"), inputs)
   fn = tf.saved_model.load(res.path).signatures["serving_default"]
-  return fn, _to_tensors(request), _to_tensors(batch)
+  return fn, {k: _to_tensors(v) for k, v in inputs.items()}
 
 
-def interleaved_latency(calls: dict, repeats: int, chunk: int = 10) -> dict:
-  """name -> {p50_ms, p99_ms}: rounds of ``chunk`` timed calls per name, names interleaved, so a load
-  change on the shared machine hits every model alike."""
-  from semrec.benchmarks.timing import call_times
-  for fn in calls.values():
-    call_times(fn, 0, warmup=5)
-  times = {n: [] for n in calls}
-  for _ in range(max(repeats // chunk, 1)):
-    for n, fn in calls.items():
-      times[n].append(call_times(fn, chunk, warmup=0))
+def serving_graph_ab(model, fi, requests: dict, repeats: int) -> dict:
+  """In-process A/B of the serving graph of ``model`` (the last mode, the production one by default),
+  interleaved: item-vector cache + one item-representation call per request (current export), one call
+  per request without the cache, one call per slot (the graph before both). Scores must be identical."""
+  from semrec.benchmarks.ranker_latency import measure
+  L, K = int(requests["request"]["candidate_sid"].shape[-1]), int(model.config.item_representation.codebook_size)
+  fns = {"cache": RankerServingModule(model, L, K, item_cache=catalogue(fi)).serve,
+         "one_call": RankerServingModule(model, L, K).serve, "per_slot": PerSlotServing(model, L, K).serve}
   out = {}
-  for n, ts in times.items():
-    ms = np.concatenate(ts) * 1e3
-    out[n] = {"p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)), "repeats": len(ms)}
+  for kind in ("request", "request_new"):
+    req = requests[kind]
+    lat = measure({n: (lambda fn=fn: fn(req)) for n, fn in fns.items()}, rounds=1, repeats=repeats, warmup=5)
+    outs = {n: fn(req) for n, fn in fns.items()}
+    out[kind] = {n: r["all"] for n, r in lat.items()}
+    out[kind]["max_abs_score_diff_vs_per_slot"] = {
+        n: float(max(np.abs(outs[n][t].numpy() - outs["per_slot"][t].numpy()).max() for t in outs[n]))
+        for n in ("cache", "one_call")}
   return out
-
-
-def one_call_vs_per_slot(model, request: dict, repeats: int) -> dict:
-  """In-process A/B of the serving graph of ``model`` (the last mode, the production one by default):
-  one item-representation call per request (current) vs one per slot (previous), interleaved."""
-  L, K = int(request["candidate_sid"].shape[-1]), int(model.config.item_representation.codebook_size)
-  fns = {"one_call": RankerServingModule(model, L, K).serve, "per_slot": PerSlotServing(model, L, K).serve}
-  outs = {n: fn(request) for n, fn in fns.items()}
-  lat = interleaved_latency({n: (lambda fn=fn: fn(request)) for n, fn in fns.items()}, repeats)
-  lat["max_abs_score_diff"] = float(max(np.abs(outs["one_call"][t].numpy() - outs["per_slot"][t].numpy()).max()
-                                        for t in outs["one_call"]))
-  return lat
 
 
 def print_table(results: dict, modes) -> None:
   base_train = results["training"]["random_hash"]["steady_examples_per_second"]
   base_req = results["serving"]["random_hash"]["request_1_user_100_candidates"]["p50_ms"]
   base_batch = results["serving"]["random_hash"]["batch_1000_rows"]["p50_ms"]
-  print("| mode | train ex/s (all) | train ex/s (steady) | ratio vs hash | 1x100 p50 ms | 1x100 p99 ms | "
-        "1000 p50 ms | 1000 p99 ms | latency ratio (1x100, 1000) | AUC | served - model AUC |")
-  print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+  print(f"serving latency: clean process, threads {results['serving_threads']} (all calls; median-round p99 "
+        f"over {results['latency'][0]['rounds']} rounds)")
+  print("| mode | train ex/s (all) | train ex/s (steady) | ratio vs hash | 1x100 p50 ms | 1x100 p95 ms | "
+        "1x100 p99 ms | 1x100 median-round p99 ms | 1x100 (10 new) p50 / p99 ms | 1000 p50 ms | 1000 p99 ms | "
+        "latency ratio (1x100, 1000) | AUC | served - model AUC |")
+  print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
   for mode in modes:
     tr, sv = results["training"][mode], results["serving"][mode]
-    r1, rb = sv["request_1_user_100_candidates"], sv["batch_1000_rows"]
+    r1, rn, rb = sv["request_1_user_100_candidates"], sv["request_100_candidates_10_new"], sv["batch_1000_rows"]
     tr["ratio_vs_random_hash"] = tr["steady_examples_per_second"] / base_train
     sv["latency_ratio_vs_random_hash"] = {"request": r1["p50_ms"] / base_req, "batch": rb["p50_ms"] / base_batch}
     print(f"| {mode} | {tr['examples_per_second']:.0f} | {tr['steady_examples_per_second']:.0f} | "
-          f"{tr['ratio_vs_random_hash']:.2f} | {r1['p50_ms']:.2f} | {r1['p99_ms']:.2f} | {rb['p50_ms']:.2f} | "
-          f"{rb['p99_ms']:.2f} | {r1['p50_ms'] / base_req:.2f}, {rb['p50_ms'] / base_batch:.2f} | "
+          f"{tr['ratio_vs_random_hash']:.2f} | {r1['p50_ms']:.2f} | {r1['p95_ms']:.2f} | {r1['p99_ms']:.2f} | "
+          f"{r1['median_round_p99_ms']:.2f} | {rn['p50_ms']:.2f} / {rn['p99_ms']:.2f} | {rb['p50_ms']:.2f} | "
+          f"{rb['p99_ms']:.2f} | "
+          f"{r1['p50_ms'] / base_req:.2f}, {rb['p50_ms'] / base_batch:.2f} | "
           f"{tr['auc_label']:.4f} | {sv['served_minus_model_auc']:+.1e} |")
+
+
+def export_name(mode: str) -> str:
+  return f"ranker_{mode.replace('+', '_')}"
+
+
+def serving_latency(export_base: str, modes, threads, rounds: int, repeats: int) -> tuple:
+  """(per-thread-setting ``ranker_latency`` results, mode -> shape -> summary of the first setting)."""
+  from semrec.benchmarks.ranker_latency import SHAPES, print_summary, run_subprocess
+  runs = []
+  for t in threads:
+    runs.append(run_subprocess(export_base, t, rounds, repeats))
+    print_summary(runs[-1])
+  head = runs[0]
+  names = {m: export_name(m) for m in modes}
+  if export_name(modes[-1]) + "_nocache" in head[next(iter(SHAPES))]:
+    names[modes[-1] + " (no item cache)"] = export_name(modes[-1]) + "_nocache"
+  per_mode = {m: {shape: {**head[shape][n]["all"], "median_round_p99_ms": head[shape][n]["median_round_p99_ms"]}
+                  for shape in SHAPES} for m, n in names.items()}
+  return runs, per_mode
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--quick", action="store_true", help="3 modes, 4 periods, fewer latency repeats")
+  p.add_argument("--quick", action="store_true", help="3 modes, 4 periods")
   p.add_argument("--embeddings", default=None, help=".npz with item_ids and embeddings (MovieLens items)")
   p.add_argument("--budget", type=int, default=4096, help="embedding-table budget of every mode")
-  p.add_argument("--repeats", type=int, default=None, help="latency repeats (default 300, quick 30)")
+  p.add_argument("--repeats", type=int, default=300, help="1x100 requests per model per latency round")
+  p.add_argument("--rounds", type=int, default=7, help="latency rounds (per-round p99 and the median round)")
+  p.add_argument("--threads", default="1,0",
+                 help="TF intra/inter-op threads of the serving process, one latency run each (0 = TF default); "
+                      "the first is the headline")
+  p.add_argument("--export-dir", default=None,
+                 help="keep the exports and requests here (rerun latency alone with ranker_latency); default: temp")
   p.add_argument("--modes", default=None, help="comma-separated (default: all; quick random_hash,unigram,spm)")
+  p.add_argument("--no-cache", action="store_true", help="export without the item-vector cache")
   p.add_argument("--out", default=None)
   args = p.parse_args(argv)
 
@@ -204,41 +245,46 @@ def main(argv=None):
                                                            else ALL_MODES)
   if "random_hash" not in modes:
     raise SystemExit("--modes must include the random_hash baseline")
+  threads = [int(t) for t in args.threads.split(",")]
   num_periods = 4 if args.quick else 10
-  repeats = args.repeats or (30 if args.quick else 300)
   ds, fi, sid_info = movielens_item_features(args.embeddings)
   inter = ds.interactions
   if args.quick:  # the most recent 30% of the log
     inter = inter.iloc[int(len(inter) * 0.7):].reset_index(drop=True)
   data = prepare_sequential(inter, fi, num_periods=num_periods, history_length=20)
   results = {"training": {}, "serving": {}}
-  export_base = tempfile.mkdtemp(prefix="bench_ranker_")
+  export_base = args.export_dir or tempfile.mkdtemp(prefix="bench_ranker_")
+  if args.export_dir:
+    shutil.rmtree(export_base, ignore_errors=True)
   served, models = {}, {}
   for mode in tqdm(modes, desc="modes"):
     run, results["training"][mode] = train_mode(mode, data, fi, args.budget)
     models[mode] = run.model
-    served[mode] = export_and_requests(run, data, fi, export_base, f"ranker_{mode.replace('+', '_')}")
+    served[mode] = export_and_requests(run, data, fi, export_base, export_name(mode), item_cache=not args.no_cache)
+    if mode == modes[-1] and not args.no_cache:  # the production mode also without the cache, same latency run
+      export_and_requests(run, data, fi, export_base, export_name(mode) + "_nocache", item_cache=False)
     results["serving"][mode] = served_auc(served[mode][0], run, data.eval_examples, data.cold_mask)
-  # Latency after all training, models interleaved (the machine is shared).
-  load_before = os.getloadavg()
-  req = interleaved_latency({m: (lambda fn=fn, r=r: fn(**r)) for m, (fn, r, _) in served.items()}, repeats)
-  bat = interleaved_latency({m: (lambda fn=fn, b=b: fn(**b)) for m, (fn, _, b) in served.items()},
-                            max(repeats // 5, 20), chunk=5)
-  for m in modes:
-    results["serving"][m].update({"request_1_user_100_candidates": req[m], "batch_1000_rows": bat[m]})
-  results["one_call_vs_per_slot"] = one_call_vs_per_slot(models[modes[-1]], served[modes[-1]][1], repeats)
-  shutil.rmtree(export_base, ignore_errors=True)
+  results["serving_graph_ab"] = serving_graph_ab(models[modes[-1]], fi, served[modes[-1]][1], args.repeats)
+  # Latency after all training, in a clean process, models interleaved (the machine is shared).
+  results["latency"], per_mode = serving_latency(export_base, modes, threads, args.rounds, args.repeats)
+  results["serving_threads"] = threads[0]
+  for m, lat in per_mode.items():
+    results["serving"].setdefault(m, {}).update(lat)
+  if not args.export_dir:
+    shutil.rmtree(export_base, ignore_errors=True)
   print(f"\nMovieLens, budget {args.budget}, {len(data.train_examples)} training periods "
         f"({sum(len(e) for e in data.train_examples)} examples), SIDs: {sid_info}")
   print_table(results, modes)
-  print(f"serving graph, {modes[-1]}, 1 user x 100 candidates, in process: {results['one_call_vs_per_slot']}")
-  load = {"before_latency": load_before, "after_latency": os.getloadavg()}
-  print(f"load average (1, 5, 15 min): {load}")
+  nc = results["serving"].get(modes[-1] + " (no item cache)")
+  if nc:
+    print(f"{modes[-1]} exported without the item-vector cache, same latency run: " + ", ".join(
+        f"{k}: p50 {v['p50_ms']:.2f} / p99 {v['p99_ms']:.2f} ms" for k, v in nc.items()))
+  print(f"serving graph A/B, {modes[-1]}, 1 user x 100 candidates, in process: {results['serving_graph_ab']}")
   out = args.out or os.path.join(_HERE, "results", "bench_ranker_quick.json" if args.quick else "bench_ranker.json")
   from semrec.atomic import write_json
-  write_json(out, {"quick": args.quick, "load_average": load, "budget": args.budget, "num_periods": num_periods,
+  write_json(out, {"quick": args.quick, "budget": args.budget, "num_periods": num_periods,
                    "sids": sid_info, "cpus": os.cpu_count(), "platform": platform.platform(),
-                   "tensorflow": tf.__version__, "baseline": "random_hash", **results})
+                   "tensorflow": tf.__version__, "baseline": "random_hash", **results}, indent=1)
   print(f"wrote {out}")
 
 

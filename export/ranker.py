@@ -34,7 +34,9 @@ def export_ranker(base_dir: str, ranker, example_features: ExampleInputs, *, nam
     name: TF Serving model name.
     output_names: For a Keras model returning a tensor or tuple.
     **kwargs: ``metrics``, ``data_fingerprint``, ``extra``, ... (for a semrec Ranker also ``sid_length``,
-      ``codebook_size``, ``content_dim``: L, K, D, by default from its item-representation config).
+      ``codebook_size``, ``content_dim``: L, K, D, by default from its item-representation config, and
+      ``item_cache``: a catalogue ``{"item_id": [N], "sid": [N, L]}`` whose item vectors are precomputed in
+      the SavedModel, see ``semrec.ranking.ItemVectorCache``).
 
   Returns:
     :class:`ExportResult` (``.path`` is the version directory).
@@ -51,7 +53,8 @@ def export_ranker(base_dir: str, ranker, example_features: ExampleInputs, *, nam
 
 def _export_semrec_ranker(base_dir: str, model, example_features: Mapping[str, np.ndarray], name: str,
                           sid_length: Optional[int] = None, codebook_size: Optional[int] = None,
-                          content_dim: Optional[int] = None, metrics: Optional[dict] = None,
+                          content_dim: Optional[int] = None, item_cache: Optional[Mapping[str, np.ndarray]] = None,
+                          metrics: Optional[dict] = None,
                           data_fingerprint: Optional[str] = None, extra: Optional[dict] = None) -> ExportResult:
   from semrec.ranking import RankerServingModule
   if not isinstance(example_features, Mapping):
@@ -60,14 +63,15 @@ def _export_semrec_ranker(base_dir: str, model, example_features: Mapping[str, n
   L = int(sid_length or getattr(rep, "num_levels"))
   K = int(codebook_size or getattr(rep, "codebook_size"))
   D = content_dim or (getattr(rep, "content_dim", None) if model.uses_content else None)
-  module = RankerServingModule(model, L, K, content_dim=D)
+  module = RankerServingModule(model, L, K, content_dim=D, item_cache=item_cache)
   req = {k: np.asarray(v) for k, v in example_features.items() if k in module.input_specs}
   missing = sorted(set(module.input_specs) - set(req))
   if missing:
     raise ValueError(f"export_ranker: example_features lack serving inputs {missing}")
   one_user = {k: (v[:1] if not k.startswith("candidate_") else v) for k, v in req.items()}
   info = {"tasks": list(model.config.tasks), "sid_length": L, "codebook_size": K,
-          "ranker_config": to_dict(model.config), **dict(extra or {})}
+          "ranker_config": to_dict(model.config),
+          "item_cache_items": module.item_cache.size if module.item_cache is not None else 0, **dict(extra or {})}
   return export_serving_module(module, base_dir, name, [req, one_user], artefact="ranker",
                                data_fingerprint=data_fingerprint, metrics=metrics,
                                description="SID ranker: raw item ids + SID codes -> task probabilities",

@@ -7,7 +7,7 @@ from semrec.ranking.experiment_report import format_summary, plot_experiment
 from semrec.ranking.metrics import auc, sliced_auc
 from semrec.ranking.model import CrossStack, MlpStack, Ranker, RankerConfig, binary_task, needs_content
 from semrec.ranking.piece_stats import lookup_statistics, piece_support, unseen_piece_share
-from semrec.ranking.serving import RankerServingModule
+from semrec.ranking.serving import ItemVectorCache, RankerServingModule
 from semrec.ranking.training import (RankerRun, SequentialData, build_item_representation, evaluate,
                                      make_featurizer, predict, prepare_sequential, train_ranker, train_sequential)
 
@@ -16,7 +16,7 @@ __all__ = [
     "sequential_split", "daily_split", "CrossStack", "MlpStack", "binary_task", "lookup_statistics",
     "piece_support", "unseen_piece_share", "ALL_MODES", "HEADLINE_BUDGETS", "HEADLINE_MODES", "MODE_COMPONENTS", "ExperimentResult",
     "format_summary", "plot_experiment", "run_ranking_experiment", "auc", "sliced_auc", "Ranker", "RankerConfig",
-    "needs_content", "RankerServingModule", "RankerRun",
+    "needs_content", "ItemVectorCache", "RankerServingModule", "RankerRun",
     "SequentialData", "build_item_representation", "evaluate", "make_featurizer", "predict", "prepare_sequential",
     "train_ranker", "train_sequential",
 ]

@@ -206,15 +206,29 @@ def _load_or_train(sw: _Sweep, hist: bool, mode: str, budget: int, seed: int, tr
   return rows
 
 
-def _check_checkpoint(checkpoint_dir: str, identity: dict):
-  """Creates the checkpoint folder, or checks that it belongs to the same sweep (same data and config)."""
+def _same_sweep(have, want, defaults) -> bool:
+  """Whether a stored sweep identity ``have`` equals ``want``; a key only in ``want`` is accepted when it
+  holds its value in ``defaults`` (a config field added after the checkpoint was written, at its default,
+  changes nothing in the runs)."""
+  if not (isinstance(have, dict) and isinstance(want, dict)):
+    return have == want
+  defaults = defaults if isinstance(defaults, dict) else {}
+  if set(have) - set(want) or any(k not in defaults or want[k] != defaults[k] for k in set(want) - set(have)):
+    return False
+  return all(_same_sweep(have[k], want[k], defaults.get(k)) for k in have)
+
+
+def _check_checkpoint(checkpoint_dir: str, identity: dict, defaults: dict):
+  """Creates the checkpoint folder, or checks that it belongs to the same sweep (same data and config;
+  ``defaults`` has the identity's layout with default config values, see :func:`_same_sweep`)."""
   from semrec.atomic import write_json
   os.makedirs(os.path.join(checkpoint_dir, "runs"), exist_ok=True)
   path = os.path.join(checkpoint_dir, "sweep.json")
+  norm = lambda x: json.loads(json.dumps(x, default=str))  # noqa: E731
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       have = json.load(f)
-    if have != json.loads(json.dumps(identity, default=str)):
+    if not _same_sweep(have, norm(identity), norm(defaults)):
       raise ValueError(f"{checkpoint_dir}: the checkpoint holds a different sweep (data or base config changed); "
                        "use another checkpoint_dir or delete it")
   else:
@@ -265,7 +279,8 @@ def run_ranking_experiment(dataset: Optional[RecDataset], item_features: ItemFea
                                     base.tasks)
   if checkpoint_dir:
     _check_checkpoint(checkpoint_dir, {"base": to_dict(base), "embedding_dim": embedding_dim, "L": L, "K": K,
-                                       "split": data.split.summary(), "codes_sum": int(codes.sum())})
+                                       "split": data.split.summary(), "codes_sum": int(codes.sum())},
+                      defaults={"base": to_dict(RankerConfig())})
   sw = _Sweep(data=data, codes=codes, L=L, K=K, D=D, base=base, embedding_dim=embedding_dim, budgets=budgets,
               spms={}, stats={}, checkpoint_dir=checkpoint_dir)
   if not finished_only:  # (finished rows carry their statistics)

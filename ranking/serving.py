@@ -16,14 +16,21 @@ request can score 100 candidates for one user without repeating the history 100 
 (``history_*`` only when the model uses history, ``*_content`` only for dense modes.) Padding items
 are id ``""`` (their codes are ignored). Outputs: task name -> [B] float32 probability.
 
+Item-vector cache (``item_cache``, optional): the representation of a catalogue item is a function of its
+(id, SID codes) and the frozen weights, so it can be computed once at export for every catalogue item. A
+request whose items are all in the cache (same id *and* codes) is answered from it, without SPM
+segmentation, hashing or table lookups; any other item (e.g. one uploaded after the export) is embedded by
+the model's item representation as before (only those items). Both paths give the same vectors.
+
 Malformed requests fail an in-graph ``tf.debugging`` assert whose message names the feature: wrong
 number of SID levels L, codes outside [0, K), a batch size that is neither 1 nor B, history ids and
 codes of different shapes, a context or content of the wrong width.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
+import numpy as np
 import tensorflow as tf
 
 from semrec.ranking.model import Ranker, masked_mean
@@ -37,10 +44,12 @@ class RankerServingModule(tf.Module):
     sid_length: L, SID levels per item.
     codebook_size: K, codes per level (valid codes are [0, K)).
     content_dim: D, for dense representations (ignored otherwise).
+    item_cache: Optional catalogue ``{"item_id": [N] str, "sid": [N, L] int}`` whose representations are
+      precomputed (see :class:`ItemVectorCache`); not for dense (content) representations.
   """
 
   def __init__(self, model: Ranker, sid_length: int, codebook_size: int, content_dim: Optional[int] = None,
-               name: Optional[str] = None):
+               item_cache: Optional[Mapping[str, np.ndarray]] = None, name: Optional[str] = None):
     super().__init__(name=name)
     self.model = model
     self.sid_length = int(sid_length)
@@ -52,6 +61,11 @@ class RankerServingModule(tf.Module):
     if self.uses_content and not content_dim:
       raise ValueError("RankerServingModule: content_dim is required for a dense item representation")
     self.content_dim = int(content_dim) if self.uses_content else None
+    self.item_cache = None
+    if item_cache is not None:
+      if self.uses_content:
+        raise ValueError("RankerServingModule: item_cache is not supported for a dense (content) representation")
+      self.item_cache = ItemVectorCache(model.item_representation, item_cache["item_id"], item_cache["sid"])
     self.input_specs = self._specs()
     self.serve = tf.function(self._serve, input_signature=[dict(self.input_specs)])
 
@@ -127,7 +141,8 @@ class RankerServingModule(tf.Module):
     widths = {"item_id": [], "sid": [self.sid_length], "content": [self.content_dim]}
     flat = {k: tf.concat([tf.reshape(f[f"{s}_{k}"], [-1] + widths[k]) for s in slots], 0) for k in keys}
     sizes = [tf.size(f[f"{s}_item_id"]) for s in slots]
-    parts = tf.split(self.model.item_representation(flat), sizes)
+    rep = self.model.item_representation
+    parts = tf.split(self.item_cache(flat, rep) if self.item_cache is not None else rep(flat), sizes)
     hist = None
     if self.uses_history:
       ids = f["history_item_id"]
@@ -145,6 +160,56 @@ class RankerServingModule(tf.Module):
     ctx = tf.broadcast_to(f["context"], [b, self.context_dim])
     logits = self.model.score(cand, last, hist, ctx, training=False)
     return {t: tf.sigmoid(v) for t, v in logits.items()}
+
+
+class ItemVectorCache(tf.Module):
+  """Item representations of a fixed catalogue, computed once (the weights are frozen at export).
+
+  Calling it on flat request items ``{"item_id": [M] string, "sid": [M, L] int}`` returns [M, d] float32:
+  rows of items whose id is in the catalogue *with the same SID codes* are gathered from the cache, padding
+  items (id ``""``) are zero (as the representation makes them), and only when some item is not cached does
+  ``representation`` run, on those items only (a ``tf.cond``: a fully cached request never segments).
+
+  Args:
+    representation: The trained ``ItemRepresentation`` (non-dense modes: a function of id and codes).
+    item_ids: [N] catalogue ids (unique, non-empty).
+    codes: [N, L] their SID codes.
+    batch_size: Items embedded per call while building the cache.
+  """
+
+  def __init__(self, representation, item_ids, codes, batch_size: int = 65536, name: Optional[str] = None):
+    super().__init__(name=name)
+    ids = np.asarray(item_ids).astype(str)
+    codes = np.asarray(codes, np.int32)
+    if codes.ndim != 2 or len(codes) != len(ids):
+      raise ValueError(f"item_cache: 'sid' must be [N, L] with N = {len(ids)} item ids, got shape {codes.shape}")
+    uniq, counts = np.unique(ids, return_counts=True)
+    if len(uniq) != len(ids) or (ids == "").any():
+      bad = str(uniq[counts > 1][0]) if len(uniq) != len(ids) else ""
+      raise ValueError(f"item_cache: item ids must be unique and non-empty; item {bad!r} is not")
+    vecs = [representation({"item_id": tf.constant(ids[s:s + batch_size]), "sid": tf.constant(codes[s:s + batch_size])},
+                           training=False).numpy() for s in range(0, len(ids), batch_size)]
+    self.size = len(ids)
+    self.vectors = tf.Variable(np.concatenate(vecs), trainable=False, name="item_vectors")  # [N, d]
+    self.codes = tf.Variable(codes, trainable=False, name="item_codes")  # [N, L]
+    self.table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(ids), tf.range(len(ids), dtype=tf.int64)), default_value=-1)
+
+  def __call__(self, items: dict, representation) -> tf.Tensor:
+    ids = items["item_id"]
+    row = self.table.lookup(ids)  # [M] int64, -1 if unknown
+    safe = tf.maximum(row, 0)
+    same_codes = tf.reduce_all(tf.equal(tf.gather(self.codes, safe), tf.cast(items["sid"], tf.int32)), axis=-1)
+    pad = tf.equal(ids, "")
+    hit = tf.logical_or(pad, tf.logical_and(row >= 0, same_codes))
+    cached = tf.where(pad[:, None], tf.zeros_like(self.vectors[:1]), tf.gather(self.vectors, safe))
+
+    def embed_misses():
+      miss = tf.where(tf.logical_not(hit))  # [m, 1]
+      sub = {k: tf.gather_nd(v, miss) for k, v in items.items()}
+      return tf.tensor_scatter_nd_update(cached, miss, representation(sub))
+
+    return tf.cond(tf.reduce_all(hit), lambda: cached, embed_misses)
 
 
 def _assert_same_shape(shape_a, shape_b, message: str):

@@ -14,6 +14,7 @@ from semrec.export import ServingError, export_ranker, score_in_fresh_process
 from semrec.ranking import (ALL_MODES, RankerConfig, RankingFeaturizer, auc, prepare_sequential, run_ranking_experiment,
                             sliced_auc, train_ranker)
 from semrec.ranking.experiment import _rep_config
+from semrec.ranking.serving import ItemVectorCache
 
 L, K, D = 3, 8, 16
 
@@ -246,3 +247,43 @@ def test_malformed_request_rejected_in_fresh_process(exported):
   bad["candidate_sid"] = np.full_like(feats["candidate_sid"], -3)
   with pytest.raises(ServingError, match="candidate_sid: codes must be in"):
     score_in_fresh_process(result.path, bad)
+
+
+def test_item_vector_cache_serves_catalogue_items_without_the_representation(exported, world):
+  run, feats, base, result = exported
+  _, fi, _ = world
+  rep = run.model.item_representation
+  cache = ItemVectorCache(rep, fi.item_ids, fi.arrays["sid"])
+  calls = []
+
+  def spy(items):
+    calls.append(int(tf.size(items["item_id"])))
+    return rep(items)
+
+  ids = np.array([fi.item_ids[3], "", fi.item_ids[7], "new_item", fi.item_ids[5]]).astype(str)
+  codes = fi.arrays["sid"][[3, 0, 7, 1, 5]].copy()
+  codes[4] = (codes[4] + 1) % K  # a catalogue id with other codes than cached: not a hit
+  items = {"item_id": tf.constant(ids), "sid": tf.constant(codes)}
+  expected = rep(items).numpy()
+  assert np.abs(cache(items, spy).numpy() - expected).max() == 0.0
+  assert calls == [2]  # only "new_item" and the re-coded item were embedded
+  known = {k: tf.gather(v, [0, 1, 2]) for k, v in items.items()}
+  np.testing.assert_array_equal(cache(known, spy).numpy(), expected[:3])  # the padding row is zero
+  assert calls == [2] and not expected[1].any()
+  with pytest.raises(ValueError, match="item 'x' is not"):
+    ItemVectorCache(rep, ["x", "x"], np.zeros((2, L), np.int32))
+
+
+def test_export_with_item_cache_matches_in_memory_in_fresh_process(exported, world, tmp_path):
+  run, feats, base, result = exported
+  _, fi, _ = world
+  cached = export_ranker(str(tmp_path), run.model, feats, item_cache={"item_id": fi.item_ids, "sid": fi.arrays["sid"]})
+  new = dict(feats)  # half the candidates are not in the catalogue (distinct new ids): the fallback path
+  n = len(feats["candidate_item_id"])
+  new["candidate_item_id"] = np.where(np.arange(n) % 2 == 0, [f"new_{i}" for i in range(n)],
+                                      feats["candidate_item_id"]).astype(object)
+  for f in (feats, new):
+    got = score_in_fresh_process(cached.path, f)
+    ref = run.model(f, training=False)
+    for task in ("label", "like"):
+      np.testing.assert_allclose(got[task], ref[task].numpy(), rtol=1e-5, atol=1e-6)

@@ -1,5 +1,6 @@
 """Tests for the scaled impression world, the day-by-day sweep (causality, checkpoint resume), the
 ranker's injected blocks and its loss under tf.distribute."""
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
+from semrec.config import to_dict
 from semrec.data.impressions import ImpressionWorldConfig, make_impression_world
 from semrec.ranking import (CrossStack, MlpStack, Ranker, RankerConfig, RankingFeaturizer, binary_task, daily_split,
                             prepare_sequential, run_ranking_experiment, train_sequential)
@@ -180,6 +182,21 @@ def test_interrupted_sweep_resumes_without_retraining(tiny, tmp_path, monkeypatc
   # A different sweep (other base config) refuses the same checkpoint folder.
   with pytest.raises(ValueError, match="different sweep"):
     run_ranking_experiment(None, fi, **{**kw, "base_config": _config(hidden_units=(16,))})
+
+
+@pytest.mark.parametrize("stored_dropout, same", [(None, True), (0.0, True), (0.5, False)])
+def test_checkpoint_identity_accepts_a_new_config_field_at_its_default(stored_dropout, same):
+  # A checkpoint written before ItemRepresentationConfig had ``id_dropout`` (None: key absent) belongs to
+  # the same sweep as one at the default 0.0; one that stored another value does not.
+  want = {"base": to_dict(RankerConfig()), "L": 3}
+  have = json.loads(json.dumps(want))
+  rep = have["base"]["item_representation"]
+  if stored_dropout is None:
+    del rep["id_dropout"]
+  else:
+    rep["id_dropout"] = stored_dropout
+  assert experiment_lib._same_sweep(have, want, {"base": to_dict(RankerConfig())}) is same
+  assert not experiment_lib._same_sweep({**have, "L": 4}, want, {"base": to_dict(RankerConfig())})
 
 
 def test_summary_pairs_each_mode_with_hash_of_the_same_seed():
