@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 
 from semrec.data import EvalSplit, Queries, RecDataset, make_split
-from semrec.towers import ContentKnnBaseline, PopularityBaseline, TransitionBaseline, evaluate_baselines
+from semrec.towers import (ContentKnnBaseline, PopularityBaseline, TransitionBaseline, evaluate_baselines,
+                           select_knn_decay)
 
 ITEMS = np.array(["x", "y", "z", "w"], dtype=object)
 # Train sequences: u1 x -> y -> z, u2 y -> z, u3 w -> y (+ a negative of u3 on x that must not count).
@@ -62,6 +63,22 @@ def test_content_knn_recency_weights(split):
   assert s2[0, 2] == pytest.approx(1.0)
   with pytest.raises(ValueError, match="content"):
     ContentKnnBaseline().fit(split, ITEMS, None)
+
+
+@pytest.mark.parametrize("target, decay", [("q", 0.5), ("p", 1.0)])
+def test_select_knn_decay_picks_the_best_on_validation(target, decay):
+  items = np.array(["x", "y", "p", "q"], dtype=object)
+  content = np.array([[1, 0], [0, 1], [1, 0.3], [0.3, 1]], np.float32)
+  # History x, x, y (y most recent); x and y are excluded from the ranking, so p or q is top-1.
+  # decay 1: u ~ (2, 1): cos p .985 > cos q .685. decay .8: u ~ (1.44, 1): p .951 > q .782.
+  # decay .5: u ~ (.75, 1): q .939 > p .805. Target q -> only .5 hits; target p -> 1 and .8 tie, the first wins.
+  hist = [np.array(["x", "x", "y"], dtype=object)]
+  valid = Queries(np.array(["u"], dtype=object), hist, [np.array([target], dtype=object)], np.zeros(1, np.int64),
+                  hist, np.zeros(1, bool))
+  split = EvalSplit("leave_one_out", TRAIN, np.zeros(0, dtype=object), None, {"valid": valid, "test": valid})
+  best, scores = select_knn_decay(split, items, content, k=1)
+  assert best == decay
+  assert scores == ({1.0: 0.0, 0.8: 0.0, 0.5: 1.0} if target == "q" else {1.0: 1.0, 0.8: 1.0, 0.5: 0.0})
 
 
 def test_evaluate_baselines_on_a_leave_one_out_split():

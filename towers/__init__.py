@@ -5,7 +5,7 @@ from semrec.towers.sharded_index import ShardedIndex, build_sharded_index, merge
 from semrec.towers.inputs import RetrievalInputs, item_frequencies, sequence_windows
 from semrec.towers.evaluation import DEFAULT_KS, NDCG_KS, evaluate_scores, query_metrics
 from semrec.towers.baselines import (BASELINES, ContentKnnBaseline, PopularityBaseline, TransitionBaseline,
-                                    evaluate_baselines)
+                                    evaluate_baselines, select_knn_decay)
 from semrec.towers.model import (QUALITY_MODES, RetrieverConfig, TwoTowerRetriever, compile_retriever, embed_candidates,
                                  embed_queries, init_model, load_retriever, save_retriever)
 from semrec.towers.sequential import SequentialQueryTower, SequentialTowerConfig
@@ -37,5 +37,5 @@ __all__ = [
     "CandidateTower", "CandidateTowerConfig", "ItemEncoder", "ItemEncoderConfig", "QueryTower", "QueryTowerConfig",
     "ContentResidual", "content_basis",
     "DEFAULT_KS", "NDCG_KS", "evaluate_scores", "query_metrics", "BASELINES", "ContentKnnBaseline",
-    "PopularityBaseline", "TransitionBaseline", "evaluate_baselines",
+    "PopularityBaseline", "TransitionBaseline", "evaluate_baselines", "select_knn_decay",
 ]

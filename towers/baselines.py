@@ -10,7 +10,9 @@ Shape letters: N catalogue items (``item_ids``), q queries in a batch, D content
                (L2-normalised) content embeddings of the query's last ``num_recent`` (10) history items:
                weight decay**age, age 0 = the most recent item. Default decay 0.5: of {1.0, 0.8, 0.5}, the best
                mean validation Recall@10 over Scientific, MicroLens and MovieLens (leave_one_out;
-               benchmarks/bench_baselines.py).
+               benchmarks/bench_baselines.py). The comparison picks the decay per split on the validation
+               queries (``select_knn_decay``): on ``cold_items``, a set of held-out items rather than the next
+               one, a flatter recency weight is better, and the baseline should be as strong as it can be.
 
 Each baseline: ``fit(split, item_ids, content=None) -> self`` and ``scores(queries, rows) -> [len(rows), N]``
 float64, the ``score_fn`` shape of ``semrec.towers.evaluation.evaluate_scores``. popularity / transition
@@ -161,4 +163,21 @@ def evaluate_baselines(split: EvalSplit, item_ids, content: Optional[np.ndarray]
   return out
 
 
-__all__ = ["BASELINES", "ContentKnnBaseline", "PopularityBaseline", "TransitionBaseline", "evaluate_baselines"]
+KNN_DECAYS = (1.0, 0.8, 0.5)
+
+
+def select_knn_decay(split: EvalSplit, item_ids, content: np.ndarray, decays: Sequence[float] = KNN_DECAYS,
+                     k: int = 10, **eval_kwargs) -> tuple:
+  """(decay, {decay: validation Recall@k}): the content-kNN recency decay with the best overall Recall@k on
+  ``split.queries("valid")`` (ties -> the first in ``decays``). Test queries are never looked at."""
+  scores = {}
+  for d in decays:
+    m = evaluate_baselines(split, item_ids, content, stage="valid", names=("content_knn",), knn_decay=d,
+                           ks=(k,), **eval_kwargs)["content_knn"]
+    scores[float(d)] = float(m["overall"][f"recall@{k}"])
+  best = max(scores, key=lambda d: (scores[d], -list(scores).index(d)))
+  return best, scores
+
+
+__all__ = ["BASELINES", "KNN_DECAYS", "ContentKnnBaseline", "PopularityBaseline", "TransitionBaseline",
+           "evaluate_baselines", "select_knn_decay"]

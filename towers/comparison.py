@@ -292,18 +292,22 @@ def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
 
   Returns:
     {"table": DataFrame, "results": {variant: result}, "baselines": {name: metrics by stage},
+     "content_knn": {"decay", "validation_recall@10"} (the baseline's validation-chosen recency decay),
      "served": select_served(...), "split": summary, "config": dict, "seconds": float,
      "item_side": the ``ItemSide`` used (for ``served_retriever``)}.
   """
-  from semrec.towers.baselines import evaluate_baselines
+  from semrec.towers.baselines import evaluate_baselines, select_knn_decay
   from semrec.towers.comparison_report import comparison_table, write_outputs
   cfg = config or ComparisonConfig()
   t0 = time.time()
   side = prepare_item_side(dataset, split, content_ids, content, cfg, sid_codes, sid_codebook_size, cluster_ids)
   x, ids = side.features.arrays["content"], side.features.item_ids
-  base = {}
+  base, knn = {}, {}
+  if "content_knn" in cfg.baselines:  # the recency decay that suits this split, chosen on validation
+    knn["decay"], knn["validation_recall@10"] = select_knn_decay(split, ids, x)
   for stage in ("valid", "test"):
-    for name, m in evaluate_baselines(split, ids, x, stage=stage, names=cfg.baselines, ks=cfg.fit.ks).items():
+    for name, m in evaluate_baselines(split, ids, x, stage=stage, names=cfg.baselines, ks=cfg.fit.ks,
+                                      knn_decay=knn.get("decay", 0.5)).items():
       base.setdefault(name, {})[stage] = m
   quality = _quality(dataset, split, cfg)
   results = {}
@@ -318,7 +322,7 @@ def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
             f"(valid score {res['selection_score']:.4f}, best epoch {res['best_epoch']}, "
             f"{'resumed' if res['resumed'] else str(res['train_seconds']) + ' s'})", flush=True)
   table = comparison_table(results, base)
-  out = {"table": table, "results": results, "baselines": base, "served": select_served(results),
+  out = {"table": table, "results": results, "baselines": base, "content_knn": knn, "served": select_served(results),
          "split": split.summary(), "config": dataclasses.asdict(cfg), "seconds": time.time() - t0}
   if output_dir:
     write_outputs(out, output_dir)
