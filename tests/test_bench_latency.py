@@ -16,27 +16,32 @@ def test_summarize_percentiles_keep_the_slow_calls():
   assert s["p50_ms"] == 1.0 and s["p99_ms"] == pytest.approx(50.0) and s["max_ms"] == 50.0 and s["calls"] == 100
 
 
-def test_measure_times_every_call_in_every_round():
+def test_measure_times_every_call_in_every_round(monkeypatch):
+  # A fake clock (the machine's scheduler must not decide this test): a call advances it by 0.1 ms, a "slow"
+  # call by 30 ms more.
+  from semrec.benchmarks import timing
+  clock = {"t": 0.0}
+  monkeypatch.setattr(timing.time, "perf_counter", lambda: clock["t"])
   n = {"slow": 0, "fast": 0}
 
   def slow():
     n["slow"] += 1
-    if n["slow"] % 20 == 0:  # every 20th timed-or-warm-up call sleeps 30 ms
-      time.sleep(0.03)
+    clock["t"] += 1e-4 + (0.03 if n["slow"] % 20 == 0 else 0.0)  # every 20th timed-or-warm-up call is slow
 
   def fast():
     n["fast"] += 1
+    clock["t"] += 1e-4
 
   res = rl.measure({"slow": slow, "fast": fast}, rounds=3, repeats=40, chunk=10, warmup=2)
   for name in ("slow", "fast"):
     assert len(res[name]["rounds"]) == 3 and res[name]["all"]["calls"] == 120
     assert all(r["calls"] == 40 and len(r["load_before"]) == 3 for r in res[name]["rounds"])
   assert n == {"slow": 122, "fast": 122}  # 2 warm-up + 3 rounds x 40
-  # 6 of the 120 timed slow calls slept (calls 20, 40, ..., 120 counting the warm-up ones): the pooled
-  # max and p99 see them, the fast model's do not.
-  assert res["slow"]["all"]["max_ms"] >= 30.0 and res["slow"]["all"]["p99_ms"] >= 30.0
-  assert res["fast"]["all"]["max_ms"] < 30.0
-  assert res["slow"]["median_round_p99_ms"] >= 30.0
+  # 6 of the 120 timed slow calls (calls 20, 40, ..., 120 counting the warm-up ones) took 30.1 ms: the pooled
+  # max and p99 see them, and only the slow model's statistics do.
+  assert res["slow"]["all"]["max_ms"] == pytest.approx(30.1) and res["slow"]["all"]["p99_ms"] == pytest.approx(30.1)
+  assert res["fast"]["all"]["max_ms"] == pytest.approx(0.1)
+  assert res["slow"]["median_round_p99_ms"] == pytest.approx(30.1)
 
 
 def test_measure_interleaves_unequal_chunks():
