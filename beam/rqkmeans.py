@@ -16,7 +16,6 @@ runs the same steps over the store's shards, with the same functions:
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from typing import Optional, Sequence
@@ -30,6 +29,7 @@ from semrec.beam.options import make_pipeline
 from semrec.encoders.store import read_shard
 from semrec.sid import RQVAEConfig, SidAssigner, SidModel, fit_kmeans
 from semrec.sid.kmeans import nearest_centroid
+from semrec.sid.training import sized_config
 
 
 def rqkmeans_assigner(config: RQVAEConfig, input_dim: int, normalizer_weights=None, codebooks=None) -> SidAssigner:
@@ -124,14 +124,7 @@ def _checked_config(config: RQVAEConfig, n: int, f: int) -> RQVAEConfig:
   """``train_sid_model``'s checks and whitening-width cap for N items of width F."""
   if config.mode != "rqkmeans":
     raise ValueError(f"fit_rqkmeans_pipeline fits mode='rqkmeans' models, got mode={config.mode!r}")
-  if config.codebook_size > n:
-    raise ValueError(f"codebook_size K={config.codebook_size} is larger than the number of items N={n}: "
-                     "every code needs at least one item; use K <= N (e.g. K ~ N/30 or less)")
-  if config.normalization == "whiten" and (config.whiten_dim is None or config.whiten_dim > min(n - 1, f)):
-    if n < 3:
-      raise ValueError(f"whitening needs at least 3 items, got {n}; use normalization='center'")
-    config = dataclasses.replace(config, whiten_dim=min(n - 1, f))
-  return config
+  return sized_config(config, n, f)
 
 
 def fit_rqkmeans_pipeline(store_dir: str, config: Optional[RQVAEConfig] = None, runner: str = "direct",

@@ -83,6 +83,19 @@ class _TqdmEpochs(tf.keras.callbacks.Callback):
     self.bar.close()
 
 
+def sized_config(config: RQVAEConfig, n: int, f: int) -> RQVAEConfig:
+  """``config`` checked for N items of width F (K <= N; whitening needs N >= 3), with the whitening width
+  capped at min(N - 1, F). Raises ValueError naming the setting."""
+  if config.codebook_size > n:
+    raise ValueError(f"codebook_size K={config.codebook_size} is larger than the number of items N={n}: "
+                     "every code needs at least one item; use K <= N (e.g. K ~ N/30 or less)")
+  if config.normalization == "whiten" and (config.whiten_dim is None or config.whiten_dim > min(n - 1, f)):
+    if n < 3:
+      raise ValueError(f"whitening needs at least 3 items, got {n}; use normalization='center'")
+    config = dataclasses.replace(config, whiten_dim=min(n - 1, f))
+  return config
+
+
 def train_sid_model(embeddings, config: Optional[RQVAEConfig] = None, item_ids=None,
                     progress: bool = True) -> SidModel:
   """Trains an RQ-VAE or RQ-KMeans Semantic-ID model on [N, F] content embeddings.
@@ -102,13 +115,7 @@ def train_sid_model(embeddings, config: Optional[RQVAEConfig] = None, item_ids=N
   config = config or RQVAEConfig()
   x = validate_embeddings(embeddings, item_ids=item_ids)
   n, f = x.shape
-  if config.codebook_size > n:
-    raise ValueError(f"codebook_size K={config.codebook_size} is larger than the number of items N={n}: "
-                     "every code needs at least one item; use K <= N (e.g. K ~ N/30 or less)")
-  if config.normalization == "whiten" and (config.whiten_dim is None or config.whiten_dim > min(n - 1, f)):
-    if n < 3:
-      raise ValueError(f"whitening needs at least 3 items, got {n}; use normalization='center'")
-    config = dataclasses.replace(config, whiten_dim=min(n - 1, f))
+  config = sized_config(config, n, f)
   tf.keras.utils.set_random_seed(config.seed)
   t0 = time.time()
   if config.mode == "rqkmeans":
