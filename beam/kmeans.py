@@ -20,6 +20,14 @@ from semrec.encoders.store import EmbeddingStore, read_shard
 from semrec.sid.kmeans import fit_kmeans, lloyd_statistics, lloyd_update
 
 
+def sum_accumulators(accs):
+  """Element-wise sum of tuple accumulators (None accumulators, and None parts, are skipped); None if empty."""
+  accs = [a for a in accs if a is not None]
+  if not accs:
+    return None
+  return tuple(None if parts[0] is None else sum(parts) for parts in zip(*accs))
+
+
 class LloydCombineFn(beam.CombineFn):
   """[n, D] chunks -> new [k, D] centroids (one Lloyd step); side input: the current centroids."""
 
@@ -31,10 +39,7 @@ class LloydCombineFn(beam.CombineFn):
     return part if acc is None else (acc[0] + part[0], acc[1] + part[1], acc[2] + part[2])
 
   def merge_accumulators(self, accs, *args, **kwargs):
-    accs = [a for a in accs if a is not None]
-    if not accs:
-      return None
-    return (sum(a[0] for a in accs), sum(a[1] for a in accs), sum(a[2] for a in accs))
+    return sum_accumulators(accs)
 
   def extract_output(self, acc, centroids):
     if acc is None:

@@ -24,7 +24,7 @@ import apache_beam as beam
 import numpy as np
 
 from semrec.atomic import save_npz
-from semrec.beam.kmeans import LloydCombineFn, _sample_rows, _store_files
+from semrec.beam.kmeans import LloydCombineFn, _sample_rows, _store_files, sum_accumulators
 from semrec.beam.options import make_pipeline
 from semrec.encoders.store import read_shard
 from semrec.sid import RQVAEConfig, SidAssigner, SidModel, fit_kmeans
@@ -68,10 +68,7 @@ class _SumFn(beam.CombineFn):
     return self.merge_accumulators([acc, self._part(chunk, *side)])
 
   def merge_accumulators(self, accs, *args, **kwargs):
-    accs = [a for a in accs if a is not None]
-    if not accs:
-      return None
-    return tuple(None if parts[0] is None else sum(parts) for parts in zip(*accs))
+    return sum_accumulators(accs)
 
   def extract_output(self, acc, *side):
     if acc is None:
