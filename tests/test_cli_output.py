@@ -21,8 +21,12 @@ SCRIPT = textwrap.dedent(r'''
 def test_native_info_and_warning_lines_are_dropped_others_kept():
   out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, timeout=120, check=True)
   lines = out.stderr.decode().splitlines()
-  assert lines == ["python stderr line", "E0000 00:00:1796190775.859203   12776 scann.cc:1] a native error",
-                   "plain native line", "after the filter"], lines
+  # Python's own stderr bypasses the filter thread, so where it lands among the filtered native lines depends on
+  # the scheduler; the native lines keep their order, and the filter is flushed before it is switched off.
+  assert lines.count("python stderr line") == 1, lines
+  assert [ln for ln in lines if ln != "python stderr line"] == [
+      "E0000 00:00:1796190775.859203   12776 scann.cc:1] a native error", "plain native line",
+      "after the filter"], lines
 
 
 def test_without_the_filter_native_lines_pass():
