@@ -113,10 +113,17 @@ class EvalSplit:
     Computed once and cached: treat the arrays as read-only.
     """
     if "_sequences" not in self.__dict__:
-      pos = self.train[self.train["label"] > 0].sort_values(["user_id", "timestamp"], kind="stable")
+      pos = self.train_positives.sort_values(["user_id", "timestamp"], kind="stable")
       self.__dict__["_sequences"] = {u: g.to_numpy().astype(object)
                                      for u, g in pos.groupby("user_id", sort=False)["item_id"]}
     return self.__dict__["_sequences"]
+
+  @property
+  def train_positives(self) -> pd.DataFrame:
+    """The rows of ``train`` with label > 0 (computed once and cached: treat as read-only)."""
+    if "_positives" not in self.__dict__:
+      self.__dict__["_positives"] = self.train[self.train["label"] > 0]
+    return self.__dict__["_positives"]
 
   @property
   def train_items(self) -> np.ndarray:

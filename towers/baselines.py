@@ -33,7 +33,7 @@ from semrec.towers.evaluation import evaluate_scores
 
 def _popularity_rank_scores(split: EvalSplit, index: pd.Index) -> np.ndarray:
   """[N] float64 in 1..N: N for the most popular item; equal counts -> earlier catalogue item scores higher."""
-  pos = split.train[split.train["label"] > 0]
+  pos = split.train_positives
   rows = index.get_indexer(pos["item_id"].to_numpy().astype(object))
   counts = np.bincount(rows[rows >= 0], minlength=len(index))
   order = np.lexsort((np.arange(len(index)), -counts))  # by count desc, then catalogue position

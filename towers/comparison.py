@@ -159,8 +159,8 @@ def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: Com
     arrays[cluster_feature(num_clusters)] = cluster_ids
   if any(_REPRESENTATIONS[r][1].get("gate_unknown_ids") for r in reps):
     from semrec.sid import ID_KNOWN
-    pos = split.train[split.train["label"] > 0] if "label" in split.train else split.train
-    arrays[ID_KNOWN] = pd.Index(ids).isin(pos["item_id"].astype(str)).astype(np.float32)  # trained ID rows
+    trained = split.train_positives["item_id"].astype(str)
+    arrays[ID_KNOWN] = pd.Index(ids).isin(trained).astype(np.float32)  # items whose ID row gets trained
   side = ItemSide(ItemFeatures(ids, arrays), hash_bins=cfg.hash_bins or 2 * len(ids), num_clusters=num_clusters)
   if reps & set(SID_REPRESENTATIONS):
     if sid_codes is None:

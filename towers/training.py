@@ -76,7 +76,7 @@ def selection_score(metrics: dict, k: int = 10, cold_weight: float = 0.5, min_co
 def training_dataset(model: TwoTowerRetriever, inputs: RetrievalInputs, split, batch_size: int, seed: int = 0):
   """Batches for ``split.train``: sequences for the sequential tower, (history, item) rows otherwise."""
   cfg = model.config
-  pos = split.train[split.train["label"] > 0] if "label" in split.train else split.train
+  pos = split.train_positives
   probs = item_frequencies(pos)
   if cfg.query_tower == "sequential":
     return inputs.sequence_dataset(split.train_sequences(), batch_size, item_probs=probs,
