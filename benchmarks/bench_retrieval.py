@@ -147,7 +147,8 @@ def merge_reports(paths) -> dict:
   for p in paths:
     with open(p) as f:
       rep = json.load(f)
-    commands.append(rep["command"])
+    cmd = rep["command"]
+    commands += cmd if isinstance(cmd, list) else [cmd]  # a merged report lists its commands
     for run, r in rep["runs"].items():
       entry = runs.setdefault(run, {"seeds": [], "per_seed": [], "seconds": 0.0})
       entry["seeds"] += r["seeds"]
