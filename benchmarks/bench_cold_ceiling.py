@@ -8,6 +8,8 @@ measures how far simple content-only scorers get on the same splits (``semrec.da
 seed)``, the same seeds as ``bench_retrieval``), so a gap can be read as "the model" or "the content":
 
   content_knn          the baseline: cosine of MiniLM rows, recency-weighted history (decay chosen on validation)
+  residual64_knn       the same through the top-64 content directions (``semrec.towers.content_basis``): what the
+                       cold-aware tower's frozen 64-d content residual scores before any training
   centred_knn          the same after subtracting the catalogue mean of the L2-normalised rows
   lexical_knn          TF-IDF (sublinear tf) of the item text, reduced to 384 dims (truncated SVD), cosine kNN
   centred+lexical_knn  both, concatenated
@@ -33,7 +35,7 @@ from semrec.benchmarks.bench_baselines import content_embeddings, default_dev_di
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CACHE = os.path.expanduser("~/.cache/semrec")
-SCORERS = ("content_knn", "centred_knn", "lexical_knn", "centred+lexical_knn", "linear_transfer")
+SCORERS = ("content_knn", "residual64_knn", "centred_knn", "lexical_knn", "centred+lexical_knn", "linear_transfer")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -49,12 +51,14 @@ def lexical_vectors(texts, dim: int = 384, seed: int = 0) -> np.ndarray:
   return _unit(TruncatedSVD(dim, random_state=seed).fit_transform(tfidf)).astype(np.float32)
 
 
-def representations(content: np.ndarray, texts) -> dict:
+def representations(content: np.ndarray, texts, residual_dim: int = 64) -> dict:
   """{scorer name: [N, D] item vectors} of the kNN scorers."""
+  from semrec.towers.residual import content_basis
   unit = _unit(np.asarray(content, np.float64))
   centred = _unit(unit - unit.mean(axis=0))
   lexical = lexical_vectors(texts)
-  return {"content_knn": content, "centred_knn": centred, "lexical_knn": lexical,
+  return {"content_knn": content, "residual64_knn": unit @ content_basis(content, residual_dim),
+          "centred_knn": centred, "lexical_knn": lexical,
           "centred+lexical_knn": np.concatenate([centred, lexical], axis=1)}
 
 

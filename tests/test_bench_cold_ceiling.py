@@ -42,10 +42,12 @@ def test_lexical_vectors_are_unit_rows_and_share_words():
 def test_centred_rows_drop_the_shared_direction():
   # Unit rows (.995, +-.0995) have mean (.995, 0); centred and re-normalised they are (0, 1) and (0, -1).
   content = np.array([[1.0, 0.1], [1.0, -0.1]], np.float32)
-  reps = representations(content, ["red filament", "glass beaker"])
-  assert set(reps) == {"content_knn", "centred_knn", "lexical_knn", "centred+lexical_knn"}
+  reps = representations(content, ["red filament", "glass beaker"], residual_dim=1)
+  assert set(reps) == {"content_knn", "residual64_knn", "centred_knn", "lexical_knn", "centred+lexical_knn"}
   np.testing.assert_allclose(reps["centred_knn"], [[0.0, 1.0], [0.0, -1.0]], atol=1e-6)
   assert reps["centred+lexical_knn"].shape == (2, 2 + reps["lexical_knn"].shape[1])
+  # Rank 1: both rows project onto the top direction (1, 0) up to sign, and keep their norm .995.
+  np.testing.assert_allclose(np.abs(reps["residual64_knn"]), [[0.995], [0.995]], atol=1e-3)
 
 
 def test_linear_transfer_with_beta_zero_is_content_knn():
