@@ -86,9 +86,7 @@ def linear_transfer(split, item_ids, z: np.ndarray, decay: float, num_recent: in
   knn = ContentKnnBaseline(num_recent, decay).fit(split, item_ids, z)
   unit = knn.unit  # [N + 1, D], row N = padding
   hist, target = _train_pairs(split, pd.Index(np.asarray(item_ids, dtype=object)), num_recent)
-  w = decay ** np.arange(num_recent - 1, -1, -1, dtype=np.float64)
-  u = _unit(np.einsum("h,phd->pd", w, unit[hist]))
-  t = unit[target]
+  u, t = knn.history_vectors(hist), unit[target]  # the same user vectors the baseline scores with
   gram, cross = u.T @ u, u.T @ t
   stages = {s: split.queries(s) for s in ("valid", "test")}
 
@@ -163,17 +161,13 @@ def main():
     t0 = time.time()
     per_seed = {s: run_one(name, s) for s in args.seeds}
     served = _served_figure(name, args.seeds)
-    rows = {}
-    for scorer in SCORERS:
-      vals = np.array([per_seed[s][scorer]["test"]["overall"]["recall@10"] for s in args.seeds])
-      base = np.array([per_seed[s]["content_knn"]["test"]["overall"]["recall@10"] for s in args.seeds])
-      rows[scorer] = {"recall@10": [float(vals.mean()), float(vals.std())],
-                      "over_content_knn": float(vals.mean() / base.mean())}
+    base = np.mean([per_seed[s]["content_knn"]["test"]["overall"]["recall@10"] for s in args.seeds])
+    summary = lambda vals: {"recall@10": [float(np.mean(vals)), float(np.std(vals))],  # noqa: E731
+                            "over_content_knn": float(np.mean(vals) / base)}
+    rows = {scorer: summary([per_seed[s][scorer]["test"]["overall"]["recall@10"] for s in args.seeds])
+            for scorer in SCORERS}
     if len(served) == len(args.seeds):
-      vals = np.array([served[s]["recall@10"] for s in args.seeds])
-      base = np.array([per_seed[s]["content_knn"]["test"]["overall"]["recall@10"] for s in args.seeds])
-      rows["served (bench_retrieval)"] = {"recall@10": [float(vals.mean()), float(vals.std())],
-                                          "over_content_knn": float(vals.mean() / base.mean()),
+      rows["served (bench_retrieval)"] = {**summary([served[s]["recall@10"] for s in args.seeds]),
                                           "variants": [served[s]["variant"] for s in args.seeds]}
     report["sets"][name] = {"seeds": args.seeds, "summary": rows, "per_seed": per_seed, "served": served,
                             "seconds": time.time() - t0}

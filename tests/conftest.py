@@ -32,3 +32,18 @@ def synthetic_encoder():
   from semrec.encoders import EncoderConfig, build_encoder
   return build_encoder(EncoderConfig.synthetic(image_architecture="resnet18", image_size=32,
                                                audio_architecture="vggish-small"))
+
+
+@pytest.fixture
+def tiny_cold_items():
+  """(dataset, cold_items split): 12 items, 8 users with 6 distinct items each (seeded), half the items held out."""
+  import numpy as np
+  import pandas as pd
+  from semrec.data import RecDataset, make_split
+  rng = np.random.default_rng(0)
+  rows = [(f"u{u}", f"i{i}", t) for u in range(8) for t, i in enumerate(rng.choice(12, 6, replace=False))]
+  inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+  inter["label"] = np.float32(1)
+  ids = np.array([f"i{i}" for i in range(12)], dtype=object)
+  ds = RecDataset("c", inter, pd.DataFrame({"item_id": ids, "title": ids}))
+  return ds, make_split(ds, "cold_items", cold_fraction=0.5, seed=0)

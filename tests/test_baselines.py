@@ -117,15 +117,10 @@ def test_item_without_interactions_is_a_candidate(split):
   assert m["recall@3"] == 0.0 and m["recall@4"] == 1.0
 
 
-def test_popularity_has_no_signal_on_cold_items():
+def test_popularity_has_no_signal_on_cold_items(tiny_cold_items):
   # On cold_items every candidate has zero train counts: popularity ranks candidates in catalogue order.
-  rng = np.random.default_rng(0)
-  rows = [(f"u{u}", f"i{i}", t) for u in range(8) for t, i in enumerate(rng.choice(12, 6, replace=False))]
-  inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
-  inter["label"] = np.float32(1)
-  ids = np.array([f"i{i}" for i in range(12)], dtype=object)
-  ds = RecDataset("c", inter, pd.DataFrame({"item_id": ids, "title": ids}))
-  split = make_split(ds, "cold_items", cold_fraction=0.5, seed=0)
+  ds, split = tiny_cold_items
+  ids = ds.item_ids.astype(object)
   s = PopularityBaseline().fit(split, ids).scores(split.queries("test"), [0])[0]
   cand = pd.Index(ids).get_indexer(split.candidates)
   assert (np.diff(s[cand]) < 0).all()  # strictly decreasing in catalogue order

@@ -7,18 +7,7 @@ import pytest
 
 from semrec.benchmarks.bench_cold_ceiling import _train_pairs, lexical_vectors, linear_transfer, representations
 from semrec.benchmarks.bench_retrieval import merge_reports
-from semrec.data import RecDataset, make_split
 from semrec.towers import evaluate_baselines
-
-
-def _split():
-  rng = np.random.default_rng(0)
-  rows = [(f"u{u}", f"i{i}", t) for u in range(10) for t, i in enumerate(rng.choice(12, 6, replace=False))]
-  inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
-  inter["label"] = np.float32(1)
-  ids = np.array([f"i{i}" for i in range(12)], dtype=object)
-  ds = RecDataset("c", inter, pd.DataFrame({"item_id": ids, "title": ids}))
-  return ds, make_split(ds, "cold_items", cold_fraction=0.5, seed=0)
 
 
 def test_train_pairs_are_every_next_item_step_left_padded():
@@ -50,8 +39,8 @@ def test_centred_rows_drop_the_shared_direction():
   np.testing.assert_allclose(np.abs(reps["residual64_knn"]), [[0.995], [0.995]], atol=1e-3)
 
 
-def test_linear_transfer_with_beta_zero_is_content_knn():
-  ds, split = _split()
+def test_linear_transfer_with_beta_zero_is_content_knn(tiny_cold_items):
+  ds, split = tiny_cold_items
   z = np.random.default_rng(1).normal(size=(12, 4)).astype(np.float32)
   lt = linear_transfer(split, ds.item_ids, z, decay=0.8, betas=(0.0,), lambdas=(1.0,))
   knn = evaluate_baselines(split, ds.item_ids, z, stage="test", names=("content_knn",), knn_decay=0.8,

@@ -123,9 +123,12 @@ class ContentKnnBaseline:
     """[q, D] unit user vectors (zeros for an empty history)."""
     hist = queries.subset(rows).padded_histories(self.num_recent)  # [q, H], most recent last
     r = self.index.get_indexer(hist.reshape(-1)).reshape(hist.shape)
-    r = np.where(r < 0, len(self.index), r)
-    w = self.decay ** np.arange(self.num_recent - 1, -1, -1, dtype=np.float64)  # age 0 = last column
-    u = np.einsum("qh,qhd->qd", np.broadcast_to(w, r.shape), self.unit[r])
+    return self.history_vectors(np.where(r < 0, len(self.index), r))
+
+  def history_vectors(self, rows: np.ndarray) -> np.ndarray:
+    """[q, D] unit recency-weighted means of ``rows`` [q, H] int catalogue rows (most recent last; N = padding)."""
+    w = self.decay ** np.arange(rows.shape[1] - 1, -1, -1, dtype=np.float64)  # age 0 = last column
+    u = np.einsum("qh,qhd->qd", np.broadcast_to(w, rows.shape), self.unit[rows])
     return u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
 
   def scores(self, queries: Queries, rows) -> np.ndarray:
