@@ -96,6 +96,9 @@ def export_query_tower(base_dir: str, tower, example_query_features: ExampleInpu
                        name: str = "query_tower", output_name: str = "embedding", **kwargs) -> ExportResult:
   """Exports user/query features -> query embedding [B, d], to query an external ScaNN/ANN service.
 
+  A multi-interest retriever (``TwoTowerRetriever.multi_interest``) exports [B, K, d]: search each of the K
+  vectors and keep each item once at its best score (``semrec.towers.multi_query_top_k`` does this in Python).
+
   Args:
     tower: a layer/model (or bound method, e.g. ``retriever.query_embedding`` for ``[q ; w]``) called on
       the query-feature dict (``{"user_id": [B], "history": {"item_id": [B, H], ...}, ...}``).
@@ -166,6 +169,25 @@ def _topk_layer(kind: str, k: int, index, candidate_embeddings, item_ids, scann_
   return layer.index(tf.constant(emb), tf.constant(ids))
 
 
+def multi_interest_top_k(topk, queries, k: int):
+  """(scores [B, k], ids [B, k]) of multi-interest queries [B, K, d] through a TFRS top-k layer.
+
+  Every one of the B * K vectors is searched (``topk(vectors, k=k)``); each query's K * k results are sorted by
+  score and an item found by several vectors is kept once, at its best score (the graph twin of
+  ``semrec.towers.multi_query_top_k``, exact for a brute-force layer).
+  """
+  b, d = tf.shape(queries)[0], queries.shape[-1]
+  scores, ids = topk(tf.reshape(queries, [-1, d]), k=k)  # [B * K, k]
+  scores, ids = tf.reshape(scores, [b, -1]), tf.reshape(ids, [b, -1])  # [B, K * k]
+  order = tf.argsort(scores, axis=1, direction="DESCENDING", stable=True)
+  scores, ids = tf.gather(scores, order, batch_dims=1), tf.gather(ids, order, batch_dims=1)
+  m = tf.shape(ids)[1]
+  earlier = tf.linalg.band_part(tf.ones([m, m], tf.bool), -1, 0) & ~tf.eye(m, dtype=tf.bool)  # [i, j]: j < i
+  dup = tf.reduce_any(tf.equal(ids[:, :, None], ids[:, None, :]) & earlier[None], axis=2)  # seen at a better rank
+  top, pos = tf.math.top_k(tf.where(dup, tf.fill(tf.shape(scores), -np.inf), scores), k=k)  # ties: lower index first
+  return top, tf.gather(ids, pos, batch_dims=1)
+
+
 def export_retrieval(base_dir: str, query_model, example_query_features: ExampleInputs, *, kind: str = "brute_force",
                      k: int = 10, index=None, candidate_embeddings=None, item_ids=None,
                      scann_options: Optional[Mapping[str, Any]] = None, name: Optional[str] = None,
@@ -174,7 +196,9 @@ def export_retrieval(base_dir: str, query_model, example_query_features: Example
 
   Args:
     base_dir: export base directory.
-    query_model: layer/model or bound method (e.g. ``retriever.query_embedding``) -> [B, d] query embedding.
+    query_model: layer/model or bound method (e.g. ``retriever.query_embedding``) -> [B, d] query embedding,
+      or [B, K, d] multi-interest queries (a candidate's score is the max over the K vectors; each vector is
+      searched and the K lists merged in the graph, ``multi_interest_top_k``).
     example_query_features: warm-up batch(es) of query features (nested dicts are flattened).
     kind: "brute_force" (``tfrs.layers.factorized_top_k.BruteForce``, standard ops only) or "scann"
       (``tfrs.layers.factorized_top_k.ScaNN``: the SavedModel needs ScaNN's custom ops; its manifest
@@ -210,7 +234,7 @@ def export_retrieval(base_dir: str, query_model, example_query_features: Example
   def fn(features):
     x = unflatten_features(features, paths) if paths else features
     q = query_model(x, training=False) if is_keras else query_model(x)
-    scores, ids = topk(q, k=k)
+    scores, ids = multi_interest_top_k(topk, q, k) if q.shape.rank == 3 else topk(q, k=k)
     return {"scores": tf.ensure_shape(scores, [None, k]), "item_ids": tf.ensure_shape(ids, [None, k])}
 
   trackables = {"query_model": owner if isinstance(owner, tf.Module) else query_model, "index": topk}

@@ -397,7 +397,7 @@ class RestTest(tf.test.TestCase, parameterized.TestCase):
       ex.rest_predict(loaded, {"signature_name": "nope", "inputs": cols["inputs"]})
 
 
-class ArtefactExporterTest(tf.test.TestCase):
+class ArtefactExporterTest(tf.test.TestCase, parameterized.TestCase):
   """Per-artefact exporters with plain Keras stand-ins (the real classes are in test_export_verify.py)."""
 
   def test_sid_assigner_signature_and_bad_content(self):
@@ -452,6 +452,23 @@ class ArtefactExporterTest(tf.test.TestCase):
     # query (1, 0): scores a=0.9, c=0.5; query (0, 1): b=0.8, c=0.5
     self.assertAllEqual(out["item_ids"], [[b"a", b"c"], [b"b", b"c"]])
     self.assertAllClose(out["scores"], [[0.9, 0.5], [0.8, 0.5]])
+
+  @parameterized.parameters("brute_force", "scann")
+  def test_multi_interest_retrieval_scores_by_the_best_vector(self, kind):
+    base = self.get_temp_dir()
+    cands = np.array([[0.9, 0], [0, 0.8], [0.5, 0.5], [-1, 0], [0.6, 0.1]], np.float32)
+    # One user, K = 2 query vectors (1, 0) and (0, 1): max scores a .9, b .8, c .5, d 0, e .6.
+    feats = {"x": np.array([[[1, 0], [0, 1]]], np.float32)}
+    ids = ["a", "b", "c", "d", "e"]
+    if kind == "scann":  # ScaNN's quantiser trains on >= 16 rows: add 40 items that score below 0 for both vectors
+      cands = np.concatenate([cands, -1 - np.random.default_rng(0).random((40, 2)).astype(np.float32)])
+      ids += [f"z{i}" for i in range(40)]
+    kw = dict(k=3, candidate_embeddings=cands, item_ids=ids)
+    res = ex.export_retrieval(base, lambda f: tf.identity(f["x"]), feats, kind=kind, **kw)
+    out = tf.saved_model.load(res.path).signatures["serving_default"](x=tf.constant(feats["x"]))
+    # c is in both vectors' top 3 (.5 each) and is returned once; e (.6) comes before it.
+    self.assertAllEqual(out["item_ids"], [[b"a", b"b", b"e"]])
+    self.assertAllClose(out["scores"], [[0.9, 0.8, 0.6]], atol=1e-2 if kind == "scann" else 1e-6)
 
   def test_generic_keras_ranker_and_serving_module_paths(self):
     base = self.get_temp_dir()

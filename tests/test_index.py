@@ -7,7 +7,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from semrec.towers import (IndexConfig, RetrievalIndex, brute_force_top_k, build_and_save_index, build_index,
-                           index_report)
+                           dot_scores, index_report, multi_query_top_k)
 
 
 def _clustered(n, dim=16, queries=50, seed=0):
@@ -33,6 +33,29 @@ class IndexTest(tf.test.TestCase, parameterized.TestCase):
     self.assertAllClose(scores, np_scores, atol=1e-4)
     # rows agree wherever scores are not tied
     self.assertGreaterEqual(np.mean(rows == np_rows), 0.99)
+
+  def test_dot_scores_of_multi_interest_queries_are_the_max_over_vectors(self):
+    c = np.array([[1, 0], [0, 1], [1, 1]], np.float32)
+    q = np.array([[[1, 0], [0, 2]], [[-1, 0], [-1, 0]]], np.float32)  # 2 users, K = 2
+    # user 0: vector 1 scores 1, 0, 1; vector 2 scores 0, 2, 2 -> max 1, 2, 2; user 1: -1, 0, -1.
+    self.assertAllClose(dot_scores(q, c), [[1, 2, 2], [-1, 0, -1]])
+    self.assertAllClose(dot_scores(q[:, 0], c), q[:, 0] @ c.T)
+    with self.assertRaisesRegex(ValueError, "queries must be"):
+      dot_scores(np.zeros((1, 1, 1, 2)), c)
+
+  @parameterized.parameters(1, 5, 20)
+  def test_multi_interest_top_k_is_exact(self, k):
+    x, q = _clustered(300, queries=60)
+    q = q.reshape(20, 3, -1)  # 20 users with 3 vectors each
+    scores, rows = brute_force_top_k(q, x, k, batch_size=7)
+    dense = dot_scores(q, x)
+    self.assertAllClose(scores, np.sort(dense, axis=1)[:, ::-1][:, :k], atol=1e-4)
+    self.assertAllClose(np.take_along_axis(dense, rows, axis=1), scores, atol=1e-4)
+    self.assertTrue(all(len(set(r)) == k for r in rows.tolist()))  # an item found by two vectors appears once
+    index = build_index(x, np.arange(300).astype(str), kind="brute_force", k=k)
+    self.assertAllEqual(index.search_rows(q, k)[1], rows)
+    s2, r2 = multi_query_top_k(lambda v, kk: brute_force_top_k(v, x, kk), q, k)
+    self.assertAllEqual(r2, rows)
 
   def test_scann_recall_against_numpy(self):
     x, q = _clustered(5000)

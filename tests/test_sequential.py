@@ -2,14 +2,15 @@
 import math
 
 import numpy as np
+import pandas as pd
 import tensorflow as tf
 from absl.testing import parameterized
 
 from semrec.data import ItemFeatures
 from semrec.sid import ItemRepresentationConfig
 from semrec.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, MixedNegativeRetrieval,
-                           RetrievalInputs, RetrieverConfig, SequentialQueryTower, SequentialTowerConfig,
-                           TwoTowerRetriever, sequence_windows)
+                           QueryTowerConfig, RetrievalInputs, RetrieverConfig, SequentialQueryTower,
+                           SequentialTowerConfig, TwoTowerRetriever, dot_scores, sequence_windows)
 
 E = math.e
 Q2 = [[1.0, 0.0], [0.0, 1.0]]  # two queries
@@ -229,3 +230,38 @@ def test_content_mix_adds_alpha_times_the_content_knn_cosine():
   u = 0.64 * unit[1] + 0.8 * unit[2] + unit[3]
   u /= np.linalg.norm(u)
   np.testing.assert_allclose(scores() - s0, 0.5 * (unit @ u)[None], atol=1e-5)
+
+
+def test_content_mix_max_pooling_scores_the_best_history_item():
+  f = _features()
+  cfg = _seq_model(num_negatives=5).config
+  model = TwoTowerRetriever(__import__("dataclasses").replace(cfg, content_mix=True, content_mix_pooling="max"))
+  assert model.multi_interest
+  inputs = RetrievalInputs(f, model.required_features(), max_history=4)
+  model.compute_loss(next(iter(inputs.sequence_dataset({"u": list(f.item_ids[:6])}, 4, num_negatives=5))))
+  hist = _hist(f, [["", "i01", "i02", "i03"], ["", "", "", ""]])
+  items = {"item_id": tf.constant(np.asarray(f.item_ids).astype(str)), "content": tf.constant(f.arrays["content"])}
+  q = model.query_embedding(hist).numpy()
+  assert q.shape == (2, 4, 8 + 6)  # [B, K = H, d + D]
+  c = model.candidate_embedding(items).numpy()
+  learned = (model.query_tower(hist) @ tf.transpose(model.candidate_tower(items))).numpy()
+  np.testing.assert_allclose(dot_scores(q, c), learned, atol=1e-5)  # a = 0: the learned score alone
+  model.set_content_mix(0.5)
+  unit = f.arrays["content"] / np.linalg.norm(f.arrays["content"], axis=1, keepdims=True)
+  best = np.max(unit[[1, 2, 3]] @ unit.T, axis=0)  # the padding slot repeats i03 and never adds a score
+  got = dot_scores(model.query_embedding(hist).numpy(), c) - learned
+  np.testing.assert_allclose(got[0], 0.5 * best, atol=1e-5)
+  np.testing.assert_allclose(got[1], 0.0, atol=1e-6)  # empty history: no content part
+
+
+def test_pointwise_training_with_a_multi_interest_mix():
+  """The pooled tower trains on [q ; w ; 0] rows (a = 0) whatever the mix pooling is."""
+  f = _features()
+  cfg = RetrieverConfig(item=_hash_content(8), candidate=CandidateTowerConfig(mlp_dims=(), output_dim=8),
+                        query=QueryTowerConfig(max_history=3, mlp_dims=(), output_dim=8),
+                        content_mix=True, content_mix_pooling="max")
+  model = TwoTowerRetriever(cfg)
+  inputs = RetrievalInputs(f, model.required_features(), max_history=3)
+  enc = inputs.encode(pd.DataFrame({"user_id": ["u"] * 7, "item_id": list(f.item_ids[:7]), "timestamp": np.arange(7)}))
+  loss = float(model.compute_loss(next(iter(inputs.dataset(enc, 4)))))
+  assert np.isfinite(loss) and loss > 0

@@ -1,12 +1,12 @@
 """Two-tower retrieval: query/candidate towers, Etsy quality vector, TFRS model, ScaNN/brute-force index, metrics."""
 from semrec.towers.index import (IndexConfig, RetrievalIndex, brute_force_top_k, build_and_save_index, build_index,
-                                 index_report, recall_against_exact)
+                                 index_report, multi_query_top_k, recall_against_exact)
 from semrec.towers.sharded_index import ShardedIndex, build_sharded_index, merge_top_k, shard_of
 from semrec.towers.inputs import RetrievalInputs, item_frequencies, sequence_windows
-from semrec.towers.evaluation import DEFAULT_KS, NDCG_KS, evaluate_scores, query_metrics
+from semrec.towers.evaluation import DEFAULT_KS, NDCG_KS, dot_scores, evaluate_scores, query_metrics
 from semrec.towers.baselines import (BASELINES, ContentKnnBaseline, PopularityBaseline, TransitionBaseline,
                                     evaluate_baselines, select_knn_decay)
-from semrec.towers.model import (QUALITY_MODES, RetrieverConfig, TwoTowerRetriever, compile_retriever, embed_candidates,
+from semrec.towers.model import (MIX_POOLINGS, QUALITY_MODES, RetrieverConfig, TwoTowerRetriever, compile_retriever, embed_candidates,
                                  embed_queries, init_model, load_retriever, save_retriever)
 from semrec.towers.sequential import SequentialQueryTower, SequentialTowerConfig
 from semrec.towers.distributed import gather_candidates
@@ -25,8 +25,8 @@ from semrec.towers.towers import CandidateTower, CandidateTowerConfig, QueryTowe
 __all__ = [
     "ShardedIndex", "build_sharded_index", "merge_top_k", "shard_of",
     "IndexConfig", "RetrievalIndex", "brute_force_top_k", "build_and_save_index", "build_index", "index_report",
-    "recall_against_exact", "RetrievalInputs", "item_frequencies", "sequence_windows", "SequentialQueryTower",
-    "SequentialTowerConfig", "MixedNegativeRetrieval", "gather_candidates", "QUALITY_MODES", "RetrieverConfig",
+    "multi_query_top_k", "recall_against_exact", "RetrievalInputs", "item_frequencies", "sequence_windows", "SequentialQueryTower",
+    "SequentialTowerConfig", "MixedNegativeRetrieval", "gather_candidates", "MIX_POOLINGS", "QUALITY_MODES", "RetrieverConfig",
     "TwoTowerRetriever", "compile_retriever",
     "embed_candidates", "embed_queries", "init_model", "load_retriever", "save_retriever", "tune_quality_weights",
     "FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "query_embeddings", "query_features",
@@ -36,6 +36,6 @@ __all__ = [
     "run_retrieval_comparison", "run_variant", "select_served", "served_retriever", "variant_config", "QualityConfig", "QualityVector",
     "CandidateTower", "CandidateTowerConfig", "ItemEncoder", "ItemEncoderConfig", "QueryTower", "QueryTowerConfig",
     "ContentResidual", "content_basis",
-    "DEFAULT_KS", "NDCG_KS", "evaluate_scores", "query_metrics", "BASELINES", "ContentKnnBaseline",
+    "DEFAULT_KS", "NDCG_KS", "dot_scores", "evaluate_scores", "query_metrics", "BASELINES", "ContentKnnBaseline",
     "PopularityBaseline", "TransitionBaseline", "evaluate_baselines", "select_knn_decay",
 ]

@@ -52,7 +52,8 @@ def _default_retriever() -> RetrieverConfig:
   return RetrieverConfig(candidate=CandidateTowerConfig(mlp_dims=(), output_dim=64),
                          query=QueryTowerConfig(max_history=20, mlp_dims=(64,), output_dim=64),
                          sequential=SequentialTowerConfig(max_history=20), num_negatives=1024,
-                         in_batch_negatives=True, temperature=0.05, content_mix=True, learning_rate=2e-3)
+                         in_batch_negatives=True, temperature=0.05, content_mix=True, content_mix_pooling="max",
+                         learning_rate=2e-3)
 
 
 @dataclasses.dataclass
@@ -366,12 +367,12 @@ def _tuned_quality(model, variant, cfg, split, side, quality) -> dict:
   # Cold-constrained (semrec.towers.quality): validation cold Recall@k stays within 10% of w = 0.
   w, info = tune_quality_weights(qb, cb, f, targets, [e[e < inputs.num_items] for e in excl], k=max(cfg.fit.ks),
                                  cold=np.asarray(valid.cold, bool))
-  from semrec.towers.evaluation import evaluate_scores
+  from semrec.towers.evaluation import dot_scores, evaluate_scores
   out = {"w": dict(zip(quality.feature_names, map(float, w))), **info}
   for stage in ("valid", "test"):
     q = split.queries(stage)
     qe = query_embeddings(model, inputs, q)
-    out[stage] = evaluate_scores(lambda r: qe[r] @ cb.T + (f @ w)[None], q, side.features.item_ids,
+    out[stage] = evaluate_scores(lambda r: dot_scores(qe[r], cb) + (f @ w)[None], q, side.features.item_ids,
                                  ks=cfg.fit.ks)
   return out
 

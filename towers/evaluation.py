@@ -52,6 +52,23 @@ def _target_matrix(index: pd.Index, targets: Sequence[np.ndarray], user_ids) -> 
   return out
 
 
+def dot_scores(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+  """[q, N] float32 dot-product scores of queries against candidates [N, d].
+
+  ``queries`` is [q, d], or [q, K, d] for a multi-interest query (``TwoTowerRetriever.multi_interest``): a
+  candidate's score is then its best dot product with any of the K vectors.
+  """
+  q, c = np.asarray(queries, np.float32), np.asarray(candidates, np.float32)
+  if q.ndim == 2:
+    return q @ c.T
+  if q.ndim != 3:
+    raise ValueError(f"queries must be [q, d] or [q, K, d], got shape {q.shape}")
+  out = q[:, 0] @ c.T
+  for k in range(1, q.shape[1]):
+    np.maximum(out, q[:, k] @ c.T, out=out)
+  return out
+
+
 def target_ranks(scores: np.ndarray, targets: np.ndarray, removed: np.ndarray) -> np.ndarray:
   """[q, T] int64 0-based rank of each target (-1 where ``targets`` is padding).
 

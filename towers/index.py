@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -104,15 +104,41 @@ def _check_embeddings(embeddings, item_ids):
   return np.ascontiguousarray(emb), ids
 
 
+def multi_query_top_k(search_rows: Callable, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Top-k of multi-interest queries [Q, K, d] (score = max over the K vectors): (scores [Q, k], rows [Q, k]).
+
+  Each of the Q * K vectors is searched with ``search_rows(vectors [Q*K, d], k)`` -> (scores, rows); a query's
+  K lists are merged keeping each row once, at its best score, best first. With an exact ``search_rows`` the
+  result is exact: an item in the true top k under the max score is in the top k of its best vector (any
+  item beating it there also beats it overall).
+  """
+  q = np.asarray(queries, np.float32)
+  n, n_vec, d = q.shape
+  s, r = search_rows(q.reshape(n * n_vec, d), k)
+  s, r = s.reshape(n, -1), r.reshape(n, -1)
+  order = np.argsort(-s, axis=1, kind="stable")
+  s, r = np.take_along_axis(s, order, axis=1), np.take_along_axis(r, order, axis=1)
+  k = min(k, s.shape[1] // max(n_vec, 1))
+  out_s, out_r = np.zeros((n, k), np.float32), np.zeros((n, k), np.int64)
+  for i in range(n):
+    _, first = np.unique(r[i], return_index=True)  # first = best occurrence (rows are sorted by score)
+    keep = np.sort(first)[:k]
+    out_s[i], out_r[i] = s[i, keep], r[i, keep]
+  return out_s, out_r
+
+
 def brute_force_top_k(queries: np.ndarray, embeddings: np.ndarray, k: int,
                       batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
   """Exact dot-product top-k: (scores [Q, k] float32, rows [Q, k] int64), best first.
 
   Scores are computed in query chunks of ``batch_size`` with ``tf.linalg.matmul`` + ``tf.math.top_k``
   (what ``tfrs.layers.factorized_top_k.BruteForce`` does), so memory stays at batch_size * N floats.
+  Multi-interest queries [Q, K, d] are scored by the max over their K vectors (``multi_query_top_k``).
   """
   import tensorflow as tf
   k = min(k, embeddings.shape[0])
+  if np.ndim(queries) == 3:
+    return multi_query_top_k(lambda v, kk: brute_force_top_k(v, embeddings, kk, batch_size), queries, k)
   cands = tf.constant(embeddings)
   scores_out, rows_out = [], []
   for s in range(0, len(queries), batch_size):
@@ -153,15 +179,19 @@ class RetrievalIndex:
     return int(self.embeddings.shape[1])
 
   def search_rows(self, queries, k: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(scores [Q, k] float32, rows [Q, k] int64) for ``queries`` [Q, d] float32."""
+    """(scores [Q, k] float32, rows [Q, k] int64) for ``queries`` [Q, d] float32, or multi-interest queries
+    [Q, K, d] (score = max over the K vectors, ``multi_query_top_k``)."""
     k = min(k or self.config.k, len(self))
     q = np.asarray(queries, dtype=np.float32)
     if q.ndim == 1:
       q = q[None]
-    if q.ndim != 2 or q.shape[1] != self.dim:
-      raise ValueError(f"queries must be [Q, {self.dim}], got shape {q.shape}")
+    if q.ndim not in (2, 3) or q.shape[-1] != self.dim:
+      raise ValueError(f"queries must be [Q, {self.dim}] or [Q, K, {self.dim}], got shape {q.shape}")
     if not np.isfinite(q).all():
-      raise ValueError(f"query row {int(np.argmax(~np.isfinite(q).all(axis=1)))} has NaN/inf values")
+      bad = ~np.isfinite(q.reshape(len(q), -1)).all(axis=1)
+      raise ValueError(f"query row {int(np.argmax(bad))} has NaN/inf values")
+    if q.ndim == 3:
+      return multi_query_top_k(self.search_rows, q, k)
     if self.kind == "brute_force":
       return brute_force_top_k(q, self.embeddings, k)
     reorder = max(self.params.get("reorder", k), k)
@@ -169,7 +199,7 @@ class RetrievalIndex:
     return np.asarray(scores, np.float32), np.asarray(rows, np.int64)
 
   def search(self, queries, k: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
-    """(scores [Q, k] float32, item ids [Q, k] object) for ``queries`` [Q, d] float32."""
+    """(scores [Q, k] float32, item ids [Q, k] object) for ``queries`` [Q, d] or [Q, K, d] float32."""
     scores, rows = self.search_rows(queries, k)
     return scores, self.item_ids[rows]
 

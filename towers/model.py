@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from semrec.config import from_dict, to_dict
+from semrec.config import from_dict, setting, to_dict
 from semrec.towers.sequential import SequentialQueryTower, SequentialTowerConfig
 from semrec.towers.tasks import MixedNegativeRetrieval
 from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QueryTower,
@@ -34,6 +34,7 @@ from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEnco
 
 QUALITY_MODES = ("none", "learned", "tuned")
 QUERY_TOWERS = ("pooled", "sequential")
+MIX_POOLINGS = ("mean", "max")
 
 
 @dataclasses.dataclass
@@ -59,6 +60,11 @@ class RetrieverConfig:
       with u the recency-weighted mean of the unit content of the last 10 history items (the content-kNN
       baseline's user vector) and x the item's unit content, so score = learned + a * cos(u, x). a is a
       model variable, 0 while training and set afterwards on validation (``set_content_mix``).
+    content_mix_pooling: How the content part scores a candidate against the history. "mean": the one
+      recency-weighted user vector above (one query vector). "max": multi-interest, the best cosine between the
+      candidate and any of the last 10 history items (score = learned + a * max_t cos(x_t, x)); the query is then
+      K = 10 vectors [B, K, d'], one per history item, and a candidate's score is the max over them, which an
+      index serves exactly by searching each vector and merging (``semrec.towers.multi_query_top_k``).
     learning_rate: Adam learning rate used by ``compile_retriever``.
   """
   item: ItemEncoderConfig = dataclasses.field(default_factory=ItemEncoderConfig)
@@ -74,6 +80,7 @@ class RetrieverConfig:
   quality_dim: int = 0
   quality_mode: str = "none"
   content_mix: bool = False
+  content_mix_pooling: str = setting("mean", choices=("mean", "max"))
   learning_rate: float = 3e-3
 
   def __post_init__(self):
@@ -95,6 +102,9 @@ class RetrieverConfig:
       raise ValueError(f"RetrieverConfig.quality_mode must be one of {QUALITY_MODES}, got {self.quality_mode!r}")
     if self.quality_mode != "none" and self.quality_dim < 1:
       raise ValueError(f"quality_mode={self.quality_mode!r} needs quality_dim >= 1")
+    if self.content_mix_pooling not in MIX_POOLINGS:
+      raise ValueError(f"RetrieverConfig.content_mix_pooling must be one of {MIX_POOLINGS}, "
+                       f"got {self.content_mix_pooling!r}")
     if self.query_tower == "pooled" and self.candidate.output_dim != self.query.output_dim:
       raise ValueError(f"candidate.output_dim ({self.candidate.output_dim}) != query.output_dim "
                        f"({self.query.output_dim})")
@@ -112,15 +122,21 @@ class RetrieverConfig:
 
 @tf.keras.utils.register_keras_serializable(package="semrec")
 class ContentMix(tf.keras.layers.Layer):
-  """The raw-content part of a mixed score: query a * u [B, D], candidate x [B, D] (unit content rows).
+  """The raw-content part of a mixed score; x are unit content rows, a (``alpha``) a non-trainable scalar, 0
+  until set.
 
-  u = normalize(sum_t decay^age_t * x_t) over the last ``num_recent`` history items (padding excluded), as
-  ``semrec.towers.ContentKnnBaseline``; a (``alpha``) is a non-trainable scalar, 0 until set.
+  pooling "mean": query a * u [B, D], u = normalize(sum_t decay^age_t * x_t) over the last ``num_recent``
+  history items (padding excluded), as ``semrec.towers.ContentKnnBaseline``.
+  pooling "max": query a * x_t [B, K, D], one vector per slot of the last K = ``num_recent`` history items
+  (K = H if the history is shorter); a padding slot repeats the most recent item (all zeros for an empty
+  history), so the max over the K vectors is the max over the real items.
   """
 
-  def __init__(self, num_recent: int = 10, decay: float = 0.8, **kwargs):
+  def __init__(self, num_recent: int = 10, decay: float = 0.8, pooling: str = "mean", **kwargs):
     super().__init__(**kwargs)
-    self.num_recent, self.decay = int(num_recent), float(decay)
+    if pooling not in MIX_POOLINGS:
+      raise ValueError(f"ContentMix pooling must be one of {MIX_POOLINGS}, got {pooling!r}")
+    self.num_recent, self.decay, self.pooling = int(num_recent), float(decay), pooling
     self.alpha = self.add_weight(name="alpha", shape=(), initializer="zeros", trainable=False)
 
   @staticmethod
@@ -131,14 +147,18 @@ class ContentMix(tf.keras.layers.Layer):
     return tf.math.l2_normalize(tf.cast(item_features["content"], tf.float32), axis=-1)
 
   def query(self, history):
-    x = tf.math.l2_normalize(tf.cast(history["content"][:, -self.num_recent:], tf.float32), axis=-1)  # [B, H, D]
-    mask = tf.cast(tf.not_equal(history["item_id"][:, -self.num_recent:], ""), tf.float32)
+    """[B, D] (mean) or [B, K, D] (max) float32 from ``history`` {content [B, H, D], item_id [B, H]}."""
+    x = tf.math.l2_normalize(tf.cast(history["content"][:, -self.num_recent:], tf.float32), axis=-1)  # [B, K, D]
+    mask = tf.cast(tf.not_equal(history["item_id"][:, -self.num_recent:], ""), tf.float32)  # [B, K]
+    if self.pooling == "max":
+      x = x * mask[..., None]
+      return self.alpha * tf.where(mask[..., None] > 0, x, x[:, -1:])  # padding slot -> most recent item
     h = tf.shape(x)[1]
     w = tf.pow(self.decay, tf.cast(tf.range(h - 1, -1, -1), tf.float32))[None] * mask  # age 0 = last slot
     return self.alpha * tf.math.l2_normalize(tf.reduce_sum(x * w[..., None], axis=1), axis=-1)
 
   def get_config(self):
-    return {**super().get_config(), "num_recent": self.num_recent, "decay": self.decay}
+    return {**super().get_config(), "num_recent": self.num_recent, "decay": self.decay, "pooling": self.pooling}
 
 
 class TwoTowerRetriever(tfrs.Model):
@@ -179,7 +199,8 @@ class TwoTowerRetriever(tfrs.Model):
     if config.uses_quality:
       self.quality_weights = self.add_weight(name="quality_w", shape=(config.quality_dim,), initializer="zeros",
                                              trainable=config.quality_mode == "learned")
-    self.content_mix = ContentMix(name="content_mix") if config.content_mix else None
+    self.content_mix = (ContentMix(pooling=config.content_mix_pooling, name="content_mix")
+                        if config.content_mix else None)
     self.task = task or MixedNegativeRetrieval(temperature=config.temperature, logq_correction=config.logq_correction,
                                                remove_accidental_hits=config.remove_accidental_hits,
                                                in_batch=config.in_batch_negatives, name="task")
@@ -195,12 +216,24 @@ class TwoTowerRetriever(tfrs.Model):
     keys = set(self.item_encoder.required_features())
     return sorted(keys | {"content"} if self.content_mix is not None else keys)
 
+  @property
+  def multi_interest(self) -> bool:
+    """True when ``query_embedding`` is [B, K, d'] (content mix with "max" pooling)."""
+    return self.content_mix is not None and self.content_mix.pooling == "max"
+
   def query_embedding(self, features, training=False):
-    """[B, d] query embedding; [q ; w] with the quality vector; [.. ; a * u] with the content mix."""
+    """[B, d] query embedding; [q ; w] with the quality vector; [.. ; a * u] with the content mix.
+
+    With ``multi_interest`` it is [B, K, d']: row t is [q ; w ; a * x_t] (``ContentMix``); score a candidate
+    by the max over the K rows (``semrec.towers.dot_scores``).
+    """
     q = self._with_w(self.query_tower(features, training=training))
     if self.content_mix is None:
       return q
-    return tf.concat([q, self.content_mix.query(features["history"])], axis=-1)
+    mix = self.content_mix.query(features["history"])
+    if self.multi_interest:
+      q = tf.repeat(q[:, None], tf.shape(mix)[1], axis=1)
+    return tf.concat([q, mix], axis=-1)
 
   def candidate_embedding(self, item_features, training=False):
     """[B, d] candidate embedding; [p ; f(p)] with the quality vector; [.. ; x] with the content mix."""
@@ -225,7 +258,10 @@ class TwoTowerRetriever(tfrs.Model):
   def _positive_pairs(self, features, training):
     """(q [M, d'], c [M, d'], positive ids [M], P(positive) [M]) of a pointwise or a sequence batch."""
     if "target" not in features:
-      q, c = self(features, training=training)
+      q = self._with_w(self.query_tower(features, training=training))
+      c = self.candidate_embedding(features["item"], training=training)
+      if self.content_mix is not None:  # a = 0 while training: the mix part of every training score is 0
+        q = tf.concat([q, tf.zeros([tf.shape(q)[0], self.content_mix.width(features["item"])])], axis=-1)
       return q, c, features["item"]["item_id"], features["item_prob"]
     if self.config.query_tower != "sequential":
       raise ValueError("sequence batches (with 'target') need query_tower='sequential'")

@@ -43,6 +43,7 @@ import pandas as pd
 
 from semrec.atomic import write_json
 from semrec.data import DataError, PAD_ITEM
+from semrec.towers.evaluation import dot_scores
 
 
 BEHAVIOURAL_FEATURES = ("smoothed_rating", "positive_rate", "like_rate", "log_count", "freshness")
@@ -231,7 +232,7 @@ DEFAULT_GRID = (-0.5, -0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 def _validation_scores(query_base, candidate_base, target_rows, exclude) -> Tuple[np.ndarray, np.ndarray]:
   """([V, N] float32 q.p with each query's excluded rows at -inf (its target kept), [V] int64 targets)."""
-  base = np.asarray(query_base, np.float32) @ np.asarray(candidate_base, np.float32).T
+  base = dot_scores(query_base, candidate_base)  # [V, N]; max over K for multi-interest [V, K, d] queries
   t = np.asarray(target_rows, np.int64)
   if exclude is not None:
     for i, ex in enumerate(exclude):

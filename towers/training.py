@@ -100,7 +100,8 @@ def query_features(inputs: RetrievalInputs, queries, rows, max_history: int) -> 
 
 def query_embeddings(model: TwoTowerRetriever, inputs: RetrievalInputs, queries, batch_size: int = 1024,
                      with_quality: bool = True) -> np.ndarray:
-  """[Q, d] query embeddings of a ``Queries`` set (history = most recent ``max_history`` items)."""
+  """[Q, d] (or [Q, K, d] for a multi-interest model) query embeddings of a ``Queries`` set (history = most
+  recent ``max_history`` items)."""
   out = []
   for s in range(0, len(queries), batch_size):
     feats = query_features(inputs, queries, np.arange(s, min(s + batch_size, len(queries))),
@@ -113,10 +114,10 @@ def query_embeddings(model: TwoTowerRetriever, inputs: RetrievalInputs, queries,
 def evaluate_retriever(model: TwoTowerRetriever, inputs: RetrievalInputs, queries, ks=(5, 10, 20, 50, 100),
                        candidate_embeddings: Optional[np.ndarray] = None) -> dict:
   """``evaluate_scores`` metrics of the model's dot-product scores over the catalogue on ``queries``."""
-  from semrec.towers.evaluation import evaluate_scores
+  from semrec.towers.evaluation import dot_scores, evaluate_scores
   q = query_embeddings(model, inputs, queries)
   c = embed_candidates(model, inputs) if candidate_embeddings is None else candidate_embeddings
-  return evaluate_scores(lambda rows: q[rows] @ c.T, queries, inputs.item_features.item_ids, ks=tuple(ks))
+  return evaluate_scores(lambda rows: dot_scores(q[rows], c), queries, inputs.item_features.item_ids, ks=tuple(ks))
 
 
 class ValidationEarlyStopping(tf.keras.callbacks.Callback):

@@ -27,7 +27,7 @@ def stage_index(run: Run) -> dict:
   scann = served if served["kind"] == "scann" else build_and_save_index(
       cands, ids, run.path("index", "scann"), kind="scann", k=k, queries=queries)
   res = export_scann_searcher(export_dir(run), run.path("index", "served" if served is scann else "scann"),
-                              queries[:8], k=10, data_fingerprint=run.data_fingerprint,
+                              queries[:8].reshape(-1, cands.shape[1]), k=10, data_fingerprint=run.data_fingerprint,
                               metrics={"recall@10_vs_brute_force": scann.get("recall@10")})
   return {"kind": served["kind"], "recall_at_10": served.get("recall@10"),
           "scann_recall_at_10": scann.get("recall@10"),
