@@ -13,6 +13,9 @@ seed)``, the same seeds as ``bench_retrieval``), so a gap can be read as "the mo
   centred_knn          the same after subtracting the catalogue mean of the L2-normalised rows
   lexical_knn          TF-IDF (sublinear tf) of the item text, reduced to 384 dims (truncated SVD), cosine kNN
   centred+lexical_knn  both, concatenated
+  content_knn_max      the MiniLM rows, but a candidate scores its best cosine to any of the last 10 history items
+                       (``ContentKnnBaseline(pooling="max")``): the content part of the served multi-interest mix
+  centred+lexical_knn_max  the same over centred+lexical rows
   linear_transfer      centred+lexical_knn plus a ridge map W fitted on the warm training sequences
                        (history vector -> next item's vector): score = u.z + beta * (u W).z, beta and the ridge
                        strength chosen on validation (beta = 0 allowed) -- a test of whether what warm users do
@@ -35,7 +38,9 @@ from semrec.benchmarks.bench_baselines import content_embeddings, default_dev_di
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CACHE = os.path.expanduser("~/.cache/semrec")
-SCORERS = ("content_knn", "residual64_knn", "centred_knn", "lexical_knn", "centred+lexical_knn", "linear_transfer")
+SCORERS = ("content_knn", "residual64_knn", "centred_knn", "lexical_knn", "centred+lexical_knn", "content_knn_max",
+           "centred+lexical_knn_max", "linear_transfer")
+MAX_POOLED = ("content_knn", "centred+lexical_knn")  # also scored with pooling="max" (name + "_max")
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -122,6 +127,10 @@ def run_one(name: str, seed: int) -> dict:
     m = evaluate_baselines(split, ids, z, stage="test", names=("content_knn",), knn_decay=decay,
                            ks=(10, 100))["content_knn"]
     out[scorer] = {"decay": decay, "test": m}
+  for scorer in MAX_POOLED:
+    m = evaluate_baselines(split, ids, reps[scorer], stage="test", names=("content_knn",), knn_pooling="max",
+                           ks=(10, 100))["content_knn"]
+    out[f"{scorer}_max"] = {"pooling": "max", "test": m}
   lt = linear_transfer(split, ids, reps["centred+lexical_knn"], out["centred+lexical_knn"]["decay"])
   out["linear_transfer"] = {"decay": out["centred+lexical_knn"]["decay"], "lambda": lt["lambda"],
                             "beta": lt["beta"], "pairs": lt["pairs"], "test": lt["test"]}

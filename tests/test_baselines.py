@@ -65,6 +65,19 @@ def test_content_knn_recency_weights(split):
     ContentKnnBaseline().fit(split, ITEMS, None)
 
 
+def test_content_knn_max_pooling_takes_the_best_history_item(split):
+  content = np.array([[1, 0], [0, 1], [1, 1], [-2, 0]], np.float32)
+  m = ContentKnnBaseline(num_recent=10, pooling="max").fit(split, ITEMS, content)
+  # History x, y; unit rows x (1, 0), y (0, 1), z (.707107, .707107), w (-1, 0):
+  # x max(1, 0) = 1, y max(0, 1) = 1, z .707107, w max(-1, 0) = 0; an empty history scores 0.
+  s = m.scores(_queries([["x", "y"], ["x"], []]), np.arange(3))
+  np.testing.assert_allclose(s[0], [1.0, 1.0, 0.707107, 0.0], atol=1e-6)
+  np.testing.assert_allclose(s[1], [1.0, 0.0, 0.707107, -1.0], atol=1e-6)  # padding slots add nothing
+  np.testing.assert_allclose(s[2], 0.0)
+  with pytest.raises(ValueError, match="pooling"):
+    ContentKnnBaseline(pooling="sum")
+
+
 @pytest.mark.parametrize("target, decay", [("q", 0.5), ("p", 1.0)])
 def test_select_knn_decay_picks_the_best_on_validation(target, decay):
   items = np.array(["x", "y", "p", "q"], dtype=object)

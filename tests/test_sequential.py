@@ -2,6 +2,7 @@
 import math
 
 import numpy as np
+import pytest
 import pandas as pd
 import tensorflow as tf
 from absl.testing import parameterized
@@ -265,3 +266,24 @@ def test_pointwise_training_with_a_multi_interest_mix():
   enc = inputs.encode(pd.DataFrame({"user_id": ["u"] * 7, "item_id": list(f.item_ids[:7]), "timestamp": np.arange(7)}))
   loss = float(model.compute_loss(next(iter(inputs.dataset(enc, 4)))))
   assert np.isfinite(loss) and loss > 0
+
+
+def test_auto_pooling_is_set_after_training_and_saved(tmp_path):
+  from semrec.towers import load_retriever, save_retriever
+  f = _features()
+  cfg = __import__("dataclasses").replace(_seq_model(num_negatives=5).config, content_mix=True,
+                                          content_mix_pooling="auto")
+  model = TwoTowerRetriever(cfg)
+  inputs = RetrievalInputs(f, model.required_features(), max_history=4)
+  batch = next(iter(inputs.sequence_dataset({"u": list(f.item_ids[:6])}, 4, num_negatives=5)))
+  model.compute_loss(batch)
+  assert not model.multi_interest  # "auto" scores with the mean until tuned
+  model.set_content_mix(0.5, "max")
+  assert model.multi_interest and model.query_embedding(_hist(f, [["i01", "i02", "i03", "i04"]])).shape.rank == 3
+  save_retriever(model, str(tmp_path / "m"))
+  loaded = load_retriever(str(tmp_path / "m"), batch)
+  assert loaded.config.content_mix_pooling == "max" and loaded.multi_interest
+  assert float(loaded.content_mix.alpha) == 0.5
+  fixed = TwoTowerRetriever(__import__("dataclasses").replace(cfg, content_mix_pooling="mean"))
+  with pytest.raises(ValueError, match="auto"):
+    fixed.set_content_mix(0.5, "max")

@@ -13,6 +13,8 @@ Shape letters: N catalogue items (``item_ids``), q queries in a batch, D content
                benchmarks/bench_baselines.py). The comparison picks the decay per split on the validation
                queries (``select_knn_decay``): on ``cold_items``, a set of held-out items rather than the next
                one, a flatter recency weight is better, and the baseline should be as strong as it can be.
+               ``pooling="max"`` (not the default baseline; a reference for the multi-interest content mix of
+               ``RetrieverConfig.content_mix_pooling``): the best cosine to any of those items, decay unused.
 
 Each baseline: ``fit(split, item_ids, content=None) -> self`` and ``scores(queries, rows) -> [len(rows), N]``
 float64, the ``score_fn`` shape of ``semrec.towers.evaluation.evaluate_scores``. popularity / transition
@@ -95,14 +97,17 @@ class ContentKnnBaseline:
   Args:
     num_recent: H, how many of the most recent history items form the user vector.
     decay: Geometric recency weight per step back in the history (1 = plain mean, 0.5 = default).
+    pooling: "mean" (the user vector above) or "max" (a candidate's best cosine to any of the H items).
   """
 
   name = "content_knn"
 
-  def __init__(self, num_recent: int = 10, decay: float = 0.5):
+  def __init__(self, num_recent: int = 10, decay: float = 0.5, pooling: str = "mean"):
     if num_recent < 1 or not 0.0 < decay <= 1.0:
       raise ValueError(f"need num_recent >= 1 and decay in (0, 1], got {num_recent}, {decay}")
-    self.num_recent, self.decay = int(num_recent), float(decay)
+    if pooling not in ("mean", "max"):
+      raise ValueError(f"pooling must be 'mean' or 'max', got {pooling!r}")
+    self.num_recent, self.decay, self.pooling = int(num_recent), float(decay), pooling
 
   def fit(self, split: EvalSplit, item_ids, content=None) -> "ContentKnnBaseline":
     """``content``: [N, D] float embeddings aligned with ``item_ids`` (rows are L2-normalised here)."""
@@ -119,11 +124,15 @@ class ContentKnnBaseline:
     self.unit = np.concatenate([x / np.maximum(norms, 1e-12), np.zeros((1, x.shape[1]))])  # row N = padding
     return self
 
+  def _history_rows(self, queries: Queries, rows) -> np.ndarray:
+    """[q, H] catalogue rows of the last H history items, most recent last (N = padding)."""
+    hist = queries.subset(rows).padded_histories(self.num_recent)
+    r = self.index.get_indexer(hist.reshape(-1)).reshape(hist.shape)
+    return np.where(r < 0, len(self.index), r)
+
   def user_vectors(self, queries: Queries, rows) -> np.ndarray:
     """[q, D] unit user vectors (zeros for an empty history)."""
-    hist = queries.subset(rows).padded_histories(self.num_recent)  # [q, H], most recent last
-    r = self.index.get_indexer(hist.reshape(-1)).reshape(hist.shape)
-    return self.history_vectors(np.where(r < 0, len(self.index), r))
+    return self.history_vectors(self._history_rows(queries, rows))
 
   def history_vectors(self, rows: np.ndarray) -> np.ndarray:
     """[q, D] unit recency-weighted means of ``rows`` [q, H] int catalogue rows (most recent last; N = padding)."""
@@ -132,7 +141,16 @@ class ContentKnnBaseline:
     return u / np.maximum(np.linalg.norm(u, axis=1, keepdims=True), 1e-12)
 
   def scores(self, queries: Queries, rows) -> np.ndarray:
-    return self.user_vectors(queries, rows) @ self.unit[:-1].T
+    if self.pooling == "mean":
+      return self.user_vectors(queries, rows) @ self.unit[:-1].T
+    hist = self._history_rows(queries, rows)  # [q, H]
+    out = np.full((len(hist), len(self.index)), -np.inf)
+    for h in range(hist.shape[1]):
+      s = self.unit[hist[:, h]] @ self.unit[:-1].T
+      s[hist[:, h] == len(self.index)] = -np.inf  # a padding slot scores nothing
+      np.maximum(out, s, out=out)
+    out[np.isinf(out[:, 0])] = 0.0  # an empty history scores 0 everywhere
+    return out
 
 
 BASELINES = {"popularity": PopularityBaseline, "transition": TransitionBaseline, "content_knn": ContentKnnBaseline}
@@ -140,7 +158,7 @@ BASELINES = {"popularity": PopularityBaseline, "transition": TransitionBaseline,
 
 def evaluate_baselines(split: EvalSplit, item_ids, content: Optional[np.ndarray] = None, stage: str = "test",
                        names: Optional[Sequence[str]] = None, knn_num_recent: int = 10, knn_decay: float = 0.5,
-                       **eval_kwargs) -> dict:
+                       knn_pooling: str = "mean", **eval_kwargs) -> dict:
   """{name: ``evaluate_scores`` metrics} of the baselines on ``split.queries(stage)``.
 
   Args:
@@ -149,7 +167,7 @@ def evaluate_baselines(split: EvalSplit, item_ids, content: Optional[np.ndarray]
     content: Optional [N, D] content embeddings aligned with ``item_ids`` (content_knn is skipped without).
     stage: "valid" or "test".
     names: Baselines to run (default all that the inputs allow).
-    knn_num_recent, knn_decay: ``ContentKnnBaseline`` settings.
+    knn_num_recent, knn_decay, knn_pooling: ``ContentKnnBaseline`` settings.
     **eval_kwargs: Passed to ``evaluate_scores`` (ks, ndcg_ks, exclude_history, candidates, batch_size).
   """
   names = tuple(names) if names is not None else tuple(
@@ -160,7 +178,8 @@ def evaluate_baselines(split: EvalSplit, item_ids, content: Optional[np.ndarray]
   queries = split.queries(stage)
   out = {}
   for name in names:
-    model = ContentKnnBaseline(knn_num_recent, knn_decay) if name == "content_knn" else BASELINES[name]()
+    model = (ContentKnnBaseline(knn_num_recent, knn_decay, knn_pooling) if name == "content_knn"
+             else BASELINES[name]())
     model.fit(split, item_ids, content)
     out[name] = evaluate_scores(lambda rows, m=model: m.scores(queries, rows), queries, item_ids, **eval_kwargs)
   return out

@@ -52,7 +52,7 @@ def _default_retriever() -> RetrieverConfig:
   return RetrieverConfig(candidate=CandidateTowerConfig(mlp_dims=(), output_dim=64),
                          query=QueryTowerConfig(max_history=20, mlp_dims=(64,), output_dim=64),
                          sequential=SequentialTowerConfig(max_history=20), num_negatives=1024,
-                         in_batch_negatives=True, temperature=0.05, content_mix=True, content_mix_pooling="max",
+                         in_batch_negatives=True, temperature=0.05, content_mix=True, content_mix_pooling="auto",
                          learning_rate=2e-3)
 
 
@@ -252,8 +252,9 @@ def build_variant_retriever(variant: str, cfg: ComparisonConfig, side: ItemSide,
 
 def _variant_key(variant: str, cfg: ComparisonConfig, split, side: ItemSide) -> str:
   from semrec.towers.training import fingerprint
-  rc = variant_config(variant, cfg, side)
-  return fingerprint({"variant": variant, "retriever": dataclasses.asdict(rc), "fit": dataclasses.asdict(cfg.fit),
+  rc = dataclasses.asdict(variant_config(variant, cfg, side))
+  rc.pop("content_mix_pooling")  # chosen after training (post_hoc_settings): the weights do not depend on it
+  return fingerprint({"variant": variant, "retriever": rc, "fit": dataclasses.asdict(cfg.fit),
                       "seed": cfg.seed, "split": split.summary(), "items": len(side.features.item_ids),
                       "sid": side.sid_levels, "k": side.sid_codebook_size})
 

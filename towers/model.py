@@ -65,6 +65,8 @@ class RetrieverConfig:
       candidate and any of the last 10 history items (score = learned + a * max_t cos(x_t, x)); the query is then
       K = 10 vectors [B, K, d'], one per history item, and a candidate's score is the max over them, which an
       index serves exactly by searching each vector and merging (``semrec.towers.multi_query_top_k``).
+      "auto": chosen on validation together with a (``tune_content_mix``); training does not depend on it.
+      A saved model records the pooling in use.
     learning_rate: Adam learning rate used by ``compile_retriever``.
   """
   item: ItemEncoderConfig = dataclasses.field(default_factory=ItemEncoderConfig)
@@ -80,7 +82,7 @@ class RetrieverConfig:
   quality_dim: int = 0
   quality_mode: str = "none"
   content_mix: bool = False
-  content_mix_pooling: str = setting("mean", choices=("mean", "max"))
+  content_mix_pooling: str = setting("mean", choices=("mean", "max", "auto"))
   learning_rate: float = 3e-3
 
   def __post_init__(self):
@@ -102,7 +104,7 @@ class RetrieverConfig:
       raise ValueError(f"RetrieverConfig.quality_mode must be one of {QUALITY_MODES}, got {self.quality_mode!r}")
     if self.quality_mode != "none" and self.quality_dim < 1:
       raise ValueError(f"quality_mode={self.quality_mode!r} needs quality_dim >= 1")
-    if self.content_mix_pooling not in MIX_POOLINGS:
+    if self.content_mix_pooling not in MIX_POOLINGS + ("auto",):
       raise ValueError(f"RetrieverConfig.content_mix_pooling must be one of {MIX_POOLINGS}, "
                        f"got {self.content_mix_pooling!r}")
     if self.query_tower == "pooled" and self.candidate.output_dim != self.query.output_dim:
@@ -199,8 +201,8 @@ class TwoTowerRetriever(tfrs.Model):
     if config.uses_quality:
       self.quality_weights = self.add_weight(name="quality_w", shape=(config.quality_dim,), initializer="zeros",
                                              trainable=config.quality_mode == "learned")
-    self.content_mix = (ContentMix(pooling=config.content_mix_pooling, name="content_mix")
-                        if config.content_mix else None)
+    pooling = "mean" if config.content_mix_pooling == "auto" else config.content_mix_pooling  # until tuned
+    self.content_mix = ContentMix(pooling=pooling, name="content_mix") if config.content_mix else None
     self.task = task or MixedNegativeRetrieval(temperature=config.temperature, logq_correction=config.logq_correction,
                                                remove_accidental_hits=config.remove_accidental_hits,
                                                in_batch=config.in_batch_negatives, name="task")
@@ -246,10 +248,16 @@ class TwoTowerRetriever(tfrs.Model):
       return p
     return tf.concat([p, self.content_mix.candidate(item_features)], axis=-1)
 
-  def set_content_mix(self, alpha: float):
-    """Sets a, the weight of the content cosine in every later score."""
+  def set_content_mix(self, alpha: float, pooling: Optional[str] = None):
+    """Sets a, the weight of the content cosine in every later score, and (``content_mix_pooling="auto"``
+    only) the pooling, "mean" or "max"."""
     if self.content_mix is None:
       raise ValueError("this model has no content mix (config.content_mix=False)")
+    if pooling is not None and pooling != self.content_mix.pooling:
+      if self.config.content_mix_pooling != "auto" or pooling not in MIX_POOLINGS:
+        raise ValueError(f"pooling {pooling!r} needs content_mix_pooling='auto' and one of {MIX_POOLINGS} "
+                         f"(config: {self.config.content_mix_pooling!r})")
+      self.content_mix.pooling = pooling
     self.content_mix.alpha.assign(float(alpha))
 
   def call(self, features, training=False):
@@ -335,7 +343,10 @@ def save_retriever(model: TwoTowerRetriever, directory: str) -> str:
   with atomic_directory(directory) as tmp:
     ser = tf.keras.utils.serialize_keras_object
     enc = model.item_encoder
-    meta = {"config": to_dict(model.config),
+    config = model.config
+    if model.content_mix is not None:  # "auto" is saved as the pooling chosen
+      config = dataclasses.replace(config, content_mix_pooling=model.content_mix.pooling)
+    meta = {"config": to_dict(config),
             "item_representation": ser(enc.item_representation) if enc.item_representation is not None else None,
             "sid_assigner": ser(enc.sid_assigner) if enc.sid_assigner is not None else None,
             "cluster_assigner": ser(enc.cluster_assigner) if enc.cluster_assigner is not None else None}

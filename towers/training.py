@@ -164,10 +164,18 @@ def _save_finished(directory: str, model: TwoTowerRetriever, result: dict):
   write_json(os.path.join(directory, "result.json"), result)
 
 
+def post_hoc_settings(model: TwoTowerRetriever) -> dict:
+  """The settings chosen after training on validation (not part of a training fingerprint): a model resumed
+  with different ones keeps its weights and is re-tuned and re-evaluated."""
+  return {"content_mix_pooling": model.config.content_mix_pooling} if model.content_mix is not None else {}
+
+
 def train_and_evaluate(model: TwoTowerRetriever, inputs: RetrievalInputs, split, fit: FitConfig, seed: int = 0,
                        output_dir: Optional[str] = None, key: Optional[str] = None,
                        callbacks: tuple = (), stages: tuple = ("valid", "test")) -> dict:
   """Trains ``model`` on ``split.train`` (early stopping on the validation selection score) and evaluates it.
+
+  After training the content mix (if any) is tuned on validation (``tune_content_mix``).
 
   Args:
     model: An untrained ``TwoTowerRetriever``.
@@ -175,35 +183,42 @@ def train_and_evaluate(model: TwoTowerRetriever, inputs: RetrievalInputs, split,
     split: A ``semrec.data.EvalSplit``.
     fit: ``FitConfig``.
     output_dir: If set, where the finished model (``model/``) and ``result.json`` are written; if a result with
-      the same ``key`` is there, the model's weights are loaded from it instead of training.
-    key: Fingerprint of everything the result depends on (config, split, features).
+      the same ``key`` is there, the model's weights are loaded from it instead of training (and, if its
+      ``post_hoc_settings`` differ from the model's, re-tuned and re-evaluated without retraining).
+    key: Fingerprint of everything the trained weights depend on (config, split, features).
     callbacks: Extra Keras callbacks for ``fit``.
 
   Returns:
     {"valid": metrics, "test": metrics, "selection_score": float, "best_epoch": int, "epochs": [...],
-     "train_seconds": float, "resumed": bool}.
+     "train_seconds": float, "content_mix": tune_content_mix's result or None, "post_hoc": dict,
+     "resumed": bool (weights loaded, not trained)}.
   """
   ds = training_dataset(model, inputs, split, fit.batch_size, seed)
   init_model(model, next(iter(ds)))
-  if output_dir and key and (done := _load_finished(output_dir, key)) is not None:
-    tf.train.Checkpoint(model=model).read(os.path.join(output_dir, "model", "weights", "ckpt")).expect_partial()
-    return {**done, "resumed": True}
   valid = split.queries("valid")
-  stopper = ValidationEarlyStopping(lambda: _score(model, inputs, valid, fit), fit.patience)
-  compile_retriever(model)
-  t0 = time.time()
-  model.fit(ds, epochs=fit.max_epochs, verbose=0, callbacks=[stopper, *callbacks])
-  seconds = time.time() - t0
+  done = _load_finished(output_dir, key) if output_dir and key else None
+  if done is not None:
+    tf.train.Checkpoint(model=model).read(os.path.join(output_dir, "model", "weights", "ckpt")).expect_partial()
+    if done.get("post_hoc", {}) == post_hoc_settings(model):
+      if done.get("content_mix"):
+        model.set_content_mix(done["content_mix"]["alpha"], done["content_mix"].get("pooling"))
+      return {**done, "resumed": True}
+    trained = {k: done[k] for k in ("best_epoch", "epochs", "train_seconds")}
+  else:
+    stopper = ValidationEarlyStopping(lambda: _score(model, inputs, valid, fit), fit.patience)
+    compile_retriever(model)
+    t0 = time.time()
+    model.fit(ds, epochs=fit.max_epochs, verbose=0, callbacks=[stopper, *callbacks])
+    trained = {"best_epoch": stopper.best_epoch, "epochs": stopper.history, "train_seconds": round(time.time() - t0, 1)}
   mix = tune_content_mix(model, inputs, valid, fit) if model.content_mix is not None else None
   cands = embed_candidates(model, inputs)
   result = {s: evaluate_retriever(model, inputs, split.queries(s), fit.ks, cands) for s in stages}
   result.update({"selection_score": selection_score(result["valid"], fit.selection_k, fit.cold_weight,
                                                     fit.min_cold_queries),
-                 "best_epoch": stopper.best_epoch, "epochs": stopper.history, "content_mix": mix, "train_seconds": round(seconds, 1),
-                 "fingerprint": key})
+                 **trained, "content_mix": mix, "post_hoc": post_hoc_settings(model), "fingerprint": key})
   if output_dir and key:
     _save_finished(output_dir, model, result)
-  return {**result, "resumed": False}
+  return {**result, "resumed": done is not None}
 
 
 MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
@@ -211,19 +226,26 @@ MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 def tune_content_mix(model: TwoTowerRetriever, inputs: RetrievalInputs, valid, fit: FitConfig,
                      grid=MIX_GRID) -> dict:
-  """Sets the model's content-mix weight a to the grid value with the best validation selection score.
+  """Sets the model's content-mix weight a (and, with ``content_mix_pooling="auto"``, the pooling: "mean" or
+  "max") to the grid point with the best validation selection score; ties go to the first ("mean", small a).
 
-  Returns {"alpha": a, "scores": {a: score}} (a = 0 is the learned model alone).
+  Returns {"alpha": a, "pooling": str, "scores": {pooling: {a: score}}} (a = 0 is the learned model alone).
   """
+  from semrec.towers.model import MIX_POOLINGS
   cands = embed_candidates(model, inputs)  # the content part of a candidate does not depend on a
+  poolings = MIX_POOLINGS if model.config.content_mix_pooling == "auto" else (model.content_mix.pooling,)
   scores = {}
-  for a in grid:
-    model.set_content_mix(a)
-    m = evaluate_retriever(model, inputs, valid, (fit.selection_k,), cands)
-    scores[float(a)] = selection_score(m, fit.selection_k, fit.cold_weight, fit.min_cold_queries)
-  best = max(scores, key=scores.get)
-  model.set_content_mix(best)
-  return {"alpha": best, "scores": scores}
+  for p in poolings:
+    for a in grid:
+      if a == 0 and p != poolings[0]:  # a = 0 is the learned model alone whatever the pooling
+        scores.setdefault(p, {})[0.0] = scores[poolings[0]][0.0]
+        continue
+      model.set_content_mix(a, p)
+      m = evaluate_retriever(model, inputs, valid, (fit.selection_k,), cands)
+      scores.setdefault(p, {})[float(a)] = selection_score(m, fit.selection_k, fit.cold_weight, fit.min_cold_queries)
+  best_p, best_a = max(((p, a) for p in scores for a in scores[p]), key=lambda pa: scores[pa[0]][pa[1]])
+  model.set_content_mix(best_a, best_p)
+  return {"alpha": best_a, "pooling": best_p, "scores": scores}
 
 
 def _score(model, inputs, queries, fit: FitConfig) -> tuple:
@@ -231,6 +253,7 @@ def _score(model, inputs, queries, fit: FitConfig) -> tuple:
   return selection_score(m, fit.selection_k, fit.cold_weight, fit.min_cold_queries), m
 
 
-__all__ = ["FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "fingerprint", "query_embeddings",
+__all__ = ["FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "fingerprint", "post_hoc_settings",
+           "query_embeddings",
            "query_features", "tune_content_mix",
            "selection_score", "train_and_evaluate", "training_dataset"]
