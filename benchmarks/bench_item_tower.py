@@ -96,7 +96,7 @@ def train_variant(variant, args, side, split, quality):
 
 def evaluate_variant(model, inputs, split, args, stage="test", w=None):
   """``evaluate_scores`` metrics of a trained model on ``stage`` (with the quality weights ``w`` if given)."""
-  from semrec.towers import embed_candidates, embed_queries, evaluate_scores
+  from semrec.towers import dot_scores, embed_candidates, embed_queries, evaluate_scores
   queries = split.queries(stage)
   if w is not None:
     model.set_quality_weights(w)
@@ -104,7 +104,7 @@ def evaluate_variant(model, inputs, split, args, stage="test", w=None):
   q = embed_queries(model, inputs, query_batches(inputs, queries, args.history), with_quality=with_q)
   c = embed_candidates(model, inputs, with_quality=with_q)
   ids = inputs.item_features.item_ids
-  return evaluate_scores(lambda rows: q[rows] @ c.T, queries, ids, ks=(10, 100), ndcg_ks=(10,))
+  return evaluate_scores(lambda rows: dot_scores(q[rows], c), queries, ids, ks=(10, 100), ndcg_ks=(10,))
 
 
 def tune_w(model, inputs, split, quality, args):
