@@ -47,7 +47,9 @@ def test_sharded_top_k_equals_single_exact_index(kind, tmp_path):
 
 def test_sharded_scann_approximate_recall_close_to_one_index():
   """Approximate ScaNN (2 of 8 leaves searched): the merged shards' recall@10 against exact is at least one
-  index's minus 0.1 (each shard probes its own tree, so recall does not collapse with sharding)."""
+  index's minus 0.1 (each shard probes its own tree, so recall does not collapse with sharding). ScaNN's
+  multi-threaded tree training makes the small shards' recall vary between builds (.54-.64 seen against one
+  index's .64), so the sharded figure is the mean of three builds."""
   x, ids, q = _data(n=2000, d=16, q=50, seed=1)
   _, rows = brute_force_top_k(q, x, 10)
   truth = ids[rows]
@@ -57,6 +59,6 @@ def test_sharded_scann_approximate_recall_close_to_one_index():
 
   params = dict(kind="scann", k=10, num_leaves=8, num_leaves_to_search=2, reorder=40)
   one = recall(build_index(x, ids, **params).search(q, 10)[1])
-  sharded = recall(build_sharded_index(x, ids, 4, **params).search(q, 10)[1])
+  sharded = np.mean([recall(build_sharded_index(x, ids, 4, **params).search(q, 10)[1]) for _ in range(3)])
   assert one < 1.0  # the setting is approximate: the comparison is not between two exact searches
   assert sharded >= one - 0.1
