@@ -174,7 +174,9 @@ def multi_interest_top_k(topk, queries, k: int):
 
   Every one of the B * K vectors is searched (``topk(vectors, k=k)``); each query's K * k results are sorted by
   score and an item found by several vectors is kept once, at its best score (the graph twin of
-  ``semrec.towers.multi_query_top_k``, exact for a brute-force layer).
+  ``semrec.towers.multi_query_top_k``, exact for a brute-force layer). The duplicate check compares every pair of
+  a query's K * k results: B * (K * k)^2 booleans per request (K = 10, k = 100: 1 MB per user), fine for the small
+  batches of online retrieval; batch offline scoring through ``multi_query_top_k`` instead.
   """
   b, d = tf.shape(queries)[0], queries.shape[-1]
   scores, ids = topk(tf.reshape(queries, [-1, d]), k=k)  # [B * K, k]
