@@ -464,6 +464,8 @@ class ArtefactExporterTest(tf.test.TestCase, parameterized.TestCase):
       cands = np.concatenate([cands, -1 - np.random.default_rng(0).random((40, 2)).astype(np.float32)])
       ids += [f"z{i}" for i in range(40)]
     kw = dict(k=3, candidate_embeddings=cands, item_ids=ids)
+    if kind == "scann":  # search every leaf and rescore every row exactly: the merge, not ScaNN, is under test
+      kw["scann_options"] = {"num_leaves": 2, "num_leaves_to_search": 2, "num_reordering_candidates": len(ids)}
     res = ex.export_retrieval(base, lambda f: tf.identity(f["x"]), feats, kind=kind, **kw)
     out = tf.saved_model.load(res.path).signatures["serving_default"](x=tf.constant(feats["x"]))
     # c is in both vectors' top 3 (.5 each) and is returned once; e (.6) comes before it.
