@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from semrec.data import EvalSplit, Queries
-from semrec.towers.evaluation import evaluate_scores
+from semrec.towers.evaluation import dot_scores, evaluate_scores
 
 
 def _popularity_rank_scores(split: EvalSplit, index: pd.Index) -> np.ndarray:
@@ -144,13 +144,12 @@ class ContentKnnBaseline:
     if self.pooling == "mean":
       return self.user_vectors(queries, rows) @ self.unit[:-1].T
     hist = self._history_rows(queries, rows)  # [q, H]
-    out = np.full((len(hist), len(self.index)), -np.inf)
-    for h in range(hist.shape[1]):
-      s = self.unit[hist[:, h]] @ self.unit[:-1].T
-      s[hist[:, h] == len(self.index)] = -np.inf  # a padding slot scores nothing
-      np.maximum(out, s, out=out)
-    out[np.isinf(out[:, 0])] = 0.0  # an empty history scores 0 everywhere
-    return out
+    # A padding slot repeats the most recent known item (as ContentMix does), so the max is over the real
+    # items; an empty history is all padding rows (zeros) and scores 0 everywhere.
+    real = hist != len(self.index)
+    last = np.where(real, np.arange(hist.shape[1]), 0).max(axis=1)
+    hist = np.where(real, hist, hist[np.arange(len(hist)), last][:, None])
+    return dot_scores(self.unit[hist], self.unit[:-1], dtype=np.float64)
 
 
 BASELINES = {"popularity": PopularityBaseline, "transition": TransitionBaseline, "content_knn": ContentKnnBaseline}

@@ -252,8 +252,10 @@ def build_variant_retriever(variant: str, cfg: ComparisonConfig, side: ItemSide,
 
 def _variant_key(variant: str, cfg: ComparisonConfig, split, side: ItemSide) -> str:
   from semrec.towers.training import fingerprint
+  from semrec.towers.model import POST_HOC_FIELDS
   rc = dataclasses.asdict(variant_config(variant, cfg, side))
-  rc.pop("content_mix_pooling")  # chosen after training (post_hoc_settings): the weights do not depend on it
+  for f in POST_HOC_FIELDS:  # chosen after training (post_hoc_settings): the weights do not depend on them
+    rc.pop(f)
   return fingerprint({"variant": variant, "retriever": rc, "fit": dataclasses.asdict(cfg.fit),
                       "seed": cfg.seed, "split": split.summary(), "items": len(side.features.item_ids),
                       "sid": side.sid_levels, "k": side.sid_codebook_size})

@@ -52,13 +52,13 @@ def _target_matrix(index: pd.Index, targets: Sequence[np.ndarray], user_ids) -> 
   return out
 
 
-def dot_scores(queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-  """[q, N] float32 dot-product scores of queries against candidates [N, d].
+def dot_scores(queries: np.ndarray, candidates: np.ndarray, dtype=np.float32) -> np.ndarray:
+  """[q, N] ``dtype`` dot-product scores of queries against candidates [N, d].
 
   ``queries`` is [q, d], or [q, K, d] for a multi-interest query (``TwoTowerRetriever.multi_interest``): a
   candidate's score is then its best dot product with any of the K vectors.
   """
-  q, c = np.asarray(queries, np.float32), np.asarray(candidates, np.float32)
+  q, c = np.asarray(queries, dtype), np.asarray(candidates, dtype)
   if q.ndim == 2:
     return q @ c.T
   if q.ndim != 3:

@@ -35,6 +35,7 @@ from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEnco
 QUALITY_MODES = ("none", "learned", "tuned")
 QUERY_TOWERS = ("pooled", "sequential")
 MIX_POOLINGS = ("mean", "max")
+POST_HOC_FIELDS = ("content_mix_pooling",)  # RetrieverConfig fields chosen after training: not in a training fingerprint
 
 
 @dataclasses.dataclass
@@ -82,7 +83,7 @@ class RetrieverConfig:
   quality_dim: int = 0
   quality_mode: str = "none"
   content_mix: bool = False
-  content_mix_pooling: str = setting("mean", choices=("mean", "max", "auto"))
+  content_mix_pooling: str = setting("mean", choices=MIX_POOLINGS + ("auto",))
   learning_rate: float = 3e-3
 
   def __post_init__(self):
@@ -105,7 +106,7 @@ class RetrieverConfig:
     if self.quality_mode != "none" and self.quality_dim < 1:
       raise ValueError(f"quality_mode={self.quality_mode!r} needs quality_dim >= 1")
     if self.content_mix_pooling not in MIX_POOLINGS + ("auto",):
-      raise ValueError(f"RetrieverConfig.content_mix_pooling must be one of {MIX_POOLINGS}, "
+      raise ValueError(f"RetrieverConfig.content_mix_pooling must be one of {MIX_POOLINGS + ('auto',)}, "
                        f"got {self.content_mix_pooling!r}")
     if self.query_tower == "pooled" and self.candidate.output_dim != self.query.output_dim:
       raise ValueError(f"candidate.output_dim ({self.candidate.output_dim}) != query.output_dim "

@@ -167,7 +167,10 @@ def _save_finished(directory: str, model: TwoTowerRetriever, result: dict):
 def post_hoc_settings(model: TwoTowerRetriever) -> dict:
   """The settings chosen after training on validation (not part of a training fingerprint): a model resumed
   with different ones keeps its weights and is re-tuned and re-evaluated."""
-  return {"content_mix_pooling": model.config.content_mix_pooling} if model.content_mix is not None else {}
+  from semrec.towers.model import POST_HOC_FIELDS
+  if model.content_mix is None:  # the only post-hoc settings are the content mix's
+    return {}
+  return {f: getattr(model.config, f) for f in POST_HOC_FIELDS}
 
 
 def train_and_evaluate(model: TwoTowerRetriever, inputs: RetrievalInputs, split, fit: FitConfig, seed: int = 0,
