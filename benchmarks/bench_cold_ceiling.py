@@ -48,12 +48,9 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 
 def lexical_vectors(texts, dim: int = 384, seed: int = 0) -> np.ndarray:
-  """[N, dim] L2-normalised truncated SVD of the items' TF-IDF (sublinear tf) vectors."""
-  from sklearn.decomposition import TruncatedSVD
-  from sklearn.feature_extraction.text import TfidfVectorizer
-  tfidf = TfidfVectorizer(sublinear_tf=True).fit_transform(texts)
-  dim = min(dim, tfidf.shape[1] - 1, tfidf.shape[0] - 1)
-  return _unit(TruncatedSVD(dim, random_state=seed).fit_transform(tfidf)).astype(np.float32)
+  """[N, dim] lexical item vectors (``semrec.encoders.LexicalEncoder``, the content mix's lexical channel)."""
+  from semrec.encoders import LexicalEncoder, LexicalEncoderConfig
+  return LexicalEncoder(LexicalEncoderConfig(dim=dim, seed=seed)).fit(texts).encode(texts)
 
 
 def representations(content: np.ndarray, texts, residual_dim: int = 64) -> dict:

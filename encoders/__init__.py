@@ -11,6 +11,7 @@ from semrec.encoders.image import ImageEncoder, build_resnet18
 from semrec.encoders.audio import (AudioEncoder, LogMelSpectrogram, build_vggish, load_vggish_checkpoint,
                                    prepare_waveform, vggish_mel_matrix, waveform_to_patches)
 from semrec.encoders.media import read_image, read_wav
+from semrec.encoders.lexical import LexicalEncoder, LexicalEncoderConfig
 from semrec.encoders.multimodal import (MODALITY_ORDER, EncodedBatch, EncoderConfig, ItemContent, ModalityProjection,
                                         MultimodalEncoder, build_encoder, item_contents)
 from semrec.encoders.store import (EmbeddingStore, StoreContents, StorePlan, encode_corpus, encode_shard,
@@ -21,7 +22,7 @@ __all__ = [
     "MINILM_SHA256", "TextEncoder", "load_tf_bert", "resolve_text_model", "load_legacy_state_dict",
     "build_efficientnet_lite0", "lite0_weight_map", "load_lite0_weights",
     "ImageEncoder", "build_resnet18", "AudioEncoder", "LogMelSpectrogram", "build_vggish", "load_vggish_checkpoint",
-    "prepare_waveform", "vggish_mel_matrix", "waveform_to_patches", "read_image", "read_wav", "MODALITY_ORDER",
+    "prepare_waveform", "vggish_mel_matrix", "waveform_to_patches", "read_image", "read_wav", "LexicalEncoder", "LexicalEncoderConfig", "MODALITY_ORDER",
     "EncodedBatch", "EncoderConfig", "ItemContent", "ModalityProjection", "MultimodalEncoder", "build_encoder",
     "item_contents", "EmbeddingStore", "StoreContents", "StorePlan", "encode_corpus", "encode_shard", "finalize_store",
     "plan_store", "prepare_store", "read_shard", "write_shard",

@@ -508,16 +508,21 @@ def test_comparison_baselines_slices_and_resume(world, tmp_path):
   assert cold["content"] > cold["hashed_id"] + 0.1, cold.to_dict()
   assert out["served"]["variant"] in ("hashed_id", "content")
   assert (tmp_path / "retrieval_comparison.json").exists()
-  # The default content mix chose its pooling on validation among both.
-  assert set(out["results"]["content"]["content_mix"]["scores"]) == {"mean", "max"}
+  # The default content mix chose its pooling and lexical channel (the world's items have titles) on validation.
+  mix = out["results"]["content"]["content_mix"]
+  assert set(mix["scores"]) == {"mean", "max", "mean+lexical", "max+lexical"}
+  assert mix["lexical_weight"] in (0.0, 1.0)
+  assert (tmp_path / "lexical_encoder.npz").exists()  # to encode new items' titles at serving time
   # A post-hoc setting changed: the trained weights are reused and only the mix is re-tuned (no retraining).
-  fixed = dataclasses.replace(cfg, retriever=dataclasses.replace(cfg.retriever, content_mix_pooling="mean"))
+  fixed = dataclasses.replace(cfg, retriever=dataclasses.replace(cfg.retriever, content_mix_pooling="mean",
+                                                                 content_mix_lexical="off"))
   again = run_retrieval_comparison(world.ds, split, world.ds.item_ids, world.content, fixed,
                                    output_dir=str(tmp_path), verbose=False)
   r = again["results"]["content"]
-  assert r["resumed"] and r["post_hoc"] == {"content_mix_pooling": "mean"}
+  assert r["resumed"] and r["post_hoc"] == {"content_mix_pooling": "mean", "content_mix_lexical": "off"}
   assert r["epochs"] == out["results"]["content"]["epochs"]
   assert set(r["content_mix"]["scores"]) == {"mean"} and r["content_mix"]["pooling"] == "mean"
+  assert r["content_mix"]["lexical_weight"] is None
   with pytest.raises(ValueError, match="unknown variants"):
     _comparison_config(("bigram_tower",))
 

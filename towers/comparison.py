@@ -53,7 +53,7 @@ def _default_retriever() -> RetrieverConfig:
                          query=QueryTowerConfig(max_history=20, mlp_dims=(64,), output_dim=64),
                          sequential=SequentialTowerConfig(max_history=20), num_negatives=1024,
                          in_batch_negatives=True, temperature=0.05, content_mix=True, content_mix_pooling="auto",
-                         learning_rate=2e-3)
+                         content_mix_lexical="auto", learning_rate=2e-3)
 
 
 @dataclasses.dataclass
@@ -74,6 +74,9 @@ class ComparisonConfig:
       training and reports it as extra rows (``<variant> + quality``). It needs a time window (the temporal
       split: freshness and counts as of the validation start); on leave_one_out / cold_items it is skipped.
     baselines: Baselines evaluated as table rows (``semrec.towers.BASELINES`` names).
+    lexical_dim: Width L of the content mix's lexical channel (``semrec.encoders.LexicalEncoder`` fitted on
+      the catalogue's item texts, held-out items included, as the k-means ids are); 0, a dataset without text
+      or ``retriever.content_mix_lexical="off"`` = no lexical channel.
     seed: Seeds TF, k-means, SIDs and shuffling.
   """
   retriever: RetrieverConfig = dataclasses.field(default_factory=_default_retriever)
@@ -88,6 +91,7 @@ class ComparisonConfig:
   spm_vocab_size: int = 1024
   quality_modes: Sequence[str] = ("none", "tuned")
   baselines: Sequence[str] = ("popularity", "transition", "content_knn")
+  lexical_dim: int = 384
   seed: int = 0
 
   def __post_init__(self):
@@ -101,6 +105,8 @@ class ComparisonConfig:
     bad = [v for v in self.variants if v not in VARIANTS]
     if bad or not self.variants:
       raise ValueError(f"unknown variants {bad or '(none)'}; expected a non-empty subset of {VARIANTS}")
+    if self.lexical_dim < 0:
+      raise ValueError(f"ComparisonConfig.lexical_dim must be >= 0, got {self.lexical_dim}")
     badq = [q for q in self.quality_modes if q not in ("none", "tuned")]
     if badq or "none" not in self.quality_modes:
       raise ValueError(f"quality_modes must include 'none' and be a subset of ('none', 'tuned'), got "
@@ -124,9 +130,11 @@ def item_representation_of(variant: str) -> str:
 
 @dataclasses.dataclass
 class ItemSide:
-  """Per-item inputs shared by every variant: features (content, cluster_id, sid), the trained SPM, L, K."""
+  """Per-item inputs shared by every variant: features (content, lexical, cluster_id, sid), the trained SPM and
+  lexical encoder, L, K."""
   features: ItemFeatures
   spm: object = None
+  lexical_encoder: object = None
   sid_levels: int = 0
   sid_codebook_size: int = 0
   hash_bins: int = 0
@@ -136,7 +144,8 @@ class ItemSide:
 def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: ComparisonConfig,
                       sid_codes: Optional[np.ndarray] = None, sid_codebook_size: Optional[int] = None,
                       cluster_ids: Optional[np.ndarray] = None) -> ItemSide:
-  """Content rows in catalogue order, plus the cluster ids / SIDs / SPM the configured variants need.
+  """Content rows in catalogue order, plus the cluster ids / SIDs / SPM the configured variants need, and the
+  lexical rows of the content mix (``lexical_vectors``).
 
   ``sid_codes`` [N, L] / ``cluster_ids`` [N] (catalogue order) are reused when given (e.g. the SID stage's,
   fitted once per run); otherwise they are fitted here on the content embeddings.
@@ -162,7 +171,11 @@ def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: Com
     from semrec.sid import ID_KNOWN
     trained = split.train_positives["item_id"].astype(str)
     arrays[ID_KNOWN] = pd.Index(ids).isin(trained).astype(np.float32)  # items whose ID row gets trained
-  side = ItemSide(ItemFeatures(ids, arrays), hash_bins=cfg.hash_bins or 2 * len(ids), num_clusters=num_clusters)
+  encoder = lexical_encoder(dataset, cfg)
+  if encoder is not None:
+    arrays["lexical"] = encoder.encode(dataset.item_texts(), item_ids=ids)
+  side = ItemSide(ItemFeatures(ids, arrays), hash_bins=cfg.hash_bins or 2 * len(ids), num_clusters=num_clusters,
+                  lexical_encoder=encoder)
   if reps & set(SID_REPRESENTATIONS):
     if sid_codes is None:
       from semrec.sid import RQVAEConfig, train_sid_model
@@ -181,6 +194,20 @@ def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: Com
                                codebook_size=side.sid_codebook_size, item_ids=ids)
     side.features = ItemFeatures(ids, arrays)
   return side
+
+
+def lexical_encoder(dataset: RecDataset, cfg: ComparisonConfig):
+  """The ``LexicalEncoder`` fitted on ``dataset``'s item texts, or None when the configuration has no lexical
+  channel (``lexical_dim`` 0, no content mix, ``content_mix_lexical="off"``) or the items have no text."""
+  r = cfg.retriever
+  if not (cfg.lexical_dim and r.content_mix and r.content_mix_lexical != "off" and dataset.has_modality("text")):
+    return None
+  texts = dataset.item_texts()
+  if not any(t.strip() for t in texts):
+    return None
+  from semrec.encoders import LexicalEncoder, LexicalEncoderConfig
+  return LexicalEncoder(LexicalEncoderConfig(dim=cfg.lexical_dim, seed=cfg.seed)).fit(texts,
+                                                                                      item_ids=dataset.item_ids)
 
 
 # The cold-aware ID part: ID dropout (DropoutNet), and a zero ID part for items the training data never had.
@@ -226,7 +253,9 @@ def variant_config(variant: str, cfg: ComparisonConfig, side: ItemSide, quality_
   rc = dataclasses.replace(base, item=item, query_tower="sequential" if variant.startswith("seq_") else "pooled",
                            query=dataclasses.replace(base.query, time_mean=time_mean, time_scale=time_scale),
                            quality_dim=quality_dim, quality_mode="tuned" if quality_dim else "none",
-                           content_mix=base.content_mix and item.needs_content)
+                           content_mix=base.content_mix and item.needs_content,
+                           content_mix_lexical=(base.content_mix_lexical if "lexical" in side.features.arrays
+                                                else "off"))
   return rc
 
 
@@ -326,6 +355,8 @@ def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
             f"(valid score {res['selection_score']:.4f}, best epoch {res['best_epoch']}, "
             f"{'resumed' if res['resumed'] else str(res['train_seconds']) + ' s'})", flush=True)
   table = comparison_table(results, base)
+  if output_dir and side.lexical_encoder is not None:  # new items' lexical rows at serving time
+    side.lexical_encoder.save(os.path.join(output_dir, "lexical_encoder.npz"))
   out = {"table": table, "results": results, "baselines": base, "content_knn": knn, "served": select_served(results),
          "split": split.summary(), "config": dataclasses.asdict(cfg), "seconds": time.time() - t0}
   if output_dir:
@@ -381,5 +412,5 @@ def _tuned_quality(model, variant, cfg, split, side, quality) -> dict:
 
 
 __all__ = ["DEFAULT_VARIANTS", "ITEM_REPRESENTATIONS", "VARIANTS", "ComparisonConfig", "ItemSide",
-           "build_variant_retriever", "prepare_item_side",
+           "build_variant_retriever", "lexical_encoder", "prepare_item_side",
            "run_retrieval_comparison", "run_variant", "select_served", "served_retriever", "variant_config"]

@@ -29,14 +29,15 @@ import pandas as pd
 from semrec.data import PAD_ITEM, ItemFeatures, user_histories
 from semrec.sid.adapters import ID_KNOWN
 
-_ITEM_KEYS = ("sid", "content", "cluster_id", ID_KNOWN)  # unknown / padding rows get 0 (float) or -1 (int)
+_ITEM_KEYS = ("sid", "content", "lexical", "cluster_id", ID_KNOWN)  # unknown / padding rows: 0 (float), -1 (int)
 
 
 class RetrievalInputs:
   """Per-item feature tables + the functions that turn interaction rows into model batches.
 
   Args:
-    item_features: ``ItemFeatures`` over the full catalogue (keys among "sid", "content", "cluster_id").
+    item_features: ``ItemFeatures`` over the full catalogue (keys among "sid", "content", "lexical",
+      "cluster_id").
     feature_names: Which item-feature keys to feed (e.g. ``model.item_encoder.required_features()``);
       default all of them. "item_id" is always fed.
     max_history: H, the history length per row.

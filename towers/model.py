@@ -35,7 +35,8 @@ from semrec.towers.towers import (CandidateTower, CandidateTowerConfig, ItemEnco
 QUALITY_MODES = ("none", "learned", "tuned")
 QUERY_TOWERS = ("pooled", "sequential")
 MIX_POOLINGS = ("mean", "max")
-POST_HOC_FIELDS = ("content_mix_pooling",)  # RetrieverConfig fields chosen after training: not in a training fingerprint
+MIX_LEXICAL = ("off", "on", "auto")
+POST_HOC_FIELDS = ("content_mix_pooling", "content_mix_lexical")  # RetrieverConfig fields chosen after training: not in a training fingerprint
 
 
 @dataclasses.dataclass
@@ -68,6 +69,12 @@ class RetrieverConfig:
       index serves exactly by searching each vector and merging (``semrec.towers.multi_query_top_k``).
       "auto": chosen on validation together with a (``tune_content_mix``); training does not depend on it.
       A saved model records the pooling in use.
+    content_mix_lexical: A second, lexical channel in the content score, read from the item feature
+      ``lexical`` [N, L] (unit rows, e.g. ``semrec.encoders.LexicalEncoder``: TF-IDF + SVD of the item texts).
+      The content score becomes cos(content) + b * cos(lexical), pooled as above (per history item for "max").
+      "off": no lexical channel (no ``lexical`` feature needed). "on": b = 1. "auto": b in {0, 1} chosen on
+      validation together with a and the pooling (``tune_content_mix``); training does not depend on it. A
+      saved model records "on" or "off" (b = 0).
     learning_rate: Adam learning rate used by ``compile_retriever``.
   """
   item: ItemEncoderConfig = dataclasses.field(default_factory=ItemEncoderConfig)
@@ -84,6 +91,7 @@ class RetrieverConfig:
   quality_mode: str = "none"
   content_mix: bool = False
   content_mix_pooling: str = setting("mean", choices=MIX_POOLINGS + ("auto",))
+  content_mix_lexical: str = setting("off", choices=MIX_LEXICAL)
   learning_rate: float = 3e-3
 
   def __post_init__(self):
@@ -108,6 +116,9 @@ class RetrieverConfig:
     if self.content_mix_pooling not in MIX_POOLINGS + ("auto",):
       raise ValueError(f"RetrieverConfig.content_mix_pooling must be one of {MIX_POOLINGS + ('auto',)}, "
                        f"got {self.content_mix_pooling!r}")
+    if self.content_mix_lexical not in MIX_LEXICAL:
+      raise ValueError(f"RetrieverConfig.content_mix_lexical must be one of {MIX_LEXICAL}, "
+                       f"got {self.content_mix_lexical!r}")
     if self.query_tower == "pooled" and self.candidate.output_dim != self.query.output_dim:
       raise ValueError(f"candidate.output_dim ({self.candidate.output_dim}) != query.output_dim "
                        f"({self.query.output_dim})")
@@ -133,35 +144,56 @@ class ContentMix(tf.keras.layers.Layer):
   pooling "max": query a * x_t [B, K, D], one vector per slot of the last K = ``num_recent`` history items
   (K = H if the history is shorter); a padding slot repeats the most recent item (all zeros for an empty
   history), so the max over the K vectors is the max over the real items.
+
+  With ``lexical=True`` the item side is [x ; l] (D + L: unit ``content`` and unit ``lexical`` rows) and each
+  query vector [a * u ; a * b * u_l] (mean) or [a * x_t ; a * b * l_t] (max), so the content score is
+  cos(content) + b * cos(lexical); b (``lexical_weight``) is a non-trainable scalar, 1 until set.
   """
 
-  def __init__(self, num_recent: int = 10, decay: float = 0.8, pooling: str = "mean", **kwargs):
+  def __init__(self, num_recent: int = 10, decay: float = 0.8, pooling: str = "mean", lexical: bool = False,
+               **kwargs):
     super().__init__(**kwargs)
     if pooling not in MIX_POOLINGS:
       raise ValueError(f"ContentMix pooling must be one of {MIX_POOLINGS}, got {pooling!r}")
-    self.num_recent, self.decay, self.pooling = int(num_recent), float(decay), pooling
+    self.num_recent, self.decay, self.pooling, self.lexical = int(num_recent), float(decay), pooling, bool(lexical)
     self.alpha = self.add_weight(name="alpha", shape=(), initializer="zeros", trainable=False)
+    self.lexical_weight = (self.add_weight(name="lexical_weight", shape=(), initializer="ones", trainable=False)
+                           if self.lexical else None)
 
-  @staticmethod
-  def width(item_features):
-    return int(item_features["content"].shape[-1])
+  @property
+  def keys(self) -> tuple:
+    """The item-feature keys the mix reads."""
+    return ("content", "lexical") if self.lexical else ("content",)
+
+  def width(self, item_features) -> int:
+    return sum(int(item_features[k].shape[-1]) for k in self.keys)
 
   def candidate(self, item_features):
-    return tf.math.l2_normalize(tf.cast(item_features["content"], tf.float32), axis=-1)
+    """[B, D (+ L)] float32 unit content (and unit lexical) rows."""
+    return tf.concat([tf.math.l2_normalize(tf.cast(item_features[k], tf.float32), axis=-1) for k in self.keys], -1)
 
   def query(self, history):
-    """[B, D] (mean) or [B, K, D] (max) float32 from ``history`` {content [B, H, D], item_id [B, H]}."""
-    x = tf.math.l2_normalize(tf.cast(history["content"][:, -self.num_recent:], tf.float32), axis=-1)  # [B, K, D]
+    """[B, D'] (mean) or [B, K, D'] (max) float32 from ``history`` {content [B, H, D], (lexical [B, H, L],)
+    item_id [B, H]}; D' = D (+ L)."""
     mask = tf.cast(tf.not_equal(history["item_id"][:, -self.num_recent:], ""), tf.float32)  # [B, K]
+    parts = [self._pool(tf.math.l2_normalize(tf.cast(history[k][:, -self.num_recent:], tf.float32), axis=-1), mask)
+             for k in self.keys]
+    if self.lexical:
+      parts[1] = self.lexical_weight * parts[1]
+    return self.alpha * tf.concat(parts, axis=-1)
+
+  def _pool(self, x, mask):
+    """x [B, K, D] unit rows, mask [B, K] -> [B, K, D] (max) or [B, D] (mean)."""
     if self.pooling == "max":
       x = x * mask[..., None]
-      return self.alpha * tf.where(mask[..., None] > 0, x, x[:, -1:])  # padding slot -> most recent item
+      return tf.where(mask[..., None] > 0, x, x[:, -1:])  # padding slot -> most recent item
     h = tf.shape(x)[1]
     w = tf.pow(self.decay, tf.cast(tf.range(h - 1, -1, -1), tf.float32))[None] * mask  # age 0 = last slot
-    return self.alpha * tf.math.l2_normalize(tf.reduce_sum(x * w[..., None], axis=1), axis=-1)
+    return tf.math.l2_normalize(tf.reduce_sum(x * w[..., None], axis=1), axis=-1)
 
   def get_config(self):
-    return {**super().get_config(), "num_recent": self.num_recent, "decay": self.decay, "pooling": self.pooling}
+    return {**super().get_config(), "num_recent": self.num_recent, "decay": self.decay, "pooling": self.pooling,
+            "lexical": self.lexical}
 
 
 class TwoTowerRetriever(tfrs.Model):
@@ -203,7 +235,8 @@ class TwoTowerRetriever(tfrs.Model):
       self.quality_weights = self.add_weight(name="quality_w", shape=(config.quality_dim,), initializer="zeros",
                                              trainable=config.quality_mode == "learned")
     pooling = "mean" if config.content_mix_pooling == "auto" else config.content_mix_pooling  # until tuned
-    self.content_mix = ContentMix(pooling=pooling, name="content_mix") if config.content_mix else None
+    self.content_mix = (ContentMix(pooling=pooling, lexical=config.content_mix_lexical != "off", name="content_mix")
+                        if config.content_mix else None)
     self.task = task or MixedNegativeRetrieval(temperature=config.temperature, logq_correction=config.logq_correction,
                                                remove_accidental_hits=config.remove_accidental_hits,
                                                in_batch=config.in_batch_negatives, name="task")
@@ -215,9 +248,10 @@ class TwoTowerRetriever(tfrs.Model):
     return tf.concat([q, w], axis=-1)
 
   def required_features(self) -> list:
-    """Item-feature keys the model reads (the item encoder's, plus ``content`` for the content mix)."""
+    """Item-feature keys the model reads (the item encoder's, plus ``content`` (and ``lexical``) for the content
+    mix)."""
     keys = set(self.item_encoder.required_features())
-    return sorted(keys | {"content"} if self.content_mix is not None else keys)
+    return sorted(keys | set(self.content_mix.keys) if self.content_mix is not None else keys)
 
   @property
   def multi_interest(self) -> bool:
@@ -249,11 +283,18 @@ class TwoTowerRetriever(tfrs.Model):
       return p
     return tf.concat([p, self.content_mix.candidate(item_features)], axis=-1)
 
-  def set_content_mix(self, alpha: float, pooling: Optional[str] = None):
-    """Sets a, the weight of the content cosine in every later score, and (``content_mix_pooling="auto"``
-    only) the pooling, "mean" or "max"."""
+  def set_content_mix(self, alpha: float, pooling: Optional[str] = None, lexical_weight: Optional[float] = None):
+    """Sets a, the weight of the content score in every later score, and (``content_mix_pooling="auto"``
+    only) the pooling, "mean" or "max", and (``content_mix_lexical="auto"`` only) b, the lexical channel's
+    weight."""
     if self.content_mix is None:
       raise ValueError("this model has no content mix (config.content_mix=False)")
+    if lexical_weight is not None and float(lexical_weight) != float(self.content_mix.lexical_weight.numpy()
+                                                                      if self.content_mix.lexical else 0.0):
+      if self.config.content_mix_lexical != "auto":
+        raise ValueError(f"lexical_weight {lexical_weight} needs content_mix_lexical='auto' "
+                         f"(config: {self.config.content_mix_lexical!r})")
+      self.content_mix.lexical_weight.assign(float(lexical_weight))
     if pooling is not None and pooling != self.content_mix.pooling:
       if self.config.content_mix_pooling != "auto" or pooling not in MIX_POOLINGS:
         raise ValueError(f"pooling {pooling!r} needs content_mix_pooling='auto' and one of {MIX_POOLINGS} "
@@ -345,8 +386,11 @@ def save_retriever(model: TwoTowerRetriever, directory: str) -> str:
     ser = tf.keras.utils.serialize_keras_object
     enc = model.item_encoder
     config = model.config
-    if model.content_mix is not None:  # "auto" is saved as the pooling chosen
-      config = dataclasses.replace(config, content_mix_pooling=model.content_mix.pooling)
+    if model.content_mix is not None:  # "auto" is saved as the pooling (and lexical channel) chosen
+      lexical = config.content_mix_lexical
+      if lexical == "auto":
+        lexical = "on" if float(model.content_mix.lexical_weight.numpy()) > 0 else "off"
+      config = dataclasses.replace(config, content_mix_pooling=model.content_mix.pooling, content_mix_lexical=lexical)
     meta = {"config": to_dict(config),
             "item_representation": ser(enc.item_representation) if enc.item_representation is not None else None,
             "sid_assigner": ser(enc.sid_assigner) if enc.sid_assigner is not None else None,

@@ -204,7 +204,8 @@ def train_and_evaluate(model: TwoTowerRetriever, inputs: RetrievalInputs, split,
     tf.train.Checkpoint(model=model).read(os.path.join(output_dir, "model", "weights", "ckpt")).expect_partial()
     if done.get("post_hoc", {}) == post_hoc_settings(model):
       if done.get("content_mix"):
-        model.set_content_mix(done["content_mix"]["alpha"], done["content_mix"].get("pooling"))
+        mix = done["content_mix"]
+        model.set_content_mix(mix["alpha"], mix.get("pooling"), mix.get("lexical_weight"))
       return {**done, "resumed": True}
     trained = {k: done[k] for k in ("best_epoch", "epochs", "train_seconds")}
   else:
@@ -230,25 +231,35 @@ MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 def tune_content_mix(model: TwoTowerRetriever, inputs: RetrievalInputs, valid, fit: FitConfig,
                      grid=MIX_GRID) -> dict:
   """Sets the model's content-mix weight a (and, with ``content_mix_pooling="auto"``, the pooling: "mean" or
-  "max") to the grid point with the best validation selection score; ties go to the first ("mean", small a).
+  "max"; with ``content_mix_lexical="auto"``, the lexical weight b in {0, 1}) to the grid point with the best
+  validation selection score; ties go to the first (b = 0, "mean", small a).
 
-  Returns {"alpha": a, "pooling": str, "scores": {pooling: {a: score}}} (a = 0 is the learned model alone).
+  Returns {"alpha": a, "pooling": str, "lexical_weight": b or None (no lexical channel),
+  "scores": {"<pooling>" or "<pooling>+lexical": {a: score}}} (a = 0 is the learned model alone).
   """
   from semrec.towers.model import MIX_POOLINGS
-  cands = embed_candidates(model, inputs)  # the content part of a candidate does not depend on a
-  poolings = MIX_POOLINGS if model.config.content_mix_pooling == "auto" else (model.content_mix.pooling,)
-  scores = {}
-  for p in poolings:
-    for a in grid:
-      if a == 0 and p != poolings[0]:  # a = 0 is the learned model alone whatever the pooling
-        scores.setdefault(p, {})[0.0] = scores[poolings[0]][0.0]
-        continue
-      model.set_content_mix(a, p)
-      m = evaluate_retriever(model, inputs, valid, (fit.selection_k,), cands)
-      scores.setdefault(p, {})[float(a)] = selection_score(m, fit.selection_k, fit.cold_weight, fit.min_cold_queries)
-  best_p, best_a = max(((p, a) for p in scores for a in scores[p]), key=lambda pa: scores[pa[0]][pa[1]])
-  model.set_content_mix(best_a, best_p)
-  return {"alpha": best_a, "pooling": best_p, "scores": scores}
+  mixer = model.content_mix
+  cands = embed_candidates(model, inputs)  # the content part of a candidate does not depend on a, b or pooling
+  poolings = MIX_POOLINGS if model.config.content_mix_pooling == "auto" else (mixer.pooling,)
+  lexical = {"off": (None,), "on": (1.0,), "auto": (0.0, 1.0)}[model.config.content_mix_lexical]
+  scores, alone = {}, None
+  for b in lexical:
+    for p in poolings:
+      name = p + ("+lexical" if b else "")
+      for a in grid:
+        if a == 0 and alone is not None:  # a = 0 is the learned model alone whatever the pooling and b
+          scores.setdefault(name, {})[0.0] = alone
+          continue
+        model.set_content_mix(a, p, b)
+        m = evaluate_retriever(model, inputs, valid, (fit.selection_k,), cands)
+        scores.setdefault(name, {})[float(a)] = selection_score(m, fit.selection_k, fit.cold_weight,
+                                                                fit.min_cold_queries)
+        alone = scores[name][0.0] if a == 0 else alone
+  best = max(((b, p, a) for b in lexical for p in poolings for a in grid),
+             key=lambda bpa: scores[bpa[1] + ("+lexical" if bpa[0] else "")][float(bpa[2])])
+  b, p, a = best
+  model.set_content_mix(a, p, b)
+  return {"alpha": float(a), "pooling": p, "lexical_weight": b, "scores": scores}
 
 
 def _score(model, inputs, queries, fit: FitConfig) -> tuple:
