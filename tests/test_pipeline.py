@@ -157,6 +157,10 @@ def test_semrec_run_synthetic_quick_end_to_end(tmp_path):
   # measured 0.55), over every test query; the brute-force index is exact and ScaNN close to it.
   prod = metrics["stages"]["retrieval"]["production"]["metrics"]["overall"]
   assert prod["queries"] > 20 and prod["recall@50"] > 50 / 120, prod
+  lexical = metrics["stages"]["retrieval"]["production"]["lexical_encoder"]  # None: no lexical channel served
+  if lexical is not None:  # new items' titles -> the served model's `lexical` feature
+    from semrec.encoders import LexicalEncoder
+    assert LexicalEncoder.load(lexical).encode(["a new title"]).shape[0] == 1
   idx = metrics["stages"]["index"]
   assert idx["recall_at_10"] == 1.0 and idx["scann_recall_at_10"] >= 0.9, idx
   # Ranking: every (mode, budget) configuration was trained and evaluated on warm and cold examples. (At these

@@ -70,6 +70,9 @@ def stage_retrieval(run: Run) -> dict:
           base, model.query_embedding, query_ex, k=k, index=build_index(c, ids, kind="scann", k=k),
           data_fingerprint=fp, metrics=summary).path,
   }
+  # The served model's ``lexical`` item feature for new items: ``semrec.encoders.LexicalEncoder.load(path)``.
+  lexical = os.path.join(out_dir, "lexical_encoder.npz")
+  lexical = lexical if "lexical" in model.required_features() and os.path.exists(lexical) else None
   r100 = lambda m, s: m.get(s, {}).get("recall@100", float("nan"))  # noqa: E731
   headline = [{"variant": n, "quality": "baseline" if kind == "baseline" else "none",
                "all": r100(m, "overall"), "warm": r100(m, "warm"), "cold": r100(m, "cold")}
@@ -80,4 +83,5 @@ def stage_retrieval(run: Run) -> dict:
           "variants": {v: r["test"] for v, r in res["results"].items()},
           "selection": res["served"],
           "production": {"variant": name, "why": "best validation selection score" if variant is None else
-                         "named by retrieval.production_variant", "metrics": summary, "exports": exported}}
+                         "named by retrieval.production_variant", "metrics": summary, "exports": exported,
+                         "lexical_encoder": lexical}}
