@@ -57,7 +57,8 @@ def run_one(name: str, kind: str, seed: int, variants, verbose: bool = True) -> 
   return {"models": models, "served": res["served"], "split": res["split"],
           "train_seconds": {v: r["train_seconds"] for v, r in res["results"].items()},
           "best_epoch": {v: r["best_epoch"] for v, r in res["results"].items()},
-          "content_mix": {v: {k: r["content_mix"][k] for k in ("alpha", "pooling", "lexical_weight") if k in r["content_mix"]}
+          "content_mix": {v: {k: r["content_mix"][k] for k in ("alpha", "pooling", "lexical_weight")
+                              if k in r["content_mix"]}
                           for v, r in res["results"].items() if r.get("content_mix")},
           "seconds": res["seconds"]}
 

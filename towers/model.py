@@ -36,7 +36,8 @@ QUALITY_MODES = ("none", "learned", "tuned")
 QUERY_TOWERS = ("pooled", "sequential")
 MIX_POOLINGS = ("mean", "max")
 MIX_LEXICAL = ("off", "on", "auto")
-POST_HOC_FIELDS = ("content_mix_pooling", "content_mix_lexical")  # RetrieverConfig fields chosen after training: not in a training fingerprint
+# RetrieverConfig fields chosen after training: not in a training fingerprint.
+POST_HOC_FIELDS = ("content_mix_pooling", "content_mix_lexical")
 
 
 @dataclasses.dataclass
