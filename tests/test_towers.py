@@ -512,6 +512,10 @@ def test_comparison_baselines_slices_and_resume(world, tmp_path):
   mix = out["results"]["content"]["content_mix"]
   assert set(mix["scores"]) == {"mean", "max", "mean+lexical", "max+lexical"}
   assert mix["lexical_weight"] in (0.0, 1.0)
+  # The tuning's fast path (towers run once per pooling and b, a rescales the mix block) scores the chosen point
+  # as the model does once a is set in it (the result's validation metrics).
+  chosen = mix["pooling"] + ("+lexical" if mix["lexical_weight"] else "")
+  assert abs(mix["scores"][chosen][mix["alpha"]] - out["results"]["content"]["selection_score"]) < 1e-6
   assert (tmp_path / "lexical_encoder.npz").exists()  # to encode new items' titles at serving time
   # A post-hoc setting changed: the trained weights are reused and only the mix is re-tuned (no retraining).
   fixed = dataclasses.replace(cfg, retriever=dataclasses.replace(cfg.retriever, content_mix_pooling="mean",

@@ -234,26 +234,38 @@ def tune_content_mix(model: TwoTowerRetriever, inputs: RetrievalInputs, valid, f
   "max"; with ``content_mix_lexical="auto"``, the lexical weight b in {0, 1}) to the grid point with the best
   validation selection score; ties go to the first (b = 0, "mean", small a).
 
+  The query embedding is [q ; a * m] with m the mix block of a = 1, so the towers run once per (pooling, b)
+  and each a only rescales the last block (the same float32 products as setting a in the model).
+
   Returns {"alpha": a, "pooling": str, "lexical_weight": b or None (no lexical channel),
   "scores": {"<pooling>" or "<pooling>+lexical": {a: score}}} (a = 0 is the learned model alone).
   """
+  from semrec.towers.evaluation import dot_scores, evaluate_scores
   from semrec.towers.model import MIX_POOLINGS
   mixer = model.content_mix
   cands = embed_candidates(model, inputs)  # the content part of a candidate does not depend on a, b or pooling
+  learned_width = cands.shape[-1] - mixer.width(inputs.item_features.arrays)  # [.. ; mix block] columns
   poolings = MIX_POOLINGS if model.config.content_mix_pooling == "auto" else (mixer.pooling,)
   lexical = {"off": (None,), "on": (1.0,), "auto": (0.0, 1.0)}[model.config.content_mix_lexical]
+  ids = inputs.item_features.item_ids
+
+  def score(q):
+    m = evaluate_scores(lambda rows: dot_scores(q[rows], cands), valid, ids, ks=(fit.selection_k,))
+    return selection_score(m, fit.selection_k, fit.cold_weight, fit.min_cold_queries)
+
   scores, alone = {}, None
   for b in lexical:
     for p in poolings:
       name = p + ("+lexical" if b else "")
+      model.set_content_mix(1.0, p, b)
+      q1 = query_embeddings(model, inputs, valid)  # [Q, (K,) d'] with a = 1
       for a in grid:
         if a == 0 and alone is not None:  # a = 0 is the learned model alone whatever the pooling and b
           scores.setdefault(name, {})[0.0] = alone
           continue
-        model.set_content_mix(a, p, b)
-        m = evaluate_retriever(model, inputs, valid, (fit.selection_k,), cands)
-        scores.setdefault(name, {})[float(a)] = selection_score(m, fit.selection_k, fit.cold_weight,
-                                                                fit.min_cold_queries)
+        q = q1.copy()
+        q[..., learned_width:] *= np.float32(a)
+        scores.setdefault(name, {})[float(a)] = score(q)
         alone = scores[name][0.0] if a == 0 else alone
   best = max(((b, p, a) for b in lexical for p in poolings for a in grid),
              key=lambda bpa: scores[bpa[1] + ("+lexical" if bpa[0] else "")][float(bpa[2])])
