@@ -229,49 +229,57 @@ MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 def tune_content_mix(model: TwoTowerRetriever, inputs: RetrievalInputs, valid, fit: FitConfig,
-                     grid=MIX_GRID) -> dict:
+                     grid=MIX_GRID, max_cells: int = 8_000_000) -> dict:
   """Sets the model's content-mix weight a (and, with ``content_mix_pooling="auto"``, the pooling: "mean" or
   "max"; with ``content_mix_lexical="auto"``, the lexical weight b in {0, 1}) to the grid point with the best
   validation selection score; ties go to the first (b = 0, "mean", small a).
 
-  The query embedding is [q ; a * m] with m the mix block of a = 1, so the towers run once per (pooling, b)
-  and each a only rescales the last block (the same float32 products as setting a in the model).
+  The score of a grid point is learned + a * m, with m the content score of (pooling, b) (for "max", the best
+  of the K history vectors: max_t [q ; a x_t] . [p ; x] = q . p + a max_t x_t . x for a >= 0). So the towers
+  run and the [q, N] score matrices are computed once per (pooling, b) and chunk of at most ``max_cells`` /
+  N validation queries; each a only adds and ranks.
 
   Returns {"alpha": a, "pooling": str, "lexical_weight": b or None (no lexical channel),
   "scores": {"<pooling>" or "<pooling>+lexical": {a: score}}} (a = 0 is the learned model alone).
   """
-  from semrec.towers.evaluation import dot_scores, evaluate_scores
+  from semrec.towers.evaluation import dot_scores, query_metrics, slice_metrics
   from semrec.towers.model import MIX_POOLINGS
   mixer = model.content_mix
+  if not len(valid):
+    raise ValueError("tune_content_mix needs validation queries (the split has none)")
   cands = embed_candidates(model, inputs)  # the content part of a candidate does not depend on a, b or pooling
-  learned_width = cands.shape[-1] - mixer.width(inputs.item_features.arrays)  # [.. ; mix block] columns
+  w = cands.shape[-1] - mixer.width(inputs.item_features.arrays)  # [learned (+ quality) ; mix block] columns
   poolings = MIX_POOLINGS if model.config.content_mix_pooling == "auto" else (mixer.pooling,)
   lexical = {"off": (None,), "on": (1.0,), "auto": (0.0, 1.0)}[model.config.content_mix_lexical]
+  points = [(b, p, float(a)) for b in lexical for p in poolings for a in grid]
   ids = inputs.item_features.item_ids
-
-  def score(q):
-    m = evaluate_scores(lambda rows: dot_scores(q[rows], cands), valid, ids, ks=(fit.selection_k,))
-    return selection_score(m, fit.selection_k, fit.cold_weight, fit.min_cold_queries)
-
-  scores, alone = {}, None
-  for b in lexical:
-    for p in poolings:
-      name = p + ("+lexical" if b else "")
-      model.set_content_mix(1.0, p, b)
-      q1 = query_embeddings(model, inputs, valid)  # [Q, (K,) d'] with a = 1
-      for a in grid:
-        if a == 0 and alone is not None:  # a = 0 is the learned model alone whatever the pooling and b
-          scores.setdefault(name, {})[0.0] = alone
-          continue
-        q = q1.copy()
-        q[..., learned_width:] *= np.float32(a)
-        scores.setdefault(name, {})[float(a)] = score(q)
-        alone = scores[name][0.0] if a == 0 else alone
-  best = max(((b, p, a) for b in lexical for p in poolings for a in grid),
-             key=lambda bpa: scores[bpa[1] + ("+lexical" if bpa[0] else "")][float(bpa[2])])
-  b, p, a = best
+  per_query = {pt: [] for pt in points}
+  step = max(1, max_cells // max(len(ids), 1))
+  for s in range(0, len(valid), step):
+    sub = valid.subset(np.arange(s, min(s + step, len(valid))))
+    learned = None
+    for b in lexical:
+      for p in poolings:
+        model.set_content_mix(1.0, p, b)
+        q1 = query_embeddings(model, inputs, sub)  # [q, (K,) d'] with a = 1
+        if learned is None:  # [q, N]: the same for every (pooling, b)
+          learned = dot_scores(q1[:, 0, :w] if q1.ndim == 3 else q1[:, :w], cands[:, :w])
+        mix = dot_scores(q1[..., w:], cands[:, w:])  # [q, N] content score of (pooling, b)
+        for a in grid:
+          if a == 0 and (b, p) != points[0][:2]:
+            continue  # a = 0 is the learned model alone whatever the pooling and b
+          per_query[(b, p, float(a))].append(query_metrics(lambda r: learned[r] + np.float32(a) * mix[r], sub, ids,
+                                                           ks=(fit.selection_k,)))
+  scores = {}
+  for b, p, a in points:
+    chunks = per_query[(b, p, a)] or per_query[points[0][:2] + (0.0,)]
+    pq = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if k != "rank"}
+    m = slice_metrics(pq, np.asarray(valid.cold, bool))
+    scores.setdefault(p + ("+lexical" if b else ""), {})[a] = selection_score(m, fit.selection_k, fit.cold_weight,
+                                                                               fit.min_cold_queries)
+  b, p, a = max(points, key=lambda pt: scores[pt[1] + ("+lexical" if pt[0] else "")][pt[2]])
   model.set_content_mix(a, p, b)
-  return {"alpha": float(a), "pooling": p, "lexical_weight": b, "scores": scores}
+  return {"alpha": a, "pooling": p, "lexical_weight": b, "scores": scores}
 
 
 def _score(model, inputs, queries, fit: FitConfig) -> tuple:
