@@ -18,12 +18,12 @@ A text with no vocabulary term (e.g. empty) gets the zero vector: it scores 0 ag
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Optional, Sequence
 
 import numpy as np
 
 from semrec.atomic import save_npz
+from semrec.encoders.common import EncodeError
 
 
 @dataclasses.dataclass
@@ -75,7 +75,8 @@ class LexicalEncoder:
     """Learns the vocabulary, idf and SVD basis from the catalogue's texts.
 
     Raises:
-      ValueError: a text is not a string (naming the item), or the texts have fewer than 2 terms or items.
+      EncodeError: a text is not a string (naming the item and the field).
+      ValueError: the texts have fewer than 2 terms or items.
     """
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -117,10 +118,9 @@ class LexicalEncoder:
     return self._counter.transform(texts)
 
   def save(self, path: str) -> str:
-    """Writes the fitted state to ``path`` (.npz) atomically; no pickle."""
+    """Writes the fitted state to ``path`` (.npz) atomically (its folder is created); no pickle."""
     if self.components is None:
       raise ValueError("LexicalEncoder is not fitted: nothing to save")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_npz(path, vocabulary=self.vocabulary, idf=self.idf, components=self.components,
              config=np.array([self.config.dim, self.config.min_df, self.config.seed], np.int64))
     return path
@@ -138,8 +138,8 @@ def _checked(texts, item_ids) -> list:
   texts = list(texts)
   for i, t in enumerate(texts):
     if not isinstance(t, str):
-      item = item_ids[i] if item_ids is not None else f"#{i}"
-      raise ValueError(f"item {item!r}: field 'text' must be a string, got {type(t).__name__}")
+      raise EncodeError(item_ids[i] if item_ids is not None else f"#{i}", "text",
+                        f"expected a string, got {type(t).__name__}")
   return texts
 
 

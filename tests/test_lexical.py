@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from semrec.encoders import LexicalEncoder, LexicalEncoderConfig
+from semrec.encoders import EncodeError, LexicalEncoder, LexicalEncoderConfig
 from semrec.towers.model import ContentMix
 
 # Two topics, each twice: tf-idf rows span a 2-d space, so with L = 2 the SVD basis spans exactly the
@@ -58,7 +58,7 @@ class LexicalEncoderTest(tf.test.TestCase):
     self.assertAllClose(back.encode(["red car", "blue apple"]), enc.encode(["red car", "blue apple"]))
 
   def test_bad_input_names_the_item(self):
-    with self.assertRaisesRegex(ValueError, r"item 'b': field 'text' must be a string"):
+    with self.assertRaisesRegex(EncodeError, r"item 'b', field 'text': expected a string, got NoneType"):
       LexicalEncoder().fit(["red apple", None], item_ids=["a", "b"])
     with self.assertRaisesRegex(ValueError, "no vocabulary term"):
       LexicalEncoder().fit(["", "!"])

@@ -171,9 +171,10 @@ def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: Com
     from semrec.sid import ID_KNOWN
     trained = split.train_positives["item_id"].astype(str)
     arrays[ID_KNOWN] = pd.Index(ids).isin(trained).astype(np.float32)  # items whose ID row gets trained
-  encoder = lexical_encoder(dataset, cfg)
+  texts = dataset.item_texts()
+  encoder = lexical_encoder(texts, cfg, item_ids=ids)
   if encoder is not None:
-    arrays["lexical"] = encoder.encode(dataset.item_texts(), item_ids=ids)
+    arrays["lexical"] = encoder.encode(texts, item_ids=ids)
   side = ItemSide(ItemFeatures(ids, arrays), hash_bins=cfg.hash_bins or 2 * len(ids), num_clusters=num_clusters,
                   lexical_encoder=encoder)
   if reps & set(SID_REPRESENTATIONS):
@@ -196,18 +197,15 @@ def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: Com
   return side
 
 
-def lexical_encoder(dataset: RecDataset, cfg: ComparisonConfig):
-  """The ``LexicalEncoder`` fitted on ``dataset``'s item texts, or None when the configuration has no lexical
-  channel (``lexical_dim`` 0, no content mix, ``content_mix_lexical="off"``) or the items have no text."""
+def lexical_encoder(texts, cfg: ComparisonConfig, item_ids=None):
+  """The ``LexicalEncoder`` fitted on the catalogue's item ``texts`` (``RecDataset.item_texts``), or None when
+  the configuration has no lexical channel (``lexical_dim`` 0, no content mix, ``content_mix_lexical="off"``)
+  or no item has text."""
   r = cfg.retriever
-  if not (cfg.lexical_dim and r.content_mix and r.content_mix_lexical != "off" and dataset.has_modality("text")):
-    return None
-  texts = dataset.item_texts()
-  if not any(t.strip() for t in texts):
+  if not (cfg.lexical_dim and r.content_mix and r.content_mix_lexical != "off" and any(t.strip() for t in texts)):
     return None
   from semrec.encoders import LexicalEncoder, LexicalEncoderConfig
-  return LexicalEncoder(LexicalEncoderConfig(dim=cfg.lexical_dim, seed=cfg.seed)).fit(texts,
-                                                                                      item_ids=dataset.item_ids)
+  return LexicalEncoder(LexicalEncoderConfig(dim=cfg.lexical_dim, seed=cfg.seed)).fit(texts, item_ids=item_ids)
 
 
 # The cold-aware ID part: ID dropout (DropoutNet), and a zero ID part for items the training data never had.

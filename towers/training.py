@@ -270,14 +270,16 @@ def tune_content_mix(model: TwoTowerRetriever, inputs: RetrievalInputs, valid, f
             continue  # a = 0 is the learned model alone whatever the pooling and b
           per_query[(b, p, float(a))].append(query_metrics(lambda r: learned[r] + np.float32(a) * mix[r], sub, ids,
                                                            ks=(fit.selection_k,)))
-  scores = {}
-  for b, p, a in points:
-    chunks = per_query[(b, p, a)] or per_query[points[0][:2] + (0.0,)]
+  score_of = {}
+  for pt in points:
+    chunks = per_query[pt] or per_query[points[0][:2] + (0.0,)]
     pq = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if k != "rank"}
     m = slice_metrics(pq, np.asarray(valid.cold, bool))
-    scores.setdefault(p + ("+lexical" if b else ""), {})[a] = selection_score(m, fit.selection_k, fit.cold_weight,
-                                                                               fit.min_cold_queries)
-  b, p, a = max(points, key=lambda pt: scores[pt[1] + ("+lexical" if pt[0] else "")][pt[2]])
+    score_of[pt] = selection_score(m, fit.selection_k, fit.cold_weight, fit.min_cold_queries)
+  scores = {}
+  for (b, p, a), score in score_of.items():
+    scores.setdefault(p + ("+lexical" if b else ""), {})[a] = score
+  b, p, a = max(points, key=score_of.get)
   model.set_content_mix(a, p, b)
   return {"alpha": a, "pooling": p, "lexical_weight": b, "scores": scores}
 
