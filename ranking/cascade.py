@@ -1,0 +1,575 @@
+"""The two-stage recommender: candidate sources -> merge -> the SID ranker -> the list a user sees.
+
+Shape letters: Q queries, M merged candidates per query, S sources, N catalogue items, L SID levels,
+H history length, C context width, E cascade features per candidate.
+
+Training (``train_cascade``) uses the *train* log only. Training queries are (history, next item) pairs
+cut from each user's time-ordered train positives (``training_queries``: the last ``queries_per_user``
+positions of every user, a seeded sample of at most ``max_train_queries``), ranked over the items with a
+train interaction. Each query's merged candidates come from the same sources that serve (the transition
+source leaves the query's own transition out, so its count is what it would be without this example);
+the positive is the actual next item, the negatives ``hard_negatives`` items drawn from the merged
+candidates plus ``random_negatives`` uniform train items. A negative is never the positive, an item of the
+user's history, or an item the user has in the validation or test part (``user_future_items``): those items
+are never labelled at all. Validation targets only pick the epoch (final-list NDCG@10 on validation, as the
+retrievers' early stopping does); test targets are read by ``evaluate_cascade`` alone.
+
+Features of a (query, candidate) pair: the existing ranker inputs (candidate, last item and history through
+the ranker's item representation: hash, unigram, bigram, prefix, SPM, SPM + hash; the request context) and
+E dense cascade features appended to the context (``CASCADE_FEATURES``): per source, whether it returned
+the candidate, 1 / (1 + rank) and its score min-max scaled within the query; the SID prefix depth the
+candidate shares with the last item and the best over the last five items (/ L); freshness (no interaction
+before the request), the item's age since its first train interaction (/ train span) and its train
+popularity before the request (log1p, / log1p of all train interactions before it).
+
+The final list of a query is its merged candidates ordered by the ranker's probability; the rest of the
+catalogue follows (it is never reached at K <= M). ``evaluate_cascade`` reports it with the same metrics as
+retrieval (``semrec.towers.evaluate_scores``), next to each source alone and the merged candidate recall.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from semrec.data import ItemFeatures, Queries
+from semrec.ranking.candidates import (MergedCandidates, ScoreSource, SourceResult, candidate_recall,
+                                       catalogue_index, merge_candidates, target_rows)
+from semrec.ranking.data import RankingExamples, context_features
+
+PER_SOURCE_FEATURES = ("present", "reciprocal_rank", "scaled_score")
+ITEM_FEATURES = ("sid_depth_last", "sid_depth_recent", "fresh", "age", "popularity")
+RECENT_FOR_SID = 5
+
+
+@dataclasses.dataclass
+class CascadeConfig:
+  """The cascade's candidate generation and ranker training.
+
+  Attributes:
+    candidates: M, merged candidates per query (the ranker's input).
+    per_source: k, candidates asked of each source before the merge.
+    fresh_window: The fresh-item source returns items not seen before ``request time - fresh_window`` (0 =
+      items without an interaction before the request; in timestamp units).
+    max_train_queries: Training queries sampled from the train log (seeded).
+    queries_per_user: The last this many positions of each user's train sequence are training queries.
+    hard_negatives: Negatives per training query drawn from its merged candidates.
+    random_negatives: Uniform negatives per training query from the train items.
+    max_epochs: Ranker epochs; the best on validation final-list NDCG@10 is kept.
+    mode: The ranker's item representation (``semrec.ranking.MODE_COMPONENTS``: random_hash, unigram, bigram,
+      prefix, spm, spm+hash, dense).
+    table_budget: Rows of the representation's tables (the SPM vocabulary size for spm modes).
+    embedding_dim: Width of the ranker's item representation.
+    history_length: H, history items fed to the ranker.
+    batch_size: Ranker training batch size.
+    learning_rate: Ranker Adam learning rate.
+    seed: Sampling and initialisation seed.
+  """
+  candidates: int = 200
+  per_source: int = 100
+  fresh_window: int = 0
+  max_train_queries: int = 12000
+  queries_per_user: int = 5
+  hard_negatives: int = 12
+  random_negatives: int = 3
+  max_epochs: int = 3
+  mode: str = "spm+hash"
+  table_budget: int = 4096
+  embedding_dim: int = 32
+  history_length: int = 20
+  batch_size: int = 512
+  learning_rate: float = 2e-3
+  seed: int = 0
+
+  def __post_init__(self):
+    from semrec.ranking.experiment import MODE_COMPONENTS
+    for f in ("candidates", "per_source", "max_train_queries", "queries_per_user", "max_epochs", "table_budget",
+              "embedding_dim", "history_length", "batch_size"):
+      if int(getattr(self, f)) < 1:
+        raise ValueError(f"CascadeConfig.{f} must be >= 1, got {getattr(self, f)}")
+    for f in ("hard_negatives", "random_negatives", "fresh_window"):
+      if int(getattr(self, f)) < 0:
+        raise ValueError(f"CascadeConfig.{f} must be >= 0, got {getattr(self, f)}")
+    if self.hard_negatives + self.random_negatives < 1:
+      raise ValueError("CascadeConfig needs at least one negative per query (hard_negatives + random_negatives)")
+    if self.mode not in MODE_COMPONENTS:
+      raise ValueError(f"CascadeConfig.mode must be one of {tuple(MODE_COMPONENTS)}, got {self.mode!r}")
+    if self.learning_rate <= 0:
+      raise ValueError(f"CascadeConfig.learning_rate must be > 0, got {self.learning_rate}")
+
+
+def cascade_feature_names(sources: Sequence[str]) -> list:
+  """The E names of the dense cascade features, in column order."""
+  return [f"{s}:{f}" for s in sources for f in PER_SOURCE_FEATURES] + list(ITEM_FEATURES)
+
+
+def training_queries(split, queries_per_user: int = 5, max_queries: int = 12000, seed: int = 0) -> Queries:
+  """(history, next item) queries from the train log: for each user's time-ordered train positives
+  i_0..i_{n-1}, positions t = max(1, n - queries_per_user) .. n - 1 give history i_0..i_{t-1}, target i_t, at
+  the time of i_t; a seeded sample of at most ``max_queries``. Candidates: the train items (items seen only
+  in validation or test are never a training candidate)."""
+  pos = split.train_positives.sort_values(["user_id", "timestamp"], kind="stable")
+  users, hists, targets, times = [], [], [], []
+  for u, g in pos.groupby("user_id", sort=True):
+    items = g["item_id"].to_numpy().astype(object)
+    ts = g["timestamp"].to_numpy(np.int64)
+    for t in range(max(1, len(items) - int(queries_per_user)), len(items)):
+      users.append(u)
+      hists.append(items[:t])
+      targets.append(items[t:t + 1])
+      times.append(ts[t])
+  n = len(users)
+  keep = np.arange(n)
+  if n > max_queries:
+    keep = np.sort(np.random.default_rng(seed).choice(n, size=int(max_queries), replace=False))
+  pick = lambda seq: [seq[i] for i in keep]  # noqa: E731
+  return Queries(np.array(users, dtype=object)[keep], pick(hists), pick(targets), np.array(times, np.int64)[keep],
+                 pick(hists), np.zeros(len(keep), bool), np.asarray(split.train_items, dtype=object))
+
+
+def user_future_items(split) -> dict:
+  """{user_id: set of item ids} of each user's validation and test targets (never labelled in training)."""
+  out = {}
+  for stage in ("valid", "test"):
+    q = split.queries(stage)
+    for u, t in zip(q.user_ids, q.targets):
+      out.setdefault(u, set()).update(t)
+  return out
+
+
+class TrainPopularity:
+  """Causal train popularity: how often each item was interacted with in ``train`` strictly before a time."""
+
+  def __init__(self, train: pd.DataFrame, index: pd.Index):
+    rows = index.get_indexer(train["item_id"].to_numpy().astype(object))
+    t = train["timestamp"].to_numpy(np.int64)
+    ok = rows >= 0
+    self.t0 = int(t.min()) if len(t) else 0
+    self.span = int(t.max()) - self.t0 + 2 if len(t) else 2
+    self.keys = np.sort(rows[ok].astype(np.int64) * self.span + (t[ok] - self.t0))
+    self.all_times = np.sort(t)
+
+  def counts(self, rows: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """[...] int64 interactions of item ``rows`` before ``times`` (same shape; rows -1 -> 0)."""
+    rows = np.asarray(rows, np.int64)
+    tt = np.clip(np.asarray(times, np.int64) - self.t0, 0, self.span - 1)
+    lo = np.searchsorted(self.keys, np.maximum(rows, 0) * self.span, side="left")
+    hi = np.searchsorted(self.keys, np.maximum(rows, 0) * self.span + tt, side="left")
+    return np.where(rows >= 0, hi - lo, 0)
+
+  def total(self, times: np.ndarray) -> np.ndarray:
+    return np.searchsorted(self.all_times, np.asarray(times, np.int64), side="left")
+
+
+def _shared_prefix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """[...] number of leading SID levels equal in ``a`` and ``b`` ([..., L] int each)."""
+  eq = np.cumprod(a == b, axis=-1)
+  return eq.sum(axis=-1)
+
+
+class CascadeFeaturizer:
+  """Turns merged candidates into ranker examples: the ranker's item rows plus [C + E] dense features.
+
+  Args:
+    item_features: The catalogue table (``sid`` [N, L]) the ranker reads.
+    train: The train log (first-seen times, causal popularity).
+    fresh_window: As ``CascadeConfig.fresh_window``.
+    history_length: H.
+  """
+
+  def __init__(self, item_features: ItemFeatures, train: pd.DataFrame, fresh_window: int = 0,
+               history_length: int = 20):
+    from semrec.ranking.candidates import first_seen_times
+    self.item_features = item_features
+    self.index = catalogue_index(item_features.item_ids)
+    self.sid = np.asarray(item_features.arrays["sid"], np.int64)
+    self.train = train
+    self.first_seen = first_seen_times(train, self.index)
+    t = train["timestamp"].to_numpy(np.int64)
+    self.train_span = float(max(int(t.max()) - int(t.min()), 1)) if len(t) else 1.0
+    self.popularity = TrainPopularity(train, self.index)
+    self.fresh_window = int(fresh_window)
+    self.history_length = int(history_length)
+
+  def history_rows(self, queries: Queries) -> np.ndarray:
+    """[Q, H] int64 rows of each query's most recent H history items (most recent last; -1 padding)."""
+    hist = queries.padded_histories(self.history_length)
+    return self.index.get_indexer(hist.reshape(-1)).reshape(hist.shape).astype(np.int64)
+
+  def dense(self, merged: MergedCandidates, queries: Queries, hist: np.ndarray) -> np.ndarray:
+    """[Q, M, E] float32 cascade features (``cascade_feature_names(merged.sources)``)."""
+    ranks, scores = merged.ranks, merged.scores
+    present = ranks >= 0
+    rr = np.where(present, 1.0 / (1.0 + np.maximum(ranks, 0)), 0.0)
+    big = np.where(present, scores, np.inf).min(axis=1, keepdims=True)
+    small = np.where(present, scores, -np.inf).max(axis=1, keepdims=True)
+    lo = np.where(np.isfinite(big), big, 0.0)
+    hi = np.where(np.isfinite(small), small, 0.0)
+    scaled = np.where(present, (scores - lo) / np.maximum(hi - lo, 1e-9), 0.0)
+    per_source = np.stack([present, rr, scaled], axis=-1).reshape(ranks.shape[0], ranks.shape[1], -1)
+    rows = merged.rows
+    L = self.sid.shape[1]
+    cand_sid = self.sid[np.maximum(rows, 0)]  # [Q, M, L]
+    recent = hist[:, -RECENT_FOR_SID:]  # [Q, R]
+    rec_sid = self.sid[np.maximum(recent, 0)]  # [Q, R, L]
+    depth = _shared_prefix(cand_sid[:, :, None, :], rec_sid[:, None, :, :])  # [Q, M, R]
+    depth = np.where((recent >= 0)[:, None, :], depth, 0)
+    t = np.asarray(queries.timestamps, np.int64)[:, None]
+    first = self.first_seen[np.maximum(rows, 0)]
+    fresh = first >= t - self.fresh_window
+    age = np.where(first < t, np.clip((t - np.minimum(first, t)) / self.train_span, 0.0, 1.0), 0.0)
+    count = self.popularity.counts(rows, np.broadcast_to(t, rows.shape))
+    total = self.popularity.total(t)
+    pop = np.log1p(count) / np.log1p(np.maximum(total, 1))
+    item = np.stack([depth[:, :, -1] / L, depth.max(axis=-1) / L, fresh, age, pop], axis=-1)
+    out = np.concatenate([per_source, item], axis=-1).astype(np.float32)
+    return np.where((rows >= 0)[..., None], out, 0.0).astype(np.float32)
+
+  def context(self, queries: Queries) -> np.ndarray:
+    """[Q, C] request context (``semrec.ranking.context_features``) from the train log, causally."""
+    frame = pd.DataFrame({"user_id": queries.user_ids, "timestamp": np.asarray(queries.timestamps, np.int64)})
+    return context_features(frame, self.train)
+
+  def examples(self, merged: MergedCandidates, queries: Queries, pairs: Optional[np.ndarray] = None,
+               labels: Optional[np.ndarray] = None, chunk: int = 1024) -> RankingExamples:
+    """``RankingExamples`` of (query, slot) ``pairs`` [n, 2] of ``merged`` (default every filled slot, query
+    by query); context = [request context [C] ; cascade features [E]]; labels 0 unless given. The dense
+    features are computed ``chunk`` queries at a time (memory ~ chunk x M x E)."""
+    if pairs is None:
+      q, s = np.nonzero(merged.rows >= 0)
+      pairs = np.stack([q, s], axis=1)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    hist = self.history_rows(queries)
+    ctx = self.context(queries)
+    width = ctx.shape[1] + len(merged.sources) * len(PER_SOURCE_FEATURES) + len(ITEM_FEATURES)
+    feats = np.zeros((len(pairs), width), np.float32)
+    for lo in range(0, len(queries), chunk):
+      hi = min(lo + chunk, len(queries))
+      sel = np.flatnonzero((pairs[:, 0] >= lo) & (pairs[:, 0] < hi))
+      if not len(sel):
+        continue
+      part = MergedCandidates(merged.rows[lo:hi], merged.ranks[lo:hi], merged.scores[lo:hi], merged.sources)
+      dense = self.dense(part, queries.subset(np.arange(lo, hi)), hist[lo:hi])
+      q, s = pairs[sel, 0], pairs[sel, 1]
+      feats[sel] = np.concatenate([ctx[q], dense[q - lo, s]], axis=1)
+    q, s = pairs[:, 0], pairs[:, 1]
+    cand = merged.rows[q, s]
+    return RankingExamples(candidate=cand.astype(np.int64), last=hist[q, -1], history=hist[q], context=feats,
+                           labels={"label": (np.zeros(len(q), np.float32) if labels is None
+                                             else np.asarray(labels, np.float32))},
+                           item_ids=np.asarray(self.item_features.item_ids, dtype=object)[cand],
+                           timestamps=np.asarray(queries.timestamps, np.int64)[q])
+
+
+def with_extra(merged: MergedCandidates, extra: np.ndarray) -> MergedCandidates:
+  """``merged`` with ``extra`` [Q, X] catalogue rows appended as slots no source returned (rank -1, score 0)."""
+  Q, X, S = len(merged), extra.shape[1], len(merged.sources)
+  return MergedCandidates(np.concatenate([merged.rows, extra], axis=1),
+                          np.concatenate([merged.ranks, np.full((Q, X, S), -1, np.int32)], axis=1),
+                          np.concatenate([merged.scores, np.zeros((Q, X, S), np.float32)], axis=1), merged.sources)
+
+
+def training_slots(merged: MergedCandidates, queries: Queries, index: pd.Index, future: dict,
+                   config: CascadeConfig) -> tuple:
+  """(augmented MergedCandidates, pairs [n, 2] (query, slot), labels [n] float32) for training queries.
+
+  Per query: its positive (the actual next item; appended as an extra slot when no source returned it), up
+  to ``hard_negatives`` of its merged candidates and ``random_negatives`` uniform items of
+  ``queries.candidates`` (the train items), none of them the positive, a history item or a validation / test
+  item of the user (``future``, from ``user_future_items``). Queries whose target is not in the catalogue
+  are skipped.
+  """
+  rng = np.random.default_rng(config.seed + 17)
+  pool = (index.get_indexer(np.asarray(queries.candidates, dtype=object)) if queries.candidates is not None
+          else np.arange(len(index)))
+  pool = pool[pool >= 0]
+  M, R = merged.rows.shape[1], int(config.random_negatives)
+  extra = np.full((len(queries), 1 + R), -1, np.int64)
+  pairs, labels = [], []
+  for q in range(len(queries)):
+    target = index.get_indexer(np.asarray(queries.targets[q][:1], dtype=object))
+    if not len(target) or target[0] < 0:
+      continue
+    pt = int(target[0])
+    banned = {int(r) for r in index.get_indexer(np.asarray(
+        list(queries.exclude[q]) + list(future.get(queries.user_ids[q], ())), dtype=object)) if r >= 0}
+    banned.add(pt)
+    row = merged.rows[q]
+    hit = np.flatnonzero(row == pt)
+    if len(hit):
+      pairs.append((q, int(hit[0])))
+    else:
+      extra[q, 0] = pt
+      pairs.append((q, M))
+    labels.append(1.0)
+    ok = np.array([s for s in np.flatnonzero(row >= 0) if int(row[s]) not in banned], np.int64)
+    for s in rng.choice(ok, size=min(config.hard_negatives, len(ok)), replace=False) if len(ok) else ():
+      pairs.append((q, int(s)))
+      labels.append(0.0)
+    taken = banned | {int(r) for r in row if r >= 0}
+    draws = rng.choice(pool, size=min(4 * R + 4, len(pool)), replace=False) if (R and len(pool)) else ()
+    j = 0
+    for r in draws:
+      if j >= R:
+        break
+      if int(r) not in taken:
+        extra[q, 1 + j] = int(r)
+        pairs.append((q, M + 1 + j))
+        labels.append(0.0)
+        taken.add(int(r))
+        j += 1
+  return (with_extra(merged, extra), np.asarray(pairs, np.int64).reshape(-1, 2), np.asarray(labels, np.float32))
+
+
+# ----------------------------------------------------------------------------------------------- sources
+
+
+def leave_own_transition_out(baseline) -> callable:
+  """A training-query scorer from a fitted ``semrec.towers.TransitionBaseline``: its scores with the query's
+  own (last item -> target) transition taken out of the counts, so a training positive is scored as it would
+  be had this example not been in the train log."""
+  n = len(baseline.index)
+
+  def score_fn(queries: Queries, rows: np.ndarray) -> np.ndarray:
+    out = baseline.scores(queries, rows)
+    sub = queries.subset(rows)
+    last = baseline.index.get_indexer(sub.last_items())
+    tgt = baseline.index.get_indexer(np.array([t[0] if len(t) else "" for t in sub.targets], dtype=object))
+    ok = np.flatnonzero((last >= 0) & (tgt >= 0))
+    if len(ok):
+      own = np.asarray(baseline.counts[last[ok], tgt[ok]]).reshape(-1)
+      dec = ok[own >= 1]
+      out[dec, tgt[dec]] -= n + 1
+    return out
+
+  return score_fn
+
+
+def retriever_score_fn(model, inputs) -> callable:
+  """A full-catalogue scorer from a trained ``semrec.towers.TwoTowerRetriever`` (its served dot products,
+  multi-interest queries included)."""
+  from semrec.towers import embed_candidates, query_embeddings
+  from semrec.towers.evaluation import dot_scores
+  cands = embed_candidates(model, inputs)
+
+  def score_fn(queries: Queries, rows: np.ndarray) -> np.ndarray:
+    return dot_scores(query_embeddings(model, inputs, queries.subset(rows)), cands)
+
+  return score_fn
+
+
+def build_sources(split, item_ids, content: Optional[np.ndarray], retrievers: Optional[dict] = None,
+                  fresh_window: int = 0, knn_decay: float = 0.5, training: bool = False) -> list:
+  """The cascade's sources, in merge priority order: each trained retriever ({name: (model, inputs)}), the
+  fresh-item source (content kNN over the items not seen before the request, ``fresh_item_filter``), next-item
+  transition counts, content kNN over the catalogue, popularity (the fallback).
+
+  ``training=True`` builds the training-query variant (the transition source leaves each query's own
+  transition out: ``leave_own_transition_out``). Without ``content`` there is no fresh-item or kNN source.
+  """
+  from semrec.ranking.candidates import first_seen_times, fresh_item_filter
+  from semrec.towers.baselines import ContentKnnBaseline, PopularityBaseline, TransitionBaseline
+  index = catalogue_index(item_ids)
+  out = [ScoreSource(name, retriever_score_fn(m, i)) for name, (m, i) in (retrievers or {}).items()]
+  if content is not None:
+    knn = ContentKnnBaseline(decay=knn_decay).fit(split, item_ids, content)
+    fresh = fresh_item_filter(first_seen_times(split.train, index), fresh_window)
+    out.append(ScoreSource("fresh_items", knn.scores, item_filter=fresh))
+  trans = TransitionBaseline().fit(split, item_ids)
+  out.append(ScoreSource("transition", leave_own_transition_out(trans) if training else trans.scores))
+  if content is not None:
+    out.append(ScoreSource("content_knn", knn.scores))
+  out.append(ScoreSource("popularity", PopularityBaseline().fit(split, item_ids).scores))
+  return out
+
+
+# ------------------------------------------------------------------------------------------------ ranker
+
+
+def ranker_config(config: CascadeConfig, num_levels: int, codebook_size: int, context_dim: int,
+                  content_dim: int = 0):
+  """The ``RankerConfig`` of the cascade ranker (one task, "label"; the context carries the cascade
+  features)."""
+  from semrec.ranking.experiment import _rep_config
+  from semrec.ranking.model import RankerConfig
+  budget = max(int(config.table_budget), num_levels * codebook_size + 1)
+  rep = _rep_config(config.mode, budget, num_levels, codebook_size, config.embedding_dim, content_dim)
+  return RankerConfig(item_representation=rep, use_history=True, history_length=config.history_length,
+                      tasks=("label",), context_dim=context_dim, batch_size=config.batch_size,
+                      learning_rate=config.learning_rate, seed=config.seed)
+
+
+def build_ranker(rconfig, item_features: ItemFeatures, train: pd.DataFrame):
+  """An untrained ``Ranker`` for ``rconfig``; an SPM representation is trained on the train log's
+  interaction-weighted SID corpus (train items only)."""
+  from semrec.ranking.model import Ranker
+  from semrec.ranking.training import compile_ranker
+  from semrec.sid.adapters import ItemRepresentation
+  rep = rconfig.item_representation
+  spm = None
+  if "spm" in rep.modes:
+    from semrec.sid.spm import train_sid_spm
+    index = catalogue_index(item_features.item_ids)
+    rows = index.get_indexer(train.loc[train["label"] > 0, "item_id"].to_numpy().astype(object))
+    weights = np.bincount(rows[rows >= 0], minlength=len(index))
+    spm = train_sid_spm(np.asarray(item_features.arrays["sid"]), weights, vocab_size=rep.table_budget,
+                        codebook_size=rep.codebook_size, item_ids=item_features.item_ids)
+  import tensorflow as tf
+  tf.keras.utils.set_random_seed(rconfig.seed)
+  return compile_ranker(Ranker(rconfig, item_representation=ItemRepresentation(rep, spm=spm)))
+
+
+@dataclasses.dataclass
+class CascadeStage:
+  """The candidates of one query set: the sources' results, their merge and the queries."""
+  queries: Queries
+  results: list
+  merged: MergedCandidates
+
+
+@dataclasses.dataclass
+class Cascade:
+  """A trained cascade: the ranker, its featurizers, the sources' names and the training record.
+
+  Attributes:
+    model: The trained ``semrec.ranking.Ranker`` (task "label").
+    featurizer: The ``RankingFeaturizer`` of its item inputs.
+    cascade_featurizer: The ``CascadeFeaturizer`` of its dense features.
+    config: The ``CascadeConfig``.
+    sources: Source names in merge order (the feature blocks of the ranker).
+    history: Per epoch: training loss and validation final-list metrics.
+    best_epoch: The epoch kept (1-based).
+    train_examples: Training pairs per epoch.
+    train_seconds: Wall time of candidate generation + training.
+  """
+  model: object
+  featurizer: object
+  cascade_featurizer: CascadeFeaturizer
+  config: CascadeConfig
+  sources: tuple
+  history: list
+  best_epoch: int
+  train_examples: int
+  train_seconds: float
+
+  def scores(self, stage: CascadeStage, batch_size: int = 4096) -> np.ndarray:
+    """[Q, M] float32 ranker probabilities of ``stage``'s merged candidates (-inf on padding slots)."""
+    from semrec.ranking.training import predict
+    ex = self.cascade_featurizer.examples(stage.merged, stage.queries)
+    out = np.full(stage.merged.rows.shape, -np.inf, np.float32)
+    if len(ex):
+      p = predict(self.model, self.featurizer, ex, batch_size=batch_size)["label"]
+      q, s = np.nonzero(stage.merged.rows >= 0)
+      out[q, s] = p
+    return out
+
+
+def candidate_stage(sources: Sequence[ScoreSource], queries: Queries, index: pd.Index, config: CascadeConfig,
+                    quotas: Optional[dict] = None) -> CascadeStage:
+  """Every source on ``queries`` (top ``per_source``), merged to ``candidates`` per query."""
+  results = [s.retrieve(queries, config.per_source, index) for s in sources]
+  return CascadeStage(queries, results, merge_candidates(results, config.candidates, quotas))
+
+
+def final_list_scores(scores: np.ndarray, merged: MergedCandidates, num_items: int) -> callable:
+  """``score_fn(rows) -> [q, N]`` of the final lists for ``semrec.towers.evaluate_scores``: each merged
+  candidate scored by the ranker (``scores`` [Q, M], in [0, 1]); every other item -1 (after the list)."""
+  def score_fn(rows: np.ndarray) -> np.ndarray:
+    out = np.full((len(rows), num_items), -1.0)
+    for i, r in enumerate(rows):
+      ok = merged.rows[r] >= 0
+      out[i, merged.rows[r][ok]] = scores[r][ok]
+    return out
+  return score_fn
+
+
+def source_list_scores(result: SourceResult, num_items: int) -> callable:
+  """``score_fn`` of one source's own list (its top-k by its order, then the rest), for ``evaluate_scores``."""
+  k = result.rows.shape[1]
+
+  def score_fn(rows: np.ndarray) -> np.ndarray:
+    out = np.full((len(rows), num_items), -1.0)
+    for i, r in enumerate(rows):
+      ok = result.rows[r] >= 0
+      out[i, result.rows[r][ok]] = (k - np.arange(k))[ok]
+    return out
+  return score_fn
+
+
+def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_sources: Sequence[ScoreSource],
+                  valid_stage: CascadeStage, config: Optional[CascadeConfig] = None, progress: bool = True) -> Cascade:
+  """Trains the cascade ranker on candidates of training queries from the train log (see the module
+  docstring); the epoch with the best validation final-list NDCG@10 is kept.
+
+  Args:
+    split: The ``EvalSplit`` (its train log only feeds training; validation picks the epoch).
+    item_features: Catalogue table with ``sid`` [N, L] (and ``content`` for a dense mode).
+    codebook_size: K, the SID codebook size (codes in [0, K)).
+    train_sources: ``build_sources(..., training=True)``.
+    valid_stage: ``candidate_stage`` of the validation queries with the serving sources.
+    config: ``CascadeConfig``.
+  """
+  from semrec.ranking.model import needs_content
+  from semrec.ranking.training import make_featurizer
+  from semrec.towers.evaluation import evaluate_scores
+  cfg = config or CascadeConfig()
+  t0 = time.time()
+  index = catalogue_index(item_features.item_ids)
+  cf = CascadeFeaturizer(item_features, split.train, cfg.fresh_window, cfg.history_length)
+  tq = training_queries(split, cfg.queries_per_user, cfg.max_train_queries, cfg.seed)
+  if not len(tq):
+    raise ValueError("the train log has no user with two or more positives: no training query for the ranker")
+  train_stage = candidate_stage(train_sources, tq, index, cfg)
+  merged, pairs, labels = training_slots(train_stage.merged, tq, index, user_future_items(split), cfg)
+  ex = cf.examples(merged, tq, pairs, labels)
+  sid = np.asarray(item_features.arrays["sid"])
+  names = tuple(s.name for s in train_sources)
+  rcfg = ranker_config(cfg, sid.shape[1], int(codebook_size), ex.context.shape[1],
+                       item_features.arrays["content"].shape[1] if "content" in item_features.arrays else 0)
+  model = build_ranker(rcfg, item_features, split.train)
+  featurizer = make_featurizer(rcfg, item_features)
+  cascade = Cascade(model, featurizer, cf, cfg, names, [], 0, len(ex), 0.0)
+  valid = valid_stage.queries
+  best, best_weights = -1.0, None
+  from tqdm.auto import tqdm
+  for epoch in tqdm(range(cfg.max_epochs), desc="cascade ranker", disable=not progress, leave=False):
+    ds = featurizer.dataset(ex, cfg.batch_size, shuffle=True, seed=cfg.seed * 7919 + epoch)
+    fit = model.fit(ds, epochs=1, verbose=0)
+    scores = cascade.scores(valid_stage)
+    m = evaluate_scores(final_list_scores(scores, valid_stage.merged, len(index)), valid, item_features.item_ids,
+                        ks=(10,))
+    ndcg = float(m["overall"]["ndcg@10"])
+    cascade.history.append({"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]), "valid_ndcg@10": ndcg,
+                            "valid_recall@10": float(m["overall"]["recall@10"])})
+    if ndcg > best:
+      best, best_weights, cascade.best_epoch = ndcg, model.get_weights(), epoch + 1
+  model.set_weights(best_weights)
+  cascade.train_seconds = round(time.time() - t0, 1)
+  return cascade
+
+
+def evaluate_cascade(cascade: Cascade, stage: CascadeStage, item_ids, ks=(5, 10, 20, 50, 100),
+                     ndcg_ks=(5, 10)) -> dict:
+  """The final list, each source's own list and the candidate recall on ``stage`` (e.g. the test queries).
+
+  Returns {"final": metrics, "sources": {name: metrics}, "candidate_recall": {"merged": {slice: r},
+  "<source>": {slice: r}}, "candidates": M}; metrics as ``semrec.towers.evaluate_scores`` (overall / warm /
+  cold), history excluded as in retrieval.
+  """
+  from semrec.towers.evaluation import evaluate_scores
+  n = len(item_ids)
+  q = stage.queries
+  final = evaluate_scores(final_list_scores(cascade.scores(stage), stage.merged, n), q, item_ids, ks=ks,
+                          ndcg_ks=ndcg_ks)
+  srcs = {r.name: evaluate_scores(source_list_scores(r, n), q, item_ids, ks=tuple(k for k in ks
+                                                                                  if k <= r.rows.shape[1]),
+                                  ndcg_ks=ndcg_ks) for r in stage.results}
+  targets = target_rows(q, catalogue_index(item_ids))
+  cold = np.asarray(q.cold, bool)
+  recall = {"merged": candidate_recall(stage.merged.rows, targets, cold)}
+  for r in stage.results:
+    recall[r.name] = candidate_recall(r.rows, targets, cold)
+  return {"final": final, "sources": srcs, "candidate_recall": recall, "candidates": int(stage.merged.rows.shape[1])}

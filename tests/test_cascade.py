@@ -1,0 +1,216 @@
+"""The cascade: candidate sources, their merge, the ranker trained on candidates, the final list."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from semrec.data import ItemFeatures, Queries, RecDataset, make_split
+from semrec.ranking.candidates import (ScoreSource, SourceResult, candidate_recall, catalogue_index,
+                                       fresh_item_filter, merge_candidates, removed_items, top_k_rows)
+
+
+def _result(name, rows, scores=None):
+  rows = np.asarray(rows, np.int64)
+  return SourceResult(name, rows, np.asarray(scores if scores is not None else -rows, np.float32))
+
+
+# ------------------------------------------------------------------------------------------- merge / top-k
+
+
+def test_merge_quotas_then_round_robin_with_dedupe():
+  # a: [1, 2, 3, 4]; b: [2, 5, 6, -1] (b returned only three items). Quotas a=1, b=2, total 5:
+  # quotas -> 1 (a), then b's first two not taken: 2, 5; round-robin by rank: rank 0: 1, 2 taken; rank 1: 2
+  # taken, 5 taken; rank 2: 3 (a) added, 6 (b) added -> [1, 2, 5, 3, 6].
+  a = _result("a", [[1, 2, 3, 4]], [[0.9, 0.8, 0.7, 0.6]])
+  b = _result("b", [[2, 5, 6, -1]], [[3.0, 2.0, 1.0, 0.0]])
+  m = merge_candidates([a, b], total=5, quotas={"a": 1, "b": 2})
+  assert m.rows.tolist() == [[1, 2, 5, 3, 6]]
+  # Ranks / scores of every merged candidate in every source (-1 / 0 where absent).
+  assert m.ranks[0].tolist() == [[0, -1], [1, 0], [-1, 1], [2, -1], [-1, 2]]
+  np.testing.assert_allclose(m.scores[0, :, 1], [0, 3, 2, 0, 1])
+  assert m.sources == ("a", "b")
+
+
+def test_merge_pads_when_sources_have_fewer_items_than_total():
+  m = merge_candidates([_result("a", [[3, -1]]), _result("b", [[3, 4]])], total=5)
+  assert m.rows.tolist() == [[3, 4, -1, -1, -1]]
+  assert (m.ranks[0, 2:] == -1).all()
+
+
+def test_merge_rejects_bad_arguments():
+  with pytest.raises(ValueError, match="unknown sources"):
+    merge_candidates([_result("a", [[1]])], total=2, quotas={"zz": 1})
+  with pytest.raises(ValueError, match="unique"):
+    merge_candidates([_result("a", [[1]]), _result("a", [[2]])], total=2)
+  with pytest.raises(ValueError, match="at least one"):
+    merge_candidates([], total=2)
+
+
+def test_top_k_rows_ties_to_lower_row_and_pads_non_finite():
+  s = np.array([[1.0, 3.0, 3.0, -np.inf], [-np.inf, -np.inf, 2.0, -np.inf]])
+  rows, scores = top_k_rows(s, 3)
+  assert rows.tolist() == [[1, 2, 0], [2, -1, -1]]
+  np.testing.assert_allclose(scores, [[3, 3, 1], [2, 0, 0]])
+
+
+def test_candidate_recall_by_slice():
+  rows = np.array([[0, 1], [2, 3], [4, 5]])
+  targets = [np.array([1]), np.array([9]), np.array([4, 7])]
+  r = candidate_recall(rows, targets, cold=np.array([False, False, True]))
+  assert r == {"overall": pytest.approx((1 + 0 + 0.5) / 3), "warm": 0.5, "cold": 0.5}
+
+
+def _queries(histories, targets, times, candidates=None, exclude=None):
+  return Queries(np.array([f"u{i}" for i in range(len(histories))], dtype=object),
+                 [np.array(h, dtype=object) for h in histories], [np.array(t, dtype=object) for t in targets],
+                 np.asarray(times, np.int64), [np.array(h, dtype=object) for h in (exclude or histories)],
+                 np.zeros(len(histories), bool), candidates)
+
+
+def test_source_removes_history_and_non_candidates_and_returns_fewer_than_k():
+  index = catalogue_index(["a", "b", "c", "d"])
+  q = _queries([["a"], []], [["b"], ["c"]], [5, 5], candidates=np.array(["a", "b", "c"], dtype=object))
+  removed = removed_items(q, np.arange(2), index)
+  assert removed.tolist() == [[True, False, False, True], [False, False, False, True]]
+  src = ScoreSource("s", lambda queries, rows: np.tile([4.0, 3.0, 2.0, 1.0], (len(rows), 1)))
+  res = src.retrieve(q, 3, index)
+  # query 0: a (history) and d (non-candidate) removed -> b, c and a pad; a query with no history keeps a.
+  assert res.rows.tolist() == [[1, 2, -1], [0, 1, 2]]
+
+
+def test_fresh_filter_window_and_empty_window():
+  first_seen = np.array([0, 10, 20, np.iinfo(np.int64).max])  # d never seen in train
+  q = _queries([["a"]], [["d"]], [20])
+  assert fresh_item_filter(first_seen, 0)(q, np.arange(1)).tolist() == [[False, False, True, True]]
+  assert fresh_item_filter(first_seen, 10)(q, np.arange(1)).tolist() == [[False, True, True, True]]
+  # Empty fresh set (every item seen long before): the source returns nothing, all padding.
+  q_late = _queries([["a"]], [["b"]], [10_000])
+  src = ScoreSource("fresh", lambda queries, rows: np.zeros((len(rows), 4)),
+                    item_filter=fresh_item_filter(first_seen[:3].tolist() + [5], 0))
+  assert (src.retrieve(q_late, 2, catalogue_index(["a", "b", "c", "d"])).rows == -1).all()
+  with pytest.raises(ValueError, match="fresh window"):
+    fresh_item_filter(first_seen, -1)
+
+
+# ------------------------------------------------------------------------------------------ the tiny world
+
+
+def _world(num_users=60, seq_len=8, seed=0):
+  """Three topics; 10 warm items per topic; one new item per topic that appears only as users' last (test)
+  item. Every user reads only its topic; its next item after a warm item is the next warm item of the topic
+  (cyclic), so transitions are informative for warm items and the new items have no train interaction."""
+  rng = np.random.default_rng(seed)
+  warm = [f"w{t}_{j}" for t in range(3) for j in range(10)]
+  new = [f"new{t}" for t in range(3)]
+  items = warm + new
+  topic = np.array([t for t in range(3) for _ in range(10)] + [0, 1, 2])
+  content = np.eye(3)[topic] * 3.0 + 0.3 * rng.normal(size=(len(items), 3))
+  rows = []
+  for u in range(num_users):
+    t = u % 3
+    start = rng.integers(10)
+    seq = [f"w{t}_{(start + j) % 10}" for j in range(seq_len - 1)] + [f"new{t}"]
+    rows += [(f"u{u}", it, pos) for pos, it in enumerate(seq)]
+  inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+  inter["label"] = np.float32(1.0)
+  ds = RecDataset("tiny", inter, pd.DataFrame({"item_id": items, "title": items}))
+  sid = np.stack([topic, np.arange(len(items)) % 4, np.zeros(len(items), int)], axis=1).astype(np.int32)
+  feats = ItemFeatures(np.array(items, dtype=object), {"sid": sid, "content": content.astype(np.float32)})
+  return ds, feats
+
+
+def test_training_pairs_never_label_the_positive_history_or_future_items():
+  from semrec.ranking.cascade import (CascadeConfig, build_sources, candidate_stage, training_queries,
+                                      training_slots, user_future_items)
+  ds, feats = _world()
+  split = make_split(ds, "leave_one_out")
+  cfg = CascadeConfig(candidates=12, per_source=8, hard_negatives=6, random_negatives=3, mode="unigram")
+  tq = training_queries(split, cfg.queries_per_user, cfg.max_train_queries)
+  index = catalogue_index(feats.item_ids)
+  stage = candidate_stage(build_sources(split, feats.item_ids, feats.arrays["content"], training=True), tq,
+                          index, cfg)
+  future = user_future_items(split)
+  merged, pairs, labels = training_slots(stage.merged, tq, index, future, cfg)
+  assert len(pairs) and labels.sum() == len(tq)  # one positive per training query
+  valid_test = {t for q in ("valid", "test") for ts in split.queries(q).targets for t in ts}
+  assert "new0" in valid_test
+  for (q, s), y in zip(pairs, labels):
+    item = feats.item_ids[merged.rows[q, s]]
+    if y == 1:
+      assert item == tq.targets[q][0]
+      continue
+    assert item != tq.targets[q][0]
+    assert item not in set(tq.histories[q])
+    assert item not in future.get(tq.user_ids[q], set())  # the user's validation / test items
+    assert item in set(split.train_items)  # items seen only in validation / test never enter training
+
+
+def test_training_queries_come_from_the_train_log_only():
+  from semrec.ranking.cascade import training_queries
+  ds, _ = _world()
+  split = make_split(ds, "leave_one_out")
+  tq = training_queries(split, queries_per_user=2, max_queries=1000)
+  train_pairs = set(zip(split.train_positives["user_id"], split.train_positives["item_id"]))
+  for u, h, t in zip(tq.user_ids, tq.histories, tq.targets):
+    assert (u, t[0]) in train_pairs and all((u, i) in train_pairs for i in h)
+  assert len(tq) == 2 * ds.interactions["user_id"].nunique()
+
+
+def test_transition_source_leaves_the_training_query_own_transition_out():
+  from semrec.ranking.cascade import leave_own_transition_out
+  from semrec.towers.baselines import TransitionBaseline
+  ds, feats = _world(num_users=3)
+  split = make_split(ds, "leave_one_out")
+  base = TransitionBaseline().fit(split, feats.item_ids)
+  # One user per topic, so the transition w0_a -> w0_b of user u0 is counted once: out of sample it is 0.
+  seq = split.train_sequences()["u0"]
+  q = _queries([seq[:1]], [[seq[1]]], [1])
+  full = base.scores(q, np.arange(1))
+  loo = leave_own_transition_out(base)(q, np.arange(1))
+  col = catalogue_index(feats.item_ids).get_loc(seq[1])
+  n = len(feats.item_ids)
+  assert full[0, col] - loo[0, col] == n + 1
+  np.testing.assert_array_equal(np.delete(full[0], col), np.delete(loo[0], col))
+
+
+def test_fresh_source_is_the_only_way_to_the_new_item_and_the_ranked_list_finds_it():
+  from semrec.ranking.cascade import (CascadeConfig, build_sources, candidate_stage, evaluate_cascade,
+                                      train_cascade)
+  ds, feats = _world()
+  split = make_split(ds, "leave_one_out")
+  index = catalogue_index(feats.item_ids)
+  cfg = CascadeConfig(candidates=12, per_source=6, hard_negatives=6, random_negatives=2, mode="unigram",
+                      max_epochs=2, embedding_dim=8, batch_size=64)
+  test = split.queries("test")
+  assert all(t[0].startswith("new") for t in test.targets)
+  keep = lambda sources: [s for s in sources if s.name != "content_knn"]  # noqa: E731  (kNN would find them too)
+  serve = keep(build_sources(split, feats.item_ids, feats.arrays["content"]))
+  stage = candidate_stage(serve, test, index, cfg)
+  recall = {r.name: candidate_recall(r.rows, [index.get_indexer(t) for t in test.targets])["overall"]
+            for r in stage.results}
+  assert recall == {"fresh_items": 1.0, "transition": 0.0, "popularity": 0.0}
+  cascade = train_cascade(split, feats, 4, keep(build_sources(split, feats.item_ids, feats.arrays["content"],
+                                                              training=True)),
+                          candidate_stage(serve, split.queries("valid"), index, cfg), cfg, progress=False)
+  out = evaluate_cascade(cascade, stage, feats.item_ids, ks=(5, 10))
+  assert out["candidate_recall"]["merged"]["overall"] == 1.0
+  assert out["final"]["overall"]["recall@10"] == 1.0  # every new item is in its user's final top 10
+  # Without the fresh-item source no list can reach the new items.
+  no_fresh = candidate_stage([s for s in serve if s.name != "fresh_items"], test, index, cfg)
+  assert candidate_recall(no_fresh.merged.rows, [index.get_indexer(t) for t in test.targets])["overall"] == 0.0
+
+
+def test_query_with_no_history_gets_candidates_and_a_score():
+  from semrec.ranking.cascade import CascadeFeaturizer
+  ds, feats = _world()
+  split = make_split(ds, "leave_one_out")
+  index = catalogue_index(feats.item_ids)
+  from semrec.ranking.cascade import CascadeConfig, build_sources, candidate_stage
+  q = _queries([[]], [["w0_1"]], [3])
+  stage = candidate_stage(build_sources(split, feats.item_ids, feats.arrays["content"]), q, index,
+                          CascadeConfig(candidates=40, per_source=5))
+  # Catalogue (33) smaller than the candidate count (40): every item once, the rest padding.
+  rows = stage.merged.rows[0]
+  assert len(set(rows[rows >= 0])) == (rows >= 0).sum() <= 33
+  assert (rows[rows >= 0].size >= 5) and (rows[-1] == -1)
+  ex = CascadeFeaturizer(feats, split.train).examples(stage.merged, q)
+  assert np.isfinite(ex.context).all() and (ex.last == -1).all()
