@@ -11,8 +11,8 @@ from setuptools.command.build_py import build_py as _build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-SUBPACKAGES = ["encoders", "towers", "sid", "ranking", "export", "data", "pipeline", "pipeline.stages", "tests",
-               "benchmarks", "beam"]
+SUBPACKAGES = ["encoders", "towers", "sid", "generative", "ranking", "export", "data", "pipeline", "pipeline.stages",
+               "tests", "benchmarks", "beam"]
 
 
 class build_py(_build_py):
