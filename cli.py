@@ -161,11 +161,13 @@ def batch_group():
               help="Store directory (default <run-dir>/encode/store, where the encode stage looks).")
 @click.option("--shard-size", type=int, default=1024, show_default=True, help="Items per shard (one Beam task).")
 def batch_encode_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
-                     force, runner, num_workers, beam_options, store, shard_size):
-  """Encode item content into the sharded embedding store (resumable; same files on every runner)."""
+                     split, no_exclude_history, force, runner, num_workers, beam_options, store, shard_size):
+  """Encode item content into the sharded embedding store (resumable; same files on every runner; --force
+  re-encodes every shard from the items)."""
   from semrec.encoders import build_encoder, encode_corpus
   with _UserErrors():
-    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick)
+    run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                    split, no_exclude_history, stages=("encode",))
     cfg = run.config.encoder_config()
     store = store or run.path("encode", "store")
     if runner == "inprocess":
