@@ -11,17 +11,43 @@ and swapped into place (the previous version is removed only after the swap).
 
 Reads of artefacts (:func:`read_json`, :func:`read_npz`) turn a truncated or corrupt file (e.g. damaged
 by a disk or a copy outside semrec) into a :class:`CorruptArtefactError` naming the file and what to do.
+A write that fails for lack of space or on an I/O error (ENOSPC, EDQUOT, EFBIG, EIO, EROFS) is an
+:class:`ArtefactWriteError` naming the file; the temporary file is removed and the previous artefact, if
+any, is left as it was (nothing half-written).
 JSON is written strictly (:func:`write_json`): NaN and infinities become ``null``.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
 import tempfile
 import uuid
 from typing import Iterator, Optional
+
+
+# Write failures of the disk rather than of the program: reported as one clear error naming the file.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
+class ArtefactWriteError(OSError):
+  """An artefact could not be written (disk full, quota, I/O error, read-only file system). The message names
+  the file; nothing was half-written (the previous file, if any, is unchanged)."""
+
+
+def _write_error(path: str, e: OSError) -> ArtefactWriteError:
+  reason = e.strerror or os.strerror(e.errno)
+  err = ArtefactWriteError(e.errno, f"{path}: cannot write ({errno.errorcode.get(e.errno, e.errno)}: {reason}); "
+                                    "nothing was written (the previous version, if any, is unchanged): free disk "
+                                    "space or fix the device, then rerun the command (finished steps resume)")
+  err.filename = path
+  return err
+
+
+def _is_disk_error(e: BaseException) -> bool:
+  return isinstance(e, OSError) and not isinstance(e, ArtefactWriteError) and e.errno in _DISK_ERRNOS
 
 
 @contextlib.contextmanager
@@ -33,17 +59,23 @@ def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     suffix: Ending of the temporary name, for writers that pick or append a format by extension
       (``".npz"`` for ``np.savez``, ``".png"`` for ``savefig``).
 
-  On an exception the temporary file is removed and ``path`` is left as it was.
+  On an exception the temporary file is removed and ``path`` is left as it was; a disk error (no space, I/O
+  error) becomes an :class:`ArtefactWriteError` naming ``path``.
   """
   directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
   tmp = f"{path}.tmp{os.getpid()}-{uuid.uuid4().hex[:8]}{suffix}"
   try:
+    os.makedirs(directory, exist_ok=True)
     yield tmp
     os.replace(tmp, path)
+  except OSError as e:
+    if _is_disk_error(e):
+      raise _write_error(path, e) from e
+    raise
   finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+    with contextlib.suppress(OSError):
+      if os.path.exists(tmp):
+        os.remove(tmp)
 
 
 def write_bytes(path: str, data: bytes, fsync: bool = True):
@@ -154,16 +186,24 @@ def save_figure(fig, path: str, dpi: int = 110):
 def atomic_directory(directory: str) -> Iterator[str]:
   """Yields an empty temporary directory beside ``directory``; on success it replaces ``directory``.
 
-  On an exception the temporary directory is deleted and ``directory`` is left as it was.
+  On an exception the temporary directory is deleted and ``directory`` is left as it was; a disk error (no
+  space, I/O error) becomes an :class:`ArtefactWriteError` naming ``directory``.
   """
   directory = os.path.abspath(directory)
   parent = os.path.dirname(directory)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+  try:
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.tmp-", dir=parent)
+  except OSError as e:
+    if _is_disk_error(e):
+      raise _write_error(directory, e) from e
+    raise
   try:
     yield tmp
-  except BaseException:
+  except BaseException as e:
     shutil.rmtree(tmp, ignore_errors=True)
+    if _is_disk_error(e):
+      raise _write_error(directory, e) from e
     raise
   if os.path.exists(directory):
     old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old-", dir=parent)

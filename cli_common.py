@@ -12,6 +12,8 @@ import warnings
 
 import click
 
+from semrec.data.split import SPLITS  # the split kinds' one source (no TensorFlow import)
+
 
 def _configure_output(verbose: bool):
   """Quiet by default: TensorFlow's C++ logs (CUDA probing, oneDNN notices), absl / TF Python logging and
@@ -97,12 +99,14 @@ def _verbose_option(f):
 
 def _user_error_types() -> tuple:
   """Errors that describe bad input (their message names the file, row, field or artefact at fault)."""
-  from semrec.atomic import CorruptArtefactError
+  from semrec.atomic import ArtefactWriteError, CorruptArtefactError
   from semrec.config import ConfigError
   from semrec.data import DataError
   from semrec.encoders import EncodeError
   from semrec.export import ExportError
-  return (DataError, ConfigError, CorruptArtefactError, EncodeError, ExportError, FileNotFoundError, ValueError)
+  from semrec.pipeline.run import RunLockedError
+  return (DataError, ConfigError, CorruptArtefactError, EncodeError, ExportError, FileNotFoundError, ValueError,
+          ArtefactWriteError, RunLockedError)
 
 
 class _Cli(click.Group):
@@ -127,8 +131,9 @@ class _Cli(click.Group):
 
 def _show_warnings():
   """Python warnings as one `Warning: ...` line each on stderr. Data conversions (``semrec.data.DataWarning``:
-  duplicates dropped, fractional timestamps floored) are always shown, even when other warnings are quiet."""
-  warnings.filterwarnings("always", category=UserWarning, module=r"semrec\.data\.")
+  duplicates dropped, fractional timestamps floored) and the pipeline's warnings about the data (preflight) are
+  always shown, even when other warnings are quiet."""
+  warnings.filterwarnings("always", category=UserWarning, module=r"semrec\.(data|pipeline)\.")
   warnings.showwarning = lambda message, category, *args, **kwargs: click.echo(f"Warning: {message}", err=True)
 
 
@@ -149,76 +154,42 @@ class _UserErrors:
     return False
 
 
+def _config_flags(dataset, interactions, items, text_columns, quality_columns, seed, split=None,
+                  no_exclude_history=False) -> dict:
+  """{dotted RunConfig key: (value, flag name)} of the flags given on the command line."""
+  columns = lambda text: tuple(c.strip() for c in text.split(",") if c.strip())  # noqa: E731
+  given = {"data.type": (dataset, "--dataset"), "data.interactions": (interactions, "--interactions"),
+           "data.items": (items, "--items"),
+           "data.text_columns": (columns(text_columns) if text_columns else None, "--text-columns"),
+           "data.quality_columns": (columns(quality_columns) if quality_columns else None, "--quality-columns"),
+           "seed": (seed, "--seed"), "data.split": (split, "--split"),
+           "data.exclude_history": (False if no_exclude_history else None, "--no-exclude-history")}
+  return {k: (v, name) for k, (v, name) in given.items() if v is not None and v != ""}
+
+
+def _effective_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                      split=None, no_exclude_history=False):
+  """``semrec.pipeline.config.build_run_config`` of the command's file and flags (not yet validated)."""
+  from semrec.pipeline.config import build_run_config
+  flags = _config_flags(dataset, interactions, items, text_columns, quality_columns, seed, split, no_exclude_history)
+  return build_run_config(config_path, flags, quick)
+
+
 def _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick, split=None,
                   no_exclude_history=False):
   """The RunConfig of a command: defaults < --quick presets < the config file < flags, validated whole.
 
   ``--quick`` shrinks sizes and epochs, but a value the config file changes from its default wins over the
-  preset (so ``--quick`` with ``sid.model.codebook_size: 64`` in the file keeps 64); each such value is
-  reported. A file value equal to the default does not count as set.
+  preset (so ``--quick`` with ``sid.codebook_size: 64`` in the file keeps 64); each such value is reported.
   """
-  from semrec.config import from_dict, load_yaml, merge_dicts, read_yaml, to_dict, validate
-  from semrec.pipeline import RunConfig
-
-  def flags(cfg):
-    if dataset:
-      cfg.data.type = dataset
-    if interactions:
-      cfg.data.interactions = interactions
-    if items:
-      cfg.data.items = items
-    if text_columns:
-      cfg.data.text_columns = tuple(c.strip() for c in text_columns.split(",") if c.strip())
-    if quality_columns:
-      cfg.data.quality_columns = tuple(c.strip() for c in quality_columns.split(",") if c.strip())
-    if seed is not None:
-      cfg.seed = seed
-    if split:
-      cfg.data.split = split
-    if no_exclude_history:
-      cfg.data.exclude_history = False
-    return cfg
-
-  cfg = flags(load_yaml(RunConfig, config_path) if config_path else RunConfig())
+  eff = _effective_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                          split, no_exclude_history)
+  cfg = eff.config
   if cfg.data.type == "generic" and not (cfg.data.interactions and cfg.data.items):
     raise click.UsageError("--dataset generic needs --interactions and --items")
-  if quick:
-    # Only values the file changes from the defaults count as set: a full dump of a RunConfig (every field
-    # written out) must still get the --quick sizes for the fields it leaves at their defaults.
-    raw = _changed(read_yaml(config_path) if config_path else {}, to_dict(RunConfig()))
-    preset = to_dict(cfg.quick())
-    kept = _overridden(preset, raw)
-    cfg = flags(from_dict(RunConfig, merge_dicts(preset, raw)))
-    for path, value in kept:
-      click.echo(f"Note: --quick keeps {path}={value!r} from {config_path} (the file wins over the preset)", err=True)
-  validate(cfg)
-  cfg.validate()
-  return cfg
-
-
-def _changed(raw: dict, defaults: dict) -> dict:
-  """The entries of ``raw`` (nested) whose values differ from ``defaults`` (lists and tuples compare equal)."""
-  out = {}
-  for k, v in raw.items():
-    d = defaults.get(k, object())
-    if isinstance(v, dict) and isinstance(d, dict):
-      sub = _changed(v, d)
-      if sub:
-        out[k] = sub
-    elif not (isinstance(v, (list, tuple)) and isinstance(d, (list, tuple)) and list(v) == list(d)) and v != d:
-      out[k] = v
-  return out
-
-
-def _overridden(preset: dict, raw: dict, prefix: str = "") -> list:
-  """[(dotted key, file value)] where the config file sets a value the --quick preset changes."""
-  out = []
-  for k, v in raw.items():
-    if isinstance(v, dict) and isinstance(preset.get(k), dict):
-      out += _overridden(preset[k], v, f"{prefix}{k}.")
-    elif k in preset and preset[k] != v and not isinstance(v, dict):
-      out.append((f"{prefix}{k}", v))
-  return out
+  for note in eff.notes:
+    click.echo(f"Note: {note}", err=True)
+  return eff.validate()
 
 
 def _run_options(f):
@@ -236,7 +207,7 @@ def _run_options(f):
       click.option("--text-columns", default=None, help="Generic format: comma-separated item text columns."),
       click.option("--quality-columns", default=None, help="Generic format: comma-separated numeric quality columns."),
       click.option("--seed", type=int, default=None, help="Global seed."),
-      click.option("--split", type=click.Choice(["temporal", "leave_one_out", "cold_items"]), default=None,
+      click.option("--split", type=click.Choice(SPLITS), default=None,
                    help="Retrieval evaluation protocol (docs/protocols.md); default temporal."),
       click.option("--no-exclude-history", is_flag=True,
                    help="Keep each user's earlier items in the retrieval ranking (excluded by default)."),
@@ -251,12 +222,21 @@ def _run_options(f):
 
 def _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split=None,
               no_exclude_history=False, stages=()):
-  """The run directory, after the config and the data were checked against each other for ``stages``
+  """The run directory, locked for this command (``semrec.pipeline.run.RunLock``: a second process on the
+  same directory is refused, naming the holder's pid; released when the command ends, or by the kernel when
+  the process dies), after the config and the data were checked against each other for ``stages``
   (``semrec.pipeline.preflight``), before any stage runs."""
   from semrec.pipeline import Run, preflight, write_config
+  from semrec.pipeline.run import RunLock
   cfg = _build_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
                       no_exclude_history)
   run = Run(cfg, run_dir or _default_run_dir(cfg, quick))
+  lock = RunLock(run.run_dir).acquire()
+  ctx = click.get_current_context(silent=True)
+  if ctx is not None:
+    ctx.call_on_close(lock.release)
+  else:  # called outside a click command: released at exit (or by the kernel when the process dies)
+    atexit.register(lock.release)
   preflight(run, stages)
   write_config(run)
   return run

@@ -245,6 +245,27 @@ def _user_rows(log: pd.DataFrame) -> dict:
           for u, g in ulog.groupby("user_id", sort=False)}
 
 
+def _check_queries(dataset: RecDataset, kind: str, log: pd.DataFrame, stages: dict):
+  """Refuses a protocol that leaves no validation or no test query (nothing could be evaluated or selected),
+  naming what the data lacks for it. Runs before any model is trained (``semrec.pipeline.preflight``)."""
+  empty = [{"valid": "validation"}.get(s, s) for s in ("valid", "test") if len(stages[s]) == 0]
+  if not empty:
+    return
+  pos = log[log["label"].to_numpy() > 0]
+  per_user = pos.groupby("user_id").size()
+  users, most = int(log["user_id"].nunique()), int(per_user.max()) if len(per_user) else 0
+  if kind == "leave_one_out":
+    why = (f"no user has the 3 positive interactions it needs (train, validation, test): {users} users, at most "
+           f"{most} positive(s) per user")
+  elif kind == "cold_items":
+    why = ("no user with a positive among the remaining (training) items also interacted positively with the "
+           f"held-out items ({users} users, at most {most} positive(s) per user); a cold query needs both")
+  else:
+    why = "no positive interaction falls in the validation window / after the test cutoff"
+  raise DataError(f"dataset {dataset.name!r}: split {kind!r} leaves no {' and no '.join(empty)} queries: {why}; "
+                  "use a split the data supports (--split temporal / leave_one_out / cold_items, docs/protocols.md)")
+
+
 def make_split(dataset: RecDataset, kind: str = "temporal", *, train_fraction: float = 0.8,
                val_fraction: float = 0.1, cold_fraction: float = 0.2, seed: int = 0) -> EvalSplit:
   """Builds the ``kind`` protocol's train log and validation / test queries (docs/protocols.md).
@@ -259,6 +280,11 @@ def make_split(dataset: RecDataset, kind: str = "temporal", *, train_fraction: f
     val_fraction: temporal: the latest fraction of the pre-cutoff interactions forming the validation window.
     cold_fraction: cold_items: fraction of the items with a positive interaction held out.
     seed: cold_items: seeds which items are held out.
+
+  Raises:
+    DataError: the data cannot be split this way, e.g. a protocol with no validation or no test query
+      (leave_one_out where no user has 3 positives, cold_items where no user has both a train positive and a
+      held-out positive), naming the cause.
   """
   if kind not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {kind!r}")
@@ -269,6 +295,7 @@ def make_split(dataset: RecDataset, kind: str = "temporal", *, train_fraction: f
     train, stages, info = _leave_one_out(log)
   else:
     train, stages, info = _cold_items(log, dataset.item_ids.astype(object), cold_fraction, seed)
+  _check_queries(dataset, kind, log, stages)
   train_items = set(train["item_id"])
   targets = [t for q in stages.values() for ts in q.targets for t in ts]
   cold = np.sort(np.array(sorted({t for t in targets if t not in train_items}), dtype=object))

@@ -6,11 +6,15 @@ Store layout (``store_dir/``):
                                 per-shard content hashes, fallbacks, ``complete`` flag. No timestamps, so two
                                 runs over the same inputs write identical manifests.
   shard-00000-of-00012.npz      item_ids [n] str, embeddings [n, D] float32, mask [n, M] float32,
-                                fallbacks (JSON string). Written to a temp file, then ``os.replace``.
+                                fallbacks (JSON string), content_sha256 (the hash of the three arrays as
+                                written). Written to a temp file, then ``os.replace``.
 
 Resuming: ``encode_corpus`` re-plans the shards from the dataset (catalogue order, ``shard_size``), keeps
-every shard file already present whose item ids match the plan, and encodes only the rest. A store
-started for another dataset, encoder or shard size is refused, not mixed.
+every shard file already present whose item ids match the plan and whose contents still match the hash
+written with them (an edited, damaged or older-format shard is re-encoded: semrec never re-hashes a file it
+did not just compute), and encodes only the rest. A store started for another dataset, encoder or shard
+size is refused, not mixed; ``overwrite=True`` (``semrec encode --force``) deletes every shard and encodes
+the whole store again from the items.
 """
 from __future__ import annotations
 
@@ -51,20 +55,31 @@ def shard_name(index: int, num_shards: int) -> str:
 def write_shard(path: str, batch: EncodedBatch):
   """Writes one encoded shard atomically (temp file + ``os.replace``)."""
   atomic.save_npz(path, item_ids=np.asarray(batch.item_ids, dtype=str), embeddings=batch.embeddings.astype(np.float32),
-                  mask=batch.mask.astype(np.float32), fallbacks=np.array(json.dumps(batch.fallbacks, sort_keys=True)))
+                  mask=batch.mask.astype(np.float32), fallbacks=np.array(json.dumps(batch.fallbacks, sort_keys=True)),
+                  content_sha256=np.array(_content_hash(batch.item_ids, batch.embeddings, batch.mask)))
 
 
-_REENCODE = "run `semrec encode --force` (only damaged shards are re-encoded)"
+_REENCODE = "run `semrec encode --force` (encodes the store again from the items)"
 
 
-def read_shard(path: str) -> EncodedBatch:
-  """One shard; a truncated or corrupt file raises ``CorruptArtefactError`` naming it."""
+def read_shard(path: str, verify: bool = False) -> EncodedBatch:
+  """One shard; a truncated or corrupt file raises ``CorruptArtefactError`` naming it.
+
+  ``verify=True`` also checks the contents against the hash written with them (``content_sha256``): a shard
+  edited since it was written, or one without the hash (an older format), is a ``CorruptArtefactError`` too.
+  """
   from semrec.atomic import CorruptArtefactError, read_npz
   z = read_npz(path, "embedding shard", _REENCODE)
   try:
-    return EncodedBatch(z["item_ids"].astype(object), z["embeddings"], z["mask"], json.loads(str(z["fallbacks"])))
+    batch = EncodedBatch(z["item_ids"].astype(object), z["embeddings"], z["mask"], json.loads(str(z["fallbacks"])))
   except (KeyError, ValueError) as e:
     raise CorruptArtefactError(f"{path}: damaged embedding shard ({type(e).__name__}: {e}); {_REENCODE}") from e
+  if verify:
+    written = str(z["content_sha256"]) if "content_sha256" in z else None
+    if written != _content_hash(batch.item_ids, batch.embeddings, batch.mask):
+      raise CorruptArtefactError(f"{path}: embedding shard contents do not match the hash written with them "
+                                 f"({'no hash: older format' if written is None else 'edited or damaged'})")
+  return batch
 
 
 @dataclasses.dataclass
@@ -176,8 +191,10 @@ def plan_store(dataset, encoder_info: dict, shard_size: int) -> StorePlan:
 
 
 def prepare_store(plan: StorePlan, store_dir: str, overwrite: bool = False) -> EmbeddingStore:
-  """Creates ``store_dir`` for ``plan``: refuses (or with ``overwrite`` clears) a store for other inputs,
-  removes temp files of a killed writer, and writes the unfinished manifest. Finished shards are kept."""
+  """Creates ``store_dir`` for ``plan``: refuses a store for other inputs, removes temp files of a killed writer,
+  and writes the unfinished manifest. Finished shards of the same plan are kept (``encode_shard`` checks each
+  before reusing it). ``overwrite`` deletes every shard and the manifest first, whatever inputs they were for:
+  the store is encoded again from the items (``--force``)."""
   os.makedirs(store_dir, exist_ok=True)
   store = EmbeddingStore(store_dir)
   if os.path.isfile(store.manifest_path):
@@ -187,7 +204,7 @@ def prepare_store(plan: StorePlan, store_dir: str, overwrite: bool = False) -> E
     except CorruptArtefactError as e:  # it cannot vouch for the shards: re-encode them all
       logger.warning("%s; re-encoding every shard", e)
       old, overwrite = {}, True
-    if old.get("plan_key") != plan.base_manifest["plan_key"]:
+    if overwrite or old.get("plan_key") != plan.base_manifest["plan_key"]:
       if not overwrite:
         raise ValueError(f"{store_dir!r} holds an embedding store for other inputs (dataset "
                          f"{old.get('dataset', {}).get('name')!r}, fingerprint "
@@ -215,11 +232,11 @@ def encode_shard(plan: StorePlan, index: int, store_dir: str, encoder: Multimoda
   batch, computed = None, False
   if os.path.isfile(path):
     try:
-      batch = read_shard(path)
+      batch = read_shard(path, verify=True)  # an edited shard is recomputed, never re-hashed as valid
       if list(batch.item_ids) != plan.item_ids[lo:hi]:
         batch = None
-    except Exception as e:  # unreadable leftovers are recomputed
-      logger.warning("recomputing unreadable shard %s: %s", path, e)
+    except Exception as e:  # unreadable, edited or unverifiable leftovers are recomputed
+      logger.warning("recomputing shard %s: %s", path, e)
       batch = None
   if batch is None:
     batch = encoder.encode(plan.contents[lo:hi])
@@ -259,7 +276,8 @@ def encode_corpus(dataset, encoder: MultimodalEncoder, store_dir: str, shard_siz
       encoder and shard size, finished shards are kept and only missing ones are encoded.
     shard_size: Items per shard (the unit of resumption).
     progress: Show a tqdm progress bar (items).
-    overwrite: Delete an existing store for other inputs instead of refusing.
+    overwrite: Delete every existing shard (of any store) and encode everything again (``--force``), instead
+      of resuming or refusing a store for other inputs.
     on_shard_done: Optional ``callback(shard_index, computed)`` after each shard (``computed`` False for a
       shard kept from an earlier run).
   Returns:

@@ -9,6 +9,7 @@ stale, and is recomputed (its directory cleared first) together with every later
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -128,13 +129,72 @@ class Run:
     atomic_write_json(os.path.join(self.stage_dir(stage), "_DONE.json"), record)
 
 
+class RunLockedError(RuntimeError):
+  """Another live process holds the run directory's lock (the message names its pid)."""
+
+
+LOCK_FILE = ".semrec.lock"
+
+
+class RunLock:
+  """An exclusive lock on a run directory: one ``semrec`` process writes a run directory at a time.
+
+  ``<run_dir>/.semrec.lock`` holds the holder's pid and is locked with ``fcntl.flock``. The kernel releases
+  the flock when its process ends in any way (normal exit, exception, SIGKILL), so a lock left behind by a
+  dead process is taken over by the next run; :meth:`release` also releases it on a normal exit.
+
+  Usage: ``with RunLock(run_dir): ...`` or ``lock = RunLock(run_dir).acquire()`` ... ``lock.release()``.
+
+  Raises (``acquire``):
+    RunLockedError: a live process holds the lock, naming its pid and the lock file.
+  """
+
+  def __init__(self, run_dir: str):
+    self.path = os.path.join(os.path.abspath(run_dir), LOCK_FILE)
+    self._fd = None
+
+  def acquire(self) -> "RunLock":
+    import fcntl
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+      os.close(fd)
+      raise RunLockedError(f"run directory {os.path.dirname(self.path)} is in use by another semrec process "
+                           f"(pid {holder}, lock {self.path}): wait for it to finish or use another --run-dir")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    self._fd = fd
+    return self
+
+  def release(self):
+    if self._fd is None:
+      return
+    import fcntl
+    with contextlib.suppress(OSError):  # the file may have been removed with the run directory
+      os.ftruncate(self._fd, 0)
+    fcntl.flock(self._fd, fcntl.LOCK_UN)
+    os.close(self._fd)
+    self._fd = None
+
+  def __enter__(self) -> "RunLock":
+    return self.acquire()
+
+  def __exit__(self, *exc):
+    self.release()
+    return False
+
+
 def run_stages(run: Run, stages, registry: dict[str, Callable], log: Callable[[str], None] = print,
                force: bool = False) -> dict:
   """Runs ``stages`` in order, skipping finished ones; returns {stage: result}.
 
   A finished stage is reused unless ``force``, its config changed since it ran (``Run.stale_sections``) or
   the files it reported changed since (``STAGES.recheck``, e.g. a deleted export folder under verify). A stale
-  stage's directory is cleared before it is recomputed, except what a server may be using: ``export/models``
+  or forced stage's directory is cleared before it is recomputed (so ``force`` recomputes from the source and
+  never re-validates an existing file), except what a server may be using: ``export/models``
   is never cleared, so every exported version survives (recomputed models are added as new versions). A
   damaged ``_DONE.json`` is an error naming it, unless ``force``.
   """
@@ -158,9 +218,14 @@ def run_stages(run: Run, stages, registry: dict[str, Callable], log: Callable[[s
       continue
     if changed:
       log(f"[semrec] {stage}: {changed}; recomputing")
+    keeping = " (keeping the exported models)" if stage in STAGES.keep else ""
     if stale:
-      log(f"[semrec] {stage}: config changed since it ran ({', '.join(stale)}); clearing {run.path(stage)}"
-          + (" (keeping the exported models)" if stage in STAGES.keep else ""))
+      log(f"[semrec] {stage}: config changed since it ran ({', '.join(stale)}); clearing {run.path(stage)}" + keeping)
+      _clear_stage_dir(run.path(stage), STAGES.keep.get(stage, ()))
+    elif force and os.path.isdir(run.path(stage)):
+      # --force recomputes from the source: nothing of the stage's earlier files (store shards, sweep
+      # checkpoints) is reused or re-blessed; only what a server may be using is kept.
+      log(f"[semrec] {stage}: --force; clearing {run.path(stage)}" + keeping)
       _clear_stage_dir(run.path(stage), STAGES.keep.get(stage, ()))
     log(f"[semrec] {stage}: running")
     t0 = time.time()
@@ -188,30 +253,68 @@ def write_config(run: Run):
 
 
 def preflight(run: "Run", stages=STAGE_ORDER):
-  """Checks the data against the config before any stage runs (the dataset is loaded and validated here).
+  """Checks the data against the config before any stage runs, for the stages that will run (the dataset is
+  loaded and validated here). Each check belongs to the stages that need it, on the data kind they see:
+
+  - the temporal protocol and the ranking periods: a train/test cutoff with a positive before it;
+  - retrieval: the run's protocol (``data.split``) is built, so a split that leaves no validation or test
+    query fails here (``semrec.data.make_split``); ``retrieval.production_variant`` must be one of the
+    variants the comparison trains; a cold_items stage with no more candidates than the selection cut-off
+    ``k`` is warned about (every model then scores Recall@k = 1: the served variant is a tie);
+  - the ranking AUC sweep, on explicit feedback only (some label 0): the interactions must cut into
+    ``ranking.num_periods`` time periods. Only that sweep over labelled impressions cuts periods; on implicit
+    data (every row a positive, e.g. positional timestamps 0, 1, 2, ... per user) it is skipped, and the
+    cascade ranker trains on retrieval candidates without periods;
+  - sid / retrieval / ranking: a catalogue of at least 2 items and at least ``sid.model.codebook_size``.
 
   Raises:
-    DataError / ConfigError: no positive before the cutoff, interactions that cannot be cut into
-      ``ranking.num_periods`` periods, a catalogue smaller than ``sid.model.codebook_size``.
+    DataError / ConfigError: naming the field or the data's shortfall.
   """
-  from semrec.data import DataError, time_periods
+  import warnings
+  from semrec.data import DataError, DataWarning, time_periods
   cfg, ds = run.config, run.dataset
-  split = run.temporal_split
+  uses_sids = any(s in stages for s in ("sid", "retrieval", "ranking", "ranking-sweep"))
+  if uses_sids and ds.num_items < 2:
+    raise DataError(f"dataset {ds.name!r}: the catalogue has {ds.num_items} item; SIDs, cluster IDs and "
+                    "retrieval need at least 2 items (sid.model.codebook_size is at least 2 and every code needs "
+                    "an item): add items to the items table")
+  explicit = bool((ds.interactions["label"].to_numpy() == 0).any())
+  # The AUC sweep's time periods (see above): the "ranking-sweep" stage where the registry has one (the
+  # "ranking" stage is then the cascade, trained on retrieval candidates without periods), else "ranking".
+  sweep = "ranking-sweep" if "ranking-sweep" in STAGES.registry else "ranking"
+  periods = sweep in stages and explicit
+  if periods or ("retrieval" in stages and cfg.data.split == "temporal"):
+    split = run.temporal_split
+    if not (split.train["label"].to_numpy() > 0).any():
+      raise DataError(f"dataset {ds.name!r}: no positive interaction before the train/test cutoff "
+                      f"{split.cutoff} (data.train_fraction={cfg.data.train_fraction})")
   if "retrieval" in stages:
-    run.split  # noqa: B018 -- builds the retrieval protocol's split now, so its errors come before any stage
-  if not (split.train["label"].to_numpy() > 0).any():
-    raise DataError(f"dataset {ds.name!r}: no positive interaction before the train/test cutoff "
-                    f"{split.cutoff} (data.train_fraction={cfg.data.train_fraction})")
-  if "ranking" in stages:
+    rcfg = cfg.retrieval
+    variants = tuple(rcfg.comparison.variants)
+    if rcfg.production_variant != "auto" and rcfg.production_variant not in variants:
+      raise ConfigError(f"retrieval.production_variant: {rcfg.production_variant!r} is not among the variants the "
+                        f"comparison trains (retrieval.comparison.variants = {list(variants)}); add it there or "
+                        "use 'auto'")
+    eval_split = run.split  # builds the protocol now, so its errors come before any stage
+    k = int(rcfg.comparison.fit.selection_k)
+    for stage in ("valid", "test"):
+      cands = eval_split.queries(stage).candidates
+      if cands is not None and len(cands) <= k:
+        warnings.warn(DataWarning(
+            f"split {eval_split.kind!r}: the {stage} stage ranks only {len(cands)} candidate items, not more than "
+            f"the selection cut-off k={k}: every model scores Recall@{k} = 1.0 there, so the served retriever "
+            f"is a tie (chosen by variant order); use a larger catalogue or data.cold_fraction, or lower "
+            "retrieval.comparison.fit.selection_k"))
+  if periods:
     try:
       time_periods(ds.interactions, cfg.ranking.num_periods)
     except DataError as e:
       raise DataError(f"{e} ({ds.interactions['timestamp'].nunique()} distinct timestamps): lower "
                       f"ranking.num_periods (now {cfg.ranking.num_periods}, at least 2)") from e
-  if ds.num_items < cfg.sid.model.codebook_size and any(s in stages for s in ("sid", "retrieval", "ranking")):
+  if uses_sids and ds.num_items < cfg.sid.model.codebook_size:
     raise ConfigError(f"sid.model.codebook_size={cfg.sid.model.codebook_size} exceeds the catalogue "
-                      f"({ds.num_items} items): every code needs an item; set sid.model.codebook_size <= "
-                      f"{ds.num_items} (about N/30 fills every code)")
+                      f"({ds.num_items} items): every code needs an item; set sid.model.codebook_size between 2 "
+                      f"and {ds.num_items} (about N/30 fills every code)")
 
 
 def run_all(run: Run, force: bool = False, log: Callable[[str], None] = print) -> str:
