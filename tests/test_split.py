@@ -1,4 +1,6 @@
 """Tests for semrec.data.split.make_split: the three protocols on hand-made logs (docs/protocols.md)."""
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -130,7 +132,17 @@ def test_bad_arguments():
     make_split(ds, "cold_items", cold_fraction=1.5)
   with pytest.raises(DataError, match="at least 2"):
     make_split(_dataset([("a", "i1", 1)]), "leave_one_out")
-  assert SPLITS == ("temporal", "leave_one_out", "cold_items")
+  # Every kind SPLITS lists builds that protocol (each has its own train log on LOG: temporal cuts by time, so
+  # user a's t=4 item is not train; leave_one_out keeps a's first two positives; cold_items drops held-out
+  # items), and the error for an unknown kind lists exactly SPLITS.
+  ds = _dataset(LOG)
+  built = {kind: make_split(ds, kind, cold_fraction=0.4, seed=4) for kind in SPLITS}
+  assert [s.kind for s in built.values()] == list(SPLITS) and len(SPLITS) == 3
+  trains = {kind: frozenset(map(tuple, s.train[["user_id", "item_id", "timestamp"]].to_numpy().tolist()))
+            for kind, s in built.items()}
+  assert len(set(trains.values())) == len(SPLITS)  # three different protocols, not one under three names
+  with pytest.raises(ValueError, match=f"one of {re.escape(str(SPLITS))}"):
+    make_split(ds, "random")
 
 
 def test_implicit_generic_file_is_all_positives(tmp_path):
@@ -169,9 +181,10 @@ def test_run_split_from_cli_flags(tmp_path):
   cfg.data.split = "cold_items"
   after = {s: run.config_sections(s) for s in ("encode", "retrieval")}
   assert before["encode"] == after["encode"] and before["retrieval"]["split"] != after["retrieval"]["split"]
-  # Implicit data has no negative impressions: the ranking stage records a documented skip instead of failing.
-  from semrec.pipeline.stages.ranking import stage_ranking
-  assert stage_ranking(run)["skipped"].startswith("skipped: implicit feedback")
+  # Implicit data has no negative impressions: the impression-ranker sweep records a documented skip instead of
+  # failing (the cascade ranking stage of `semrec run` trains on retrieval candidates instead).
+  from semrec.pipeline.stages.ranking_sweep import stage_ranking_sweep
+  assert stage_ranking_sweep(run)["skipped"].startswith("skipped: implicit feedback")
   default = _build_config(None, "generic", inter, items, None, None, 0, False, None, False)
   assert default.data.split == "temporal" and default.data.exclude_history is True
   from semrec.pipeline.config import DataConfig

@@ -11,6 +11,7 @@ from semrec.pipeline.stages.encode import stage_encode
 from semrec.pipeline.stages.export import stage_export
 from semrec.pipeline.stages.index import stage_index
 from semrec.pipeline.stages.ranking import stage_ranking
+from semrec.pipeline.stages.ranking_sweep import stage_ranking_sweep
 from semrec.pipeline.stages.retrieval import stage_retrieval
 from semrec.pipeline.stages.sid import stage_sid
 from semrec.pipeline.stages.sid_assign import stage_sid_assign
@@ -27,11 +28,13 @@ class _Stages:
     self.registry = {
         "encode": stage_encode, "sid": stage_sid, "sid-assign": stage_sid_assign,
         "retrieval": stage_retrieval, "index": stage_index, "ranking": stage_ranking,
-        "export": stage_export, "verify": stage_verify,
+        "ranking-sweep": stage_ranking_sweep, "export": stage_export, "verify": stage_verify,
     }
     self.requires = {"encode": (), "sid": ("encode",), "sid-assign": ("sid",), "retrieval": ("sid",),
-                     "index": ("retrieval",), "ranking": ("sid",), "export": ("sid",),
+                     "index": ("retrieval",), "ranking": ("retrieval",), "ranking-sweep": ("sid",), "export": ("sid",),
                      "verify": ("export",)}
+    # "ranking" is the cascade (candidates from every trained retriever -> the SID ranker), part of `semrec run`;
+    # "ranking-sweep" the impression-AUC representation sweep (`semrec experiment ranking`), not in STAGE_ORDER.
     # RunConfig sections each stage reads itself (besides `seed`). The export stage exports the SID
     # assigner (the other models are exported by the stages that train them); verify checks every
     # SavedModel of the run and writes models.config (export.base_path_prefix), so it reads everything.
@@ -39,7 +42,8 @@ class _Stages:
     # protocol re-runs retrieval, not encoding.
     everything = ("data", "split", "encoder", "sid", "retrieval", "ranking", "export")
     self.reads = {"encode": ("data", "encoder"), "sid": ("sid",), "sid-assign": (), "retrieval": ("retrieval", "split"),
-                  "index": ("retrieval",), "ranking": ("ranking",), "export": ("sid",), "verify": everything}
+                  "index": ("retrieval",), "ranking": ("ranking",), "ranking-sweep": ("ranking",),
+                  "export": ("sid",), "verify": everything}
     # What clearing a stale stage's directory keeps: the served models (TF Serving loads new versions
     # beside the old ones; a rerun must never delete what a server may be serving).
     self.keep = {"export": ("models",)}

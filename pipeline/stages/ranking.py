@@ -1,4 +1,7 @@
-"""The ranking stage: the representation sweep, then the production ranker (exported)."""
+"""The ranking stage: the two-stage recommender on the run's split (every trained retriever and the non-learned
+sources -> merged candidates -> the SID ranker trained on them), measured as the final list next to each
+retriever alone and the baselines; the cascade ranker is exported. Wiring only: the logic is
+``semrec.ranking.run_two_stage`` (the function ``benchmarks/bench_cascade.py`` calls)."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,60 +10,90 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from semrec.pipeline.artefacts import export_dir, item_features
+from semrec.pipeline.artefacts import export_dir
 
 if TYPE_CHECKING:
   from semrec.pipeline.run import Run
 
 
-def stage_ranking(run: Run) -> dict:
-  """The ranking representation sweep, then the production ranker (exported for TF Serving)."""
-  from semrec.ranking import prepare_sequential, run_ranking_experiment, train_ranker
-  from semrec.ranking.experiment import MODE_COMPONENTS
-  from semrec.sid import ItemRepresentationConfig
-  cfg = run.config.ranking
-  inter = run.dataset.interactions
-  if not (inter["label"] == 0).any():
-    # Implicit feedback (every row a positive, docs/protocols.md): the ranker learns P(label | impression) and
-    # has no negative impressions to learn from, so the stage records why it did not train.
-    reason = ("skipped: implicit feedback (every interaction is a positive, no negative impressions); the ranker "
-              "needs labelled impressions. Retrieval is trained and evaluated as usual.")
-    from semrec.atomic import write_text
-    write_text(os.path.join(run.stage_dir("ranking"), "ranking_experiment.md"), reason + "\n")
-    print(f"[semrec] ranking: {reason}")
-    return {"skipped": reason}
+def retrieval_comparison(run: Run) -> tuple:
+  """(comparison result, ComparisonConfig) of the finished retrieval stage, resumed from its checkpoints (no
+  variant is retrained)."""
+  from semrec.pipeline.artefacts import item_features
+  from semrec.towers import run_retrieval_comparison
+  rcfg = run.config.retrieval
+  cmp = dataclasses.replace(rcfg.comparison, seed=run.config.seed)
   feats, table = item_features(run)
-  L, K = table.codes.shape[1], table.codebook_size
-  tasks = tuple(t for t in cfg.ranker.tasks if t in inter.columns)  # e.g. no "like" column: label only
-  base = dataclasses.replace(cfg.ranker, seed=run.config.seed, tasks=tasks)
-  data = prepare_sequential(run.dataset.interactions, feats, cfg.num_periods, base.history_length, base.tasks)
-  result = run_ranking_experiment(run.dataset, feats, modes=cfg.modes, budgets=cfg.budgets,
-                                  seeds=tuple(run.config.seed + s for s in range(cfg.num_seeds)),
-                                  use_history=cfg.use_history, codebook_size=K, num_periods=cfg.num_periods,
-                                  base_config=base, embedding_dim=cfg.embedding_dim, data=data,
-                                  output_dir=run.stage_dir("ranking"))
-  if result.files.get("png"):
-    import shutil
-    shutil.copyfile(result.files["png"], run.path("plots", "ranking_auc_by_mode.png"))
-  print(result.markdown())
+  clusters = max(table.cluster_ids.values(), key=lambda c: int(c.max())) if table.cluster_ids else None
+  res = run_retrieval_comparison(run.dataset, run.split, feats.item_ids, feats.arrays["content"], cmp,
+                                 sid_codes=table.codes, sid_codebook_size=table.codebook_size, cluster_ids=clusters,
+                                 output_dir=run.stage_dir("retrieval"), verbose=False)
+  return res, cmp
 
-  # The production ranker: the configured mode at the largest budget, with history.
-  rep = ItemRepresentationConfig(modes=MODE_COMPONENTS[cfg.production_mode], combiner="sum",
-                                 embedding_dim=cfg.embedding_dim, num_levels=L, codebook_size=K,
-                                 table_budget=cfg.production_budget, hash_buckets=cfg.production_budget,
-                                 content_dim=feats.arrays["content"].shape[1] if cfg.production_mode == "dense" else 0)
-  prod = train_ranker(dataclasses.replace(base, item_representation=rep, use_history=True), feats,
-                      run.dataset.interactions, num_periods=cfg.num_periods, data=data, progress=False)
-  example = prod.featurizer.features(data.eval_examples.take(np.arange(min(8, len(data.eval_examples)))))
+
+def stage_ranking(run: Run) -> dict:
+  """Candidate sources -> merge -> cascade ranker on the run's split; the final-list table and plot; the
+  cascade ranker exported (TF Serving layout, ``cascade_ranker``)."""
+  from semrec.atomic import write_json, write_text
+  from semrec.ranking import run_two_stage, two_stage_table
+  from semrec.report import markdown_table
+  cfg = run.config.ranking
+  res, cmp = retrieval_comparison(run)
+  out_dir = run.stage_dir("ranking")
+  two = run_two_stage(run.split, res, cmp, run.stage_dir("retrieval"), cfg.cascade(run.config.seed),
+                      compare_modes=cfg.compare_modes)
+  rows = two_stage_table(two)
+  markdown = markdown_table(rows)
+  write_text(os.path.join(out_dir, "two_stage.md"), markdown + "\n")
+  plot_final_list(two, run.path("plots", "final_list.png"))
+  print(markdown)
+  cascade = two["cascade"]
+  stage = two["test_stage"]
+  ex = cascade.cascade_featurizer.examples(stage.merged, stage.queries.subset(np.arange(min(2, len(stage.queries)))))
   from semrec.export import export_ranker
-  exported = export_ranker(export_dir(run), prod.model, example, name="ranker", metrics=prod.metrics,
-                           data_fingerprint=run.data_fingerprint)
-  summary = result.summary
-  return {
-      "summary": summary.to_dict("records"),
-      "split": result.split,
-      "experiment_seconds": round(result.seconds, 1),
-      "production": {"mode": cfg.production_mode, "budget": cfg.production_budget, "metrics": prod.metrics,
-                     "export": exported.path},
-      "files": {k: str(v) for k, v in result.files.items()},
-  }
+  exported = export_ranker(export_dir(run), cascade.model, cascade.featurizer.features(ex.take(np.arange(min(8, len(ex))))),
+                           name="cascade_ranker", data_fingerprint=run.data_fingerprint,
+                           metrics={"final": two["final"][cascade.config.mode]["overall"]},
+                           extra={"cascade_sources": list(cascade.sources),
+                                  "context_features": list(_context_names(cascade))})
+  write_json(os.path.join(out_dir, "two_stage.json"), {k: v for k, v in two.items()
+                                                        if k not in ("cascade", "cascades", "test_stage")})
+  main = two["final"][cascade.config.mode]
+  best = two["best_retriever"]
+  return {"final": two["final"], "best_retriever": best, "best_retriever_metrics": two["retrievers"][best],
+          "served_retriever": res["served"]["variant"], "candidate_recall": two["candidate_recall"],
+          "sources": list(cascade.sources), "history": two["history"], "seconds_detail": two["seconds"],
+          "headline": {"final": main, "best": two["retrievers"][best],
+                       "content_knn": two["baselines"].get("content_knn"), "transition": two["baselines"].get("transition")},
+          "production": {"mode": cascade.config.mode, "export": exported.path, "best_epoch": cascade.best_epoch}}
+
+
+def _context_names(cascade) -> list:
+  from semrec.ranking import CONTEXT_COLUMNS
+  from semrec.ranking.cascade import cascade_feature_names
+  return list(CONTEXT_COLUMNS) + cascade_feature_names(cascade.sources)
+
+
+def plot_final_list(two: dict, path: str):
+  """Bars of Recall@10 / NDCG@10 overall and Recall@10 cold: the final list(s), the best retrievers, the
+  baselines."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  from semrec.atomic import save_figure
+  models = {f"final ({m})": v for m, v in two["final"].items()}
+  ranked = sorted(two["retrievers"], key=lambda v: -two["retrievers"][v]["overall"]["ndcg@10"])[:3]
+  models.update({v: two["retrievers"][v] for v in ranked})
+  models.update(two["baselines"])
+  metrics = [("overall", "recall@10"), ("overall", "ndcg@10"), ("cold", "recall@10")]
+  fig, ax = plt.subplots(figsize=(8, 3.6))
+  width = 0.8 / len(models)
+  for i, (name, m) in enumerate(models.items()):
+    vals = [m.get(s, {}).get(k, np.nan) for s, k in metrics]
+    ax.bar(np.arange(len(metrics)) + i * width, vals, width, label=name)
+  ax.set_xticks(np.arange(len(metrics)) + 0.4 - width / 2)
+  ax.set_xticklabels([f"{k} ({s})" for s, k in metrics])
+  ax.set_title("final list vs retrievers vs baselines (test)")
+  ax.legend(fontsize=7, ncol=2)
+  ax.grid(axis="y", alpha=0.3)
+  save_figure(fig, path)

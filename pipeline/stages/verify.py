@@ -32,8 +32,9 @@ def _stage_exports(run: Run) -> dict:
   """{"<name>/<version>": stage} of every model the finished stages of this run exported."""
   out = {}
   for stage, get in (("retrieval", lambda r: list(r["production"]["exports"].values())),
-                     # a skipped ranking stage (implicit feedback: no labelled impressions) exports nothing
-                     ("ranking", lambda r: [r["production"]["export"]] if "production" in r else []),
+                     ("ranking", lambda r: [r["production"]["export"]]),
+                     # a skipped sweep (implicit feedback: no labelled impressions) exports nothing
+                     ("ranking-sweep", lambda r: [r["production"]["export"]] if "production" in r else []),
                      ("index", lambda r: [r["searcher_export"]]),
                      ("export", lambda r: [r["sid_assigner"]])):
     if run.is_done(stage):
