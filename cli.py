@@ -112,6 +112,29 @@ experiment_group.add_command(_stage_command("retrieval", "retrieval",
                                             "The retrieval item-tower comparison (with/without quality vector)."))
 
 
+@main.group("config")
+def config_group():
+  """The run config (docs/config.md)."""
+
+
+@config_group.command("show")
+@_run_options
+def config_show_cmd(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
+                    no_exclude_history, run_dir=None, force=False):
+  """Print the effective config of `semrec run` with these options: every field, its value and where the value
+  comes from (default, quick, file, or the flag). Checks it as `semrec run` does; runs nothing."""
+  from semrec.cli_common import _effective_config
+  eff = _effective_config(config_path, dataset, interactions, items, text_columns, quality_columns, seed, quick,
+                          split, no_exclude_history)
+  for note in eff.notes:
+    click.echo(f"Note: {note}", err=True)
+  click.echo(eff.table())
+  eff.validate()
+
+
+config_show_cmd.params = [p for p in config_show_cmd.params if p.name not in ("run_dir", "force")]  # no run here
+
+
 @main.command("verify-export")
 @click.argument("export_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--structure-only", is_flag=True,

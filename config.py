@@ -1,43 +1,42 @@
-"""Config plumbing: nested dataclasses <-> plain dicts <-> YAML, and validation of every field.
+"""Config plumbing: dataclass configs <-> mappings <-> YAML on OmegaConf structured configs, and the one
+validation path.
 
-Every config in semrec is a dataclass; a run writes its full config next to its outputs
-(``config.yaml``) and can be re-run from it.
+Every config in semrec is a dataclass; a run writes its full config next to its outputs (``config.yaml``)
+and can be re-run from it.
 
-Validation (:func:`from_dict` while loading, :func:`validate` on a built config) raises
-:class:`ConfigError` naming the dotted field, the value and what is allowed:
-
-* types come from the type hints (``int``, ``float``, ``str``, ``bool``, ``Optional[...]``,
-  ``Tuple[int, ...]``, nested dataclasses); ``codebook_size: "sixteen"`` is refused before any
-  ``__post_init__`` runs, and a ``__post_init__`` error is re-raised with the field's path;
-* ranges and allowed values come from field metadata (:func:`setting`: ``min``, ``max``, ``choices``,
-  ``min_exclusive``/``max_exclusive``);
-* sizes without metadata follow one convention: integer fields (or integer tuples) named ``epochs``,
-  ``num_*``, ``*_size``, ``*_dim``, ``*_dims``, ``*_length``, ``*budget*``, ``top_k``, ``ks`` or
-  ``cluster_ks`` whose default is >= 1 must be >= 1 (a default of 0 or None means "off" and is kept legal).
+* Loading (:func:`from_dict`, :func:`load_yaml`) and layering (:func:`merge`: defaults < file < flags) are
+  OmegaConf's: a mapping is merged onto the dataclass's structured schema, which refuses an unknown key and
+  converts or refuses a value of the wrong type (``codebook_size: "sixteen"``), naming the dotted key. Library
+  configs whose type hints OmegaConf does not support (``Sequence[...]``) are built directly from the
+  mapping (they are read back from manifests the library itself wrote).
+* Validation (:func:`validate`) is one function: each field's type, the range / allowed values it declares
+  with :func:`setting` (``min``, ``max``, ``choices``), then the class's own cross-field rules
+  (``cross_checks()``, returning ``[(field, message)]``). Every error is a :class:`ConfigError` whose message
+  starts with the dotted field (``ranking.budgets[0]: 0 must be >= 1``).
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
+import json
 import math
-import re
 import typing
 from typing import Any, Type, TypeVar
 
 T = TypeVar("T")
 
-_SIZE_NAME = re.compile(r"^(epochs|num_.*|.*_size|.*_dims?|.*_length|.*budgets?|top_k|ks|cluster_ks)$")
-
 
 class ConfigError(ValueError):
-  """A bad config value. The message starts with the dotted field name (``sid.model.codebook_size``)."""
+  """A bad config value. The message starts with the dotted field name (``sid.codebook_size``)."""
 
 
 def setting(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING, min=None, max=None,  # noqa: A002
             min_exclusive: bool = False, max_exclusive: bool = False, choices=None):
-  """A dataclass field whose range / allowed values :func:`validate` checks.
+  """A dataclass field with the range / allowed values :func:`validate` checks.
 
   Args:
-    default / default_factory: as in ``dataclasses.field``.
+    default / default_factory: as in ``dataclasses.field`` (a tuple default is fine: tuples are immutable).
     min, max: Bounds of a number, or of every number of a tuple (inclusive unless ``*_exclusive``).
     choices: Allowed values of a string, or of every element of a tuple.
   """
@@ -46,8 +45,11 @@ def setting(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING,
   return dataclasses.field(default=default, default_factory=default_factory, metadata={"semrec": meta})
 
 
+# ------------------------------------------------------------------------------------------------------------
+# dataclass <-> mapping <-> YAML
+# ------------------------------------------------------------------------------------------------------------
 def to_dict(config) -> dict:
-  """A plain (YAML-safe) dict of a possibly nested dataclass config."""
+  """A plain (YAML-safe) dict of a possibly nested dataclass config (tuples become lists)."""
   def conv(v):
     if dataclasses.is_dataclass(v):
       return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
@@ -59,165 +61,44 @@ def to_dict(config) -> dict:
   return conv(config)
 
 
-def from_dict(cls: Type[T], data: dict | None, _path: str = "") -> T:
-  """Builds ``cls`` from a dict, recursing into nested dataclass fields and checking every value's type.
-
-  A config class may list keys that moved into a sub-config in a class attribute ``MOVED_KEYS``
-  (``{"old_key": "sub.new_key"}``): an old file's value is used at the new place (unless that is set too).
+def from_dict(cls: Type[T], data: dict | None) -> T:
+  """Builds ``cls`` from a (partial) mapping: the defaults with ``data`` merged on top.
 
   Raises:
-    ConfigError: an unknown key, a value of the wrong type, or a value its ``__post_init__`` refuses,
-      naming the dotted field.
+    ConfigError: an unknown key, a value of the wrong type, or a value the class's ``__post_init__``
+      refuses, naming the dotted field.
   """
-  if data is not None and not isinstance(data, dict):
-    raise ConfigError(f"{_path or cls.__name__}: expected a mapping of fields, got {data!r}")
-  data = _relocate_moved_keys(cls, dict(data or {}))
-  hints = typing.get_type_hints(cls)
-  names = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(data) - names)
-  if unknown:
-    raise ConfigError(f"{_path or cls.__name__}: unknown config key(s) {unknown}; known: {sorted(names)}")
-  kwargs = {}
-  for f in dataclasses.fields(cls):
-    if f.name not in data:
-      continue
-    v, hint, where = data[f.name], hints.get(f.name), _join(_path, f.name)
-    sub = _dataclass_in(hint)
-    if sub is not None and isinstance(v, dict):
-      v = from_dict(sub, v, where)
-    else:
-      v = _checked(v, hint, where)
-    kwargs[f.name] = v
+  return merge(cls, data)
+
+
+def merge(cls: Type[T], *layers: dict | None) -> T:
+  """``cls``'s defaults with each mapping of ``layers`` merged on top in order (later layers win; nested
+  mappings merge key by key, lists are replaced whole). OmegaConf does the merge and the type checks.
+
+  Raises:
+    ConfigError: as :func:`from_dict`.
+  """
+  for layer in layers:
+    if layer is not None and not isinstance(layer, dict):
+      raise ConfigError(f"{cls.__name__}: expected a mapping of fields, got {layer!r}")
+  schema = _schema(cls)
+  if schema is None:  # hints OmegaConf cannot hold: build directly (library manifests)
+    out = {}
+    for layer in layers:
+      out = _deep_update(out, layer or {})
+    return _construct(cls, out, "")
+  from omegaconf import OmegaConf
+  from omegaconf.errors import OmegaConfBaseException
   try:
-    return cls(**kwargs)
-  except ConfigError:
-    raise
-  except (TypeError, ValueError) as e:
-    raise ConfigError(f"{_path or cls.__name__}: {e}") from e
-
-
-def validate(config, _path: str = ""):
-  """Checks a built config recursively: types (hints), ranges and choices (:func:`setting`), sizes (convention).
-
-  Raises:
-    ConfigError: naming the dotted field, the value and what is allowed.
-  """
-  hints = typing.get_type_hints(type(config))
-  for f in dataclasses.fields(config):
-    v, where = getattr(config, f.name), _join(_path, f.name)
-    if dataclasses.is_dataclass(v):
-      validate(v, where)
-      continue
-    _checked(v, hints.get(f.name), where)
-    _check_range(v, f, where)
-
-
-def _join(path: str, name: str) -> str:
-  return f"{path}.{name}" if path else name
-
-
-_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _checked(v, hint, where: str):
-  """``v`` converted to ``hint`` (lists -> tuples, ints -> floats), or ConfigError naming ``where``."""
-  if hint is None or hint is Any or isinstance(hint, TypeVar):
-    return v
-  origin, args = typing.get_origin(hint), typing.get_args(hint)
-  if origin is typing.Union:
-    if v is None and type(None) in args:
-      return None
-    options = [a for a in args if a is not type(None)]
-    errors = []
-    for a in options:
-      try:
-        return _checked(v, a, where)
-      except ConfigError as e:
-        errors.append(e)
-    raise errors[0]
-  if dataclasses.is_dataclass(hint):
-    if dataclasses.is_dataclass(v):
-      return v
-    raise ConfigError(f"{where}: expected a mapping of {hint.__name__} fields, got {v!r}")
-  if hint in _TYPE_NAMES:
-    ok = isinstance(v, bool) if hint is bool else (
-        isinstance(v, hint) or (hint is float and isinstance(v, int))) and not isinstance(v, bool)
-    if not ok:
-      raise ConfigError(f"{where}: expected {_TYPE_NAMES[hint]}, got {v!r} ({type(v).__name__})")
-    return float(v) if hint is float else v
-  if _is_tuple(hint) or origin in (list, tuple):
-    if not isinstance(v, (list, tuple)):
-      raise ConfigError(f"{where}: expected a list, got {v!r} ({type(v).__name__})")
-    elem = args[0] if args and (len(args) == 1 or args[-1] is Ellipsis) else None
-    return tuple(_checked(x, elem, f"{where}[{i}]") if elem is not None else
-                 (tuple(x) if isinstance(x, list) else x) for i, x in enumerate(v))
-  if origin is dict or hint is dict:
-    if not isinstance(v, dict):
-      raise ConfigError(f"{where}: expected a mapping, got {v!r} ({type(v).__name__})")
-  return v
-
-
-def _check_range(v, f: dataclasses.Field, where: str):
-  meta = dict(f.metadata.get("semrec") or {})
-  if not meta and _SIZE_NAME.match(f.name) and _positive_default(f):
-    meta = {"min": 1}
-  values = v if isinstance(v, (list, tuple)) else (v,)
-  for i, x in enumerate(values):
-    at = f"{where}[{i}]" if isinstance(v, (list, tuple)) else where
-    if meta.get("choices") is not None and x not in meta["choices"]:
-      raise ConfigError(f"{at}: {x!r} is not one of {list(meta['choices'])}")
-    if not isinstance(x, (int, float)) or isinstance(x, bool):
-      continue
-    lo, hi = meta.get("min"), meta.get("max")
-    if isinstance(x, float) and not math.isfinite(x):
-      raise ConfigError(f"{at}: {x!r} is not a finite number")
-    if lo is not None and (x <= lo if meta.get("min_exclusive") else x < lo):
-      raise ConfigError(f"{at}: {x!r} must be {'>' if meta.get('min_exclusive') else '>='} {lo}{_span(meta)}")
-    if hi is not None and (x >= hi if meta.get("max_exclusive") else x > hi):
-      raise ConfigError(f"{at}: {x!r} must be {'<' if meta.get('max_exclusive') else '<='} {hi}{_span(meta)}")
-
-
-def _positive_default(f: dataclasses.Field) -> bool:
-  """True when the field's default is a positive integer (or integers): 0 / None defaults mean "off"."""
-  d = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-  values = d if isinstance(d, (list, tuple)) else (d,)
-  return bool(values) and all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in values)
-
-
-def _span(meta: dict) -> str:
-  if meta.get("min") is None or meta.get("max") is None:
-    return ""
-  return (f" (allowed: {'(' if meta['min_exclusive'] else '['}{meta['min']}, {meta['max']}"
-          f"{')' if meta['max_exclusive'] else ']'})")
-
-
-def _relocate_moved_keys(cls, data: dict) -> dict:
-  for old, new in getattr(cls, "MOVED_KEYS", {}).items():
-    if old in data:
-      value = data.pop(old)
-      *parents, leaf = new.split(".")
-      node = data
-      for p in parents:
-        node = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else {}
-      node.setdefault(leaf, value)
-  return data
-
-
-def _dataclass_in(hint) -> Any:
-  if dataclasses.is_dataclass(hint):
-    return hint
-  for arg in typing.get_args(hint):
-    if dataclasses.is_dataclass(arg):
-      return arg
-  return None
-
-
-def _is_tuple(hint) -> bool:
-  """Tuple-like hints (``tuple``, ``Tuple[...]``, ``Sequence[...]``): YAML lists come back as tuples."""
-  import collections.abc
-  seqs = (tuple, collections.abc.Sequence)
-  return hint in seqs or typing.get_origin(hint) in seqs or any(
-      a in seqs or typing.get_origin(a) in seqs for a in typing.get_args(hint))
+    merged = OmegaConf.merge(schema, *[layer or {} for layer in layers])
+  except OmegaConfBaseException as e:
+    raise _located(cls, schema, layers, e) from None
+  try:
+    return OmegaConf.to_object(merged)
+  except OmegaConfBaseException as e:
+    raise ConfigError(f"{e.full_key or cls.__name__}: {_first_line(e)}") from None
+  except (TypeError, ValueError) as e:  # a __post_init__ (library configs) refused a value
+    raise ConfigError(f"{cls.__name__}: {e}") from e
 
 
 def save_yaml(config, path: str):
@@ -249,9 +130,252 @@ def read_yaml(path: str) -> dict:
   return data or {}
 
 
-def merge_dicts(base: dict, override: dict) -> dict:
-  """``base`` with ``override`` applied recursively (override's values win; nested mappings merge)."""
+def leaves(data: dict, prefix: str = "") -> dict:
+  """{dotted key: value} of a nested mapping (lists are leaves)."""
+  out = {}
+  for k, v in data.items():
+    if isinstance(v, dict) and v:
+      out.update(leaves(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def nested(flat: dict) -> dict:
+  """The nested mapping of {dotted key: value} (the inverse of :func:`leaves`)."""
+  out: dict = {}
+  for key, v in flat.items():
+    *parents, leaf = key.split(".")
+    node = out
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = v
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _schema(cls):
+  """OmegaConf's structured schema of ``cls`` (read-only), or None when a type hint is not supported."""
+  from omegaconf import OmegaConf
+  from omegaconf.errors import OmegaConfBaseException
+  try:
+    schema = OmegaConf.structured(cls)
+  except OmegaConfBaseException:
+    return None
+  OmegaConf.set_readonly(schema, True)
+  return schema
+
+
+def _located(cls, schema, layers, e) -> ConfigError:
+  """A ConfigError naming the dotted key of an OmegaConf merge error. Some OmegaConf errors (a bad list
+  element, a section given as a scalar) carry no key: each leaf is then merged alone to find it."""
+  from omegaconf import OmegaConf
+  from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+  if e.full_key is None:
+    for layer in layers:
+      for key, value in leaves(layer or {}).items():
+        try:
+          OmegaConf.merge(schema, nested({key: value}))
+        except OmegaConfBaseException as inner:
+          if inner.full_key is not None:
+            return _located(cls, schema, [nested({key: value})], inner)
+          return _misfit(cls, key, value, inner)
+    return ConfigError(f"{cls.__name__}: {_first_line(e)}")
+  key = str(e.full_key)
+  if isinstance(e, ConfigKeyError):
+    parent = key.rsplit(".", 1)[0] if "." in key else ""
+    known = sorted(f.name for f in dataclasses.fields(e.object_type)) if dataclasses.is_dataclass(
+        e.object_type) else []
+    return ConfigError(f"{parent or cls.__name__}: unknown config key {str(e.key)!r} (known: {', '.join(known)})")
+  return ConfigError(f"{key}: {_first_line(e)}")
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _misfit(cls, key: str, value, error) -> ConfigError:
+  """The message of a value OmegaConf refused without naming it: a section given as a scalar, or a list
+  element of the wrong type."""
+  hint = cls
+  for part in key.split("."):
+    hint = typing.get_type_hints(_dataclass_in(hint) or hint).get(part) if dataclasses.is_dataclass(
+        _dataclass_in(hint)) else None
+  sub = _dataclass_in(hint)
+  if sub is not None and not isinstance(value, dict):
+    return ConfigError(f"{key}: expected a mapping of {sub.__name__} fields, got {value!r}")
+  elem = [a for a in typing.get_args(hint) if a is not Ellipsis and a is not type(None)]
+  while elem and typing.get_args(elem[0]):
+    elem = [a for a in typing.get_args(elem[0]) if a is not Ellipsis and a is not type(None)]
+  if isinstance(value, list) and elem and elem[0] in _TYPE_NAMES:
+    for i, x in enumerate(value):
+      ok = isinstance(x, bool) if elem[0] is bool else (isinstance(x, elem[0]) or (
+          elem[0] is float and isinstance(x, int))) and not isinstance(x, bool)
+      if not ok:
+        return ConfigError(f"{key}[{i}]: expected {_TYPE_NAMES[elem[0]]}, got {x!r}")
+  return ConfigError(f"{key}: {value!r} does not fit the field's type ({_first_line(error)})")
+
+
+def _first_line(e) -> str:
+  return (getattr(e, "msg", None) or str(e)).splitlines()[0].strip()
+
+
+def _deep_update(base: dict, override: dict) -> dict:
   out = dict(base)
   for k, v in override.items():
-    out[k] = merge_dicts(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    out[k] = _deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
   return out
+
+
+def _construct(cls, data: dict, path: str):
+  """``cls(**data)`` with nested dataclass fields built from their mappings (lists -> tuples where the
+  default is a tuple); unknown keys are refused by name."""
+  names = {f.name: f for f in dataclasses.fields(cls)}
+  unknown = sorted(set(data) - set(names))
+  if unknown:
+    raise ConfigError(f"{path or cls.__name__}: unknown config key(s) {unknown} (known: {', '.join(sorted(names))})")
+  hints = typing.get_type_hints(cls)
+  kwargs = {}
+  for k, v in data.items():
+    sub = _dataclass_in(hints.get(k))
+    if sub is not None and isinstance(v, dict):
+      v = _construct(sub, v, _join(path, k))
+    elif isinstance(v, list):
+      v = tuple(v)
+    kwargs[k] = v
+  try:
+    return cls(**kwargs)
+  except (TypeError, ValueError) as e:
+    raise ConfigError(f"{path or cls.__name__}: {e}") from e
+
+
+def _dataclass_in(hint) -> Any:
+  if dataclasses.is_dataclass(hint):
+    return hint
+  for arg in typing.get_args(hint):
+    if dataclasses.is_dataclass(arg):
+      return arg
+  return None
+
+
+def _join(path: str, name: str) -> str:
+  return f"{path}.{name}" if path else name
+
+
+# ------------------------------------------------------------------------------------------------------------
+# validation
+# ------------------------------------------------------------------------------------------------------------
+def validate(config, _path: str = ""):
+  """The one validation path of a built config, recursively: each field's type (OmegaConf's schema), its
+  declared range / choices (:func:`setting`), then the class's ``cross_checks()``.
+
+  Raises:
+    ConfigError: naming the dotted field, the value and what is allowed.
+  """
+  if not _path and _schema(type(config)) is not None:
+    _check_types(config)
+  for f in dataclasses.fields(config):
+    v, where = getattr(config, f.name), _join(_path, f.name)
+    if dataclasses.is_dataclass(v):
+      validate(v, where)
+      continue
+    _check_range(v, f, where)
+  for field, message in (config.cross_checks() if hasattr(config, "cross_checks") else ()):
+    raise ConfigError(f"{_join(_path, field)}: {message}")
+
+
+def _check_types(config):
+  """A config built in Python (``RunConfig(seed="a")``) goes through the schema as a loaded one does."""
+  from omegaconf import OmegaConf
+  from omegaconf.errors import OmegaConfBaseException
+  schema = _schema(type(config))
+  try:
+    OmegaConf.merge(schema, to_dict(config))
+  except OmegaConfBaseException as e:
+    raise _located(type(config), schema, [to_dict(config)], e) from None
+
+
+def _check_range(v, f: dataclasses.Field, where: str):
+  meta = f.metadata.get("semrec") or {}
+  values = v if isinstance(v, (list, tuple)) else (v,)
+  for i, x in enumerate(values):
+    at = f"{where}[{i}]" if isinstance(v, (list, tuple)) else where
+    if isinstance(x, float) and not math.isfinite(x):
+      raise ConfigError(f"{at}: {x!r} is not a finite number")
+    if not meta or x is None:
+      continue
+    if meta.get("choices") is not None and x not in meta["choices"]:
+      raise ConfigError(f"{at}: {x!r} is not one of {list(meta['choices'])}")
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+      continue
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and (x <= lo if meta.get("min_exclusive") else x < lo):
+      raise ConfigError(f"{at}: {x!r} must be {'>' if meta.get('min_exclusive') else '>='} {lo}{_span(meta)}")
+    if hi is not None and (x >= hi if meta.get("max_exclusive") else x > hi):
+      raise ConfigError(f"{at}: {x!r} must be {'<' if meta.get('max_exclusive') else '<='} {hi}{_span(meta)}")
+
+
+def _span(meta: dict) -> str:
+  if meta.get("min") is None or meta.get("max") is None:
+    return ""
+  return (f" (allowed: {'(' if meta['min_exclusive'] else '['}{meta['min']}, {meta['max']}"
+          f"{')' if meta['max_exclusive'] else ']'})")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# reference docs
+# ------------------------------------------------------------------------------------------------------------
+def field_docs(cls) -> dict:
+  """{field: description} from the ``Attributes:`` section of ``cls``'s docstring (continuation lines
+  joined)."""
+  doc = inspect.getdoc(cls) or ""
+  out, current, inside = {}, None, False
+  for line in doc.splitlines():
+    if line.strip() == "Attributes:":
+      inside = True
+      continue
+    if not inside:
+      continue
+    if line and not line.startswith(" "):
+      break
+    stripped = line.strip()
+    head = stripped.split(":", 1)
+    if line.startswith("  ") and not line.startswith("   ") and len(head) == 2 and head[0].replace("_", "").isalnum():
+      current = head[0]
+      out[current] = head[1].strip()
+    elif current and stripped:
+      out[current] += " " + stripped
+  return out
+
+
+def reference_markdown(cls, _path: str = "") -> list:
+  """Rows ``| key | default | meaning |`` of every leaf of ``cls`` (nested dataclasses expanded), from the
+  fields and the ``Attributes:`` docstrings: the reference table of docs/config.md."""
+  docs, rows = field_docs(cls), []
+  instance = cls()
+  for f in dataclasses.fields(cls):
+    where = _join(_path, f.name)
+    value = getattr(instance, f.name)
+    if dataclasses.is_dataclass(value):
+      rows.append(f"| **`{where}`** | | {docs.get(f.name, '').replace('``', '`')} |")
+      rows += reference_markdown(type(value), where)
+      continue
+    shown = to_dict({"v": value})["v"]
+    meta = f.metadata.get("semrec") or {}
+    allowed = ""
+    if meta.get("choices") is not None:
+      allowed = (" Each of " if isinstance(value, tuple) or value is None and "Tuple" in str(f.type) else
+                 " One of ") + ", ".join(f"`{c}`" for c in meta["choices"]) + "."
+    elif meta.get("min") is not None or meta.get("max") is not None:
+      allowed = f" Allowed: {_span_text(meta)}."
+    text = docs.get(f.name, "").replace("``", "`")
+    rows.append(f"| `{where}` | `{json.dumps(shown)}` | {text}{allowed} |")
+  return rows
+
+
+def _span_text(meta: dict) -> str:
+  lo, hi = meta.get("min"), meta.get("max")
+  if lo is not None and hi is not None:
+    return (f"{'(' if meta['min_exclusive'] else '['}{lo}, {hi}{')' if meta['max_exclusive'] else ']'}")
+  if lo is not None:
+    return f"{'>' if meta['min_exclusive'] else '>='} {lo}"
+  return f"{'<' if meta['max_exclusive'] else '<='} {hi}"

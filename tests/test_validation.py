@@ -65,24 +65,24 @@ def test_all_empty_text_column_is_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Configs: semrec.config.from_dict / validate name the dotted field, the value and what is allowed.
+# Configs: semrec.config loads through OmegaConf's schema and validates on one path, naming the dotted field.
 # ---------------------------------------------------------------------------------------------------
 import dataclasses  # noqa: E402
-from typing import Optional, Tuple  # noqa: E402
+from typing import Optional, Sequence, Tuple  # noqa: E402
 
-from semrec.config import ConfigError, from_dict, setting, to_dict, validate  # noqa: E402
+from semrec.config import ConfigError, from_dict, merge, setting, to_dict, validate  # noqa: E402
 
 
 @dataclasses.dataclass
 class _Inner:
-  codebook_size: int = 16
-  hidden_dims: Tuple[int, ...] = (8, 4)
+  codebook_size: int = setting(16, min=2)
+  hidden_dims: Tuple[int, ...] = setting((8, 4), min=1)
   rate: float = 0.5
-  whiten_dim: Optional[int] = 8  # convention: a positive default makes 0 illegal
+  whiten_dim: Optional[int] = setting(8, min=1)
 
-  def __post_init__(self):
-    if self.codebook_size < 2:
-      raise ValueError(f"codebook_size must be >= 2, got {self.codebook_size}")
+  def cross_checks(self):
+    return [("hidden_dims", f"needs at most codebook_size={self.codebook_size} layers")] if len(
+        self.hidden_dims) > self.codebook_size else []
 
 
 @dataclasses.dataclass
@@ -95,42 +95,67 @@ class _Outer:
 
 
 @pytest.mark.parametrize("data,message", [
-    ({"inner": {"codebook_size": "sixteen"}}, "inner.codebook_size: expected an integer, got 'sixteen' (str)"),
-    ({"seed": "abc"}, "seed: expected an integer, got 'abc' (str)"),
-    ({"seed": 1.5}, "seed: expected an integer, got 1.5 (float)"),
-    ({"flag": "yes"}, "flag: expected true or false, got 'yes' (str)"),
-    ({"inner": {"hidden_dims": [8, "x"]}}, "inner.hidden_dims[1]: expected an integer, got 'x' (str)"),
-    ({"inner": {"hidden_dims": 8}}, "inner.hidden_dims: expected a list, got 8 (int)"),
-    ({"inner": {"codebook_size": 1}}, "inner: codebook_size must be >= 2, got 1"),
-    ({"inner": {"nope": 1}}, "inner: unknown config key(s) ['nope']"),
+    ({"inner": {"codebook_size": "sixteen"}},
+     "inner.codebook_size: Value 'sixteen' of type 'str' could not be converted to Integer"),
+    ({"seed": "abc"}, "seed: Value 'abc' of type 'str' could not be converted to Integer"),
+    ({"seed": 1.5}, "seed: Value '1.5' of type 'float' could not be converted to Integer"),
+    ({"flag": "maybe"}, "flag: Value 'maybe' is not a valid bool (type str)"),
+    ({"inner": {"hidden_dims": [8, "x"]}}, "inner.hidden_dims[1]: expected an integer, got 'x'"),
+    ({"inner": {"hidden_dims": 8}}, "inner.hidden_dims: Invalid value assigned: int is not a"),
+    ({"inner": {"nope": 1}}, "inner: unknown config key 'nope' (known: codebook_size, hidden_dims, rate, whiten_dim)"),
     ({"inner": 5}, "inner: expected a mapping of _Inner fields, got 5"),
 ])
 def test_from_dict_names_the_field(data, message):
   with pytest.raises(ConfigError) as e:
     from_dict(_Outer, data)
-  assert str(e.value).startswith(message)
+  assert str(e.value).startswith(message), str(e.value)
 
 
 @pytest.mark.parametrize("data,message", [
     ({"fraction": 1.5}, "fraction: 1.5 must be < 1.0 (allowed: (0.0, 1.0))"),
     ({"fraction": 0}, "fraction: 0.0 must be > 0.0 (allowed: (0.0, 1.0))"),
     ({"mode": "nonsense"}, "mode: 'nonsense' is not one of ['a', 'b']"),
-    ({"inner": {"hidden_dims": [8, -3]}}, "inner.hidden_dims[1]: -3 must be >= 1"),  # size convention
+    ({"inner": {"hidden_dims": [8, -3]}}, "inner.hidden_dims[1]: -3 must be >= 1"),
     ({"inner": {"whiten_dim": 0}}, "inner.whiten_dim: 0 must be >= 1"),
+    ({"inner": {"codebook_size": 1}}, "inner.codebook_size: 1 must be >= 2"),
     ({"inner": {"rate": float("nan")}}, "inner.rate: nan is not a finite number"),
+    ({"inner": {"codebook_size": 2, "hidden_dims": [4, 4, 4]}}, "inner.hidden_dims: needs at most codebook_size=2"),
 ])
-def test_validate_checks_ranges_and_choices(data, message):
-  cfg = from_dict(_Outer, data)
+def test_validate_checks_ranges_choices_and_cross_field_rules(data, message):
+  cfg = from_dict(_Outer, data)  # loading checks types only: ranges are validate's
   with pytest.raises(ConfigError) as e:
     validate(cfg)
-  assert str(e.value) == message
+  assert str(e.value).startswith(message), str(e.value)
 
 
-def test_valid_config_round_trips_and_converts():
-  cfg = from_dict(_Outer, {"inner": {"hidden_dims": [3, 2], "rate": 1}, "fraction": 0.5})
+def test_validate_checks_the_types_of_a_config_built_in_python():
+  with pytest.raises(ConfigError, match=r"^inner\.codebook_size: Value 'x'"):
+    validate(_Outer(inner=_Inner(codebook_size="x")))
+
+
+def test_valid_config_round_trips_converts_and_merges_layers():
+  cfg = from_dict(_Outer, {"inner": {"hidden_dims": [3, 2], "rate": 1, "whiten_dim": None}, "fraction": 0.5})
   validate(cfg)
   assert cfg.inner.hidden_dims == (3, 2) and isinstance(cfg.inner.rate, float)  # YAML list -> tuple, 1 -> 1.0
+  assert cfg.inner.whiten_dim is None and cfg.inner.codebook_size == 16  # unset keys keep the defaults
   assert from_dict(_Outer, to_dict(cfg)) == cfg
+  # Later layers win key by key; a list is replaced whole.
+  layered = merge(_Outer, {"seed": 1, "inner": {"hidden_dims": [5], "rate": 2.0}}, {"inner": {"rate": 3.0}})
+  assert (layered.seed, layered.inner.hidden_dims, layered.inner.rate) == (1, (5,), 3.0)
+
+
+@dataclasses.dataclass
+class _Library:
+  """A library config with hints OmegaConf cannot hold (Sequence): built directly from the mapping."""
+  widths: Sequence[int] = (4,)
+  inner: _Inner = dataclasses.field(default_factory=_Inner)
+
+
+def test_library_configs_outside_omegaconf_still_load_and_refuse_unknown_keys():
+  cfg = from_dict(_Library, {"widths": [2, 3], "inner": {"codebook_size": 4}})
+  assert cfg.widths == (2, 3) and cfg.inner == _Inner(codebook_size=4)
+  with pytest.raises(ConfigError, match=r"^_Library: unknown config key\(s\) \['width'\]"):
+    from_dict(_Library, {"width": [2]})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -190,10 +215,11 @@ def test_quick_keeps_values_set_in_the_config_file(tmp_path, capsys):
   """Issue 14 item 6: `--quick` no longer silently overrides a codebook_size set in the file."""
   from semrec.cli import _build_config
   path = tmp_path / "c.yaml"
-  path.write_text("sid:\n  model:\n    codebook_size: 8\nseed: 5\n")
+  path.write_text("sid:\n  codebook_size: 8\nseed: 5\n")
   cfg = _build_config(str(path), "synthetic", None, None, None, None, None, quick=True)
-  assert cfg.sid.model.codebook_size == 8  # the file wins over the quick preset (16)
-  assert cfg.sid.model.epochs == 2 and cfg.data.synthetic.num_items == 120  # the rest of the preset applies
+  assert cfg.sid.codebook_size == 8  # the file wins over the quick preset (16)
+  assert cfg.sid.epochs == 2 and cfg.data.synthetic.num_items == 120  # the rest of the preset applies
   assert cfg.seed == 5 and cfg.data.type == "synthetic"
+  assert "--quick keeps sid.codebook_size=8" in capsys.readouterr().err
   plain = _build_config(None, "synthetic", None, None, None, None, 9, quick=True)
-  assert plain.sid.model.codebook_size == 16 and plain.seed == 9
+  assert plain.sid.codebook_size == 16 and plain.seed == 9
