@@ -69,6 +69,8 @@ setup(
         "pandas>=2.0",
         "pyarrow>=14",
         "pyyaml>=6",
+        # Run config: structured configs over the dataclasses (load, merge, type checks; semrec.config).
+        "omegaconf>=2.3",
         "tqdm>=4.66",
         "click>=8.1",
         "matplotlib>=3.8",
