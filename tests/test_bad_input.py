@@ -106,44 +106,46 @@ def _parquet_garbage(tmp):
 
 
 CONFIG_CASES = [
-    ("config-codebook-string", "`codebook_size: \"sixteen\"`", _config("sid:\n  model:\n    codebook_size: sixteen\n"),
-     1, r"Error: .*c\.yaml: sid\.model\.codebook_size: expected an integer, got 'sixteen' \(str\)"),
+    ("config-codebook-string", "`codebook_size: \"sixteen\"`", _config("sid:\n  codebook_size: sixteen\n"),
+     1, r"Error: .*c\.yaml: sid\.codebook_size: Value 'sixteen' of type 'str' could not be converted to Integer"),
     ("config-seed-string", "`seed: abc`", _config("seed: abc\n"), 1,
-     r"Error: .*c\.yaml: seed: expected an integer, got 'abc' \(str\)"),
-    ("config-negative-hidden-dims", "a negative width in `hidden_dims`",
-     _config("sid:\n  model:\n    hidden_dims: [64, -3]\n"), 1, r"Error: sid\.model\.hidden_dims\[1\]: -3 must be >= 1"),
+     r"Error: .*c\.yaml: seed: Value 'abc' of type 'str' could not be converted to Integer"),
+    ("config-negative-cluster-k", "a negative k in `cluster_ks`",
+     _config("sid:\n  cluster_ks: [64, -3]\n"), 1, r"Error: .*c\.yaml: sid\.cluster_ks\[1\]: -3 must be >= 1"),
     ("config-train-fraction", "`train_fraction: 1.5`", _config("data:\n  train_fraction: 1.5\n"), 1,
-     r"Error: .*c\.yaml: data: data\.train_fraction must be in \(0, 1\), got 1\.5"),
+     r"Error: .*c\.yaml: data\.train_fraction: 1\.5 must be < 1\.0 \(allowed: \(0\.0, 1\.0\)\)"),
     ("config-production-mode", "`production_mode: nonsense`", _config("ranking:\n  production_mode: nonsense\n"), 1,
-     r"Error: ranking\.production_mode: 'nonsense' is not one of \["),
+     r"Error: .*c\.yaml: ranking\.production_mode: 'nonsense' is not one of \["),
     ("config-unknown-key", "a misspelt key", _config("sid:\n  modle: {}\n"), 1,
-     r"Error: .*c\.yaml: sid: unknown config key\(s\) \['modle'\]"),
+     r"Error: .*c\.yaml: sid: unknown config key 'modle' \(known: cluster_ks, codebook_size, "),
+    ("config-old-key", "a key of the config before issue 27 (`sid.model`)",
+     _config("sid:\n  model:\n    codebook_size: 64\n"), 1, r"Error: .*c\.yaml: sid: unknown config key 'model'"),
     ("config-yaml-syntax", "invalid YAML", _config("sid: [unclosed\n"), 1, r"Error: .*c\.yaml: cannot be read as YAML"),
     ("config-not-mapping", "a YAML list instead of a mapping", _config("- a\n- b\n"), 1,
      r"Error: .*c\.yaml: expected a mapping of config sections, got list"),
     ("config-data-type", "`data.type: csv`", _config("data:\n  type: csv\n"), 1,
-     r"Error: .*c\.yaml: data: data\.type must be movielens, synthetic or generic, got 'csv'"),
+     r"Error: .*c\.yaml: data\.type: 'csv' is not one of \['movielens', 'synthetic', 'generic'\]"),
     ("config-section-scalar", "a section given as a number", _config("sid: 5\n"), 1,
      r"Error: .*c\.yaml: sid: expected a mapping of SidStageConfig fields, got 5"),
     ("config-zero-budget", "a zero table budget", _config("ranking:\n  budgets: [0]\n"), 1,
-     r"Error: ranking\.budgets\[0\]: 0 must be >= 1"),
+     r"Error: .*c\.yaml: ranking\.budgets\[0\]: 0 must be >= 1"),
     ("config-modality", "an unknown modality", _config("encoder:\n  modalities: [text, smell]\n"), 1,
-     r"Error: .*c\.yaml: encoder: modalities must be a non-empty subset of"),
+     r"Error: .*c\.yaml: encoder\.modalities\[1\]: 'smell' is not one of \['text', 'image', 'audio'\]"),
     ("config-variant", "an unknown production retriever", _config("retrieval:\n  production_variant: nope\n"), 1,
-     r"Error: retrieval\.production_variant: 'nope' is not one of \["),
+     r"Error: .*c\.yaml: retrieval\.production_variant: 'nope' is not one of \["),
     ("config-index-kind", "an unknown index kind", _config("retrieval:\n  index_kind: faiss\n"), 1,
-     r"Error: retrieval\.index_kind: 'faiss' is not one of \['auto', 'scann', 'brute_force'\]"),
+     r"Error: .*c\.yaml: retrieval\.index_kind: 'faiss' is not one of \['auto', 'scann', 'brute_force'\]"),
     ("config-one-period", "`num_periods: 1`", _config("ranking:\n  num_periods: 1\n"), 1,
-     r"Error: ranking\.num_periods: 1 must be >= 2"),
-    ("config-normalization", "an unknown SID normalisation", _config("sid:\n  model:\n    normalization: foo\n"), 1,
-     r"Error: .*c\.yaml: sid\.model: normalization must be one of"),
+     r"Error: .*c\.yaml: ranking\.num_periods: 1 must be >= 2"),
+    ("config-sid-mode", "an unknown SID mode", _config("sid:\n  mode: foo\n"), 1,
+     r"Error: .*c\.yaml: sid\.mode: 'foo' is not one of \['rqvae', 'rqkmeans'\]"),
     ("config-spm-budget", "an SPM table budget below L*K+1",
-     _config("sid:\n  model:\n    codebook_size: 64\nranking:\n  modes: [spm]\n  budgets: [100]\n"), 1,
-     r"Error: ranking\.budgets: 100 rows is too small for SPM: it needs >= L\*K\+1 = 193"),
+     _config("sid:\n  codebook_size: 64\nranking:\n  modes: [spm]\n  budgets: [100]\n"), 1,
+     r"Error: .*c\.yaml: ranking\.budgets: 100 rows is too small for SPM: it needs >= L\*K\+1 = 193"),
     ("config-seed-flag", "`--seed abc`", _argv("run", "--seed", "abc"), 2, r"Error: Invalid value for '--seed'"),
     ("config-codebook-vs-catalogue", "a codebook larger than the catalogue",
      _generic(INTER, ITEMS, "--config", "{tmp}/k.yaml"), 1,
-     r"Error: sid\.model\.codebook_size=256 exceeds the catalogue \(3 items\)"),
+     r"Error: sid\.(model\.)?codebook_size=256 exceeds the catalogue \(3 items\)"),
 ]
 
 
@@ -165,7 +167,7 @@ def _first_error_line(result) -> str:
 @pytest.mark.parametrize("case", _case_params(DATA_CASES + CONFIG_CASES))
 def test_bad_data_and_config_fail_before_any_stage(case, tmp_path):
   name, _, build, code, pattern = case
-  (tmp_path / "k.yaml").write_text("sid:\n  model:\n    codebook_size: 256\nranking:\n  num_periods: 2\n")
+  (tmp_path / "k.yaml").write_text("sid:\n  codebook_size: 256\nranking:\n  num_periods: 2\n")
   res = _invoke(build(tmp_path))
   assert res.exit_code == code, (res.exit_code, res.output)
   assert re.match(pattern, _first_error_line(res)), _first_error_line(res)
@@ -181,9 +183,7 @@ RUN_YAML = """data:
   type: generic
   interactions: {tmp}/i.csv
   items: {tmp}/items.csv
-sid:
-  model: {{mode: rqkmeans, num_levels: 2, codebook_size: 2, normalization: none}}
-  cluster_ks: [2]
+sid: {{mode: rqkmeans, num_levels: 2, codebook_size: 2, cluster_ks: [2]}}
 ranking:
   num_periods: 2
 """
