@@ -20,17 +20,29 @@ def call_signature(fn, rows: Mapping[str, np.ndarray], model_dir: str = "", outp
 
   Raises:
     KeyError: a signature input missing from ``rows`` (named).
+    ExportError: the model's in-graph input checks refused the batch (NaN/inf values, a wrong width or
+      length), naming the input.
   """
   import tensorflow as tf
+  from semrec.export import ExportError, refused_request_message
   specs = fn.structured_input_signature[1]
   missing = [k for k in specs if k not in rows]
   if missing:
     raise KeyError(f"{model_dir}: the signature needs features {missing}, got {sorted(rows)}")
-  return fn(**{k: tf.constant(np.asarray(rows[k]), dtype=specs[k].dtype) for k in specs})[output].numpy()
+  try:
+    return fn(**{k: tf.constant(np.asarray(rows[k]), dtype=specs[k].dtype) for k in specs})[output].numpy()
+  except tf.errors.InvalidArgumentError as e:
+    raise ExportError(f"{model_dir}: the model refused the input features: {refused_request_message(e)}") from e
 
 
 def write_embeddings(path: str, item_ids, embeddings: np.ndarray):
-  """Writes ``{item_ids, embeddings}`` .npz atomically."""
+  """Writes ``{item_ids, embeddings}`` .npz atomically; refuses NaN/inf rows (naming the first item), so a model
+  exported without input checks cannot leave NaN embeddings behind."""
+  emb = np.asarray(embeddings, np.float32)
+  bad = ~np.isfinite(emb.reshape(len(emb), -1)).all(axis=1)
+  if bad.any():
+    raise ValueError(f"{path}: the embedding of item {str(list(item_ids)[int(np.argmax(bad))])!r} has NaN/inf "
+                     f"values ({int(bad.sum())} of {len(emb)} rows); nothing was written")
   save_npz(path, item_ids=np.asarray([str(i) for i in item_ids], dtype=str),
            embeddings=np.asarray(embeddings, np.float32))
 

@@ -48,8 +48,8 @@ def export_sid_assigner(base_dir: str, sid_assigner, example_content, *, cluster
     **kwargs: forwarded to `export_serving_module` (metrics, data_fingerprint, description, ...).
 
   Signature: ``content`` float32 [B, D] -> ``sid`` int32 [B, L] (and ``cluster_id`` int32 [B]).
-  A request with NaN/inf content fails with "content: NaN/inf values"; a wrong width D is rejected by
-  the signature shape.
+  A request with NaN/inf content fails with "content: NaN/inf values", a wrong width D with "content:
+  dimension 1 must be D" (the `ServingModule` input checks).
   """
   content = np.asarray(example_content, dtype=np.float32)
   if content.ndim != 2:
@@ -57,7 +57,7 @@ def export_sid_assigner(base_dir: str, sid_assigner, example_content, *, cluster
   specs = {"content": tf.TensorSpec([None, content.shape[1]], tf.float32, name="content")}
 
   def fn(features):
-    x = tf.debugging.assert_all_finite(features["content"], message="content: NaN/inf values")
+    x = features["content"]  # checked (rank, width D, finite) by ServingModule
     out = {"sid": tf.cast(sid_assigner(x), tf.int32)}
     if cluster_layer is not None:
       out["cluster_id"] = tf.cast(cluster_layer(x), tf.int32)
@@ -109,6 +109,7 @@ def export_query_tower(base_dir: str, tower, example_query_features: ExampleInpu
   kwargs.setdefault("artefact", "query_tower")
   kwargs.setdefault("description", "user features -> query embedding")
   kwargs.setdefault("dynamic_axes", _history_axes(example_query_features))
+  kwargs.setdefault("shared_axes", _history_length_axis(kwargs["dynamic_axes"]))
   return export_keras_module(tower, base_dir, name, example_query_features, output_names=[output_name], **kwargs)
 
 
@@ -117,6 +118,12 @@ def _history_axes(example_query_features: ExampleInputs) -> dict[str, list[int]]
   first = example_query_features if isinstance(example_query_features, Mapping) else list(example_query_features)[0]
   _, paths = flatten_features(first)
   return {k: [1] for k, p in paths.items() if len(p) > 1 and p[0] == "history"}
+
+
+def _history_length_axis(dynamic_axes: Mapping[str, Sequence[int]]) -> dict:
+  """``{"H": [(input, 1), ...]}``: every ``history_*`` input with a free axis 1 must send the same length H."""
+  members = [(k, 1) for k, axes in dynamic_axes.items() if k.startswith("history_") and 1 in axes]
+  return {"H": members} if len(members) > 1 else {}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -214,6 +221,7 @@ def export_retrieval(base_dir: str, query_model, example_query_features: Example
     name: model name (default ``retrieval_<kind>``).
     track: layers a plain-function ``query_model`` closes over, saved with the module.
     dynamic_axes: free axes besides the batch (default: axis 1, H, of every ``history_*`` input).
+    shared_axes: free axes that must agree across inputs (default: H of every ``history_*`` input).
 
   Signature outputs: ``scores`` float32 [B, k], ``item_ids`` string [B, k] (best first).
   """
@@ -230,6 +238,9 @@ def export_retrieval(base_dir: str, query_model, example_query_features: Example
   if dynamic_axes is None:
     dynamic_axes = {k: [1] for k, p in (paths or {}).items() if len(p) > 1 and p[0] == "history"}
   specs = input_specs_from_examples(requests[0], dynamic_axes=dynamic_axes)
+  shared_axes = kwargs.pop("shared_axes", None)
+  if shared_axes is None:
+    shared_axes = _history_length_axis(dynamic_axes)
   owner = getattr(query_model, "__self__", None)
   is_keras = isinstance(query_model, tf.keras.layers.Layer) or isinstance(owner, tf.keras.layers.Layer)
 
@@ -243,7 +254,7 @@ def export_retrieval(base_dir: str, query_model, example_query_features: Example
   if not isinstance(trackables["query_model"], tf.Module):
     del trackables["query_model"]
   trackables.update({f"tracked_{k}": v for k, v in (track or {}).items()})
-  module = ServingModule(fn, specs, trackables=trackables)
+  module = ServingModule(fn, specs, trackables=trackables, shared_axes=shared_axes)
   kwargs.setdefault("artefact", f"retrieval_{kind}")
   kwargs.setdefault("description", f"user features -> top-{k} item ids ({kind} index in the graph)")
   extra = dict(kwargs.pop("extra", None) or {})

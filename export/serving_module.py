@@ -67,6 +67,14 @@ def _name_outputs(result: Any, output_names: Optional[Sequence[str]]) -> dict[st
 class ServingModule(tf.Module):
   """A ``tf.Module`` with ``serve(features) -> {output_name: tensor}`` over a fixed input signature.
 
+  Every request is checked in the graph before ``fn`` runs (a model server hands the graph whatever the client
+  sent), each message naming the input: first the rank of every input; then (under the rank checks, so a short
+  tensor never fails inside a check) every fixed dimension of its spec (e.g. the width D of ``content``), the
+  batch dimension against the first input's, and each ``shared_axes`` group (e.g. the history length H of every
+  ``history_*`` input); then (under the shape checks) that every float input is finite ("content: NaN/inf
+  values"). This is the one implementation of the serving input checks: every exporter of this package goes
+  through it.
+
   Args:
     fn: ``fn(features: dict[str, Tensor]) -> Tensor | tuple | dict``; outputs are named by ``output_names``
       (default ``output_0``, ``output_1``, ...) unless ``fn`` returns a dict.
@@ -74,50 +82,109 @@ class ServingModule(tf.Module):
     trackables: the Keras layers / tf.Modules / variables ``fn`` uses, ``{attribute_name: object}``; they are
       attached to the module so their variables and assets are saved with it.
     output_names: names for tensor / tuple outputs.
+    shared_axes: ``{axis name: [(input name, axis), ...]}``: free (None) dimensions that must agree across
+      inputs, e.g. ``{"H": [("history_item_id", 1), ("history_sid", 1)]}``.
   """
 
   def __init__(self, fn: Callable[[dict], Any], input_specs: Mapping[str, tf.TensorSpec],
                trackables: Optional[Mapping[str, Any]] = None, output_names: Optional[Sequence[str]] = None,
-               name: Optional[str] = None):
+               name: Optional[str] = None, shared_axes: Optional[Mapping[str, Sequence[tuple]]] = None):
     super().__init__(name=name)
     self._fn = fn
     self._output_names = list(output_names) if output_names else None
     for attr, obj in (trackables or {}).items():
       setattr(self, attr, obj)
     self.input_specs = {k: tf.TensorSpec(s.shape, s.dtype, name=k) for k, s in input_specs.items()}
+    self._shared_axes = _checked_shared_axes(shared_axes, self.input_specs)
     self.serve = tf.function(self._serve, input_signature=[dict(self.input_specs)])
 
   def _serve(self, features):
-    checks = []
-    for key, spec in self.input_specs.items():
-      # A model server hands the graph whatever shape the client sent; fail with the feature's name rather
-      # than deep inside a matmul.
-      if spec.shape.rank is None:
-        continue
-      x = features[key]
-      checks.append(tf.debugging.assert_equal(
-          tf.rank(x), spec.shape.rank, message=f"{key}: expected rank {spec.shape.rank} {spec.shape.as_list()}"))
-      for axis, dim in enumerate(spec.shape.as_list()):
-        if dim is not None:
-          checks.append(tf.debugging.assert_equal(
-              tf.shape(x)[axis], dim, message=f"{key}: dimension {axis} must be {dim} (shape {spec.shape.as_list()})"))
-    if checks:
-      with tf.control_dependencies(checks):
-        features = {k: tf.identity(v) for k, v in features.items()}
-    features = self._check_batch(features)
+    features = check_serving_inputs(features, self.input_specs, self._shared_axes)
     return _name_outputs(self._fn(features), self._output_names)
 
-  def _check_batch(self, features):
-    """Every input's dimension 0 must equal the first input's (the batch B); the message names both."""
-    keys = [k for k, spec in self.input_specs.items() if spec.shape.rank]
-    if len(keys) < 2:
-      return features
-    b = tf.shape(features[keys[0]])[0]
-    checks = [tf.debugging.assert_equal(
-        tf.shape(features[k])[0], b,
-        message=f"{k}: batch size (dimension 0) must equal that of {keys[0]}") for k in keys[1:]]
+
+def _checked_shared_axes(shared_axes, specs) -> dict:
+  out = {}
+  for axis_name, members in (shared_axes or {}).items():
+    members = [(str(k), int(a)) for k, a in members]
+    for k, a in members:
+      if k not in specs:
+        raise sl.ExportError(f"shared axis {axis_name!r}: no input {k!r} (inputs: {sorted(specs)})")
+      rank = specs[k].shape.rank
+      if rank is not None and not 0 < a < rank:
+        raise sl.ExportError(f"shared axis {axis_name!r}: axis {a} of input {k!r} is out of range for shape "
+                             f"{specs[k].shape.as_list()}")
+    if len(members) > 1:
+      out[str(axis_name)] = members
+  return out
+
+
+def check_serving_inputs(features: Mapping[str, tf.Tensor], specs: Mapping[str, tf.TensorSpec],
+                         shared_axes: Optional[Mapping[str, Sequence[tuple]]] = None) -> dict:
+  """``features`` passed through in-graph checks whose messages name the input (see `ServingModule`).
+
+  Args:
+    features: ``{name: Tensor}`` of one request.
+    specs: ``{name: TensorSpec}``, the signature (leading dimension the batch B).
+    shared_axes: ``{axis name: [(input name, axis), ...]}`` free dimensions that must agree.
+
+  Returns:
+    ``{name: Tensor}`` that depend on every check (use them instead of ``features``).
+  """
+  def gate(checks, tensors):
+    if not checks:
+      return dict(tensors)
     with tf.control_dependencies(checks):
-      return {k: tf.identity(v) for k, v in features.items()}
+      return {k: tf.identity(v) for k, v in tensors.items()}
+
+  # A dimension check must never fail by itself on a tensor of the wrong rank (e.g. "slice index 1 of
+  # dimension 0 out of bounds"): graph optimisations may run it before the rank check. So each reads the shape
+  # padded with zeros and holds whenever the rank is wrong; the rank check then reports the problem.
+  ranked = [k for k, s in specs.items() if s.shape.rank is not None]
+  # tf.rank (and a Rank op, by grappler's constant folding) would be folded to the signature's static rank:
+  # count the entries of the request's shape through a data-dependent op instead.
+  rank_ok = {k: tf.equal(tf.shape(tf.where(tf.raw_ops.Shape(input=features[k]) >= 0), out_type=tf.int32)[0],
+                         specs[k].shape.rank) for k in ranked}
+
+  def dim(k, axis):
+    return tf.concat([tf.raw_ops.Shape(input=features[k]), tf.zeros([axis + 1], tf.int32)], 0)[axis]
+
+  def holds(keys, condition, message):
+    return tf.debugging.Assert(tf.logical_or(tf.logical_not(tf.reduce_all([rank_ok[k] for k in keys])), condition),
+                               [message])
+
+  checks = [tf.debugging.Assert(rank_ok[k], [f"{k}: expected rank {specs[k].shape.rank} {specs[k].shape.as_list()} "
+                                             "(None = any)"]) for k in ranked]
+  for k in ranked:
+    for axis, size in enumerate(specs[k].shape.as_list()):
+      if size is not None:
+        checks.append(holds([k], tf.equal(dim(k, axis), size),
+                            f"{k}: dimension {axis} must be {size} (shape {specs[k].shape.as_list()})"))
+  batched = [k for k in ranked if specs[k].shape.rank]
+  for k in batched[1:]:
+    checks.append(holds([k, batched[0]], tf.equal(dim(k, 0), dim(batched[0], 0)),
+                        f"{k}: batch size (dimension 0) must equal that of {batched[0]}"))
+  for axis_name, members in (shared_axes or {}).items():
+    (first, a0), rest = members[0], members[1:]
+    for k, a in rest:
+      checks.append(holds([k, first], tf.equal(dim(k, a), dim(first, a0)),
+                          f"{k}: dimension {a} ({axis_name}) must equal dimension {a0} of {first}"))
+  features = gate(checks, features)
+  # Values are checked once the shapes are known to be right (a shape error is reported as such).
+  return gate([tf.debugging.assert_all_finite(features[k], message=f"{k}: NaN/inf values")
+               for k, s in specs.items() if s.dtype.is_floating], features)
+
+
+def refused_request_message(error: Exception) -> str:
+  """The named message of a request the serving checks refused (e.g. "content: NaN/inf values"), taken from
+  the ``tf.errors.InvalidArgumentError`` a signature call raised; its first line when no check message is in it."""
+  import re
+  text = str(getattr(error, "message", None) or error)
+  found = (re.search(r"assertion failed: \[(.+?)\](?=\s*\[Condition|\s*$|\n)", text, re.M)
+           or re.search(r"([\w.-]+: NaN/inf values)", text))
+  if found:
+    return found.group(1)
+  return next((ln.strip() for ln in text.splitlines() if ln.strip()), type(error).__name__)
 
 
 class KerasServingModule(ServingModule):
@@ -131,11 +198,13 @@ class KerasServingModule(ServingModule):
     feature_paths: ``{flat_name: path}`` from `flatten_features` when the model takes nested dicts.
     track: extra ``{name: layer/variable}`` to save with the module, for a plain-function ``model`` whose
       variables live in layers it closes over.
+    shared_axes: free dimensions that must agree across inputs (see `ServingModule`).
   """
 
   def __init__(self, model, input_specs: Mapping[str, tf.TensorSpec], output_names: Optional[Sequence[str]] = None,
                unpack_single_input: bool = False, feature_paths: Optional[Mapping[str, Sequence[str]]] = None,
-               track: Optional[Mapping[str, Any]] = None, name: Optional[str] = None):
+               track: Optional[Mapping[str, Any]] = None, name: Optional[str] = None,
+               shared_axes: Optional[Mapping[str, Sequence[tuple]]] = None):
     if unpack_single_input and len(input_specs) != 1:
       raise sl.ExportError(f"unpack_single_input needs exactly one input, got {sorted(input_specs)}")
     self._unpack = unpack_single_input
@@ -147,7 +216,8 @@ class KerasServingModule(ServingModule):
     if not isinstance(trackables["model"], (tf.Module, tf.Variable)):
       trackables = {}
     trackables.update({f"tracked_{k}": v for k, v in (track or {}).items()})
-    super().__init__(self._call_model, input_specs, trackables=trackables, output_names=output_names, name=name)
+    super().__init__(self._call_model, input_specs, trackables=trackables, output_names=output_names, name=name,
+                     shared_axes=shared_axes)
 
   def _call_model(self, features):
     if self._unpack:
@@ -286,7 +356,8 @@ def export_keras_module(model, base_dir: str, name: str, example_inputs: Example
                         output_names: Optional[Sequence[str]] = None,
                         input_specs: Optional[Mapping[str, tf.TensorSpec]] = None,
                         unpack_single_input: bool = False, track: Optional[Mapping[str, Any]] = None,
-                        dynamic_axes: Optional[Mapping[str, Sequence[int]]] = None, **kwargs) -> ExportResult:
+                        dynamic_axes: Optional[Mapping[str, Sequence[int]]] = None,
+                        shared_axes: Optional[Mapping[str, Sequence[tuple]]] = None, **kwargs) -> ExportResult:
   """Exports a Keras layer/model called on a dict of raw features, via a `KerasServingModule`.
 
   Args:
@@ -299,11 +370,14 @@ def export_keras_module(model, base_dir: str, name: str, example_inputs: Example
     unpack_single_input: call the model on the only input tensor instead of the dict.
     track: layers/variables a plain-function ``model`` closes over (see `KerasServingModule`).
     dynamic_axes: ``{flat input name: [axis, ...]}`` left free in the signature besides the batch axis.
+    shared_axes: ``{axis name: [(flat input name, axis), ...]}`` free axes that must agree across inputs
+      (checked in the graph, see `ServingModule`).
     **kwargs: forwarded to `export_serving_module` (artefact, metrics, data_fingerprint, ...).
   """
   requests, paths = flat_requests(example_inputs, name)
   if input_specs is None:
     input_specs = input_specs_from_examples(requests[0], dynamic_axes=dynamic_axes)
   module = KerasServingModule(model, input_specs, output_names=output_names,
-                              unpack_single_input=unpack_single_input, feature_paths=paths, track=track)
+                              unpack_single_input=unpack_single_input, feature_paths=paths, track=track,
+                              shared_axes=shared_axes)
   return export_serving_module(module, base_dir, name, requests, **kwargs)
