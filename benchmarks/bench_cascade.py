@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from semrec.benchmarks.bench_retrieval import CACHE, RESULTS, aggregate, load_dataset
+from semrec.benchmarks.bench_retrieval import CACHE, RESULTS, aggregate, load_dataset, sid_stage
 from semrec.benchmarks.bench_baselines import content_embeddings, default_dev_dir
 
 RUNS = ("scientific:leave_one_out", "microlens:leave_one_out", "scientific:cold_items", "microlens:cold_items",
@@ -38,7 +38,8 @@ def run_one(name: str, kind: str, seed: int, verbose: bool = True) -> dict:
   cfg = ComparisonConfig(seed=seed, quality_modes=("none", "tuned") if kind == "temporal" else ("none",))
   out_dir = os.path.join(CACHE, "bench_retrieval", f"{name}_{kind}_s{seed}")
   t0 = time.time()
-  res = run_retrieval_comparison(ds, split, ids, emb, cfg, output_dir=out_dir, verbose=verbose)
+  res = run_retrieval_comparison(ds, split, ids, emb, cfg, output_dir=out_dir, verbose=verbose,
+                                 **sid_stage(emb, ids, split, cfg))
   t1 = time.time()
   two = run_two_stage(split, res, cfg, out_dir, CascadeConfig(seed=seed), compare_modes=(HASH_MODE,),
                       progress=verbose)

@@ -68,15 +68,16 @@ def train_variant(variant, args, side, split, quality):
   """(model, inputs, train seconds) of one trained variant."""
   import tensorflow as tf
   from semrec.sid import ItemRepresentation
-  from semrec.towers import (CandidateTowerConfig, QueryTowerConfig, RetrievalInputs, RetrieverConfig,
+  from semrec.towers import (CandidateTowerConfig, QueryTowerConfig, RetrievalInputs, RetrieverConfig, ScoreConfig,
                              TwoTowerRetriever, compile_retriever, init_model, item_frequencies)
   from semrec.towers import content_basis
   tf.keras.utils.set_random_seed(args.seed)
   item = item_config(variant, args, side)
   rc = RetrieverConfig(item=item, candidate=CandidateTowerConfig(mlp_dims=(64,), output_dim=args.dim),
                        query=QueryTowerConfig(max_history=args.history, mlp_dims=(64,), output_dim=args.dim),
-                       temperature=0.05, quality_dim=quality.dim if quality is not None else 0,
-                       quality_mode="tuned" if quality is not None else "none", learning_rate=5e-3)
+                       temperature=0.05, learning_rate=5e-3,
+                       scores=ScoreConfig(quality_dim=quality.dim if quality is not None else 0,
+                                          quality_mode="tuned" if quality is not None else "none"))
   rep = ItemRepresentation(item.representation, spm=side["spm"], name="item_representation")
   model = TwoTowerRetriever(rc, item_representation=rep)
   if item.content_residual:  # the catalogue's top-d content directions (content only: no interactions)
@@ -99,10 +100,10 @@ def evaluate_variant(model, inputs, split, args, stage="test", w=None):
   from semrec.towers import dot_scores, embed_candidates, embed_queries, evaluate_scores
   queries = split.queries(stage)
   if w is not None:
-    model.set_quality_weights(w)
+    model.score_blocks.apply({"quality": {"w": w}})
   with_q = w is not None
-  q = embed_queries(model, inputs, query_batches(inputs, queries, args.history), with_quality=with_q)
-  c = embed_candidates(model, inputs, with_quality=with_q)
+  q = embed_queries(model, inputs, query_batches(inputs, queries, args.history), with_blocks=with_q)
+  c = embed_candidates(model, inputs, with_blocks=with_q)
   ids = inputs.item_features.item_ids
   return evaluate_scores(lambda rows: dot_scores(q[rows], c), queries, ids, ks=(10, 100), ndcg_ks=(10,))
 
@@ -112,8 +113,8 @@ def tune_w(model, inputs, split, quality, args):
   from semrec.towers import embed_candidates, embed_queries, tune_quality_weights
   queries = split.queries("valid")
   sub = queries.subset(np.random.default_rng(args.seed).permutation(len(queries))[:args.tune_queries])
-  qb = embed_queries(model, inputs, query_batches(inputs, sub, args.history), with_quality=False)
-  cb = embed_candidates(model, inputs, with_quality=False)
+  qb = embed_queries(model, inputs, query_batches(inputs, sub, args.history), with_blocks=False)
+  cb = embed_candidates(model, inputs, with_blocks=False)
   rows = inputs.rows_of(np.array([t[0] for t in sub.targets], dtype=object))
   keep = rows < inputs.num_items
   excl = [inputs.rows_of(e) for e in sub.exclude]

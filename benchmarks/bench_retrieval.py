@@ -19,6 +19,7 @@ import argparse
 import dataclasses
 import os
 import time
+from typing import Optional
 
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from semrec.benchmarks.bench_baselines import content_embeddings, default_dev_dir, load_dev_set
@@ -38,8 +39,9 @@ def load_dataset(name: str):
   return load_movielens() if name == "movielens" else load_dev_set(default_dev_dir(), name)
 
 
-def run_one(name: str, kind: str, seed: int, variants, verbose: bool = True) -> dict:
-  """One comparison (library defaults, ``seed``) on ``name``/``kind``; returns test metrics per model."""
+def run_one(name: str, kind: str, seed: int, variants, verbose: bool = True, work_dir: Optional[str] = None) -> dict:
+  """One comparison (library defaults, ``seed``) on ``name``/``kind``; returns test metrics per model.
+  Per-variant checkpoints go to ``work_dir`` (default ``~/.cache/semrec/bench_retrieval``)."""
   from semrec.data import make_split
   from semrec.towers import ComparisonConfig, run_retrieval_comparison
   ds = load_dataset(name)
@@ -47,8 +49,9 @@ def run_one(name: str, kind: str, seed: int, variants, verbose: bool = True) -> 
   split = make_split(ds, kind, seed=seed)
   cfg = ComparisonConfig(seed=seed, **({"variants": tuple(variants)} if variants else {}),
                          quality_modes=("none", "tuned") if kind == "temporal" else ("none",))
-  out_dir = os.path.join(CACHE, "bench_retrieval", f"{name}_{kind}_s{seed}")
-  res = run_retrieval_comparison(ds, split, ids, emb, cfg, output_dir=out_dir, verbose=verbose)
+  out_dir = os.path.join(work_dir or os.path.join(CACHE, "bench_retrieval"), f"{name}_{kind}_s{seed}")
+  res = run_retrieval_comparison(ds, split, ids, emb, cfg, output_dir=out_dir, verbose=verbose,
+                                 **sid_stage(emb, ids, split, cfg))
   models = {n: m["test"] for n, m in res["baselines"].items()}
   for v, r in res["results"].items():
     models[v] = r["test"]
@@ -61,6 +64,15 @@ def run_one(name: str, kind: str, seed: int, variants, verbose: bool = True) -> 
                               if k in r["content_mix"]}
                           for v, r in res["results"].items() if r.get("content_mix")},
           "seconds": res["seconds"]}
+
+
+def sid_stage(content, item_ids, split, cfg) -> dict:
+  """What the SID stage of ``semrec run`` would give the comparison (cluster ids, SIDs, the SID-piece SPM) for
+  ``cfg``'s variants: k-means k = 256, RQ-KMeans L = 3, K = 64, SPM of ``cfg.spm_vocab_size`` pieces, seeded by
+  ``cfg.seed`` (``semrec.sid.retrieval_inputs.fit_sid_artefacts``)."""
+  from semrec.sid.retrieval_inputs import fit_sid_artefacts
+  return fit_sid_artefacts(content, item_ids, cfg.sid_needs(), split.train["item_id"],
+                           spm_vocab_size=cfg.spm_vocab_size, seed=cfg.seed)
 
 
 def aggregate(per_seed: list) -> dict:
@@ -114,6 +126,8 @@ def main():
   parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
   parser.add_argument("--variants", nargs="*", default=None, help="default: ComparisonConfig's")
   parser.add_argument("--out", default=os.path.join(RESULTS, "bench_retrieval.json"))
+  parser.add_argument("--work-dir", default=None,
+                      help="per-variant checkpoints (default ~/.cache/semrec/bench_retrieval; a rerun resumes from it)")
   parser.add_argument("--merge", nargs="*", default=None,
                       help="combine the per-seed results of these JSON files (e.g. one process per seed) into --out")
   args = parser.parse_args()
@@ -135,7 +149,7 @@ def main():
     per_seed, t0 = [], time.time()
     for seed in args.seeds:
       print(f"== {run} seed {seed}", flush=True)
-      per_seed.append(run_one(name, kind, seed, args.variants))
+      per_seed.append(run_one(name, kind, seed, args.variants, work_dir=args.work_dir))
     agg = aggregate(per_seed)
     report["runs"][run] = {"seeds": args.seeds, "mean_std": agg, "per_seed": per_seed,
                            "acceptance": acceptance(name, kind, agg, per_seed), "seconds": time.time() - t0}

@@ -38,7 +38,16 @@ def test_task_info_and_strategy_errors(monkeypatch):
   monkeypatch.delenv("TF_CONFIG")
   with pytest.raises(ValueError, match="needs TF_CONFIG"):
     make_strategy("mwms")
-  assert STRATEGIES == ("none", "mirrored", "mwms", "ps")
+  # Every listed strategy is one make_strategy builds: the in-process ones without TF_CONFIG, the multi-worker
+  # ones refusing only for the missing TF_CONFIG (never "must be one of").
+  import tensorflow as tf
+  assert make_strategy("none") is tf.distribute.get_strategy()
+  assert isinstance(make_strategy("mirrored"), tf.distribute.MirroredStrategy)
+  for name in STRATEGIES:
+    if name in ("none", "mirrored"):
+      continue
+    with pytest.raises(ValueError, match=f"strategy '{name}' needs TF_CONFIG"):
+      make_strategy(name)
 
 
 def test_gather_is_identity_with_one_replica():

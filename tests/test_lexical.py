@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from semrec.encoders import EncodeError, LexicalEncoder, LexicalEncoderConfig
-from semrec.towers.model import ContentMix
+from semrec.towers.score_blocks import ContentBlock
 
 # Two topics, each twice: tf-idf rows span a 2-d space, so with L = 2 the SVD basis spans exactly the
 # catalogue's rows and cosines to catalogue items are those of the (projected) tf-idf vectors.
@@ -81,16 +81,16 @@ class ContentMixLexicalTest(tf.test.TestCase):
     return history, item
 
   def _score(self, mix, history, item):
-    q, c = mix.query(history).numpy(), mix.candidate(item).numpy()
+    q, c = mix.query_part({"history": history}).numpy(), mix.candidate_part(item).numpy()
     return float(np.max(q[0] @ c[0])) if q.ndim == 3 else float(q[0] @ c[0])
 
   def test_max_pooling_adds_the_lexical_cosine_per_history_item(self):
     # cos(content) + b cos(lexical) per slot: h1 .6 + b * 0, h2 .8 + b * 1; max over slots, times a.
     history, item = self._inputs()
-    mix = ContentMix(pooling="max", lexical=True)
-    mix.alpha.assign(0.5)
+    mix = ContentBlock(pooling="max", lexical=True, tunable_lexical=True)
+    mix.apply({"alpha": 0.5})
     self.assertAllClose(self._score(mix, history, item), 0.5 * 1.8, atol=1e-6)  # b = 1 (default)
-    mix.lexical_weight.assign(0.0)
+    mix.apply({"lexical_weight": 0.0})
     self.assertAllClose(self._score(mix, history, item), 0.5 * 0.8, atol=1e-6)
     self.assertEqual(mix.width(item), 4)
 
@@ -98,21 +98,21 @@ class ContentMixLexicalTest(tf.test.TestCase):
     # decay .8: u_c = norm(.8 (1, 0) + (0, 1)) = (.8, 1) / sqrt(1.64); cos(u_c, x) = 1.28 / sqrt(1.64) = .99951
     #           u_l = norm(.8 (0, 1) + (1, 0)) = (1, .8) / sqrt(1.64); cos(u_l, x) = 1 / sqrt(1.64) = .78087
     history, item = self._inputs()
-    mix = ContentMix(pooling="mean", lexical=True)
-    mix.alpha.assign(0.5)
+    mix = ContentBlock(pooling="mean", lexical=True)
+    mix.apply({"alpha": 0.5})
     self.assertAllClose(self._score(mix, history, item), 0.5 * (0.99951 + 0.78087), atol=1e-4)
 
   def test_without_lexical_the_feature_is_not_read(self):
     history, item = self._inputs()
-    mix = ContentMix(pooling="max")
-    mix.alpha.assign(1.0)
+    mix = ContentBlock(pooling="max")
+    mix.apply({"alpha": 1.0})
     del history["lexical"], item["lexical"]
     self.assertAllClose(self._score(mix, history, item), 0.8, atol=1e-6)
     self.assertEqual(mix.keys, ("content",))
 
   def test_get_config_round_trip(self):
-    mix = ContentMix(pooling="max", lexical=True, name="m")
-    back = ContentMix.from_config(mix.get_config())
+    mix = ContentBlock(pooling="max", lexical=True, name="m")
+    back = ContentBlock.from_config(mix.get_config())
     self.assertTrue(back.lexical)
     self.assertEqual(back.pooling, "max")
 
@@ -126,20 +126,22 @@ def test_auto_lexical_is_tuned_saved_and_reloaded(tmp_path):
   ids = np.array([f"i{j:02d}" for j in range(12)], dtype=object)
   f = ItemFeatures(ids, {"content": rng.normal(size=(12, 6)).astype(np.float32),
                          "lexical": rng.normal(size=(12, 3)).astype(np.float32)})
-  cfg = dataclasses.replace(_seq_model(num_negatives=5).config, content_mix=True, content_mix_lexical="auto")
+  base = _seq_model(num_negatives=5).config
+  cfg = dataclasses.replace(base, scores=dataclasses.replace(base.scores, content_mix=True, content_mix_lexical="auto"))
   model = TwoTowerRetriever(cfg)
   assert {"content", "lexical"} <= set(model.required_features())
   inputs = RetrievalInputs(f, model.required_features(), max_history=4)
   batch = next(iter(inputs.sequence_dataset({"u": list(ids[:6])}, 4, num_negatives=5)))
   model.compute_loss(batch)
   for b, saved in ((1.0, "on"), (0.0, "off")):
-    model.set_content_mix(0.5, None, b)
+    model.score_blocks["content"].apply({"alpha": 0.5, "lexical_weight": b})
     save_retriever(model, str(tmp_path / saved))
     loaded = load_retriever(str(tmp_path / saved), batch)
-    assert loaded.config.content_mix_lexical == saved and float(loaded.content_mix.alpha) == 0.5
+    assert loaded.score_blocks.settings()["content"]["lexical_weight"] == (1.0 if saved == "on" else None)
+    assert loaded.score_blocks["content"].alpha == 0.5
     assert ("lexical" in loaded.required_features()) == (saved == "on")
-  fixed = TwoTowerRetriever(dataclasses.replace(cfg, content_mix_lexical="on"))
+  fixed = TwoTowerRetriever(dataclasses.replace(cfg, scores=dataclasses.replace(cfg.scores, content_mix_lexical="on")))
   with pytest.raises(ValueError, match="auto"):
-    fixed.set_content_mix(0.5, None, 0.0)
+    fixed.score_blocks["content"].apply({"alpha": 0.5, "lexical_weight": 0.0})
   with pytest.raises(ValueError, match="content_mix_lexical"):
-    dataclasses.replace(cfg, content_mix_lexical="maybe")
+    dataclasses.replace(cfg.scores, content_mix_lexical="maybe")

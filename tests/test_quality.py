@@ -1,11 +1,12 @@
-"""The quality vector's new-item rule and the cold-constrained w search (towers/quality.py)."""
+"""The quality vector's new-item rule (towers/quality.py) and the one post-hoc tuner (towers/tuning.py)."""
 import semrec  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow)
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from semrec.towers.quality import QualityConfig, QualityVector, tune_quality_weights
+from semrec.towers.quality import QualityConfig, QualityVector
+from semrec.towers.tuning import choose_point, tune_quality_weights
 
 
 def _buried_cold_case():
@@ -47,6 +48,24 @@ def test_constraint_without_cold_queries_is_vacuous_and_bad_args_raise():
     tune_quality_weights(q, p, f, t, k=1, cold=np.zeros(3, bool), max_cold_drop=1.5)
   with pytest.raises(ValueError, match="cold"):
     tune_quality_weights(q, p, f, t, k=1, cold=np.zeros(2, bool))
+
+
+def test_one_tuner_picks_the_best_point_of_a_hand_made_table():
+  # Content-block grid points (b, pooling, a) in grid order, their validation selection scores and cold Recall.
+  objective = {(0, "mean", 0.0): 0.30, (0, "mean", 0.5): 0.36, (0, "max", 0.5): 0.41, (1, "max", 0.5): 0.39,
+               (1, "mean", 1.0): 0.41, (1, "max", 4.0): 0.12}
+  cold = {(0, "mean", 0.0): 0.20, (0, "mean", 0.5): 0.22, (0, "max", 0.5): 0.10, (1, "max", 0.5): 0.19,
+          (1, "mean", 1.0): 0.18, (1, "max", 4.0): 0.30}
+  # No floor: the highest score, .41, first in grid order -> (0, max, .5) (not the tied later one, nor the
+  # worst, (1, max, 4)).
+  assert choose_point(objective) == ((0, "max", 0.5), 0)
+  # Floor .9 x .20 = .18: (0, max, .5) is refused (cold .10 < .18; one refusal); the running best goes
+  # .30 -> .36 -> .39 -> .41 at (1, mean, 1) whose cold .18 meets the floor exactly.
+  assert choose_point(objective, cold, 0.18) == ((1, "mean", 1.0), 1)
+  # Quality search objective (Recall@k, NDCG@10): compared lexicographically.
+  assert choose_point({"w0": (0.5, 0.2), "w1": (0.5, 0.3), "w2": (0.4, 0.9)}) == ("w1", 0)
+  with pytest.raises(ValueError, match="cold floor"):
+    choose_point({"a": 1.0}, {"a": 0.0}, 0.5)
 
 
 def test_new_items_get_the_smoothed_prior_and_full_freshness():

@@ -1,4 +1,5 @@
 """Sequential query tower, every-prefix training windows and the mixed-negative retrieval loss."""
+import dataclasses
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ from absl.testing import parameterized
 from semrec.data import ItemFeatures
 from semrec.sid import ItemRepresentationConfig
 from semrec.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, MixedNegativeRetrieval,
-                           QueryTowerConfig, RetrievalInputs, RetrieverConfig, SequentialQueryTower,
+                           QueryTowerConfig, RetrievalInputs, RetrieverConfig, ScoreConfig, SequentialQueryTower,
                            SequentialTowerConfig, TwoTowerRetriever, dot_scores, sequence_windows)
 
 E = math.e
@@ -202,21 +203,56 @@ def test_every_prefix_training_learns_a_cycle():
   assert int(tf.argmax(tf.matmul(q, c, transpose_b=True)[0])) == 6
 
 
+def _with_scores(cfg, **kw):
+  """``cfg`` with its ``ScoreConfig`` fields ``kw`` replaced."""
+  return dataclasses.replace(cfg, scores=dataclasses.replace(cfg.scores, **kw))
+
+
+def _softmax_loss(logits, labels):
+  """NumPy mean softmax cross-entropy (float64): mean_i logsumexp(row_i) - row_i[label_i]."""
+  logits = np.asarray(logits, np.float64)
+  top = logits.max(axis=1, keepdims=True)
+  lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+  return float(np.mean(lse - logits[np.arange(len(labels)), labels]))
+
+
 def test_mixed_negatives_batch_and_loss():
   f = _features()
   model = _seq_model(num_negatives=5)
   inputs = RetrievalInputs(f, model.item_encoder.required_features(), max_history=4)
   b = next(iter(inputs.sequence_dataset({"u": list(f.item_ids[:6])}, 4, num_negatives=5)))
-  assert b["negatives"]["item_id"].shape == (5,) and int(b["num_items"]) == 12
-  with_neg = float(model.compute_loss(b))
-  without = float(model.compute_loss({k: v for k, v in b.items() if k not in ("negatives", "num_items")}))
-  assert np.isfinite(with_neg) and with_neg != without
+  neg = b["negatives"]["item_id"].numpy().astype(str)
+  assert neg.shape == (5,) and int(b["num_items"]) == 12 and set(neg) <= set(f.item_ids)
+  # The loss, re-derived in NumPy from the towers' vectors (temperature T = 0.2, logQ on, accidental hits
+  # masked): positives = the non-padding targets (M rows); in-batch logit q_i.c_j / T - log(M P_j); a sampled
+  # logit q_i.n_s / T - log(S / N) with S = 5, N = 12; a column holding the row's own item (another
+  # position of the same item, or a sampled copy of it) is masked out.
+  seq, _ = model.query_tower.sequence_output(b)
+  h = seq.shape[1]
+  tid = b["target"]["item_id"].numpy()[:, -h:].astype(str)
+  valid = tid != ""
+  q = seq.numpy()[valid]
+  flat = {k: tf.boolean_mask(v[:, -h:], valid) for k, v in b["target"].items()}
+  c = model.candidate_tower(flat).numpy()
+  n = model.candidate_tower(b["negatives"]).numpy()
+  ids, prob = tid[valid], b["target_prob"].numpy()[:, -h:][valid]
+  m = len(ids)
+  in_batch = q @ c.T / 0.2 - np.log(m * prob)[None, :]
+  in_batch[(ids[:, None] == ids[None, :]) & ~np.eye(m, dtype=bool)] = -np.inf
+  sampled = q @ n.T / 0.2 - np.log(5 / 12)
+  sampled[ids[:, None] == neg[None, :]] = -np.inf
+  want_mixed = _softmax_loss(np.concatenate([in_batch, sampled], axis=1), np.arange(m))
+  want_in_batch = _softmax_loss(in_batch, np.arange(m))
+  np.testing.assert_allclose(float(model.compute_loss(b)), want_mixed, rtol=1e-5)
+  without = {k: v for k, v in b.items() if k not in ("negatives", "num_items")}
+  np.testing.assert_allclose(float(model.compute_loss(without)), want_in_batch, rtol=1e-5)
+  assert want_mixed > want_in_batch  # 5 more negative columns can only raise the log-sum-exp
 
 
 def test_content_mix_adds_alpha_times_the_content_knn_cosine():
   f = _features()
   cfg = _seq_model(num_negatives=5).config
-  model = TwoTowerRetriever(__import__("dataclasses").replace(cfg, content_mix=True))
+  model = TwoTowerRetriever(_with_scores(cfg, content_mix=True))
   inputs = RetrievalInputs(f, model.required_features(), max_history=4)
   model.compute_loss(next(iter(inputs.sequence_dataset({"u": list(f.item_ids[:6])}, 4, num_negatives=5))))
   hist = _hist(f, [["", "i01", "i02", "i03"]])
@@ -225,7 +261,7 @@ def test_content_mix_adds_alpha_times_the_content_knn_cosine():
   s0 = scores()  # a = 0: the learned score alone
   np.testing.assert_allclose(s0, (model.query_tower(hist) @ tf.transpose(model.candidate_tower(items))).numpy(),
                              atol=1e-6)
-  model.set_content_mix(0.5)
+  model.score_blocks["content"].apply({"alpha": 0.5})
   # u = normalise(0.8^2 x1 + 0.8 x2 + x3) over unit content rows (the content-kNN user vector); x = unit rows.
   unit = f.arrays["content"] / np.linalg.norm(f.arrays["content"], axis=1, keepdims=True)
   u = 0.64 * unit[1] + 0.8 * unit[2] + unit[3]
@@ -236,7 +272,7 @@ def test_content_mix_adds_alpha_times_the_content_knn_cosine():
 def test_content_mix_max_pooling_scores_the_best_history_item():
   f = _features()
   cfg = _seq_model(num_negatives=5).config
-  model = TwoTowerRetriever(__import__("dataclasses").replace(cfg, content_mix=True, content_mix_pooling="max"))
+  model = TwoTowerRetriever(_with_scores(cfg, content_mix=True, content_mix_pooling="max"))
   assert model.multi_interest
   inputs = RetrievalInputs(f, model.required_features(), max_history=4)
   model.compute_loss(next(iter(inputs.sequence_dataset({"u": list(f.item_ids[:6])}, 4, num_negatives=5))))
@@ -247,7 +283,7 @@ def test_content_mix_max_pooling_scores_the_best_history_item():
   c = model.candidate_embedding(items).numpy()
   learned = (model.query_tower(hist) @ tf.transpose(model.candidate_tower(items))).numpy()
   np.testing.assert_allclose(dot_scores(q, c), learned, atol=1e-5)  # a = 0: the learned score alone
-  model.set_content_mix(0.5)
+  model.score_blocks["content"].apply({"alpha": 0.5})
   unit = f.arrays["content"] / np.linalg.norm(f.arrays["content"], axis=1, keepdims=True)
   best = np.max(unit[[1, 2, 3]] @ unit.T, axis=0)  # the padding slot repeats i03 and never adds a score
   got = dot_scores(model.query_embedding(hist).numpy(), c) - learned
@@ -256,34 +292,44 @@ def test_content_mix_max_pooling_scores_the_best_history_item():
 
 
 def test_pointwise_training_with_a_multi_interest_mix():
-  """The pooled tower trains on [q ; w ; 0] rows (a = 0) whatever the mix pooling is."""
+  """The pooled tower trains on [q ; 0] rows whatever the content block's a and pooling: the training score of
+  every pair is q.p, the towers' alone."""
   f = _features()
   cfg = RetrieverConfig(item=_hash_content(8), candidate=CandidateTowerConfig(mlp_dims=(), output_dim=8),
-                        query=QueryTowerConfig(max_history=3, mlp_dims=(), output_dim=8),
-                        content_mix=True, content_mix_pooling="max")
+                        query=QueryTowerConfig(max_history=3, mlp_dims=(), output_dim=8), temperature=0.05,
+                        scores=ScoreConfig(content_mix=True, content_mix_pooling="max"))
   model = TwoTowerRetriever(cfg)
   inputs = RetrievalInputs(f, model.required_features(), max_history=3)
   enc = inputs.encode(pd.DataFrame({"user_id": ["u"] * 7, "item_id": list(f.item_ids[:7]), "timestamp": np.arange(7)}))
-  loss = float(model.compute_loss(next(iter(inputs.dataset(enc, 4)))))
-  assert np.isfinite(loss) and loss > 0
+  batch = next(iter(inputs.dataset(enc, 4)))
+  model.compute_loss(batch)
+  model.score_blocks["content"].apply({"alpha": 0.5})  # a post-hoc a is not part of a training score
+  assert model.multi_interest
+  # In-batch softmax over the 4 distinct positives, T = 0.05, logQ: logits q_i.p_j / T - log(4 P_j).
+  q = model.query_tower(batch).numpy()
+  p = model.candidate_tower(batch["item"]).numpy()
+  logits = q @ p.T / 0.05 - np.log(4 * batch["item_prob"].numpy())[None, :]
+  np.testing.assert_allclose(float(model.compute_loss(batch)), _softmax_loss(logits, np.arange(4)), rtol=1e-5)
 
 
 def test_auto_pooling_is_set_after_training_and_saved(tmp_path):
   from semrec.towers import load_retriever, save_retriever
   f = _features()
-  cfg = __import__("dataclasses").replace(_seq_model(num_negatives=5).config, content_mix=True,
-                                          content_mix_pooling="auto")
+  cfg = _with_scores(_seq_model(num_negatives=5).config, content_mix=True, content_mix_pooling="auto")
   model = TwoTowerRetriever(cfg)
   inputs = RetrievalInputs(f, model.required_features(), max_history=4)
   batch = next(iter(inputs.sequence_dataset({"u": list(f.item_ids[:6])}, 4, num_negatives=5)))
   model.compute_loss(batch)
   assert not model.multi_interest  # "auto" scores with the mean until tuned
-  model.set_content_mix(0.5, "max")
+  model.score_blocks["content"].apply({"alpha": 0.5, "pooling": "max"})
   assert model.multi_interest and model.query_embedding(_hist(f, [["i01", "i02", "i03", "i04"]])).shape.rank == 3
   save_retriever(model, str(tmp_path / "m"))
   loaded = load_retriever(str(tmp_path / "m"), batch)
-  assert loaded.config.content_mix_pooling == "max" and loaded.multi_interest
-  assert float(loaded.content_mix.alpha) == 0.5
-  fixed = TwoTowerRetriever(__import__("dataclasses").replace(cfg, content_mix_pooling="mean"))
+  # The config is saved as given ("auto"); the chosen values are in the one settings record.
+  assert loaded.config.scores.content_mix_pooling == "auto" and loaded.multi_interest
+  assert loaded.score_blocks.settings() == {"content": {"alpha": 0.5, "pooling": "max", "lexical_weight": None}}
+  hist = _hist(f, [["", "i01", "i02", "i03"]])
+  np.testing.assert_allclose(loaded.query_embedding(hist).numpy(), model.query_embedding(hist).numpy(), atol=1e-6)
+  fixed = TwoTowerRetriever(_with_scores(cfg, content_mix_pooling="mean"))
   with pytest.raises(ValueError, match="auto"):
-    fixed.set_content_mix(0.5, "max")
+    fixed.score_blocks["content"].apply({"alpha": 0.5, "pooling": "max"})

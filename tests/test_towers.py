@@ -8,7 +8,7 @@ from absl.testing import parameterized
 
 from semrec.data import DataError, ItemFeatures, Queries, SyntheticConfig, make_synthetic, temporal_split
 from semrec.towers import (CandidateTower, CandidateTowerConfig, ItemEncoder, ItemEncoderConfig, QualityConfig,
-                           QualityVector, QueryTower, QueryTowerConfig, RetrievalInputs, RetrieverConfig,
+                           QualityVector, QueryTower, QueryTowerConfig, RetrievalInputs, RetrieverConfig, ScoreConfig,
                            TwoTowerRetriever, build_index, compile_retriever, embed_candidates, embed_queries,
                            evaluate_scores, init_model, item_frequencies, load_retriever, save_retriever,
                            tune_quality_weights)
@@ -68,7 +68,7 @@ def _config(item=None, quality_mode="none", pooling="mean", q_dim=0):
       candidate=CandidateTowerConfig(mlp_dims=(16,), output_dim=8),
       query=QueryTowerConfig(user_hash_bins=16, user_dim=4, max_history=H, pooling=pooling, mlp_dims=(16,),
                              output_dim=8, use_time=True, time_mean=4e5, time_scale=2e5),
-      temperature=0.1, quality_dim=q_dim, quality_mode=quality_mode, learning_rate=1e-2)
+      temperature=0.1, scores=ScoreConfig(quality_dim=q_dim, quality_mode=quality_mode), learning_rate=1e-2)
 
 
 def _inputs(world, model, quality=True):
@@ -313,15 +313,16 @@ def test_model_loss_is_the_task_with_each_flag(world, flag):
 
 def test_learned_quality_weights_move(world):
   model, *_ = _trained(world, _config(quality_mode="learned", q_dim=world.quality.dim), epochs=2)
-  assert model.quality_weights.trainable
-  assert np.abs(model.quality_weights.numpy()).sum() > 0
+  block = model.score_blocks["quality"]
+  assert block.w.trainable and block.settings() == {}  # a trained weight, not a post-hoc setting
+  assert np.abs(block.w.numpy()).sum() > 0
 
 
 def test_quality_changes_scores_only_through_w_dot_f(world):
   model, inputs, enc, _ = _trained(world, _config(quality_mode="tuned", q_dim=world.quality.dim), epochs=1)
-  assert not model.quality_weights.trainable
+  assert not model.score_blocks["quality"].trainable_weights  # tuned: a post-hoc value, no variable
   w = np.linspace(-0.3, 0.3, world.quality.dim).astype(np.float32)
-  model.set_quality_weights(w)
+  model.score_blocks.apply({"quality": {"w": w}})
   batch = next(iter(inputs.dataset(enc, 16)))
   q_full, c_full = model(batch)
   q, p = model.query_tower(batch), model.candidate_tower(batch["item"])
@@ -357,15 +358,15 @@ def test_save_load_and_tuned_w_applied_at_serving(world, tmp_path):
   item = ItemEncoderConfig(representation=rep.config)
   model, inputs, enc, _ = _trained(world, _config(item=item, quality_mode="tuned", q_dim=world.quality.dim),
                                    epochs=1, item_representation=rep)
-  qb = embed_queries(model, inputs, enc, with_quality=False)
-  cb = embed_candidates(model, inputs, with_quality=False)
+  qb = embed_queries(model, inputs, enc, with_blocks=False)
+  cb = embed_candidates(model, inputs, with_blocks=False)
   w, info = tune_quality_weights(qb, cb, world.quality.features(), inputs.rows_of(enc["item_id"]),
                                  grid=(-0.5, 0.0, 0.5))
-  model.set_quality_weights(w)
+  model.score_blocks.apply({"quality": {"w": w}})
   save_retriever(model, str(tmp_path / "retriever"))
   batch = next(iter(inputs.dataset(enc, 16)))
   back = load_retriever(str(tmp_path / "retriever"), batch)
-  np.testing.assert_allclose(back.quality_weights.numpy(), w)
+  np.testing.assert_allclose(back.score_blocks["quality"].value, w)
   q0, c0 = model(batch)
   q1, c1 = back(batch)
   np.testing.assert_allclose(q1.numpy(), q0.numpy(), atol=1e-6)
@@ -417,7 +418,7 @@ def test_retriever_beats_random_on_synthetic_topics(world):
 
 def test_config_validation():
   with pytest.raises(ValueError, match="quality_dim"):
-    RetrieverConfig(quality_mode="tuned")
+    RetrieverConfig(scores=ScoreConfig(quality_mode="tuned"))
   with pytest.raises(ValueError, match="output_dim"):
     RetrieverConfig(candidate=CandidateTowerConfig(output_dim=4), query=QueryTowerConfig(output_dim=8))
   with pytest.raises(ValueError, match="pooling"):
@@ -459,7 +460,7 @@ def test_rank_metrics_golden():
 def _comparison_config(variants):
   from semrec.towers import ComparisonConfig, FitConfig
   cfg = ComparisonConfig(variants=variants, embedding_dim=8, fit=FitConfig(max_epochs=4, patience=0, batch_size=16),
-                         sid_levels=2, sid_codebook_size=4, baselines=("popularity", "content_knn"))
+                         baselines=("popularity", "content_knn"))
   r = cfg.retriever
   cfg.retriever = dataclasses.replace(r, candidate=CandidateTowerConfig(mlp_dims=(), output_dim=8),
                                       query=dataclasses.replace(r.query, output_dim=8, mlp_dims=(8,), max_history=H),
@@ -516,14 +517,18 @@ def test_comparison_baselines_slices_and_resume(world, tmp_path):
   # as the model does once a is set in it (the result's validation metrics).
   chosen = mix["pooling"] + ("+lexical" if mix["lexical_weight"] else "")
   assert abs(mix["scores"][chosen][mix["alpha"]] - out["results"]["content"]["selection_score"]) < 1e-6
+  # The tuner picked the best point of its table (no cold floor for the content block by default).
+  assert mix["scores"][chosen][mix["alpha"]] == max(v for row in mix["scores"].values() for v in row.values())
   assert (tmp_path / "lexical_encoder.npz").exists()  # to encode new items' titles at serving time
   # A post-hoc setting changed: the trained weights are reused and only the mix is re-tuned (no retraining).
-  fixed = dataclasses.replace(cfg, retriever=dataclasses.replace(cfg.retriever, content_mix_pooling="mean",
-                                                                 content_mix_lexical="off"))
+  scores = dataclasses.replace(cfg.retriever.scores, content_mix_pooling="mean", content_mix_lexical="off")
+  fixed = dataclasses.replace(cfg, retriever=dataclasses.replace(cfg.retriever, scores=scores))
   again = run_retrieval_comparison(world.ds, split, world.ds.item_ids, world.content, fixed,
                                    output_dir=str(tmp_path), verbose=False)
   r = again["results"]["content"]
-  assert r["resumed"] and r["post_hoc"] == {"content_mix_pooling": "mean", "content_mix_lexical": "off"}
+  assert r["resumed"] and r["post_hoc"] == {"content_mix_pooling": "mean", "content_mix_lexical": "off",
+                                            "num_recent": 10, "decay": 0.8, "alpha_grid": [0.0, 0.25, 0.5, 1.0,
+                                                                                           2.0, 4.0]}
   assert r["epochs"] == out["results"]["content"]["epochs"]
   assert set(r["content_mix"]["scores"]) == {"mean"} and r["content_mix"]["pooling"] == "mean"
   assert r["content_mix"]["lexical_weight"] is None

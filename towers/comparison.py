@@ -6,7 +6,7 @@ GRU over the history, ``RetrieverConfig.query``), ``seq_<item>`` the causal self
 (``RetrieverConfig.sequential``). Item representations:
   hashed_id        hashed item-ID embedding only (no content: the classic baseline)
   content          Dense projection of the frozen content embedding
-  cluster_id       trainable k-means cluster-ID embedding (Kuaishou), ids from the SID stage or fitted here
+  cluster_id       trainable k-means cluster-ID embedding (Kuaishou), ids from the SID stage
   sid_unigram      SID unigram pieces (semrec.sid ItemRepresentation)
   sid_spm          SID SentencePiece pieces (trained on the interaction-weighted SID corpus)
   sid_spm_hashed   SID SPM pieces + hashed item ID
@@ -36,6 +36,7 @@ import pandas as pd
 
 from semrec.data import ItemFeatures, RecDataset
 from semrec.towers.model import RetrieverConfig
+from semrec.towers.score_blocks import ScoreConfig
 from semrec.towers.sequential import SequentialTowerConfig
 from semrec.towers.training import FitConfig
 from semrec.towers.towers import CandidateTowerConfig, QueryTowerConfig
@@ -52,8 +53,8 @@ def _default_retriever() -> RetrieverConfig:
   return RetrieverConfig(candidate=CandidateTowerConfig(mlp_dims=(), output_dim=64),
                          query=QueryTowerConfig(max_history=20, mlp_dims=(64,), output_dim=64),
                          sequential=SequentialTowerConfig(max_history=20), num_negatives=1024,
-                         in_batch_negatives=True, temperature=0.05, content_mix=True, content_mix_pooling="auto",
-                         content_mix_lexical="auto", learning_rate=2e-3)
+                         in_batch_negatives=True, temperature=0.05, learning_rate=2e-3,
+                         scores=ScoreConfig(content_mix=True, content_mix_pooling="auto", content_mix_lexical="auto"))
 
 
 @dataclasses.dataclass
@@ -67,27 +68,22 @@ class ComparisonConfig:
     variants: Variant names (see the module docstring).
     embedding_dim: Width of each item part (hash, content projection, cluster, SID pieces).
     hash_bins: Item hash rows (0 = 2 x catalogue size).
-    num_clusters: k of the cluster-ID part when cluster ids are fitted here.
-    sid_levels, sid_codebook_size, sid_mode: SIDs trained here when none are passed in.
-    spm_vocab_size: SentencePiece vocabulary (= table budget) of the SPM parts.
+    spm_vocab_size: SentencePiece vocabulary (= table budget) of the SPM parts; the SPM the comparison
+      receives (trained from the SID stage's codes, ``semrec.sid.train_sid_spm``) has this vocabulary.
     quality_modes: Subset of ("none", "tuned"): "tuned" tunes the Etsy w on the validation queries after
       training and reports it as extra rows (``<variant> + quality``). It needs a time window (the temporal
       split: freshness and counts as of the validation start); on leave_one_out / cold_items it is skipped.
     baselines: Baselines evaluated as table rows (``semrec.towers.BASELINES`` names).
     lexical_dim: Width L of the content mix's lexical channel (``semrec.encoders.LexicalEncoder`` fitted on
       the catalogue's item texts, held-out items included, as the k-means ids are); 0, a dataset without text
-      or ``retriever.content_mix_lexical="off"`` = no lexical channel.
-    seed: Seeds TF, k-means, SIDs and shuffling.
+      or ``retriever.scores.content_mix_lexical="off"`` = no lexical channel.
+    seed: Seeds TF and shuffling.
   """
   retriever: RetrieverConfig = dataclasses.field(default_factory=_default_retriever)
   fit: FitConfig = dataclasses.field(default_factory=FitConfig)
   variants: Sequence[str] = DEFAULT_VARIANTS
   embedding_dim: int = 64
   hash_bins: int = 0
-  num_clusters: int = 256
-  sid_levels: int = 3
-  sid_codebook_size: int = 64
-  sid_mode: str = "rqkmeans"
   spm_vocab_size: int = 1024
   quality_modes: Sequence[str] = ("none", "tuned")
   baselines: Sequence[str] = ("popularity", "transition", "content_knn")
@@ -113,6 +109,17 @@ class ComparisonConfig:
                        f"{self.quality_modes}")
 
 
+  def sid_needs(self) -> set:
+    """Which SID-stage inputs of ``run_retrieval_comparison`` the variants need: a subset of {"cluster_ids",
+    "sid_codes", "spm"} (``semrec.sid.retrieval_inputs.fit_sid_artefacts`` fits them outside the pipeline)."""
+    reps = {item_representation_of(v) for v in self.variants}
+    out = {"cluster_ids"} if any("cluster" in _REPRESENTATIONS[r][0] for r in reps) else set()
+    if reps & set(SID_REPRESENTATIONS):
+      out.add("sid_codes")
+    if any("spm" in _REPRESENTATIONS[r][0] for r in reps):
+      out.add("spm")
+    return out
+
   def quick(self) -> "ComparisonConfig":
     """A copy with tiny sizes (smoke tests, ``semrec run --quick``): 1 epoch, 8-d parts, H = 5."""
     rep = dataclasses.replace
@@ -121,7 +128,7 @@ class ComparisonConfig:
                                                                         max_history=5),
                 sequential=rep(r.sequential, max_history=5), num_negatives=min(r.num_negatives, 64))
     return rep(self, retriever=small, fit=rep(self.fit, max_epochs=1, batch_size=64), embedding_dim=8,
-               num_clusters=16, sid_codebook_size=16, spm_vocab_size=64)
+               spm_vocab_size=64)
 
 
 def item_representation_of(variant: str) -> str:
@@ -143,12 +150,14 @@ class ItemSide:
 
 def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: ComparisonConfig,
                       sid_codes: Optional[np.ndarray] = None, sid_codebook_size: Optional[int] = None,
-                      cluster_ids: Optional[np.ndarray] = None) -> ItemSide:
-  """Content rows in catalogue order, plus the cluster ids / SIDs / SPM the configured variants need, and the
-  lexical rows of the content mix (``lexical_vectors``).
+                      cluster_ids: Optional[np.ndarray] = None, spm=None) -> ItemSide:
+  """Content rows in catalogue order, the SID stage's artefacts the configured variants need, and the lexical
+  rows of the content mix (``lexical_encoder``).
 
-  ``sid_codes`` [N, L] / ``cluster_ids`` [N] (catalogue order) are reused when given (e.g. the SID stage's,
-  fitted once per run); otherwise they are fitted here on the content embeddings.
+  The comparison fits nothing but towers: ``cluster_ids`` [N] (cluster variants), ``sid_codes`` [N, L] with
+  ``sid_codebook_size`` (SID variants) and ``spm`` (a ``semrec.sid.SidSpm`` over those codes, SPM variants),
+  all catalogue order, come from the SID stage; a configured variant whose input is missing raises, naming
+  the variants and the argument.
   """
   from semrec.sid import validate_embeddings
   ids = dataset.item_ids.astype(str).astype(object)
@@ -158,12 +167,15 @@ def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: Com
     raise ValueError(f"no content embedding for item {ids[idx < 0][0]!r} ({int((idx < 0).sum())} items missing)")
   x = emb[idx]
   arrays, reps = {"content": x}, {item_representation_of(v) for v in cfg.variants}
+
+  given = {"cluster_ids": cluster_ids, "sid_codes": sid_codes, "spm": spm}
+  missing = sorted(n for n in cfg.sid_needs() if given[n] is None)
+  if missing:
+    raise ValueError(f"variants {list(cfg.variants)} need {missing} from the SID stage (the comparison fits "
+                     "none; semrec.sid.retrieval_inputs.fit_sid_artefacts fits them outside semrec run)")
   num_clusters = 0
   if any("cluster" in _REPRESENTATIONS[r][0] for r in reps):
     from semrec.sid import cluster_feature
-    if cluster_ids is None:
-      from semrec.sid.kmeans import fit_kmeans, nearest_centroid
-      cluster_ids = nearest_centroid(x, fit_kmeans(x, min(cfg.num_clusters, len(ids)), seed=cfg.seed))
     cluster_ids = np.asarray(cluster_ids, np.int32)
     num_clusters = int(cluster_ids.max()) + 1
     arrays[cluster_feature(num_clusters)] = cluster_ids
@@ -178,21 +190,11 @@ def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: Com
   side = ItemSide(ItemFeatures(ids, arrays), hash_bins=cfg.hash_bins or 2 * len(ids), num_clusters=num_clusters,
                   lexical_encoder=encoder)
   if reps & set(SID_REPRESENTATIONS):
-    if sid_codes is None:
-      from semrec.sid import RQVAEConfig, train_sid_model
-      sid_codes = train_sid_model(x, RQVAEConfig(mode=cfg.sid_mode, num_levels=cfg.sid_levels,
-                                                 codebook_size=cfg.sid_codebook_size, seed=cfg.seed),
-                                  item_ids=ids).codes(x)
-      sid_codebook_size = cfg.sid_codebook_size
-    elif sid_codebook_size is None:
+    if sid_codebook_size is None:
       raise ValueError("sid_codebook_size is required with sid_codes")
     arrays["sid"] = np.asarray(sid_codes, np.int32)
     side.sid_levels, side.sid_codebook_size = int(arrays["sid"].shape[1]), int(sid_codebook_size)
-    if reps & {"sid_spm", "sid_spm_hashed"}:
-      from semrec.sid import train_sid_spm
-      weights = split.train["item_id"].astype(str).value_counts().reindex(ids).fillna(0).to_numpy()
-      side.spm = train_sid_spm(arrays["sid"], weights=weights, vocab_size=cfg.spm_vocab_size,
-                               codebook_size=side.sid_codebook_size, item_ids=ids)
+    side.spm = spm if reps & {"sid_spm", "sid_spm_hashed"} else None
     side.features = ItemFeatures(ids, arrays)
   return side
 
@@ -202,7 +204,8 @@ def lexical_encoder(texts, cfg: ComparisonConfig, item_ids=None):
   the configuration has no lexical channel (``lexical_dim`` 0, no content mix, ``content_mix_lexical="off"``)
   or no item has text."""
   r = cfg.retriever
-  if not (cfg.lexical_dim and r.content_mix and r.content_mix_lexical != "off" and any(t.strip() for t in texts)):
+  if not (cfg.lexical_dim and r.scores.content_mix and r.scores.content_mix_lexical != "off"
+          and any(t.strip() for t in texts)):
     return None
   from semrec.encoders import LexicalEncoder, LexicalEncoderConfig
   return LexicalEncoder(LexicalEncoderConfig(dim=cfg.lexical_dim, seed=cfg.seed)).fit(texts, item_ids=item_ids)
@@ -248,13 +251,13 @@ def variant_config(variant: str, cfg: ComparisonConfig, side: ItemSide, quality_
     raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
   item = _item_parts(item_representation_of(variant), cfg, side)
   base = cfg.retriever
-  rc = dataclasses.replace(base, item=item, query_tower="sequential" if variant.startswith("seq_") else "pooled",
-                           query=dataclasses.replace(base.query, time_mean=time_mean, time_scale=time_scale),
-                           quality_dim=quality_dim, quality_mode="tuned" if quality_dim else "none",
-                           content_mix=base.content_mix and item.needs_content,
-                           content_mix_lexical=(base.content_mix_lexical if "lexical" in side.features.arrays
-                                                else "off"))
-  return rc
+  scores = dataclasses.replace(base.scores, quality_dim=quality_dim, quality_mode="tuned" if quality_dim else "none",
+                               content_mix=base.scores.content_mix and item.needs_content,
+                               content_mix_lexical=(base.scores.content_mix_lexical
+                                                    if "lexical" in side.features.arrays else "off"))
+  return dataclasses.replace(base, item=item, query_tower="sequential" if variant.startswith("seq_") else "pooled",
+                             query=dataclasses.replace(base.query, time_mean=time_mean, time_scale=time_scale),
+                             scores=scores)
 
 
 def build_variant_retriever(variant: str, cfg: ComparisonConfig, side: ItemSide, quality=None):
@@ -279,10 +282,10 @@ def build_variant_retriever(variant: str, cfg: ComparisonConfig, side: ItemSide,
 
 def _variant_key(variant: str, cfg: ComparisonConfig, split, side: ItemSide) -> str:
   from semrec.towers.training import fingerprint
-  from semrec.towers.model import POST_HOC_FIELDS
+  from semrec.towers.score_blocks import POST_HOC_FIELDS
   rc = dataclasses.asdict(variant_config(variant, cfg, side))
   for f in POST_HOC_FIELDS:  # chosen after training (post_hoc_settings): the weights do not depend on them
-    rc.pop(f)
+    rc["scores"].pop(f)
   return fingerprint({"variant": variant, "retriever": rc, "fit": dataclasses.asdict(cfg.fit),
                       "seed": cfg.seed, "split": split.summary(), "items": len(side.features.item_ids),
                       "sid": side.sid_levels, "k": side.sid_codebook_size})
@@ -308,7 +311,7 @@ def select_served(results: dict) -> dict:
 
 def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
                              config: Optional[ComparisonConfig] = None, sid_codes=None, sid_codebook_size=None,
-                             cluster_ids=None, output_dir: Optional[str] = None, verbose: bool = True,
+                             cluster_ids=None, spm=None, output_dir: Optional[str] = None, verbose: bool = True,
                              callbacks: tuple = ()) -> dict:
   """Trains, evaluates and tables every configured variant next to the baselines on ``split``.
 
@@ -317,7 +320,8 @@ def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
     split: An ``EvalSplit`` (temporal, leave_one_out or cold_items).
     content_ids, content: [M] ids and [M, D] content embeddings (must cover the catalogue).
     config: ``ComparisonConfig``.
-    sid_codes, sid_codebook_size, cluster_ids: The SID stage's codes / cluster ids to reuse (catalogue order).
+    sid_codes, sid_codebook_size, cluster_ids, spm: The SID stage's codes / cluster ids / SPM (catalogue order),
+      needed by the variants that use them (``prepare_item_side``).
     output_dir: Per-variant checkpoints (resume) and ``retrieval_comparison.csv`` / ``.json``.
     callbacks: Extra Keras callbacks for every variant's training.
 
@@ -331,7 +335,7 @@ def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
   from semrec.towers.comparison_report import comparison_table, write_outputs
   cfg = config or ComparisonConfig()
   t0 = time.time()
-  side = prepare_item_side(dataset, split, content_ids, content, cfg, sid_codes, sid_codebook_size, cluster_ids)
+  side = prepare_item_side(dataset, split, content_ids, content, cfg, sid_codes, sid_codebook_size, cluster_ids, spm)
   x, ids = side.features.arrays["content"], side.features.item_ids
   base, knn = {}, {}
   if "content_knn" in cfg.baselines:  # the recency decay that suits this split, chosen on validation
@@ -388,15 +392,15 @@ def _tuned_quality(model, variant, cfg, split, side, quality) -> dict:
   """Validation-tuned Etsy w on the trained towers (no retraining); valid/test metrics with w applied."""
   from semrec.towers.inputs import RetrievalInputs
   from semrec.towers.model import embed_candidates
-  from semrec.towers.quality import tune_quality_weights
-  from semrec.towers.training import evaluate_retriever, query_embeddings
+  from semrec.towers.training import query_embeddings
+  from semrec.towers.tuning import tune_quality_weights
   valid = split.queries("valid")
   inputs = RetrievalInputs(side.features, model.required_features(), model.config.max_history)
   qb, cb = query_embeddings(model, inputs, valid), embed_candidates(model, inputs)
   targets = inputs.rows_of(np.array([t[0] for t in valid.targets], dtype=object))
   excl = [inputs.rows_of(np.asarray(e, dtype=object)) for e in valid.exclude]
   f = quality.gather(side.features.item_ids)  # [N, Q] catalogue order (new items: the new-item prior)
-  # Cold-constrained (semrec.towers.quality): validation cold Recall@k stays within 10% of w = 0.
+  # Cold-constrained (semrec.towers.tuning): validation cold Recall@k stays within 10% of w = 0.
   w, info = tune_quality_weights(qb, cb, f, targets, [e[e < inputs.num_items] for e in excl], k=max(cfg.fit.ks),
                                  cold=np.asarray(valid.cold, bool))
   from semrec.towers.evaluation import dot_scores, evaluate_scores

@@ -1,7 +1,7 @@
 """Etsy-style item quality vector f(p), computed from TRAIN interactions only.
 
-The candidate embedding becomes [p ; f(p)] and the query embedding [q ; w] with a constant vector w,
-so score = q.p + w.f(p): quality shifts every query's scores for an item by the same learned or
+Served through ``semrec.towers.QualityBlock``: the candidate vector gets [p ; f(p)] and the query vector
+[q ; w] with a constant vector w, so score = q.p + w.f(p): quality shifts every query's scores for an item by the same learned or
 tuned amount, independent of the towers.
 
 Raw features per item (Q of them, in this order, those that apply):
@@ -24,7 +24,7 @@ evidence. ``QualityConfig.new_item_policy`` decides their interaction-derived fe
     neither rewards nor punishes a new item.
 A w tuned for plain recall on warm-dominated traffic rewards log_count and so ranks new items (log_count
 0) below seen ones (measured on MovieLens before the constraint: cold Recall@100 dropped to ~0). The w
-search (``tune_quality_weights``) therefore keeps the cold slice's recall within ``max_cold_drop`` of its
+search (``semrec.towers.tuning.tune_quality_weights``) therefore keeps the cold slice's recall within ``max_cold_drop`` of its
 value without quality; the freshness feature is what lets it favour new items where that pays.
 
 NaN in a dataset quality column raises ``DataError`` naming the item and the column, unless
@@ -36,14 +36,13 @@ import dataclasses
 import json
 import os
 import tempfile
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from semrec.atomic import write_json
 from semrec.data import DataError, PAD_ITEM
-from semrec.towers.evaluation import dot_scores
 
 
 BEHAVIOURAL_FEATURES = ("smoothed_rating", "positive_rate", "like_rate", "log_count", "freshness")
@@ -225,92 +224,3 @@ class QualityVector:
     z = np.load(os.path.join(directory, "quality.npz"))
     return cls(z["item_ids"].astype(object), meta["feature_names"], z["raw"], z["mean"], z["std"],
                z["new_item_raw"], meta["reference_time"], meta.get("new_item_policy", "neutral"))
-
-
-DEFAULT_GRID = (-0.5, -0.2, -0.1, -0.05, 0.0, 0.05, 0.1, 0.2, 0.5, 1.0)
-
-
-def _validation_scores(query_base, candidate_base, target_rows, exclude) -> Tuple[np.ndarray, np.ndarray]:
-  """([V, N] float32 q.p with each query's excluded rows at -inf (its target kept), [V] int64 targets)."""
-  base = dot_scores(query_base, candidate_base)  # [V, N]; max over K for multi-interest [V, K, d] queries
-  t = np.asarray(target_rows, np.int64)
-  if exclude is not None:
-    for i, ex in enumerate(exclude):
-      ex = np.asarray(ex, np.int64)
-      base[i, ex[ex != t[i]]] = -np.inf
-  return base, t
-
-
-def tune_quality_weights(query_base: np.ndarray, candidate_base: np.ndarray, quality: np.ndarray,
-                         target_rows: np.ndarray, exclude=None, grid: Sequence[float] = DEFAULT_GRID, k: int = 100,
-                         passes: int = 2, query_weights: Optional[np.ndarray] = None,
-                         cold: Optional[np.ndarray] = None, max_cold_drop: Optional[float] = 0.1
-                         ) -> Tuple[np.ndarray, dict]:
-  """Coordinate-wise grid search for the Etsy w on a validation window (towers frozen), cold-constrained.
-
-  Maximises (weighted) Recall@k over all validation queries, ties broken by NDCG@10, subject to the cold
-  slice's Recall@k staying >= (1 - ``max_cold_drop``) x its value at w = 0 (the no-quality model), so a w
-  that buys warm recall by burying new items is never chosen. w = 0 always satisfies the constraint.
-
-  Args:
-    query_base: [V, d] validation query embeddings q (without w).
-    candidate_base: [N, d] candidate embeddings p (without f).
-    quality: [N, Q] f(p) of the same candidates (computed only from data before the window).
-    target_rows: [V] row of each validation query's target in ``candidate_base``.
-    exclude: optional per-query arrays of candidate rows to remove (items seen before).
-    grid: candidate values for each coordinate of w (q.p is a cosine when the towers normalise).
-    k: the Recall@k cut-off optimised.
-    passes: sweeps over the Q coordinates.
-    query_weights: optional [V] non-negative weights of the queries in the objective.
-    cold: optional [V] bool, True where the target is a new item (no interaction before the window).
-    max_cold_drop: allowed relative drop of cold Recall@k (0.1 = within 10%); None = unconstrained.
-
-  Returns:
-    (w [Q] float32, info) with info = {"recall", "ndcg@10", "warm_recall", "cold_recall" (at w),
-    "baseline_recall", "baseline_warm_recall", "baseline_cold_recall" (at w = 0), "cold_floor",
-    "cold_queries", "rejected_by_cold_constraint", "evaluations"}; slice values are None without queries.
-  """
-  base, t = _validation_scores(query_base, candidate_base, target_rows, exclude)
-  f = np.asarray(quality, np.float32)
-  rows = np.arange(len(t))
-  qw = np.ones(len(t)) if query_weights is None else np.asarray(query_weights, np.float64)
-  if qw.shape != (len(t),) or (qw < 0).any() or qw.sum() <= 0:
-    raise ValueError(f"query_weights must be {len(t)} non-negative values with a positive sum")
-  is_cold = np.zeros(len(t), bool) if cold is None else np.asarray(cold, bool)
-  if is_cold.shape != (len(t),):
-    raise ValueError(f"cold must be {len(t)} booleans, got shape {is_cold.shape}")
-  if max_cold_drop is not None and not 0.0 <= max_cold_drop <= 1.0:
-    raise ValueError(f"max_cold_drop must be in [0, 1] or None, got {max_cold_drop}")
-
-  def evaluate(w):
-    s = base + (f @ w)[None, :]
-    rank = (s > s[rows, t][:, None]).sum(axis=1)
-    hit = (rank < k).astype(np.float64)
-    sl = lambda m: float(hit[m].mean()) if m.any() else None  # noqa: E731
-    return {"recall": float(np.average(hit, weights=qw)),
-            "ndcg@10": float(np.average(np.where(rank < 10, 1.0 / np.log2(rank + 2.0), 0.0), weights=qw)),
-            "warm_recall": sl(~is_cold), "cold_recall": sl(is_cold)}
-
-  w = np.zeros(f.shape[1], np.float32)
-  best = baseline = evaluate(w)
-  floor = None
-  if max_cold_drop is not None and baseline["cold_recall"] is not None:
-    floor = (1.0 - max_cold_drop) * baseline["cold_recall"]
-  evals, rejected = 1, 0
-  for _ in range(passes):
-    for j in range(f.shape[1]):
-      for v in grid:
-        cand = w.copy()
-        cand[j] = v
-        r = evaluate(cand)
-        evals += 1
-        if (r["recall"], r["ndcg@10"]) <= (best["recall"], best["ndcg@10"]):
-          continue
-        if floor is not None and r["cold_recall"] < floor - 1e-12:
-          rejected += 1
-          continue
-        best, w = r, cand
-  info = {**best, **{f"baseline_{m}": baseline[m] for m in ("recall", "warm_recall", "cold_recall")},
-          "cold_floor": floor, "cold_queries": int(is_cold.sum()), "rejected_by_cold_constraint": rejected,
-          "evaluations": evals}
-  return w, info

@@ -99,14 +99,14 @@ def query_features(inputs: RetrievalInputs, queries, rows, max_history: int) -> 
 
 
 def query_embeddings(model: TwoTowerRetriever, inputs: RetrievalInputs, queries, batch_size: int = 1024,
-                     with_quality: bool = True) -> np.ndarray:
-  """[Q, d] (or [Q, K, d] for a multi-interest model) query embeddings of a ``Queries`` set (history = most
-  recent ``max_history`` items)."""
+                     with_blocks: bool = True) -> np.ndarray:
+  """[Q, d'] (or [Q, K, d'] for a multi-interest model) served query vectors of a ``Queries`` set (history =
+  most recent ``max_history`` items); ``with_blocks=False``: [Q, d], the query tower alone."""
   out = []
   for s in range(0, len(queries), batch_size):
     feats = query_features(inputs, queries, np.arange(s, min(s + batch_size, len(queries))),
                            model.config.max_history)
-    q = model.query_embedding(feats) if with_quality else model.query_tower(feats)
+    q = model.query_embedding(feats) if with_blocks else model.query_tower(feats)
     out.append(q.numpy())
   return np.concatenate(out) if out else np.zeros((0, model.config.candidate.output_dim), np.float32)
 
@@ -165,12 +165,13 @@ def _save_finished(directory: str, model: TwoTowerRetriever, result: dict):
 
 
 def post_hoc_settings(model: TwoTowerRetriever) -> dict:
-  """The settings chosen after training on validation (not part of a training fingerprint): a model resumed
-  with different ones keeps its weights and is re-tuned and re-evaluated."""
-  from semrec.towers.model import POST_HOC_FIELDS
-  if model.content_mix is None:  # the only post-hoc settings are the content mix's
+  """The score-block settings chosen or used after training (``semrec.towers.score_blocks.POST_HOC_FIELDS``;
+  not part of a training fingerprint): a model resumed with different ones keeps its weights and is re-tuned
+  and re-evaluated."""
+  from semrec.towers.score_blocks import POST_HOC_FIELDS
+  if "content" not in model.score_blocks:  # the content block is the one the tuner sets in training runs
     return {}
-  return {f: getattr(model.config, f) for f in POST_HOC_FIELDS}
+  return {f: getattr(model.config.scores, f) for f in POST_HOC_FIELDS}
 
 
 def train_and_evaluate(model: TwoTowerRetriever, inputs: RetrievalInputs, split, fit: FitConfig, seed: int = 0,
@@ -178,7 +179,7 @@ def train_and_evaluate(model: TwoTowerRetriever, inputs: RetrievalInputs, split,
                        callbacks: tuple = (), stages: tuple = ("valid", "test")) -> dict:
   """Trains ``model`` on ``split.train`` (early stopping on the validation selection score) and evaluates it.
 
-  After training the content mix (if any) is tuned on validation (``tune_content_mix``).
+  After training the content block (if any) is tuned on validation (``semrec.towers.tune_content_mix``).
 
   Args:
     model: An untrained ``TwoTowerRetriever``.
@@ -193,7 +194,8 @@ def train_and_evaluate(model: TwoTowerRetriever, inputs: RetrievalInputs, split,
 
   Returns:
     {"valid": metrics, "test": metrics, "selection_score": float, "best_epoch": int, "epochs": [...],
-     "train_seconds": float, "content_mix": tune_content_mix's result or None, "post_hoc": dict,
+     "train_seconds": float, "content_mix": tune_content_mix's result or None (its grid scores; the chosen
+     values are recorded once, in the saved model's ``score_settings``), "post_hoc": dict,
      "resumed": bool (weights loaded, not trained)}.
   """
   ds = training_dataset(model, inputs, split, fit.batch_size, seed)
@@ -202,10 +204,9 @@ def train_and_evaluate(model: TwoTowerRetriever, inputs: RetrievalInputs, split,
   done = _load_finished(output_dir, key) if output_dir and key else None
   if done is not None:
     tf.train.Checkpoint(model=model).read(os.path.join(output_dir, "model", "weights", "ckpt")).expect_partial()
-    if done.get("post_hoc", {}) == post_hoc_settings(model):
-      if done.get("content_mix"):
-        mix = done["content_mix"]
-        model.set_content_mix(mix["alpha"], mix.get("pooling"), mix.get("lexical_weight"))
+    if done.get("post_hoc", {}) == _jsonable(post_hoc_settings(model)):
+      from semrec.towers.model import saved_score_settings
+      model.score_blocks.apply(saved_score_settings(os.path.join(output_dir, "model")))
       return {**done, "resumed": True}
     trained = {k: done[k] for k in ("best_epoch", "epochs", "train_seconds")}
   else:
@@ -214,74 +215,21 @@ def train_and_evaluate(model: TwoTowerRetriever, inputs: RetrievalInputs, split,
     t0 = time.time()
     model.fit(ds, epochs=fit.max_epochs, verbose=0, callbacks=[stopper, *callbacks])
     trained = {"best_epoch": stopper.best_epoch, "epochs": stopper.history, "train_seconds": round(time.time() - t0, 1)}
-  mix = tune_content_mix(model, inputs, valid, fit) if model.content_mix is not None else None
+  from semrec.towers.tuning import tune_content_mix
+  mix = tune_content_mix(model, inputs, valid, fit) if "content" in model.score_blocks else None
   cands = embed_candidates(model, inputs)
   result = {s: evaluate_retriever(model, inputs, split.queries(s), fit.ks, cands) for s in stages}
   result.update({"selection_score": selection_score(result["valid"], fit.selection_k, fit.cold_weight,
                                                     fit.min_cold_queries),
-                 **trained, "content_mix": mix, "post_hoc": post_hoc_settings(model), "fingerprint": key})
+                 **trained, "content_mix": mix, "post_hoc": _jsonable(post_hoc_settings(model)), "fingerprint": key})
   if output_dir and key:
     _save_finished(output_dir, model, result)
   return {**result, "resumed": done is not None}
 
 
-MIX_GRID = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
-
-
-def tune_content_mix(model: TwoTowerRetriever, inputs: RetrievalInputs, valid, fit: FitConfig,
-                     grid=MIX_GRID, max_cells: int = 8_000_000) -> dict:
-  """Sets the model's content-mix weight a (and, with ``content_mix_pooling="auto"``, the pooling: "mean" or
-  "max"; with ``content_mix_lexical="auto"``, the lexical weight b in {0, 1}) to the grid point with the best
-  validation selection score; ties go to the first (b = 0, "mean", small a).
-
-  The score of a grid point is learned + a * m, with m the content score of (pooling, b) (for "max", the best
-  of the K history vectors: max_t [q ; a x_t] . [p ; x] = q . p + a max_t x_t . x for a >= 0). So the towers
-  run and the [q, N] score matrices are computed once per (pooling, b) and chunk of at most ``max_cells`` /
-  N validation queries; each a only adds and ranks.
-
-  Returns {"alpha": a, "pooling": str, "lexical_weight": b or None (no lexical channel),
-  "scores": {"<pooling>" or "<pooling>+lexical": {a: score}}} (a = 0 is the learned model alone).
-  """
-  from semrec.towers.evaluation import dot_scores, query_metrics, slice_metrics
-  from semrec.towers.model import MIX_POOLINGS
-  mixer = model.content_mix
-  if not len(valid):
-    raise ValueError("tune_content_mix needs validation queries (the split has none)")
-  cands = embed_candidates(model, inputs)  # the content part of a candidate does not depend on a, b or pooling
-  w = cands.shape[-1] - mixer.width(inputs.item_features.arrays)  # [learned (+ quality) ; mix block] columns
-  poolings = MIX_POOLINGS if model.config.content_mix_pooling == "auto" else (mixer.pooling,)
-  lexical = {"off": (None,), "on": (1.0,), "auto": (0.0, 1.0)}[model.config.content_mix_lexical]
-  points = [(b, p, float(a)) for b in lexical for p in poolings for a in grid]
-  ids = inputs.item_features.item_ids
-  per_query = {pt: [] for pt in points}
-  step = max(1, max_cells // max(len(ids), 1))
-  for s in range(0, len(valid), step):
-    sub = valid.subset(np.arange(s, min(s + step, len(valid))))
-    learned = None
-    for b in lexical:
-      for p in poolings:
-        model.set_content_mix(1.0, p, b)
-        q1 = query_embeddings(model, inputs, sub)  # [q, (K,) d'] with a = 1
-        if learned is None:  # [q, N]: the same for every (pooling, b)
-          learned = dot_scores(q1[:, 0, :w] if q1.ndim == 3 else q1[:, :w], cands[:, :w])
-        mix = dot_scores(q1[..., w:], cands[:, w:])  # [q, N] content score of (pooling, b)
-        for a in grid:
-          if a == 0 and (b, p) != points[0][:2]:
-            continue  # a = 0 is the learned model alone whatever the pooling and b
-          per_query[(b, p, float(a))].append(query_metrics(lambda r: learned[r] + np.float32(a) * mix[r], sub, ids,
-                                                           ks=(fit.selection_k,)))
-  score_of = {}
-  for pt in points:
-    chunks = per_query[pt] or per_query[points[0][:2] + (0.0,)]
-    pq = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0] if k != "rank"}
-    m = slice_metrics(pq, np.asarray(valid.cold, bool))
-    score_of[pt] = selection_score(m, fit.selection_k, fit.cold_weight, fit.min_cold_queries)
-  scores = {}
-  for (b, p, a), score in score_of.items():
-    scores.setdefault(p + ("+lexical" if b else ""), {})[a] = score
-  b, p, a = max(points, key=score_of.get)
-  model.set_content_mix(a, p, b)
-  return {"alpha": a, "pooling": p, "lexical_weight": b, "scores": scores}
+def _jsonable(settings: dict) -> dict:
+  """``settings`` as they read back from result.json (tuples as lists)."""
+  return json.loads(json.dumps(settings))
 
 
 def _score(model, inputs, queries, fit: FitConfig) -> tuple:
@@ -291,5 +239,5 @@ def _score(model, inputs, queries, fit: FitConfig) -> tuple:
 
 __all__ = ["FitConfig", "ValidationEarlyStopping", "evaluate_retriever", "fingerprint", "post_hoc_settings",
            "query_embeddings",
-           "query_features", "tune_content_mix",
+           "query_features",
            "selection_score", "train_and_evaluate", "training_dataset"]

@@ -20,6 +20,7 @@ def retrieval_comparison(run: Run) -> tuple:
   """(comparison result, ComparisonConfig) of the finished retrieval stage, resumed from its checkpoints (no
   variant is retrained)."""
   from semrec.pipeline.artefacts import item_features
+  from semrec.pipeline.stages.retrieval import sid_spm
   from semrec.towers import run_retrieval_comparison
   rcfg = run.config.retrieval
   cmp = dataclasses.replace(rcfg.comparison, seed=run.config.seed)
@@ -27,6 +28,7 @@ def retrieval_comparison(run: Run) -> tuple:
   clusters = max(table.cluster_ids.values(), key=lambda c: int(c.max())) if table.cluster_ids else None
   res = run_retrieval_comparison(run.dataset, run.split, feats.item_ids, feats.arrays["content"], cmp,
                                  sid_codes=table.codes, sid_codebook_size=table.codebook_size, cluster_ids=clusters,
+                                 spm=sid_spm(cmp, run.split, table, feats.item_ids),
                                  output_dir=run.stage_dir("retrieval"), verbose=False)
   return res, cmp
 

@@ -35,7 +35,8 @@ def stage_retrieval(run: Run) -> dict:
   # Cluster ids: the SID stage's (fitted once per run), finest granularity.
   clusters = max(table.cluster_ids.values(), key=lambda c: int(c.max())) if table.cluster_ids else None
   res = run_retrieval_comparison(run.dataset, split, ids, feats.arrays["content"], cmp, sid_codes=table.codes,
-                                 sid_codebook_size=table.codebook_size, cluster_ids=clusters, output_dir=out_dir)
+                                 sid_codebook_size=table.codebook_size, cluster_ids=clusters,
+                                 spm=sid_spm(cmp, split, table, ids), output_dir=out_dir)
   markdown = comparison_markdown(res["table"])
   atomic_write_text(os.path.join(out_dir, "comparison.md"), markdown)
   os.makedirs(run.path("plots"), exist_ok=True)
@@ -84,4 +85,15 @@ def stage_retrieval(run: Run) -> dict:
           "selection": res["served"],
           "production": {"variant": name, "why": "best validation selection score" if variant is None else
                          "named by retrieval.production_variant", "metrics": summary, "exports": exported,
-                         "lexical_encoder": lexical}}
+                         "item_features": model.required_features(),
+                         "score_settings": model.score_blocks.settings(), "lexical_encoder": lexical}}
+
+
+def sid_spm(cmp, split, table, ids):
+  """The SID-piece SentencePiece model of the comparison's SPM variants (None without one), over the SID
+  stage's codes weighted by train interactions. It needs the split's train log, which the SID stage does not
+  read, so it is trained here."""
+  from semrec.sid.retrieval_inputs import interaction_spm
+  if "spm" not in cmp.sid_needs():
+    return None
+  return interaction_spm(table.codes, ids, split.train["item_id"], cmp.spm_vocab_size, table.codebook_size)
