@@ -4,7 +4,8 @@ validation path.
 Every config in semrec is a dataclass; a run writes its full config next to its outputs (``config.yaml``)
 and can be re-run from it.
 
-* Loading (:func:`from_dict`, :func:`load_yaml`) and layering (:func:`merge`: defaults < file < flags) are
+* Loading (:func:`from_dict`, :func:`load_yaml`; a class may list keys of older files that moved into a
+  sub-config in ``MOVED_KEYS = {"old_key": "sub.new_key"}``) and layering (:func:`merge`: defaults < file < flags) are
   OmegaConf's: a mapping is merged onto the dataclass's structured schema, which refuses an unknown key and
   converts or refuses a value of the wrong type (``codebook_size: "sixteen"``), naming the dotted key. Library
   configs whose type hints OmegaConf does not support (``Sequence[...]``) are built directly from the
@@ -81,6 +82,7 @@ def merge(cls: Type[T], *layers: dict | None) -> T:
   for layer in layers:
     if layer is not None and not isinstance(layer, dict):
       raise ConfigError(f"{cls.__name__}: expected a mapping of fields, got {layer!r}")
+  layers = tuple(_relocate_moved_keys(cls, layer or {}) for layer in layers)
   schema = _schema(cls)
   if schema is None:  # hints OmegaConf cannot hold: build directly (library manifests)
     out = {}
@@ -217,6 +219,27 @@ def _misfit(cls, key: str, value, error) -> ConfigError:
 
 def _first_line(e) -> str:
   return (getattr(e, "msg", None) or str(e)).splitlines()[0].strip()
+
+
+def _relocate_moved_keys(cls, data: dict) -> dict:
+  """``data`` with the keys a config class lists in ``MOVED_KEYS`` (``{"old_key": "sub.new_key"}``: an older
+  file's key that moved into a sub-config) at their new place, unless that is set too; nested configs too."""
+  data = dict(data)
+  for old, new in getattr(cls, "MOVED_KEYS", {}).items():
+    if old in data:
+      value = data.pop(old)
+      *parents, leaf = new.split(".")
+      node = data
+      for p in parents:
+        node[p] = dict(node[p]) if isinstance(node.get(p), dict) else {}
+        node = node[p]
+      node.setdefault(leaf, value)
+  hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+  for k, v in data.items():
+    sub = _dataclass_in(hints.get(k))
+    if sub is not None and isinstance(v, dict):
+      data[k] = _relocate_moved_keys(sub, v)
+  return data
 
 
 def _deep_update(base: dict, override: dict) -> dict:

@@ -151,6 +151,18 @@ class _Library:
   inner: _Inner = dataclasses.field(default_factory=_Inner)
 
 
+@dataclasses.dataclass
+class _Moved:
+  inner: _Inner = dataclasses.field(default_factory=_Inner)
+  seed: int = 0
+  MOVED_KEYS = {"rate": "inner.rate"}  # a key an older file had at the top level
+
+
+def test_moved_keys_of_older_files_load_at_their_new_place():
+  assert from_dict(_Moved, {"rate": 2.0, "seed": 1}) == _Moved(inner=_Inner(rate=2.0), seed=1)
+  assert from_dict(_Moved, {"rate": 2.0, "inner": {"rate": 3.0}}).inner.rate == 3.0  # the new place wins
+
+
 def test_library_configs_outside_omegaconf_still_load_and_refuse_unknown_keys():
   cfg = from_dict(_Library, {"widths": [2, 3], "inner": {"codebook_size": 4}})
   assert cfg.widths == (2, 3) and cfg.inner == _Inner(codebook_size=4)
