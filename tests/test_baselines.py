@@ -34,13 +34,19 @@ def _ranking(scores):
 
 def test_popularity_counts_positives_ties_by_catalogue(split):
   # Positive counts x 1, y 3, z 2, w 1 (u3's negative x ignored): y, z, then x before w (listed first).
-  s = PopularityBaseline().fit(split, ITEMS).scores(_queries([[], ["x"]]), np.arange(2))
+  s = PopularityBaseline(tie_break="catalogue").fit(split, ITEMS).scores(_queries([[], ["x"]]), np.arange(2))
   assert s.shape == (2, 4) and s[0].tolist() == [2.0, 4.0, 3.0, 1.0] and (s[0] == s[1]).all()
+  # Default: the x / w tie in a seeded random order. default_rng(seed).permutation(4) gives each item's tie rank
+  # (lower first): seed 0 [2, 0, 1, 3] -> x (2) before w (3); seed 2 [3, 2, 0, 1] -> w (1) before x (3).
+  # y and z keep their count order either way.
+  assert np.random.default_rng(2).permutation(4).tolist() == [3, 2, 0, 1]
+  assert PopularityBaseline(seed=0).fit(split, ITEMS).scores(_queries([[]]), [0])[0].tolist() == [2.0, 4.0, 3.0, 1.0]
+  assert PopularityBaseline(seed=2).fit(split, ITEMS).scores(_queries([[]]), [0])[0].tolist() == [1.0, 4.0, 3.0, 2.0]
 
 
 def test_transition_counts_from_last_item(split):
   # C: x->y 1, y->z 2, w->y 1 (z is last everywhere, so C[z] = 0).
-  m = TransitionBaseline().fit(split, ITEMS)
+  m = TransitionBaseline(tie_break="catalogue").fit(split, ITEMS)
   assert m.counts.toarray().tolist() == [[0, 1, 0, 0], [0, 0, 2, 0], [0, 0, 0, 0], [0, 1, 0, 0]]
   s = m.scores(_queries([["x", "y"], ["w", "x"], ["z"], []]), np.arange(4))
   assert _ranking(s[0]) == ["z", "y", "x", "w"]  # last y: z (2), then popularity y, x, w
@@ -131,12 +137,17 @@ def test_item_without_interactions_is_a_candidate(split):
 
 
 def test_popularity_has_no_signal_on_cold_items(tiny_cold_items):
-  # On cold_items every candidate has zero train counts: popularity ranks candidates in catalogue order.
+  # On cold_items every candidate has zero train counts: popularity ranks candidates in the seeded random tie
+  # order (issue 26: catalogue order would smuggle the id order into the figure); "catalogue" keeps the old rule.
   ds, split = tiny_cold_items
   ids = ds.item_ids.astype(object)
-  s = PopularityBaseline().fit(split, ids).scores(split.queries("test"), [0])[0]
   cand = pd.Index(ids).get_indexer(split.candidates)
+  s = PopularityBaseline(tie_break="catalogue").fit(split, ids).scores(split.queries("test"), [0])[0]
   assert (np.diff(s[cand]) < 0).all()  # strictly decreasing in catalogue order
+  for seed in (0, 1):
+    r = PopularityBaseline(seed=seed).fit(split, ids).scores(split.queries("test"), [0])[0]
+    tie = np.random.default_rng(seed).permutation(len(ids))
+    assert (np.argsort(-r[cand]) == np.argsort(tie[cand])).all()  # the seeded permutation, not the catalogue
 
 
 @pytest.mark.slow

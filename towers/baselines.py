@@ -2,10 +2,13 @@
 
 Shape letters: N catalogue items (``item_ids``), q queries in a batch, D content width, H history items used.
 
-  popularity   train-part positive counts; ties -> the item listed first in ``item_ids``.
+  popularity   train-part positive counts; equal counts in a SEEDED RANDOM order (``seed``), not catalogue
+               order: item ids often follow release order, and a tie broken by id would smuggle that order
+               into a figure meant to show the baseline's own signal.
   transition   C[a, b] = how often b directly follows a in a user's train sequence (``train_sequences``);
                a query is scored from its LAST history item: C[last, :], ties (including every item with
-               count 0, and queries with an empty history) broken by the popularity order.
+               count 0, and queries with an empty history) broken by the popularity order (whose own ties
+               are the seeded random order above).
   content_knn  cosine between each candidate's content embedding and the recency-weighted sum of the
                (L2-normalised) content embeddings of the query's last ``num_recent`` (10) history items:
                weight decay**age, age 0 = the most recent item. Default decay 0.5: of {1.0, 0.8, 0.5}, the best
@@ -18,9 +21,11 @@ Shape letters: N catalogue items (``item_ids``), q queries in a batch, D content
 
 Each baseline: ``fit(split, item_ids, content=None) -> self`` and ``scores(queries, rows) -> [len(rows), N]``
 float64, the ``score_fn`` shape of ``semrec.towers.evaluation.evaluate_scores``. popularity / transition
-encode their tie-breaks in the scores, so their rankings are exact and repeatable. On ``cold_items`` the
-candidates have no train interactions: popularity and transition then reduce to catalogue order (no signal);
-they are still reported, as what a non-content recommender would do.
+encode their tie-breaks in the scores, so their rankings are exact and repeatable for a seed. On
+``cold_items`` the candidates have no train interactions: popularity and transition then reduce to the
+seeded random order (no signal, chance level); they are still reported, as what a non-content recommender
+would do. ``tie_break="catalogue"`` restores the old rule (ties -> the item listed first in ``item_ids``), the
+rule of the dev-benchmarks reference figures.
 """
 from __future__ import annotations
 
@@ -33,25 +38,46 @@ from semrec.data import EvalSplit, Queries
 from semrec.towers.evaluation import dot_scores, evaluate_scores
 
 
-def _popularity_rank_scores(split: EvalSplit, index: pd.Index) -> np.ndarray:
-  """[N] float64 in 1..N: N for the most popular item; equal counts -> earlier catalogue item scores higher."""
+TIE_BREAKS = ("random", "catalogue")
+
+
+def _tie_order(n: int, tie_break: str, seed: int) -> np.ndarray:
+  """[n] int: each catalogue row's rank among tied items (lower = ranked higher)."""
+  if tie_break not in TIE_BREAKS:
+    raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {tie_break!r}")
+  return np.arange(n) if tie_break == "catalogue" else np.random.default_rng(seed).permutation(n)
+
+
+def _popularity_rank_scores(split: EvalSplit, index: pd.Index, tie_break: str = "random",
+                            seed: int = 0) -> np.ndarray:
+  """[N] float64 in 1..N: N for the most popular item; equal counts in the ``_tie_order`` (seeded random, or
+  the earlier catalogue item first)."""
   pos = split.train_positives
   rows = index.get_indexer(pos["item_id"].to_numpy().astype(object))
   counts = np.bincount(rows[rows >= 0], minlength=len(index))
-  order = np.lexsort((np.arange(len(index)), -counts))  # by count desc, then catalogue position
+  order = np.lexsort((_tie_order(len(index), tie_break, seed), -counts))  # by count desc, then the tie order
   out = np.empty(len(index), np.float64)
   out[order] = np.arange(len(index), 0, -1)
   return out
 
 
 class PopularityBaseline:
-  """Most-popular items in the train part (see the module docstring)."""
+  """Most-popular items in the train part (see the module docstring).
+
+  Args:
+    tie_break: "random" (default: equal counts in a seeded random order) or "catalogue" (the earlier item).
+    seed: Seeds the random tie order.
+  """
 
   name = "popularity"
 
+  def __init__(self, tie_break: str = "random", seed: int = 0):
+    _tie_order(0, tie_break, seed)  # validates tie_break
+    self.tie_break, self.seed = tie_break, int(seed)
+
   def fit(self, split: EvalSplit, item_ids, content=None) -> "PopularityBaseline":
     self.index = pd.Index(np.asarray(item_ids, dtype=object))
-    self.score_row = _popularity_rank_scores(split, self.index)
+    self.score_row = _popularity_rank_scores(split, self.index, self.tie_break, self.seed)
     return self
 
   def scores(self, queries: Queries, rows) -> np.ndarray:
@@ -59,15 +85,23 @@ class PopularityBaseline:
 
 
 class TransitionBaseline:
-  """Next-item transition counts from the last history item (see the module docstring)."""
+  """Next-item transition counts from the last history item (see the module docstring).
+
+  Args:
+    tie_break, seed: The tie order of the popularity order that breaks equal counts (``PopularityBaseline``).
+  """
 
   name = "transition"
+
+  def __init__(self, tie_break: str = "random", seed: int = 0):
+    _tie_order(0, tie_break, seed)
+    self.tie_break, self.seed = tie_break, int(seed)
 
   def fit(self, split: EvalSplit, item_ids, content=None) -> "TransitionBaseline":
     import scipy.sparse as sp
     self.index = pd.Index(np.asarray(item_ids, dtype=object))
     n = len(self.index)
-    self.popularity = _popularity_rank_scores(split, self.index)
+    self.popularity = _popularity_rank_scores(split, self.index, self.tie_break, self.seed)
     src, dst = [], []
     for seq in split.train_sequences().values():
       r = self.index.get_indexer(seq)
@@ -157,7 +191,8 @@ BASELINES = {"popularity": PopularityBaseline, "transition": TransitionBaseline,
 
 def evaluate_baselines(split: EvalSplit, item_ids, content: Optional[np.ndarray] = None, stage: str = "test",
                        names: Optional[Sequence[str]] = None, knn_num_recent: int = 10, knn_decay: float = 0.5,
-                       knn_pooling: str = "mean", **eval_kwargs) -> dict:
+                       knn_pooling: str = "mean", tie_break: str = "random", seed: int = 0,
+                       **eval_kwargs) -> dict:
   """{name: ``evaluate_scores`` metrics} of the baselines on ``split.queries(stage)``.
 
   Args:
@@ -167,6 +202,7 @@ def evaluate_baselines(split: EvalSplit, item_ids, content: Optional[np.ndarray]
     stage: "valid" or "test".
     names: Baselines to run (default all that the inputs allow).
     knn_num_recent, knn_decay, knn_pooling: ``ContentKnnBaseline`` settings.
+    tie_break, seed: popularity / transition tie order ("random": seeded by ``seed``; "catalogue").
     **eval_kwargs: Passed to ``evaluate_scores`` (ks, ndcg_ks, exclude_history, candidates, batch_size).
   """
   names = tuple(names) if names is not None else tuple(
@@ -178,7 +214,7 @@ def evaluate_baselines(split: EvalSplit, item_ids, content: Optional[np.ndarray]
   out = {}
   for name in names:
     model = (ContentKnnBaseline(knn_num_recent, knn_decay, knn_pooling) if name == "content_knn"
-             else BASELINES[name]())
+             else BASELINES[name](tie_break=tie_break, seed=seed))
     model.fit(split, item_ids, content)
     out[name] = evaluate_scores(lambda rows, m=model: m.scores(queries, rows), queries, item_ids, **eval_kwargs)
   return out
@@ -200,5 +236,5 @@ def select_knn_decay(split: EvalSplit, item_ids, content: np.ndarray, decays: Se
   return best, scores
 
 
-__all__ = ["BASELINES", "KNN_DECAYS", "ContentKnnBaseline", "PopularityBaseline", "TransitionBaseline",
+__all__ = ["BASELINES", "KNN_DECAYS", "TIE_BREAKS", "ContentKnnBaseline", "PopularityBaseline", "TransitionBaseline",
            "evaluate_baselines", "select_knn_decay"]
