@@ -187,6 +187,6 @@ def test_run_split_from_cli_flags(tmp_path):
   assert stage_ranking_sweep(run)["skipped"].startswith("skipped: implicit feedback")
   default = _build_config(None, "generic", inter, items, None, None, 0, False, None, False)
   assert default.data.split == "temporal" and default.data.exclude_history is True
-  from semrec.pipeline.config import DataConfig
-  with pytest.raises(ValueError, match="data.split"):
-    DataConfig(split="random")
+  from semrec.pipeline.config import DataConfig, RunConfig
+  with pytest.raises(ValueError, match=r"^data\.split: 'random' is not one of"):
+    RunConfig(data=DataConfig(split="random")).validate()
