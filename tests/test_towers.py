@@ -536,6 +536,24 @@ def test_comparison_baselines_slices_and_resume(world, tmp_path):
     _comparison_config(("bigram_tower",))
 
 
+def test_comparison_receives_the_sid_stage_inputs(world):
+  """The comparison fits nothing but towers: a variant's cluster ids / SIDs / SPM are inputs, and a missing one
+  raises naming it."""
+  from semrec.data import make_split
+  from semrec.towers import prepare_item_side
+  split = make_split(world.ds, "temporal")
+  cfg = _comparison_config(("hashed_id", "cold_hashed_cluster", "sid_spm"))
+  assert cfg.sid_needs() == {"cluster_ids", "sid_codes", "spm"}
+  assert _comparison_config(("hashed_id", "seq_content")).sid_needs() == set()
+  with pytest.raises(ValueError, match=r"need \['cluster_ids', 'sid_codes', 'spm'\] from the SID stage"):
+    prepare_item_side(world.ds, split, world.ds.item_ids, world.content, cfg)
+  clusters = world.features.arrays["cluster_k4"]
+  side = prepare_item_side(world.ds, split, world.ds.item_ids, world.content,
+                           _comparison_config(("cold_hashed_cluster",)), cluster_ids=clusters)
+  np.testing.assert_array_equal(side.features.arrays["cluster_k4"], clusters)  # used as given, k = 4
+  assert side.num_clusters == 4 and side.spm is None and "sid" not in side.features.arrays
+
+
 def test_sequential_variant_beats_random_on_leave_one_out(world, tmp_path):
   from semrec.data import make_split
   from semrec.towers import run_retrieval_comparison
