@@ -18,6 +18,7 @@ A text with no vocabulary term (e.g. empty) gets the zero vector: it scores 0 ag
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Optional, Sequence
 
 import numpy as np
@@ -127,11 +128,35 @@ class LexicalEncoder:
 
   @classmethod
   def load(cls, path: str) -> "LexicalEncoder":
-    with np.load(path, allow_pickle=False) as f:
-      dim, min_df, seed = (int(v) for v in f["config"])
-      enc = cls(LexicalEncoderConfig(dim=dim, min_df=min_df, seed=seed))
-      enc.vocabulary, enc.idf, enc.components = f["vocabulary"], f["idf"], f["components"]
+    """The encoder ``save`` wrote to ``path``.
+
+    Raises:
+      FileNotFoundError: no file at ``path`` (the message names it).
+      semrec.atomic.CorruptArtefactError: a truncated or damaged file, or one without the encoder's arrays
+        (naming the file and the missing array), never a bare ``BadZipFile``.
+    """
+    from semrec.atomic import CorruptArtefactError, read_npz
+    fix = "re-run the step that wrote it (the encode stage: `semrec encode --force`)"
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path}: lexical encoder not found; {fix}")
+    arrays = read_npz(path, "lexical encoder", fix)
+    missing = [k for k in _ARRAYS if k not in arrays]
+    if missing:
+      raise CorruptArtefactError(f"{path}: not a lexical encoder (missing arrays {missing}); {fix}")
+    config, components = arrays["config"], arrays["components"]
+    if config.shape != (3,) or components.ndim != 2 or components.shape[1] != len(arrays["vocabulary"]) \
+        or arrays["idf"].shape != arrays["vocabulary"].shape:
+      raise CorruptArtefactError(f"{path}: damaged lexical encoder (config {list(config.shape)}, components "
+                                 f"{list(components.shape)}, vocabulary {list(arrays['vocabulary'].shape)}, idf "
+                                 f"{list(arrays['idf'].shape)} do not fit together); {fix}")
+    dim, min_df, seed = (int(v) for v in config)
+    enc = cls(LexicalEncoderConfig(dim=dim, min_df=min_df, seed=seed))
+    enc.vocabulary, enc.idf, enc.components = arrays["vocabulary"], arrays["idf"], components
     return enc
+
+
+# The arrays ``save`` writes (``load`` checks them).
+_ARRAYS = ("vocabulary", "idf", "components", "config")
 
 
 def _checked(texts, item_ids) -> list:

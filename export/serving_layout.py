@@ -63,6 +63,19 @@ def check_model_name(name: str) -> str:
   return name
 
 
+def npz_problem(path: str) -> Optional[str]:
+  """Why ``path`` is not a readable ``.npz`` archive (e.g. "not a valid .npz archive (BadZipFile: ...)"), or None.
+  Every array is read, so a truncated member is found too."""
+  import zipfile
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      for key in f.files:
+        f[key]
+  except (zipfile.BadZipFile, EOFError, OSError, ValueError, KeyError) as e:
+    return f"not a valid .npz archive ({type(e).__name__}: {e})"
+  return None
+
+
 def list_versions(base_dir: str, name: str) -> list[int]:
   """Sorted integer versions present under ``<base_dir>/<name>/`` (staging dirs are ignored)."""
   model_dir = os.path.join(base_dir, name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -261,8 +262,8 @@ def export_serving_module(module: tf.Module, base_dir: str, name: str, example_i
                           artefact: str = "generic", signature_name: str = sl.SIGNATURE_NAME,
                           data_fingerprint: Optional[str] = None, metrics: Optional[Mapping[str, Any]] = None,
                           description: str = "", extra: Optional[Mapping[str, Any]] = None,
-                          needs_scann_ops: Optional[bool] = None, rtol: float = 1e-4, atol: float = 1e-5
-                          ) -> ExportResult:
+                          needs_scann_ops: Optional[bool] = None, rtol: float = 1e-4, atol: float = 1e-5,
+                          serving_files: Optional[Mapping[str, str]] = None) -> ExportResult:
   """Saves ``module`` as ``<base_dir>/<name>/<next version>/`` with warm-up records and a manifest.
 
   Args:
@@ -277,6 +278,11 @@ def export_serving_module(module: tf.Module, base_dir: str, name: str, example_i
     metrics: metrics at export time, recorded in the manifest.
     needs_scann_ops: default: detected from the saved graph (any ``Scann>*`` op).
     rtol, atol: tolerance `verify_export` uses when comparing reloaded outputs with the stored ones.
+    serving_files: ``{name: path}`` of files a client of this model needs to build its inputs (e.g.
+      ``{"lexical_encoder": ".../lexical_encoder.npz"}``, which turns a new item's text into the ``lexical``
+      feature): each is copied into the version as ``assets.extra/<file name>``, listed (size, SHA-256) in the
+      manifest and under ``manifest["serving_files"]`` ``{name: relative path}``, so it is versioned with the
+      model and checked by `verify_export`. An ``.npz`` must be readable.
 
   Returns:
     ExportResult. An existing version is never modified; the new version appears atomically.
@@ -287,9 +293,13 @@ def export_serving_module(module: tf.Module, base_dir: str, name: str, example_i
   outputs = _replay(serve, requests, specs, name)
   outputs_json = {k: {"dtype": v.dtype.name, "shape": None if v.shape.rank is None else v.shape.as_list()}
                   for k, v in concrete.structured_outputs.items()}
+  files = _checked_serving_files(serving_files, name)
   with sl.staging_dir(base_dir, name) as tmp:
     _save(module, tmp, {signature_name: concrete}, name)
     custom_ops, uses_scann = _custom_ops(tmp, name, needs_scann_ops)
+    for rel, src in files.values():
+      os.makedirs(os.path.dirname(os.path.join(tmp, rel)), exist_ok=True)
+      shutil.copyfile(src, os.path.join(tmp, rel))
     sl.write_warmup_requests(tmp, signature_name, requests, model_name=name)
     sl.write_expected_outputs(tmp, outputs)
     version, _ = sl.next_version_dir(base_dir, name)
@@ -302,8 +312,29 @@ def export_serving_module(module: tf.Module, base_dir: str, name: str, example_i
                 "batch_sizes": [int(next(iter(r.values())).shape[0]) for r in requests]},
         expected_outputs={"file": sl.EXPECTED_OUTPUTS_FILE, "rtol": rtol, "atol": atol},
         extra={**dict(extra or {}), "custom_ops": custom_ops})
+    if files:
+      manifest["serving_files"] = {key: rel for key, (rel, _) in files.items()}
     published, path = sl.publish_with_manifest(tmp, base_dir, name, version, manifest)
   return ExportResult(name=name, version=published, path=path, manifest=manifest)
+
+
+def _checked_serving_files(serving_files: Optional[Mapping[str, str]], name: str) -> dict:
+  """``{key: (relative path in the version, source path)}``; ExportError naming a missing or unreadable file."""
+  out, taken = {}, {}
+  for key, src in (serving_files or {}).items():
+    src = os.fspath(src)
+    rel = "/".join((sl.ASSETS_EXTRA, os.path.basename(src)))
+    if rel in taken:
+      raise sl.ExportError(f"model {name!r}: serving files {taken[rel]!r} and {key!r} have the same file name "
+                           f"{os.path.basename(src)!r}")
+    if not os.path.isfile(src):
+      raise sl.ExportError(f"model {name!r}: serving file {key!r} ({src}) does not exist")
+    problem = sl.npz_problem(src) if src.endswith(".npz") else None
+    if problem:
+      raise sl.ExportError(f"model {name!r}: serving file {key!r} ({src}) is unreadable: {problem}")
+    taken[rel] = key
+    out[str(key)] = (rel, src)
+  return out
 
 
 def _serving_function(module: tf.Module, name: str):

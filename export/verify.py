@@ -167,10 +167,26 @@ def _check_structure(check: ModelCheck, manifest: Optional[dict]) -> None:
     var_dir = os.path.join(vdir, "variables")
     if os.path.isdir(var_dir) and not any(f.startswith("variables.data-") for f in os.listdir(var_dir)):
       check.error("missing file variables/variables.data-*: the variables directory holds no data shard")
+    _check_serving_files(check, manifest)
   elif check.kind == "scann_searcher":
     for rel in ("searcher/scann_assets.pbtxt", "item_ids.txt", sl.EXPECTED_OUTPUTS_FILE):
       if not os.path.isfile(os.path.join(vdir, rel)) and not any(rel in e for e in check.errors):
         check.error(f"missing file {rel}")
+
+
+def _check_serving_files(check: ModelCheck, manifest: Optional[dict]) -> None:
+  """Files the model's clients need (``manifest["serving_files"]``, e.g. the lexical encoder that turns a new
+  item's text into the ``lexical`` feature) must be present and readable, each error naming the file."""
+  for key, rel in ((manifest or {}).get("serving_files") or {}).items():
+    if any(rel in e for e in check.errors):
+      continue  # already reported (missing / truncated / corrupted) by the inventory check
+    full = os.path.join(check.path, rel)
+    if not os.path.isfile(full):
+      check.error(f"missing file {rel} (the {key} this model's clients need)")
+      continue
+    problem = sl.npz_problem(full) if rel.endswith(".npz") else None
+    if problem:
+      check.error(f"unreadable file {rel} (the {key} this model's clients need): {problem}")
 
 
 def _run_child(check: ModelCheck, manifest: dict, timeout: float) -> None:

@@ -137,7 +137,8 @@ def test_semrec_run_synthetic_quick_end_to_end(tmp_path):
   assert ("content" in served["score_settings"]) == ("content" in served["item_features"]), served
   if lexical is not None:
     from semrec.encoders import LexicalEncoder
-    assert LexicalEncoder.load(lexical).encode(["a new title"]).shape[0] == 1
+    assert not os.path.isabs(lexical)  # relative to the run: a copied run directory reads its own copy
+    assert LexicalEncoder.load(os.path.join(run_dir, lexical)).encode(["a new title"]).shape[0] == 1
   idx = metrics["stages"]["index"]
   assert idx["recall_at_10"] == 1.0 and idx["scann_recall_at_10"] >= 0.9, idx
   # Ranking (two-stage): the cascade ranker ranked the merged candidates of every test query; the final list is

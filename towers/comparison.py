@@ -150,9 +150,10 @@ class ItemSide:
 
 def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: ComparisonConfig,
                       sid_codes: Optional[np.ndarray] = None, sid_codebook_size: Optional[int] = None,
-                      cluster_ids: Optional[np.ndarray] = None, spm=None) -> ItemSide:
+                      cluster_ids: Optional[np.ndarray] = None, spm=None, lexical=None) -> ItemSide:
   """Content rows in catalogue order, the SID stage's artefacts the configured variants need, and the lexical
-  rows of the content mix (``lexical_encoder``).
+  rows of the content mix (``lexical_encoder``; ``lexical``: the encode stage's fitted ``LexicalEncoder``,
+  fitted here only when none is given, e.g. by a benchmark).
 
   The comparison fits nothing but towers: ``cluster_ids`` [N] (cluster variants), ``sid_codes`` [N, L] with
   ``sid_codebook_size`` (SID variants) and ``spm`` (a ``semrec.sid.SidSpm`` over those codes, SPM variants),
@@ -184,7 +185,7 @@ def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: Com
     trained = split.train_positives["item_id"].astype(str)
     arrays[ID_KNOWN] = pd.Index(ids).isin(trained).astype(np.float32)  # items whose ID row gets trained
   texts = dataset.item_texts()
-  encoder = lexical_encoder(texts, cfg, item_ids=ids)
+  encoder = lexical_encoder(texts, cfg, item_ids=ids, fitted=lexical)
   if encoder is not None:
     arrays["lexical"] = encoder.encode(texts, item_ids=ids)
   side = ItemSide(ItemFeatures(ids, arrays), hash_bins=cfg.hash_bins or 2 * len(ids), num_clusters=num_clusters,
@@ -199,14 +200,20 @@ def prepare_item_side(dataset: RecDataset, split, content_ids, content, cfg: Com
   return side
 
 
-def lexical_encoder(texts, cfg: ComparisonConfig, item_ids=None):
+def lexical_encoder(texts, cfg: ComparisonConfig, item_ids=None, fitted=None):
   """The ``LexicalEncoder`` fitted on the catalogue's item ``texts`` (``RecDataset.item_texts``), or None when
   the configuration has no lexical channel (``lexical_dim`` 0, no content mix, ``content_mix_lexical="off"``)
-  or no item has text."""
+  or no item has text. ``fitted``: an encoder fitted already (the encode stage's), returned instead of fitting
+  one; its width must be ``lexical_dim``."""
   r = cfg.retriever
   if not (cfg.lexical_dim and r.scores.content_mix and r.scores.content_mix_lexical != "off"
           and any(t.strip() for t in texts)):
     return None
+  if fitted is not None:
+    if fitted.config.dim != cfg.lexical_dim:
+      raise ValueError(f"the given lexical encoder was fitted with dim {fitted.config.dim}, the comparison's "
+                       f"lexical_dim is {cfg.lexical_dim}: refit it (`semrec encode --force`)")
+    return fitted
   from semrec.encoders import LexicalEncoder, LexicalEncoderConfig
   return LexicalEncoder(LexicalEncoderConfig(dim=cfg.lexical_dim, seed=cfg.seed)).fit(texts, item_ids=item_ids)
 
@@ -312,7 +319,7 @@ def select_served(results: dict) -> dict:
 def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
                              config: Optional[ComparisonConfig] = None, sid_codes=None, sid_codebook_size=None,
                              cluster_ids=None, spm=None, output_dir: Optional[str] = None, verbose: bool = True,
-                             callbacks: tuple = ()) -> dict:
+                             callbacks: tuple = (), lexical=None) -> dict:
   """Trains, evaluates and tables every configured variant next to the baselines on ``split``.
 
   Args:
@@ -324,6 +331,8 @@ def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
       needed by the variants that use them (``prepare_item_side``).
     output_dir: Per-variant checkpoints (resume) and ``retrieval_comparison.csv`` / ``.json``.
     callbacks: Extra Keras callbacks for every variant's training.
+    lexical: The fitted ``LexicalEncoder`` of the content mix's lexical channel (semrec run: the encode stage's);
+      None fits one here and saves it to ``output_dir/lexical_encoder.npz``.
 
   Returns:
     {"table": DataFrame, "results": {variant: result}, "baselines": {name: metrics by stage},
@@ -335,7 +344,8 @@ def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
   from semrec.towers.comparison_report import comparison_table, write_outputs
   cfg = config or ComparisonConfig()
   t0 = time.time()
-  side = prepare_item_side(dataset, split, content_ids, content, cfg, sid_codes, sid_codebook_size, cluster_ids, spm)
+  side = prepare_item_side(dataset, split, content_ids, content, cfg, sid_codes, sid_codebook_size, cluster_ids, spm,
+                           lexical=lexical)
   x, ids = side.features.arrays["content"], side.features.item_ids
   base, knn = {}, {}
   if "content_knn" in cfg.baselines:  # the recency decay that suits this split, chosen on validation
@@ -357,7 +367,7 @@ def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
             f"(valid score {res['selection_score']:.4f}, best epoch {res['best_epoch']}, "
             f"{'resumed' if res['resumed'] else str(res['train_seconds']) + ' s'})", flush=True)
   table = comparison_table(results, base)
-  if output_dir and side.lexical_encoder is not None:  # new items' lexical rows at serving time
+  if output_dir and lexical is None and side.lexical_encoder is not None:  # fitted here: keep it for serving
     side.lexical_encoder.save(os.path.join(output_dir, "lexical_encoder.npz"))
   out = {"table": table, "results": results, "baselines": base, "content_knn": knn, "served": select_served(results),
          "split": split.summary(), "config": dataclasses.asdict(cfg), "seconds": time.time() - t0}

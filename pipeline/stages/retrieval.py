@@ -34,9 +34,11 @@ def stage_retrieval(run: Run) -> dict:
   out_dir = run.stage_dir("retrieval")
   # Cluster ids: the SID stage's (fitted once per run), finest granularity.
   clusters = max(table.cluster_ids.values(), key=lambda c: int(c.max())) if table.cluster_ids else None
+  from semrec.pipeline.stages.encode import LEXICAL_ENCODER, load_lexical_encoder
   res = run_retrieval_comparison(run.dataset, split, ids, feats.arrays["content"], cmp, sid_codes=table.codes,
                                  sid_codebook_size=table.codebook_size, cluster_ids=clusters,
-                                 spm=sid_spm(cmp, split, table, ids), output_dir=out_dir)
+                                 spm=sid_spm(cmp, split, table, ids), output_dir=out_dir,
+                                 lexical=load_lexical_encoder(run))
   markdown = comparison_markdown(res["table"])
   atomic_write_text(os.path.join(out_dir, "comparison.md"), markdown)
   os.makedirs(run.path("plots"), exist_ok=True)
@@ -60,20 +62,24 @@ def stage_retrieval(run: Run) -> dict:
               for k, v in query_features(inputs, test, np.arange(min(8, len(test))), model.config.max_history).items()}
   summary = served["test"]
   fp, base, k = run.data_fingerprint, export_dir(run), min(rcfg.top_k, len(ids))
+  # The served model's ``lexical`` feature of new items comes from the encode stage's lexical encoder: it is
+  # shipped inside every export that reads it (assets.extra/, versioned and verified with the model).
+  files = {"lexical_encoder": run.path(LEXICAL_ENCODER)} if "lexical" in model.required_features() else None
   exported = {
-      "candidate_tower": export_candidate_tower(base, model.candidate_embedding, item_ex, data_fingerprint=fp).path,
+      "candidate_tower": export_candidate_tower(base, model.candidate_embedding, item_ex, data_fingerprint=fp,
+                                                serving_files=files).path,
       "query_tower": export_query_tower(base, model.query_embedding, query_ex, data_fingerprint=fp,
-                                        metrics=summary).path,
+                                        metrics=summary, serving_files=files).path,
       "retrieval_brute_force": export_brute_force_retrieval(
           base, model.query_embedding, query_ex, k=k, candidate_embeddings=c, item_ids=ids, data_fingerprint=fp,
-          metrics=summary).path,
+          metrics=summary, serving_files=files).path,
       "retrieval_scann": export_scann_retrieval(
           base, model.query_embedding, query_ex, k=k, index=build_index(c, ids, kind="scann", k=k),
-          data_fingerprint=fp, metrics=summary).path,
+          data_fingerprint=fp, metrics=summary, serving_files=files).path,
   }
-  # The served model's ``lexical`` item feature for new items: ``semrec.encoders.LexicalEncoder.load(path)``.
-  lexical = os.path.join(out_dir, "lexical_encoder.npz")
-  lexical = lexical if "lexical" in model.required_features() and os.path.exists(lexical) else None
+  # ``semrec.encoders.LexicalEncoder.load(<run>/<path>)``: the candidate tower's copy, relative to the run.
+  lexical = (os.path.relpath(os.path.join(exported["candidate_tower"], "assets.extra", "lexical_encoder.npz"),
+                             run.run_dir) if files else None)
   r100 = lambda m, s: m.get(s, {}).get("recall@100", float("nan"))  # noqa: E731
   headline = [{"variant": n, "quality": "baseline" if kind == "baseline" else "none",
                "all": r100(m, "overall"), "warm": r100(m, "warm"), "cold": r100(m, "cold")}
