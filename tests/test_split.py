@@ -132,15 +132,25 @@ def test_bad_arguments():
     make_split(ds, "cold_items", cold_fraction=1.5)
   with pytest.raises(DataError, match="at least 2"):
     make_split(_dataset([("a", "i1", 1)]), "leave_one_out")
-  # Every kind SPLITS lists builds that protocol (each has its own train log on LOG: temporal cuts by time, so
-  # user a's t=4 item is not train; leave_one_out keeps a's first two positives; cold_items drops held-out
-  # items), and the error for an unknown kind lists exactly SPLITS.
+
+
+def test_every_listed_split_kind_builds_its_protocol():
+  # Each kind SPLITS lists builds its own protocol on LOG (train logs derived by hand):
+  #   temporal: the rows before the validation window (t <= 3);
+  #   leave_one_out: all but each user's last two positives (a: i1, i9; d: i2, i3; b and c: train only);
+  #   cold_items (40%, seed 4): i1, i2 and i3 are held out, so none of their rows is train (d's negative i9 is).
+  # The error for an unknown kind lists exactly SPLITS.
   ds = _dataset(LOG)
-  built = {kind: make_split(ds, kind, cold_fraction=0.4, seed=4) for kind in SPLITS}
-  assert [s.kind for s in built.values()] == list(SPLITS) and len(SPLITS) == 3
-  trains = {kind: frozenset(map(tuple, s.train[["user_id", "item_id", "timestamp"]].to_numpy().tolist()))
-            for kind, s in built.items()}
-  assert len(set(trains.values())) == len(SPLITS)  # three different protocols, not one under three names
+  want = {"temporal": {("a", "i1", 1), ("a", "i3", 2), ("a", "i9", 2), ("b", "i1", 2), ("b", "i2", 3), ("c", "i5", 1),
+                       ("d", "i2", 3)},
+          "leave_one_out": {("a", "i1", 1), ("a", "i9", 2), ("b", "i1", 2), ("b", "i2", 3), ("c", "i5", 1),
+                            ("d", "i2", 3), ("d", "i3", 4)},
+          "cold_items": {("a", "i4", 4), ("a", "i9", 2), ("c", "i5", 1), ("d", "i4", 5), ("d", "i9", 6),
+                         ("d", "new", 7)}}
+  for kind in SPLITS:
+    split = make_split(ds, kind, cold_fraction=0.4, seed=4)
+    assert split.kind == kind
+    assert set(map(tuple, split.train[["user_id", "item_id", "timestamp"]].to_numpy().tolist())) == want[kind], kind
   with pytest.raises(ValueError, match=f"one of {re.escape(str(SPLITS))}"):
     make_split(ds, "random")
 
