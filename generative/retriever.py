@@ -287,7 +287,7 @@ def training_examples(sequences, index: pd.Index, max_history: int, num_items: i
   for q, seq in enumerate(sequences):
     r = index.get_indexer(seq)
     if (r < 0).any():
-      raise DataError(f"training sequence {q}: item {seq[np.argmax(r < 0)]!r} (field item_id) is not in the SID "
+      raise DataError(f"training sequence {q}: item {str(seq[np.argmax(r < 0)])!r} (field item_id) is not in the SID "
                       "table")
     padded = np.concatenate([np.full(max_history, num_items, np.int64), r])
     for j in range(1, len(r)):

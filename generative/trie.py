@@ -92,7 +92,7 @@ class Trie:
     import pandas as pd
     rows = pd.Index(self.item_ids).get_indexer(np.asarray(item_ids, dtype=object))
     if (rows < 0).any():
-      raise DataError(f"Trie.subset: item {np.asarray(item_ids)[np.argmax(rows < 0)]!r} is not in the trie")
+      raise DataError(f"Trie.subset: item {str(np.asarray(item_ids)[np.argmax(rows < 0)])!r} is not in the trie")
     return Trie(self.item_ids[rows], self.full_codes[rows], self.vocab)
 
   def enumerate_sids(self) -> np.ndarray:

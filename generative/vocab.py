@@ -97,7 +97,7 @@ class SidVocabulary:
     if bad.any():
       r, l = np.argwhere(bad)[0]
       what = "suffix" if l == self.num_code_levels else f"level {l}"
-      raise DataError(f"item {np.asarray(item_ids)[r]!r}: SID {what} code {int(c[r, l])} is out of range "
+      raise DataError(f"item {str(np.asarray(item_ids)[r])!r}: SID {what} code {int(c[r, l])} is out of range "
                       f"[0, {sizes[l]}) (field sid[{l}]; "
                       + ("raise GenerativeConfig.suffix_size before training)" if l == self.num_code_levels
                          else f"codebook_size={self.codebook_size})"))
@@ -156,7 +156,7 @@ def check_unique(full_codes: np.ndarray, item_ids) -> None:
   same = (c[order][1:] == c[order][:-1]).all(axis=1)
   if same.any():
     i = int(np.argmax(same))
-    a, b = np.asarray(item_ids)[order[i]], np.asarray(item_ids)[order[i + 1]]
+    a, b = str(np.asarray(item_ids)[order[i]]), str(np.asarray(item_ids)[order[i + 1]])
     raise DataError(f"items {a!r} and {b!r} have the same SID {c[order[i]].tolist()} including the collision suffix "
                     "(field suffix): a generated SID must name one item; use SidTable.with_suffix() or leave the "
                     "suffix unset so that it is computed")
@@ -177,7 +177,7 @@ def item_rows(index: pd.Index, histories: np.ndarray, num_items: int, unknown: s
   if bad.any():
     if unknown == "error":
       q, j = np.argwhere(bad)[0]
-      raise DataError(f"history {q}: item {h[q, j]!r} (field history_item_id, position {j}) is not in the SID "
+      raise DataError(f"history {q}: item {str(h[q, j])!r} (field history_item_id, position {j}) is not in the SID "
                       "table (unknown item)")
     if unknown != "ignore":
       raise ValueError(f"unknown must be 'error' or 'ignore', got {unknown!r}")
