@@ -28,14 +28,17 @@ RUNS = ("scientific:leave_one_out", "microlens:leave_one_out", "scientific:cold_
 HASH_MODE = "random_hash"
 
 
-def run_one(name: str, kind: str, seed: int, verbose: bool = True) -> dict:
+def run_one(name: str, kind: str, seed: int, variants=None, verbose: bool = True) -> dict:
   from semrec.data import make_split
   from semrec.ranking import CascadeConfig, run_two_stage
   from semrec.towers import ComparisonConfig, run_retrieval_comparison
   ds = load_dataset(name)
   ids, emb = ds.item_ids.astype(object), content_embeddings(ds, CACHE)
   split = make_split(ds, kind, seed=seed)
-  cfg = ComparisonConfig(seed=seed, quality_modes=("none", "tuned") if kind == "temporal" else ("none",))
+  if variants and not any("sid" in v for v in variants):
+    variants = (*variants, "sid_spm_hashed")  # the SIDs of the ranker's item representation come with a SID variant
+  cfg = ComparisonConfig(seed=seed, quality_modes=("none", "tuned") if kind == "temporal" else ("none",),
+                         **({"variants": tuple(variants)} if variants else {}))
   out_dir = os.path.join(CACHE, "bench_retrieval", f"{name}_{kind}_s{seed}")
   t0 = time.time()
   res = run_retrieval_comparison(ds, split, ids, emb, cfg, output_dir=out_dir, verbose=verbose,
@@ -88,10 +91,13 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--runs", nargs="+", default=list(RUNS), help="dataset:split pairs")
   parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+  parser.add_argument("--variants", nargs="*", default=None, help="retrievers trained and used as sources "
+                      "(default: ComparisonConfig's; a SID variant is added if none is named: the ranker needs SIDs)")
   parser.add_argument("--out", default=os.path.join(RESULTS, "bench_cascade.json"))
   args = parser.parse_args()
   report = {"command": "python -m semrec.benchmarks.bench_cascade --runs " + " ".join(args.runs) +
-            " --seeds " + " ".join(map(str, args.seeds)), "runs": {}}
+            " --seeds " + " ".join(map(str, args.seeds)) +
+            (" --variants " + " ".join(args.variants) if args.variants else ""), "runs": {}}
   if os.path.exists(args.out):
     import json
     with open(args.out) as f:
@@ -104,7 +110,7 @@ def main():
     per_seed, t0 = [], time.time()
     for seed in args.seeds:
       print(f"== {run} seed {seed}", flush=True)
-      per_seed.append(run_one(name, kind, seed))
+      per_seed.append(run_one(name, kind, seed, args.variants))
     agg = aggregate(per_seed)
     report["runs"][run] = {"seeds": args.seeds, "mean_std": agg, "per_seed": per_seed,
                            "acceptance": acceptance(kind, agg, per_seed), "seconds": round(time.time() - t0, 1)}

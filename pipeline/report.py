@@ -63,10 +63,18 @@ def _headline_rows(results: dict) -> list[dict]:
       rows.append({"stage": "index", "metric": "ScaNN searcher recall@10 vs brute force",
                    "value": _num(idx["scann_recall_at_10"])})
   rk = results.get("ranking") or {}
-  for r in rk.get("summary", []):
-    if r.get("use_history") and r.get("task") == rk["summary"][0].get("task"):
-      rows.append({"stage": "ranking", "metric": f"{r['mode']} AUC / cold AUC (history, budget {r['budget']})",
-                   "value": f"{_num(r['auc'])} / {_num(r['cold_auc'])}"})
+  head = rk.get("headline") or {}
+  for name, m in (("final list (" + rk.get("production", {}).get("mode", "?") + ")", head.get("final")),
+                  ("best single retriever: " + str(rk.get("best_retriever")), head.get("best")),
+                  ("content kNN baseline", head.get("content_knn")), ("transition baseline", head.get("transition"))):
+    if m:
+      rows.append({"stage": "ranking", "metric": f"{name} R@10 / NDCG@10 / R@100 / cold R@100",
+                   "value": " / ".join(_num(m.get(s, {}).get(k)) for s, k in (
+                       ("overall", "recall@10"), ("overall", "ndcg@10"), ("overall", "recall@100"),
+                       ("cold", "recall@100")))})
+  if rk.get("candidate_recall"):
+    rows.append({"stage": "ranking", "metric": "merged candidate recall (the ranker's ceiling)",
+                 "value": _num(rk["candidate_recall"]["merged"].get("overall"))})
   ver = results.get("verify") or {}
   if ver:
     rows.append({"stage": "verify", "metric": "exports loaded + answered in a fresh process",
@@ -103,7 +111,10 @@ def write_report(run: Run, results: dict) -> str:
   if "index" in results:
     rep.section("Index", markdown_table([{k: v for k, v in results["index"].items() if not isinstance(v, (dict, list))}]))
   if "ranking" in results:
-    rep.section("Ranking: representation sweep (AUC / cold AUC)", text("ranking", "ranking_experiment.md"),
+    rep.section("Two-stage: the final list vs every retriever alone and the baselines (test)",
+                text("ranking", "two_stage.md"), img("final_list.png", "final list vs retrievers vs baselines"))
+  if "ranking-sweep" in results:
+    rep.section("Ranking: representation sweep (AUC / cold AUC)", text("ranking-sweep", "ranking_experiment.md"),
                 img("ranking_auc_by_mode.png", "AUC by mode"))
   if "verify" in results:
     rep.section("Exports (TF Serving layout), verified in a fresh process", text("export", "verify.md"))
