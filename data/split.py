@@ -246,9 +246,11 @@ def _user_rows(log: pd.DataFrame) -> dict:
 
 
 def _check_queries(dataset: RecDataset, kind: str, log: pd.DataFrame, stages: dict):
-  """Refuses a protocol that leaves no validation or no test query (nothing could be evaluated or selected),
-  naming what the data lacks for it. Runs before any model is trained (``semrec.pipeline.preflight``)."""
-  empty = [{"valid": "validation"}.get(s, s) for s in ("valid", "test") if len(stages[s]) == 0]
+  """Refuses a protocol that leaves no test query (nothing to evaluate) or, for leave_one_out / cold_items, no
+  validation query (nothing to select the served model on), naming what the data lacks for it. Runs before any
+  model is trained (``semrec.pipeline.preflight``)."""
+  need = ("test",) if kind == "temporal" else ("valid", "test")
+  empty = [{"valid": "validation"}.get(s, s) for s in ("valid", "test") if s in need and len(stages[s]) == 0]
   if not empty:
     return
   pos = log[log["label"].to_numpy() > 0]
@@ -282,9 +284,9 @@ def make_split(dataset: RecDataset, kind: str = "temporal", *, train_fraction: f
     seed: cold_items: seeds which items are held out.
 
   Raises:
-    DataError: the data cannot be split this way, e.g. a protocol with no validation or no test query
-      (leave_one_out where no user has 3 positives, cold_items where no user has both a train positive and a
-      held-out positive), naming the cause.
+    DataError: the data cannot be split this way, e.g. a protocol with no test query, or leave_one_out /
+      cold_items without validation queries (leave_one_out where no user has 3 positives, cold_items where no
+      user has both a train positive and a held-out positive), naming the cause.
   """
   if kind not in SPLITS:
     raise ValueError(f"split must be one of {SPLITS}, got {kind!r}")

@@ -276,8 +276,8 @@ def preflight(run: "Run", stages=STAGE_ORDER):
   uses_sids = any(s in stages for s in ("sid", "retrieval", "ranking", "ranking-sweep"))
   if uses_sids and ds.num_items < 2:
     raise DataError(f"dataset {ds.name!r}: the catalogue has {ds.num_items} item; SIDs, cluster IDs and "
-                    "retrieval need at least 2 items (sid.model.codebook_size is at least 2 and every code needs "
-                    "an item): add items to the items table")
+                    "retrieval need at least 2 items (a SID codebook has at least 2 codes and every code needs an "
+                    "item): add items to the items table")
   explicit = bool((ds.interactions["label"].to_numpy() == 0).any())
   # The AUC sweep's time periods (see above): the "ranking-sweep" stage where the registry has one (the
   # "ranking" stage is then the cascade, trained on retrieval candidates without periods), else "ranking".
@@ -293,27 +293,27 @@ def preflight(run: "Run", stages=STAGE_ORDER):
     variants = tuple(rcfg.comparison.variants)
     if rcfg.production_variant != "auto" and rcfg.production_variant not in variants:
       raise ConfigError(f"retrieval.production_variant: {rcfg.production_variant!r} is not among the variants the "
-                        f"comparison trains (retrieval.comparison.variants = {list(variants)}); add it there or "
-                        "use 'auto'")
+                        f"comparison trains ({list(variants)}); add it to them or use 'auto'")
     eval_split = run.split  # builds the protocol now, so its errors come before any stage
     k = int(rcfg.comparison.fit.selection_k)
-    for stage in ("valid", "test"):
-      cands = eval_split.queries(stage).candidates
-      if cands is not None and len(cands) <= k:
-        warnings.warn(DataWarning(
-            f"split {eval_split.kind!r}: the {stage} stage ranks only {len(cands)} candidate items, not more than "
-            f"the selection cut-off k={k}: every model scores Recall@{k} = 1.0 there, so the served retriever "
-            f"is a tie (chosen by variant order); use a larger catalogue or data.cold_fraction, or lower "
-            "retrieval.comparison.fit.selection_k"))
+    few = {stage: len(q.candidates) for stage, q in eval_split.stage_queries.items()
+           if q.candidates is not None and len(q.candidates) <= k}
+    if few:
+      warnings.warn(DataWarning(
+          f"split {eval_split.kind!r}: the " + " and ".join(f"{s} stage ranks only {n}" for s, n in few.items())
+          + f" candidate items, not more than the selection cut-off k={k}: every model scores Recall@{k} = 1.0 "
+          "there, so the served retriever is a tie (chosen by variant order, not by quality); use more items or a "
+          "larger data.cold_fraction"))
   if periods:
     try:
       time_periods(ds.interactions, cfg.ranking.num_periods)
     except DataError as e:
       raise DataError(f"{e} ({ds.interactions['timestamp'].nunique()} distinct timestamps): lower "
                       f"ranking.num_periods (now {cfg.ranking.num_periods}, at least 2)") from e
+  k_field = "sid.codebook_size" if hasattr(cfg.sid, "codebook_size") else "sid.model.codebook_size"
   if uses_sids and ds.num_items < cfg.sid.model.codebook_size:
-    raise ConfigError(f"sid.model.codebook_size={cfg.sid.model.codebook_size} exceeds the catalogue "
-                      f"({ds.num_items} items): every code needs an item; set sid.model.codebook_size between 2 "
+    raise ConfigError(f"{k_field}={cfg.sid.model.codebook_size} exceeds the catalogue "
+                      f"({ds.num_items} items): every code needs an item; set {k_field} between 2 "
                       f"and {ds.num_items} (about N/30 fills every code)")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from typing import Optional, Sequence
@@ -24,6 +25,8 @@ from semrec.ranking.experiment_report import (STAT_COLUMNS, format_budget_table,
                                               plot_experiment, summarise, write_outputs)
 from semrec.ranking.model import RankerConfig
 from semrec.ranking.training import SequentialData, prepare_sequential, train_sequential
+
+logger = logging.getLogger(__name__)
 
 # Experiment mode name -> ItemRepresentationConfig.modes.
 MODE_COMPONENTS = {
@@ -190,14 +193,20 @@ def _train_one(sw: _Sweep, hist: bool, mode: str, budget: int, seed: int) -> lis
 
 def _load_or_train(sw: _Sweep, hist: bool, mode: str, budget: int, seed: int, train: bool = True) -> list:
   """A finished configuration's rows from its checkpoint file, or trains it and writes that file
-  (atomically, on completion: a kill loses at most the configuration in progress). With
-  ``train=False`` an unfinished configuration gives no rows."""
-  from semrec.atomic import write_json
+  (atomically, on completion: a kill loses at most the configuration in progress). A damaged file (e.g.
+  edited or truncated outside semrec) is retrained, with a warning naming it. With ``train=False`` an
+  unfinished configuration gives no rows."""
+  from semrec.atomic import CorruptArtefactError, read_json, write_json
   path = os.path.join(sw.checkpoint_dir, "runs", _run_key(hist, mode, budget, seed) + ".json") \
       if sw.checkpoint_dir else None
   if path and os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)["rows"]
+    try:
+      rows = read_json(path, "ranking sweep configuration")["rows"]
+      if isinstance(rows, list) and rows:
+        return rows
+      raise CorruptArtefactError(f"{path}: no result rows")
+    except (CorruptArtefactError, KeyError, TypeError) as e:
+      logger.warning("%s: damaged finished configuration (%s); training it again", path, e)
   if not train:
     return []
   rows = _train_one(sw, hist, mode, budget, seed)
@@ -263,8 +272,10 @@ def run_ranking_experiment(dataset: Optional[RecDataset], item_features: ItemFea
     data: Precomputed :class:`SequentialData` (else built from ``dataset``; e.g. from a
       ``daily_split`` for the day-by-day protocol).
     progress: tqdm bar over runs.
-    checkpoint_dir: If set, every finished configuration is written there on completion and the
-      SPMs are cached; a rerun with the same directory skips finished configurations.
+    checkpoint_dir: If set, every finished (history, mode, budget, seed) configuration is written there
+      atomically on completion (``runs/<key>.json``) and the SPMs are cached; a rerun with the same directory
+      (after a kill after configuration k) trains only the configurations k+1..n that did not finish. A
+      directory holding another sweep (other data or base config) is refused.
     title: Dataset name shown in the PNG.
     finished_only: Report the configurations already in ``checkpoint_dir`` and train nothing (the
       tables of a sweep still running, or cut short).
