@@ -8,14 +8,16 @@
 - :mod:`semrec.pipeline.report`: ``metrics.json``, ``report.md``, the console table and plots.
 """
 from semrec.pipeline.artefacts import cluster_ids, export_dir, item_features, load_embeddings, load_sid_table
-from semrec.pipeline.config import (DataConfig, ExportStageConfig, RankingStageConfig, RetrievalStageConfig,
-                                    RunConfig, SidStageConfig, load_dataset)
+from semrec.pipeline.config import (DataConfig, EffectiveConfig, EncoderStageConfig, ExportStageConfig,
+                                    RankingStageConfig, RetrievalStageConfig, RunConfig, SidStageConfig,
+                                    SyntheticWorldConfig, build_run_config, load_dataset)
 from semrec.pipeline.report import write_report
 from semrec.pipeline.run import Run, preflight, run_all, run_stages, write_config
 from semrec.pipeline.stages import STAGE_ORDER, STAGES
 
 __all__ = [
-    "DataConfig", "ExportStageConfig", "RankingStageConfig", "RetrievalStageConfig", "Run", "RunConfig",
-    "STAGES", "STAGE_ORDER", "SidStageConfig", "cluster_ids", "export_dir", "item_features", "load_dataset", "load_embeddings",
+    "DataConfig", "EffectiveConfig", "EncoderStageConfig", "ExportStageConfig", "RankingStageConfig",
+    "RetrievalStageConfig", "Run", "RunConfig", "STAGES", "STAGE_ORDER", "SidStageConfig", "SyntheticWorldConfig",
+    "build_run_config", "cluster_ids", "export_dir", "item_features", "load_dataset", "load_embeddings",
     "load_sid_table", "preflight", "run_all", "run_stages", "write_config", "write_report",
 ]
