@@ -11,7 +11,9 @@ For every model under ``<base>/`` (latest version, or all versions):
    sentencepiece, scann) it had loaded: any of them (scann aside, when allowed) fails the check.
 3. ``saved_model_cli show --dir <version> --all`` must succeed and list the signature.
 ScaNN searcher artefacts (kind ``scann_searcher``) are loaded with ``scann`` alone and re-run their stored
-queries.
+queries. A served cascade (kind ``cascade``, ``semrec.export.export_cascade``) is loaded by
+``semrec.export.CascadeServer`` in a fresh process (it needs semrec: the chain around its SavedModels is Python),
+which replays the recorded requests and compares their top-k ids and scores with the in-memory cascade's.
 """
 from __future__ import annotations
 
@@ -168,10 +170,40 @@ def _check_structure(check: ModelCheck, manifest: Optional[dict]) -> None:
     if os.path.isdir(var_dir) and not any(f.startswith("variables.data-") for f in os.listdir(var_dir)):
       check.error("missing file variables/variables.data-*: the variables directory holds no data shard")
     _check_serving_files(check, manifest)
+  elif check.kind == "cascade":
+    from semrec.export.cascade import DATA_FILE, REQUESTS_FILE, RETRIEVER_FILE
+    for rel in (DATA_FILE, RETRIEVER_FILE, REQUESTS_FILE):
+      if not os.path.isfile(os.path.join(vdir, rel)) and not any(rel in e for e in check.errors):
+        check.error(f"missing file {rel}")
   elif check.kind == "scann_searcher":
     for rel in ("searcher/scann_assets.pbtxt", "item_ids.txt", sl.EXPECTED_OUTPUTS_FILE):
       if not os.path.isfile(os.path.join(vdir, rel)) and not any(rel in e for e in check.errors):
         check.error(f"missing file {rel}")
+
+
+def _run_cascade_child(check: ModelCheck, timeout: float) -> None:
+  """Replays a cascade export's recorded requests in a fresh process (``semrec.export.cascade``)."""
+  from semrec.export.cascade import CHILD_SCRIPT as CASCADE_CHILD
+  args = {"dir": check.path, "marker": RESULT_MARKER, "watch_modules": list(FORBIDDEN_MODULES)}
+  try:
+    proc = subprocess.run([sys.executable, "-c", CASCADE_CHILD, json.dumps(args)], capture_output=True, text=True,
+                          timeout=timeout, env=child_env(), cwd=tempfile.gettempdir())
+  except subprocess.TimeoutExpired:
+    check.error(f"loading in a fresh process timed out after {timeout:.0f}s")
+    return
+  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
+  if not lines:
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    check.error(f"the fresh process loading {check.path} exited with code {proc.returncode} without a result: "
+                + " | ".join(tail))
+    return
+  res = json.loads(lines[-1][len(RESULT_MARKER):])
+  for e in res["errors"]:
+    check.error(f"fresh-process replay of {check.path}: {e}")
+  check.num_requests, check.max_abs_diff = res["num_requests"], res["max_abs_diff"]
+  check.load_seconds, check.child_modules = res["load_seconds"], res["modules"]
+  check.notes.append(f"{check.name} v{check.version}: a cascade is served by semrec.export.CascadeServer (semrec, "
+                     f"numpy, pandas around its SavedModels); mean request {res.get('mean_request_ms')} ms")
 
 
 def _check_serving_files(check: ModelCheck, manifest: Optional[dict]) -> None:
@@ -305,14 +337,14 @@ def verify_model_version(base_dir: str, name: str, version: int, run_saved_model
   else:
     check.kind = "saved_model" if os.path.exists(os.path.join(vdir, "saved_model.pb")) or \
         os.path.isdir(os.path.join(vdir, "variables")) else "unknown"
-  if check.kind not in ("saved_model", "scann_searcher"):
+  if check.kind not in ("saved_model", "scann_searcher", "cascade"):
     if manifest is not None:
       check.error(f"unknown export kind {check.kind!r} in {sl.MANIFEST_FILE}")
     else:
       check.error("missing file saved_model.pb (no SavedModel or ScaNN searcher found)")
   n_before = len(check.errors)
   _check_structure(check, manifest)
-  if len(check.errors) > n_before or check.kind not in ("saved_model", "scann_searcher") or (
+  if len(check.errors) > n_before or check.kind not in ("saved_model", "scann_searcher", "cascade") or (
       manifest is None and check.kind != "saved_model"):
     check.warnings.append(f"{name} v{version}: not loaded, because of the errors above")
   elif not load:
@@ -324,7 +356,10 @@ def verify_model_version(base_dir: str, name: str, version: int, run_saved_model
       check.needs_scann_ops = manifest["needs_scann_ops"]
     cli = _start_saved_model_cli(check) if run_saved_model_cli and check.kind == "saved_model" else None
     try:
-      _run_child(check, manifest, timeout)
+      if check.kind == "cascade":
+        _run_cascade_child(check, timeout)
+      else:
+        _run_child(check, manifest, timeout)
     finally:
       _finish_saved_model_cli(check, cli, manifest.get("signature_name", sl.SIGNATURE_NAME), timeout)
   check.seconds = time.time() - t0

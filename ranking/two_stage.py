@@ -55,7 +55,9 @@ def run_two_stage(split, comparison: dict, comparison_config, output_dir: str, c
     {"cascade": the trained ``Cascade``, "final": {mode: metrics}, "sources": {name: metrics of its own list},
      "candidate_recall": {"merged" | source: {slice: recall}}, "retrievers": {variant: test metrics},
      "baselines": {name: test metrics}, "best_retriever": variant, "history": per-epoch record,
-     "seconds": {"sources": s, "train": s, "evaluate": s}, "config": dict}.
+     "seconds": {"sources": s, "train": s, "evaluate": s}, "config": dict, "test_stage": CascadeStage,
+     "retrievers_trained": {variant: (model, inputs)}, "serve_sources": the serving ``ScoreSource`` list,
+     "knn_decay": the content-kNN decay used} (the last three are what ``semrec.export.export_cascade`` needs).
   """
   cfg = config or CascadeConfig()
   side = comparison["item_side"]
@@ -91,7 +93,8 @@ def run_two_stage(split, comparison: dict, comparison_config, output_dir: str, c
           "history": {m: c.history for m, c in cascades.items()},
           "train_examples": {m: c.train_examples for m, c in cascades.items()},
           "seconds": {"sources": round(t1 - t0, 1), "train": round(t2 - t1, 1), "evaluate": round(time.time() - t2, 1)},
-          "config": dataclasses.asdict(cfg), "test_stage": test_stage}
+          "config": dataclasses.asdict(cfg), "test_stage": test_stage,
+          "retrievers_trained": retrievers, "serve_sources": serve, "knn_decay": decay}
 
 
 def two_stage_table(result: dict, metrics: Sequence[str] = ("recall@10", "ndcg@10", "recall@100"),
