@@ -5,6 +5,7 @@ from semrec.export.artefacts import (export_brute_force_retrieval, export_candid
                                      export_sid_assigner)
 from semrec.export.fresh_process import FORBIDDEN_MODULES, ServingError, score_in_fresh_process
 from semrec.export.ranker import export_ranker
+from semrec.export.cascade import CascadeServer, export_cascade, replay_recorded_requests
 from semrec.export.generative import export_generative_retriever, export_next_item_table
 from semrec.export.rest import (ParsedPredictRequest, PredictRequestError, outputs_to_predict_response,
                                 predict_request_to_inputs, rest_predict, signature_input_specs)
@@ -21,6 +22,7 @@ from semrec.export.verify import (ModelCheck, VerifyReport, report_markdown_tabl
                                   verify_model_version)
 
 __all__ = [
+    "CascadeServer", "export_cascade", "replay_recorded_requests",
     "export_brute_force_retrieval", "export_candidate_tower", "export_query_tower", "export_ranker",
     "export_generative_retriever", "export_next_item_table",
     "export_retrieval", "export_scann_retrieval", "export_scann_searcher", "export_sid_assigner",

@@ -51,15 +51,25 @@ def stage_ranking(run: Run) -> dict:
   print(markdown)
   cascade = two["cascade"]
   stage = two["test_stage"]
-  ex = cascade.cascade_featurizer.examples(stage.merged, stage.queries.subset(np.arange(min(2, len(stage.queries)))))
+  from semrec.ranking.candidates import MergedCandidates
+  m, n = stage.merged, min(2, len(stage.queries))  # the merged candidates of the same first n queries
+  ex = cascade.cascade_featurizer.examples(MergedCandidates(m.rows[:n], m.ranks[:n], m.scores[:n], m.sources),
+                                           stage.queries.subset(np.arange(n)))
   from semrec.export import export_ranker
   exported = export_ranker(export_dir(run), cascade.model, cascade.featurizer.features(ex.take(np.arange(min(8, len(ex))))),
                            name="cascade_ranker", data_fingerprint=run.data_fingerprint,
                            metrics={"final": two["final"][cascade.config.mode]["overall"]},
                            extra={"cascade_sources": list(cascade.sources),
                                   "context_features": list(_context_names(cascade))})
-  write_json(os.path.join(out_dir, "two_stage.json"), {k: v for k, v in two.items()
-                                                        if k not in ("cascade", "cascades", "test_stage")})
+  # The whole chain (sources -> merge -> ranker -> top-k) for semrec.export.CascadeServer.
+  from semrec.export import export_cascade
+  cascade_export = export_cascade(export_dir(run), cascade, run.split, res["item_side"].features,
+                                  two["retrievers_trained"], two["knn_decay"], sources=two["serve_sources"],
+                                  data_fingerprint=run.data_fingerprint,
+                                  metrics={"final": two["final"][cascade.config.mode]["overall"]})
+  write_json(os.path.join(out_dir, "two_stage.json"), {
+      k: v for k, v in two.items()
+      if k not in ("cascade", "cascades", "test_stage", "retrievers_trained", "serve_sources")})
   main = two["final"][cascade.config.mode]
   best = two["best_retriever"]
   return {"final": two["final"], "best_retriever": best, "best_retriever_metrics": two["retrievers"][best],
@@ -67,7 +77,8 @@ def stage_ranking(run: Run) -> dict:
           "sources": list(cascade.sources), "history": two["history"], "seconds_detail": two["seconds"],
           "headline": {"final": main, "best": two["retrievers"][best],
                        "content_knn": two["baselines"].get("content_knn"), "transition": two["baselines"].get("transition")},
-          "production": {"mode": cascade.config.mode, "export": exported.path, "best_epoch": cascade.best_epoch}}
+          "production": {"mode": cascade.config.mode, "export": exported.path, "best_epoch": cascade.best_epoch,
+                         "cascade_export": cascade_export.path}}
 
 
 def _context_names(cascade) -> list:

@@ -32,7 +32,8 @@ def _stage_exports(run: Run) -> dict:
   """{"<name>/<version>": stage} of every model the finished stages of this run exported."""
   out = {}
   for stage, get in (("retrieval", lambda r: list(r["production"]["exports"].values())),
-                     ("ranking", lambda r: [r["production"]["export"]]),
+                     ("ranking", lambda r: [r["production"]["export"]] + ([r["production"]["cascade_export"]]
+                                                                          if "cascade_export" in r["production"] else [])),
                      # a skipped sweep (implicit feedback: no labelled impressions) exports nothing
                      ("ranking-sweep", lambda r: [r["production"]["export"]] if "production" in r else []),
                      ("index", lambda r: [r["searcher_export"]]),
