@@ -110,6 +110,53 @@ class IndexTest(tf.test.TestCase, parameterized.TestCase):
     self.assertTrue(os.path.exists(os.path.join(out, "report.json")))
     self.assertEqual(RetrievalIndex.load(out).kind, "scann")
 
+  def test_calibration_picks_the_fewest_leaves_that_reach_the_target(self):
+    x, q = _clustered(10_000, dim=16, queries=240, seed=3)
+    ids = np.arange(10_000).astype(str)
+    index = build_index(x, ids, kind="scann", k=10, calibration_queries=q[:120])
+    p = index.params
+    self.assertEqual(p["num_leaves"], 100)  # round(sqrt(10000))
+    table = {int(n): r for n, r in p["calibration"]["recall_by_leaves"].items()}
+    # The grid: round(sqrt(2)^i) without repeats, 1 2 3 4 6 8 11 16 23 32 45 64 91, then every leaf (100);
+    # the search stops at the first point reaching .97.
+    grid = [1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 100]
+    self.assertEqual(list(table), grid[:len(table)])
+    self.assertEqual(p["num_leaves_to_search"], min(n for n, r in table.items() if r >= 0.97))
+    self.assertTrue(all(r < 0.97 for n, r in table.items() if n < p["num_leaves_to_search"]))
+    # The held-out queries keep the served target, and the saved searcher searches the calibrated leaves by
+    # default (whoever loads it with scann_ops_pybind.load_searcher gets them).
+    self.assertGreaterEqual(index_report(index, q[120:], k=10, repeats=1)["recall@10"], 0.95)
+    path = os.path.join(self.get_temp_dir(), "calibrated")
+    index.save(path)
+    config = RetrievalIndex.load(path).searcher.config()
+    self.assertIn(f"max_spill_centers: {p['num_leaves_to_search']}", config)
+    # A target of 1.0 that no grid point reaches below every leaf picks every leaf or the first exact one.
+    strict = build_index(x, ids, kind="scann", k=10, calibration_queries=q[:120], target_recall=1.0)
+    strict_table = {int(n): r for n, r in strict.params["calibration"]["recall_by_leaves"].items()}
+    self.assertEqual(strict.params["num_leaves_to_search"],
+                     next((n for n, r in strict_table.items() if r >= 1.0), 100))
+
+  def test_multi_interest_calibration_and_reorder_rule(self):
+    x, q = _clustered(4000, queries=120, seed=5)
+    q = q.reshape(40, 3, -1)  # 40 users, K = 3 vectors
+    index = build_index(x, np.arange(4000).astype(str), kind="scann", k=10, calibration_queries=q[:20])
+    self.assertEqual(index.params["calibration"]["num_queries"], 20)
+    _, exact = brute_force_top_k(q[20:], x, 10)
+    _, rows = index.search_rows(q[20:], 10)
+    self.assertGreaterEqual(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows.tolist(), exact.tolist())]), 0.95)
+    cfg = IndexConfig()
+    self.assertEqual((cfg.reorder_for(5), cfg.reorder_for(10), cfg.reorder_for(30)), (100, 100, 300))  # max(10k, 100)
+    self.assertEqual(cfg.scann_params(10_000)["reorder"], 1000)  # k = 100 -> 10 x 100 rescored
+
+  def test_build_and_save_index_calibrates_on_even_rows_and_measures_odd_rows(self):
+    x, q = _clustered(3000, queries=101)
+    out = os.path.join(self.get_temp_dir(), "split_index")
+    rep = build_and_save_index(x, np.arange(3000).astype(str), out, kind="scann", k=10, queries=q, repeats=1)
+    self.assertEqual(rep["queries"]["calibration"], 51)  # rows 0, 2, ..., 100
+    self.assertEqual(rep["num_queries"], 50)  # rows 1, 3, ..., 99: measured, never calibrated on
+    self.assertEqual(rep["params"]["calibration"]["num_queries"], 51)
+    self.assertGreater(rep["speedup_vs_brute_force"], 0)
+
   def test_bad_input(self):
     x, q = _clustered(100)
     x[7, 3] = np.nan
@@ -123,6 +170,8 @@ class IndexTest(tf.test.TestCase, parameterized.TestCase):
       index.search(np.zeros((2, 8), np.float32))
     with self.assertRaisesRegex(ValueError, "kind"):
       IndexConfig(kind="faiss")
+    with self.assertRaisesRegex(ValueError, r"IndexConfig.target_recall must be in \(0, 1\], got 1.5"):
+      IndexConfig(target_recall=1.5)
     with self.assertRaises(FileNotFoundError):
       RetrievalIndex.load(self.get_temp_dir() + "/nothing-here")
 

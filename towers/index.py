@@ -31,13 +31,22 @@ class IndexConfig:
     kind: "auto" (brute force below ``brute_force_below`` items, else ScaNN), "scann" or "brute_force".
     k: Default number of neighbours returned by ``search``.
     brute_force_below: Catalogue size under which "auto" picks brute force.
-    num_leaves: ScaNN tree leaves; default round(sqrt(N)).
-    num_leaves_to_search: Leaves probed per query; default max(10, num_leaves // 20) (5% of the tree as in
-      the ScaNN README example, at least 10 so small trees keep their recall; at most num_leaves).
+    num_leaves: ScaNN tree leaves; default round(sqrt(N)) (ScaNN's rule of thumb: leaves ~ sqrt(N) balances
+      the cost of scoring the centroids against the cost of scoring the points of the searched leaves).
+    num_leaves_to_search: Leaves probed per query. Default: calibrated when the index is built with
+      ``calibration_queries`` (the served query embeddings): the fewest leaves, on a geometric grid, whose
+      recall@``calibration_k`` against exact search on those queries reaches ``target_recall``; without them
+      max(10, num_leaves // 20) (5% of the tree as in the ScaNN README example, at least 10).
     dimensions_per_block: ScaNN AH block size (2 is ScaNN's recommended setting for AH).
     anisotropic_quantization_threshold: ScaNN AH noise-shaping threshold (0.2 is the ScaNN README value
       for dot product).
-    reorder: Candidates rescored exactly after AH; default max(10 * k, 100).
+    reorder: Candidates rescored exactly after AH per search for the index's k; default
+      max(reorder_factor * k, 100). A search for another k rescores max(reorder_factor * k, 100).
+    reorder_factor: Exactly rescored candidates per neighbour returned (AH scores rank well but not exactly:
+      rescoring 10x as many as asked recovers the exact order of the top k).
+    target_recall: Recall the calibration aims at on the calibration queries (above the .95 served target, so
+      that other queries of the same distribution keep .95).
+    calibration_k: The k of the calibration's recall.
     training_sample_size: Points sampled to train the tree and the AH codebooks.
     num_threads: Search threads (0 = ScaNN's default, all cores).
   """
@@ -49,6 +58,9 @@ class IndexConfig:
   dimensions_per_block: int = 2
   anisotropic_quantization_threshold: float = 0.2
   reorder: Optional[int] = None
+  reorder_factor: int = 10
+  target_recall: float = 0.97
+  calibration_k: int = 10
   training_sample_size: int = 100_000
   num_threads: int = 0
 
@@ -61,11 +73,20 @@ class IndexConfig:
       v = getattr(self, f)
       if v is not None and v < 1:
         raise ValueError(f"IndexConfig.{f} must be >= 1 or None, got {v}")
+    if self.reorder_factor < 1 or self.calibration_k < 1:
+      raise ValueError(f"IndexConfig.reorder_factor and calibration_k must be >= 1, got {self.reorder_factor} "
+                       f"and {self.calibration_k}")
+    if not 0 < self.target_recall <= 1:
+      raise ValueError(f"IndexConfig.target_recall must be in (0, 1], got {self.target_recall}")
 
   def resolved_kind(self, n: int) -> str:
     if self.kind != "auto":
       return self.kind
     return "brute_force" if n < self.brute_force_below else "scann"
+
+  def reorder_for(self, k: int) -> int:
+    """Candidates rescored exactly for a search of ``k`` neighbours: max(reorder_factor * k, 100)."""
+    return max(self.reorder_factor * int(k), 100)
 
   def scann_params(self, n: int) -> dict:
     """The ScaNN tree/AH/reorder parameters for a catalogue of ``n`` items."""
@@ -73,7 +94,7 @@ class IndexConfig:
     leaves = min(leaves, n)
     search = self.num_leaves_to_search or max(10, leaves // 20)
     return {"num_leaves": leaves, "num_leaves_to_search": min(search, leaves),
-            "reorder": self.reorder or max(10 * self.k, 100),
+            "reorder": self.reorder or self.reorder_for(self.k),
             "dimensions_per_block": self.dimensions_per_block,
             "anisotropic_quantization_threshold": self.anisotropic_quantization_threshold,
             "training_sample_size": min(self.training_sample_size, n)}
@@ -194,8 +215,15 @@ class RetrievalIndex:
       return multi_query_top_k(self.search_rows, q, k)
     if self.kind == "brute_force":
       return brute_force_top_k(q, self.embeddings, k)
-    reorder = max(self.params.get("reorder", k), k)
-    rows, scores = self.searcher.search_batched(q, final_num_neighbors=k, pre_reorder_num_neighbors=reorder)
+    return self._scann_rows(q, k, self.params["num_leaves_to_search"])
+
+  def _scann_rows(self, q: np.ndarray, k: int, leaves_to_search: int) -> tuple[np.ndarray, np.ndarray]:
+    """ScaNN search of [Q, d] queries: ``leaves_to_search`` leaves, AH scoring, exact rescoring of
+    ``reorder`` (the index's k) or ``config.reorder_for(k)`` candidates; batches on every core."""
+    reorder = min(len(self), max(self.config.reorder or self.config.reorder_for(k), k))
+    search = self.searcher.search_batched_parallel if len(q) >= 64 else self.searcher.search_batched
+    rows, scores = search(q, final_num_neighbors=k, pre_reorder_num_neighbors=reorder,
+                          leaves_to_search=int(leaves_to_search))
     return np.asarray(scores, np.float32), np.asarray(rows, np.int64)
 
   def search(self, queries, k: Optional[int] = None) -> tuple[np.ndarray, np.ndarray]:
@@ -249,7 +277,8 @@ class RetrievalIndex:
 
 
 def build_index(embeddings, item_ids=None, kind: Optional[str] = None,
-                config: Optional[IndexConfig] = None, **overrides) -> RetrievalIndex:
+                config: Optional[IndexConfig] = None, calibration_queries: Optional[np.ndarray] = None,
+                **overrides) -> RetrievalIndex:
   """Builds a top-k index over candidate embeddings.
 
   Args:
@@ -257,6 +286,9 @@ def build_index(embeddings, item_ids=None, kind: Optional[str] = None,
     item_ids: [N] item ids (default "0".."N-1").
     kind: Shortcut for ``config.kind`` ("auto", "scann", "brute_force").
     config: An ``IndexConfig``; ``overrides`` replace its fields.
+    calibration_queries: [Q, d] or multi-interest [Q, K, d] query embeddings of the served model: with
+      ``num_leaves_to_search=None``, a ScaNN index searches the fewest leaves that reach
+      ``config.target_recall`` on them (``calibrate_leaves_to_search``; the table is in ``params``).
 
   Returns:
     A ``RetrievalIndex``.
@@ -284,7 +316,65 @@ def build_index(embeddings, item_ids=None, kind: Optional[str] = None,
   searcher = builder.build()
   if config.num_threads:
     searcher.set_num_threads(config.num_threads)
-  return RetrievalIndex("scann", ids, emb, config, searcher, p, time.perf_counter() - t0)
+  index = RetrievalIndex("scann", ids, emb, config, searcher, p, time.perf_counter() - t0)
+  if config.num_leaves_to_search is None and calibration_queries is not None and len(calibration_queries):
+    t1 = time.perf_counter()
+    p["num_leaves_to_search"], p["calibration"] = calibrate_leaves_to_search(index, calibration_queries)
+    index.searcher = _with_leaves_to_search(index.searcher, p["num_leaves_to_search"])
+    p["calibration"]["seconds"] = round(time.perf_counter() - t1, 3)
+  return index
+
+
+def _with_leaves_to_search(searcher, leaves: int):
+  """The same searcher (tree, AH codes, dataset) whose default leaves to search is ``leaves``: its serialised
+  config is rewritten and reloaded, so whoever loads a saved or exported copy
+  (``scann_ops_pybind.load_searcher``) searches the calibrated number of leaves without being told."""
+  import tempfile
+  from scann.proto import scann_pb2
+  with tempfile.TemporaryDirectory(prefix="semrec_scann_") as tmp:
+    searcher.serialize(tmp, relative_path=True)
+    path = os.path.join(tmp, "scann_config.pb")
+    config = scann_pb2.ScannConfig()
+    with open(path, "rb") as f:
+      config.ParseFromString(f.read())
+    config.partitioning.query_spilling.max_spill_centers = int(leaves)
+    with open(path, "wb") as f:
+      f.write(config.SerializeToString())
+    return _import_scann().load_searcher(tmp)
+
+
+def calibrate_leaves_to_search(index: RetrievalIndex, queries: np.ndarray) -> tuple[int, dict]:
+  """(leaves to search, report): the fewest leaves, on the geometric grid 1, 2, 3, 4, 6, 8, 11, 16, ... (steps of
+  about sqrt(2)) up to every leaf, whose recall@``calibration_k`` against exact search on ``queries`` reaches
+  ``index.config.target_recall``; every leaf when none does. Recall grows with the leaves searched, so the
+  first grid point that reaches the target is the cheapest; the exact top k is computed once.
+
+  Args:
+    index: a ScaNN ``RetrievalIndex``.
+    queries: [Q, d] or multi-interest [Q, K, d] float32 query embeddings (searched per vector and merged).
+  """
+  cfg, leaves = index.config, int(index.params["num_leaves"])
+  q = np.asarray(queries, np.float32)
+  k = min(cfg.calibration_k, len(index))
+  _, exact = brute_force_top_k(q, index.embeddings, k)
+  grid, v = [], 1.0
+  while int(round(v)) < leaves:
+    if not grid or int(round(v)) > grid[-1]:
+      grid.append(int(round(v)))
+    v *= math.sqrt(2)
+  grid.append(leaves)
+  tried = {}
+  for n in grid:
+    if q.ndim == 3:
+      _, rows = multi_query_top_k(lambda x, kk: index._scann_rows(x, kk, n), q, k)
+    else:
+      _, rows = index._scann_rows(q, k, n)
+    tried[n] = float(np.mean([len(set(a.tolist()) & set(e.tolist())) for a, e in zip(rows, exact)]) / k)
+    if tried[n] >= cfg.target_recall:
+      break
+  chosen = next((n for n, r in tried.items() if r >= cfg.target_recall), leaves)
+  return chosen, {"target_recall": cfg.target_recall, "k": k, "num_queries": int(len(q)),
+                  "recall_by_leaves": {str(n): round(r, 4) for n, r in tried.items()}}
 
 
 def recall_against_exact(index: RetrievalIndex, queries: np.ndarray, k: int = 10) -> float:
@@ -318,7 +408,7 @@ def index_report(index: RetrievalIndex, queries: np.ndarray, k: int = 10, repeat
 
 def build_and_save_index(embeddings, item_ids, out_dir: str, kind: str = "auto", k: int = 100,
                          queries: Optional[np.ndarray] = None, eval_k: int = 10, num_eval_queries: int = 1000,
-                         seed: int = 0, **overrides) -> dict:
+                         seed: int = 0, repeats: int = 3, **overrides) -> dict:
   """What ``semrec index`` runs: build an index over candidate embeddings, save it, report quality/latency.
 
   Args:
@@ -327,26 +417,33 @@ def build_and_save_index(embeddings, item_ids, out_dir: str, kind: str = "auto",
     out_dir: Where the index is written (``RetrievalIndex.save``); ``report.json`` goes inside it.
     kind: "auto" | "scann" | "brute_force".
     k: Default neighbours of the saved index.
-    queries: [Q, d] evaluation queries (e.g. query-tower embeddings); default: ``num_eval_queries``
-      candidate rows with Gaussian noise (a stand-in when no query log is at hand; documented in the report).
+    queries: [Q, d] or multi-interest [Q, K, d] evaluation queries (e.g. query-tower embeddings): the even rows
+      calibrate ScaNN's leaves to search (``build_index(calibration_queries=...)``), the odd rows, which the
+      calibration never saw, measure recall and speed; default: ``num_eval_queries`` candidate rows with
+      Gaussian noise, split the same way (a stand-in when no query log is at hand; documented in the report).
     eval_k: The k of the recall-vs-brute-force report.
+    repeats: Timed runs of each search (the best is reported).
 
   Returns:
-    The report dict (kind, params, recall@eval_k vs brute force, per-batch latency of both, build time).
+    The report dict (kind, params, recall@eval_k vs brute force on the held-out queries, per-batch latency of
+    both and the speed-up, build time).
   """
-  index = build_index(embeddings, item_ids, kind=kind, k=k, **overrides)
+  emb = np.asarray(embeddings, np.float32)
   source = "given"
   if queries is None:
     rng = np.random.default_rng(seed)
-    rows = rng.choice(len(index), size=min(num_eval_queries, len(index)), replace=False)
-    base = index.embeddings[rows]
+    rows = rng.choice(len(emb), size=min(num_eval_queries, len(emb)), replace=False)
+    base = emb[rows]
     queries = base + 0.1 * base.std() * rng.standard_normal(base.shape).astype(np.float32)
     source = f"{len(rows)} candidate rows + N(0, (0.1 std)^2) noise"
-  report = index_report(index, queries, k=min(eval_k, len(index)), repeats=1)
+  queries = np.asarray(queries, np.float32)
+  calibration, held_out = (queries[0::2], queries[1::2]) if len(queries) >= 2 else (queries, queries)
+  index = build_index(emb, item_ids, kind=kind, k=k, calibration_queries=calibration, **overrides)
+  report = index_report(index, held_out, k=min(eval_k, len(index)), repeats=repeats)
   report["query_source"] = source
+  report["queries"] = {"calibration": int(len(calibration)), "evaluation": int(len(held_out)),
+                       "shape": list(queries.shape[1:]), "split": "even rows calibrate, odd rows are measured"}
   index.save(out_dir)
-  tmp = os.path.join(out_dir, f".report.json.tmp{os.getpid()}")
-  with open(tmp, "w") as f:
-    json.dump(report, f, indent=2, default=str)
-  os.replace(tmp, os.path.join(out_dir, "report.json"))
+  from semrec.atomic import write_json
+  write_json(os.path.join(out_dir, "report.json"), report, default=str)
   return report
