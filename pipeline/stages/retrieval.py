@@ -74,7 +74,8 @@ def stage_retrieval(run: Run) -> dict:
           base, model.query_embedding, query_ex, k=k, candidate_embeddings=c, item_ids=ids, data_fingerprint=fp,
           metrics=summary, serving_files=files).path,
       "retrieval_scann": export_scann_retrieval(
-          base, model.query_embedding, query_ex, k=k, index=build_index(c, ids, kind="scann", k=k),
+          base, model.query_embedding, query_ex, k=k,  # leaves to search calibrated as the index stage does
+          index=build_index(c, ids, kind="scann", k=k, calibration_queries=q[0::2]),
           data_fingerprint=fp, metrics=summary, serving_files=files).path,
   }
   # ``semrec.encoders.LexicalEncoder.load(<run>/<path>)``: the candidate tower's copy, relative to the run.
