@@ -325,9 +325,16 @@ def test_auto_pooling_is_set_after_training_and_saved(tmp_path):
   assert model.multi_interest and model.query_embedding(_hist(f, [["i01", "i02", "i03", "i04"]])).shape.rank == 3
   save_retriever(model, str(tmp_path / "m"))
   loaded = load_retriever(str(tmp_path / "m"), batch)
-  # The config is saved as given ("auto"); the chosen values are in the one settings record.
+  # The config is saved as given ("auto"); the chosen values are in the one settings record, not in the
+  # checkpoint (which holds the trained weights only).
   assert loaded.config.scores.content_mix_pooling == "auto" and loaded.multi_interest
   assert loaded.score_blocks.settings() == {"content": {"alpha": 0.5, "pooling": "max", "lexical_weight": None}}
+  import json
+  import os
+  with open(os.path.join(str(tmp_path / "m"), "config.json")) as fh:
+    assert json.load(fh)["score_settings"] == {"content": {"alpha": 0.5, "pooling": "max", "lexical_weight": None}}
+  saved = [name for name, _ in tf.train.list_variables(os.path.join(str(tmp_path / "m"), "weights", "ckpt"))]
+  assert saved and not [n for n in saved if "score_blocks" in n or "alpha" in n], saved
   hist = _hist(f, [["", "i01", "i02", "i03"]])
   np.testing.assert_allclose(loaded.query_embedding(hist).numpy(), model.query_embedding(hist).numpy(), atol=1e-6)
   fixed = TwoTowerRetriever(_with_scores(cfg, content_mix_pooling="mean"))
