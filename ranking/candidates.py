@@ -134,6 +134,62 @@ class ScoreSource:
                         np.concatenate(scores_out) if scores_out else np.zeros((0, k), np.float32))
 
 
+class ListSource:
+  """A candidate source from a top-k list function instead of full-catalogue scores (generative retrieval's
+  beam search, an approximate index).
+
+  Args:
+    name: The source's name.
+    list_fn: ``list_fn(queries, rows [q] int64, k) -> (rows [q, k] int64 catalogue rows, -1 padded; scores
+      [q, k] float)``, best first.
+    max_k: At most this many items are asked of ``list_fn`` whatever k the merge wants (bounds e.g. the beam).
+
+  Removed items (``removed_items``) are dropped from the returned lists afterwards, so a query may get fewer
+  than k (padded with -1), as with ``ScoreSource``.
+  """
+
+  def __init__(self, name: str, list_fn, max_k: Optional[int] = None):
+    self.name, self.list_fn, self.max_k = str(name), list_fn, max_k
+
+  def retrieve(self, queries: Queries, k: int, index: pd.Index, exclude_history: bool = True,
+               batch_size: int = 512) -> SourceResult:
+    if k < 1:
+      raise ValueError(f"source {self.name!r}: k must be >= 1, got {k}")
+    kk = int(min(k, self.max_k or k, len(index)))
+    out_rows = np.full((len(queries), k), -1, np.int64)
+    out_scores = np.zeros((len(queries), k), np.float32)
+    for s in range(0, len(queries), batch_size):
+      rows = np.arange(s, min(s + batch_size, len(queries)))
+      r, v = self.list_fn(queries, rows, kk)
+      r, v = np.asarray(r, np.int64), np.asarray(v, np.float32)
+      if r.shape != (len(rows), kk) or v.shape != r.shape:
+        raise ValueError(f"source {self.name!r}: list_fn returned shapes {r.shape} / {v.shape}, expected "
+                         f"{(len(rows), kk)}")
+      if not np.isfinite(v[r >= 0]).all():
+        raise ValueError(f"source {self.name!r}: NaN/inf scores in a returned list")
+      drop = removed_items(queries, rows, index, exclude_history)
+      for i in range(len(rows)):
+        keep = [j for j in range(kk) if r[i, j] >= 0 and not drop[i, r[i, j]]]
+        out_rows[s + i, :len(keep)] = r[i, keep]
+        out_scores[s + i, :len(keep)] = v[i, keep]
+    return SourceResult(self.name, out_rows, out_scores)
+
+
+def history_list_source(source, index: pd.Index, max_history: int = 20, max_k: Optional[int] = 50) -> ListSource:
+  """A ``ListSource`` over a duck-typed history source (``source.name``; ``source.retrieve(histories [q, H]
+  object item ids ("" padding, most recent last), k) -> (item_ids [q, k] object, scores [q, k])``, e.g.
+  ``semrec.generative.GenerativeSource``); returned ids outside the catalogue (or "") become padding."""
+
+  def list_fn(queries: Queries, rows: np.ndarray, k: int) -> tuple:
+    ids, scores = source.retrieve(queries.subset(rows).padded_histories(max_history), k)
+    ids = np.asarray(ids, dtype=object)
+    r = index.get_indexer(ids.reshape(-1)).reshape(ids.shape).astype(np.int64)
+    scores = np.where(r >= 0, np.asarray(scores, np.float32), 0.0)
+    return r, scores
+
+  return ListSource(source.name, list_fn, max_k)
+
+
 def first_seen_times(train: pd.DataFrame, index: pd.Index) -> np.ndarray:
   """[N] int64 time of each item's first train interaction (int64 max for items never seen in ``train``)."""
   out = np.full(len(index), np.iinfo(np.int64).max, np.int64)
@@ -263,6 +319,6 @@ def candidate_recall(candidate_rows: np.ndarray, targets: list, cold: Optional[n
   return out
 
 
-__all__ = ["MergedCandidates", "ScoreSource", "SourceResult", "candidate_recall", "catalogue_index",
+__all__ = ["ListSource", "MergedCandidates", "ScoreSource", "history_list_source", "SourceResult", "candidate_recall", "catalogue_index",
            "default_quotas", "first_seen_times", "fresh_item_filter", "merge_candidates", "removed_items",
            "target_rows", "top_k_rows"]

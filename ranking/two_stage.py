@@ -15,7 +15,7 @@ import numpy as np
 
 from semrec.ranking.cascade import (Cascade, CascadeConfig, build_sources, candidate_stage, evaluate_cascade,
                                     train_cascade)
-from semrec.ranking.candidates import catalogue_index
+from semrec.ranking.candidates import catalogue_index, history_list_source
 
 
 def trained_retrievers(comparison: dict, comparison_config, split, output_dir: str,
@@ -38,7 +38,7 @@ def best_single_retriever(comparison: dict, metric: str = "ndcg@10", stage: str 
 
 def run_two_stage(split, comparison: dict, comparison_config, output_dir: str, config: Optional[CascadeConfig] = None,
                   compare_modes: Sequence[str] = (), knn_decay: Optional[float] = None,
-                  progress: bool = True) -> dict:
+                  extra_sources: Sequence = (), progress: bool = True) -> dict:
   """Candidate sources -> merge -> ranker on ``split``, measured on its test queries.
 
   Args:
@@ -50,6 +50,9 @@ def run_two_stage(split, comparison: dict, comparison_config, output_dir: str, c
     compare_modes: Further ranker representations trained on the same candidates (e.g. ("random_hash",) for
       the SPM-vs-hash comparison); their final lists are reported as ``final[<mode>]``.
     knn_decay: The content-kNN recency decay (default the comparison's validation choice).
+    extra_sources: Further candidate sources placed after the retrievers, for training and serving alike: a
+      ``ScoreSource`` / ``ListSource``, or a duck-typed history source (``name``, ``retrieve(histories, k)``, e.g.
+      ``semrec.generative.GenerativeSource``), wrapped by ``history_list_source``.
 
   Returns:
     {"cascade": the trained ``Cascade``, "final": {mode: metrics}, "sources": {name: metrics of its own list},
@@ -71,8 +74,12 @@ def run_two_stage(split, comparison: dict, comparison_config, output_dir: str, c
   decay = knn_decay if knn_decay is not None else comparison.get("content_knn", {}).get("decay", 0.5)
   t0 = time.time()
   retrievers = trained_retrievers(comparison, comparison_config, split, output_dir)
+  extra = [s if hasattr(s, "score_fn") or hasattr(s, "list_fn") else history_list_source(s, index, cfg.history_length)
+           for s in extra_sources]
   serve = build_sources(split, ids, content, retrievers, cfg.fresh_window, decay)
   train_sources = build_sources(split, ids, content, retrievers, cfg.fresh_window, decay, training=True)
+  serve = serve[:len(retrievers)] + extra + serve[len(retrievers):]
+  train_sources = train_sources[:len(retrievers)] + extra + train_sources[len(retrievers):]
   valid_stage = candidate_stage(serve, split.queries("valid"), index, cfg)
   test_stage = candidate_stage(serve, split.queries("test"), index, cfg)
   t1 = time.time()

@@ -214,3 +214,22 @@ def test_query_with_no_history_gets_candidates_and_a_score():
   assert (rows[rows >= 0].size >= 5) and (rows[-1] == -1)
   ex = CascadeFeaturizer(feats, split.train).examples(stage.merged, q)
   assert np.isfinite(ex.context).all() and (ex.last == -1).all()
+
+
+def test_list_source_drops_removed_items_and_maps_ids():
+  from semrec.ranking.candidates import history_list_source
+
+  class Gen:  # a duck-typed history source (as semrec.generative.GenerativeSource)
+    name = "gen"
+
+    def retrieve(self, histories, k):
+      assert histories.shape == (2, 3) and histories[0, -1] == "a"  # most recent last, "" padding
+      ids = np.array([["a", "c", "zz", "b"], ["d", "", "b", "a"]], dtype=object)[:, :k]
+      return ids, np.array([[4.0, 3.0, 2.0, 1.0], [9.0, 0.0, 8.0, 7.0]])[:, :k]
+
+  index = catalogue_index(["a", "b", "c", "d"])
+  q = _queries([["a"], []], [["b"], ["c"]], [5, 5], candidates=np.array(["a", "b", "c"], dtype=object))
+  res = history_list_source(Gen(), index, max_history=3, max_k=4).retrieve(q, 5, index)
+  # query 0: a (history) removed, zz unknown -> c, b; query 1: d not a candidate, "" padding -> b, a.
+  assert res.rows.tolist() == [[2, 1, -1, -1, -1], [1, 0, -1, -1, -1]]
+  np.testing.assert_allclose(res.scores[:, :2], [[3.0, 1.0], [8.0, 7.0]])
