@@ -32,6 +32,12 @@ def _generic(inter=INTER, items=ITEMS, *flags):
   return build
 
 
+def _sweep(inter, items=ITEMS):
+  """argv builder: `semrec experiment ranking` (the AUC sweep, the one stage that cuts time periods)."""
+  build = _generic(inter, items)
+  return lambda tmp: ["experiment", "ranking", *build(tmp)[1:]]
+
+
 def _config(yaml_text, *flags):
   """argv builder: `semrec run --config <file>` (MovieLens unless the file says otherwise)."""
   def build(tmp):
@@ -89,9 +95,9 @@ DATA_CASES = [
     ("data-one-timestamp", "every interaction at one instant (no train/test cutoff possible)",
      _generic("user_id,item_id,timestamp,label\nu1,a,10,1\nu2,b,10,1\nu3,c,10,1\n"), 1,
      r"Error: .*cutoff 10 leaves an empty train or test set"),
-    ("data-too-few-periods", "fewer distinct times than ranking.num_periods",
-     _generic("user_id,item_id,timestamp,label\n" + "".join(f"u{i},{'abc'[i % 3]},{10 + i // 40},1\n"
-                                                            for i in range(120))), 1,
+    ("data-too-few-periods", "fewer distinct times than ranking.num_periods (the AUC sweep, labelled data)",
+     _sweep("user_id,item_id,timestamp,label\n" + "".join(f"u{i},{'abc'[i % 3]},{10 + i // 40},{i % 2}\n"
+                                                          for i in range(120))), 1,
      r"Error: cannot cut 120 interactions into 10 non-empty periods .*ranking\.num_periods"),
     ("data-generic-without-items", "--dataset generic without --items",
      _argv("run", "--dataset", "generic"), 2, r"Error: --dataset generic needs --interactions and --items"),
@@ -478,7 +484,7 @@ def _versions(run_dir):
 
 @pytest.mark.parametrize("section,change,recomputed", [
     ("ranking", {"production_mode": "unigram"}, ["ranking"]),
-    ("retrieval", {"top_k": 7}, ["retrieval", "index"]),
+    ("retrieval", {"top_k": 7}, ["retrieval", "index", "ranking"]),  # the cascade ranks retrieval's candidates
     ("sid", {"cluster_ks": (4,)}, ["sid", "retrieval", "index", "ranking", "export"]),
     ("export", {"base_path_prefix": "/models"}, []),  # only models.config (written by verify) changes
     ("seed", 3, list(PIPELINE)),
