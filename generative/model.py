@@ -34,13 +34,17 @@ class GenerativeConfig:
     ff_dim: Feed-forward width.
     dropout: Dropout rate in the blocks.
     max_history: H, most recent history items read.
-    encoder_tokens: "per_token" (TIGER: H * S encoder positions) or "per_item" (H positions).
+    encoder_tokens: "per_item" (default: an item's S token embeddings summed, H + 1 encoder positions) or
+      "per_token" (TIGER: H * S + 1 positions). Measured on this 2-core machine (d 128, H 20, batch 256): 0.99
+      CPU-seconds per training step per_item vs 4.76 per_token.
     suffix_size: Collision-suffix slots; 0 = max(16, 2 * (largest training suffix + 1)). Items assigned later
       need a suffix below it.
     num_user_buckets: User-bucket tokens (hashed user id; 0 = none).
     batch_size, epochs, learning_rate: Training (Adam); early stopping on the validation loss when validation
       queries are given (best epoch restored, ``patience`` epochs without improvement).
     patience: Early-stopping patience.
+    max_train_seconds: Wall-clock budget: no new epoch starts once it is spent (0 = none; e.g. to keep
+      ``semrec run`` within its time bound).
     beam_width, top_k: Decoding defaults (beam width >= top_k).
     seed: Weight init, shuffling and dropout seed.
   """
@@ -51,13 +55,14 @@ class GenerativeConfig:
   ff_dim: int = 512
   dropout: float = 0.1
   max_history: int = 20
-  encoder_tokens: str = "per_token"
+  encoder_tokens: str = "per_item"
   suffix_size: int = 0
   num_user_buckets: int = 0
   batch_size: int = 256
   epochs: int = 20
   learning_rate: float = 1e-3
   patience: int = 2
+  max_train_seconds: float = 0.0
   beam_width: int = 20
   top_k: int = 10
   seed: int = 0
@@ -141,7 +146,7 @@ class SidSeq2Seq(tf.keras.Model):
   def __init__(self, vocab_size: int, level_offsets, level_sizes, max_history: int, user_offset: int = 0,
                num_user_buckets: int = 0, d_model: int = 128, num_encoder_layers: int = 2,
                num_decoder_layers: int = 2, num_heads: int = 4, ff_dim: int = 512, dropout: float = 0.1,
-               encoder_tokens: str = "per_token", **kwargs):
+               encoder_tokens: str = "per_item", **kwargs):
     super().__init__(**kwargs)
     self.vocab_size, self.max_history = int(vocab_size), int(max_history)
     self.level_offsets, self.level_sizes = [int(o) for o in level_offsets], [int(s) for s in level_sizes]

@@ -317,14 +317,39 @@ def _dataset(hist, targets, buckets, tokens, batch_size, shuffle, seed):
 
 
 class _EpochTimer(tf.keras.callbacks.Callback):
+  """Per-epoch wall seconds; stops training after an epoch once ``budget`` seconds (> 0) are spent."""
+
+  def __init__(self, budget: float = 0.0):
+    super().__init__()
+    self.budget = float(budget)
+
   def on_train_begin(self, logs=None):
-    self.seconds = []
+    self.seconds, self._start, self.stopped_by_budget = [], time.perf_counter(), False
 
   def on_epoch_begin(self, epoch, logs=None):
     self._t = time.perf_counter()
 
   def on_epoch_end(self, epoch, logs=None):
     self.seconds.append(time.perf_counter() - self._t)
+    if self.budget and time.perf_counter() - self._start >= self.budget:
+      self.model.stop_training, self.stopped_by_budget = True, True
+
+
+class _BestWeights(tf.keras.callbacks.Callback):
+  """Keeps the weights of the epoch with the lowest ``val_loss`` and restores them when training ends, however
+  it ends (Keras' own ``restore_best_weights`` restores only when early stopping fires)."""
+
+  def on_train_begin(self, logs=None):
+    self.best, self.weights = np.inf, None
+
+  def on_epoch_end(self, epoch, logs=None):
+    v = (logs or {}).get("val_loss")
+    if v is not None and v < self.best:
+      self.best, self.weights = v, self.model.get_weights()
+
+  def on_train_end(self, logs=None):
+    if self.weights is not None:
+      self.model.set_weights(self.weights)
 
 
 def train_generative(train_sequences, sid_table: SidTable, config: Optional[GenerativeConfig] = None, *,
@@ -369,7 +394,7 @@ def train_generative(train_sequences, sid_table: SidTable, config: Optional[Gene
   model.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate),
                 loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True))
   train_ds = _dataset(hist, targets, buckets, tokens, config.batch_size, True, config.seed)
-  callbacks, valid_ds = [_EpochTimer()], None
+  callbacks, valid_ds = [_EpochTimer(config.max_train_seconds)], None
   if valid_histories is not None:
     vh = pad_left(valid_histories, config.max_history)
     vrows = item_rows(index, vh, n, unknown="ignore")
@@ -380,15 +405,15 @@ def train_generative(train_sequences, sid_table: SidTable, config: Optional[Gene
       if vocab.num_user_buckets:
         vb = user_buckets(valid_user_ids, vocab.num_user_buckets)[ok]
       valid_ds = _dataset(vrows[ok], vt[ok].astype(np.int32), vb, tokens, 1024, False, config.seed)
-      callbacks.append(tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience,
-                                                        restore_best_weights=True))
+      callbacks += [tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience),
+                    _BestWeights()]
   hist_obj = model.fit(train_ds, validation_data=valid_ds, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
   h = hist_obj.history
   val = h.get("val_loss", [])
   training = {"examples": int(len(targets)), "epoch_seconds": [float(s) for s in callbacks[0].seconds],
               "loss": [float(x) for x in h.get("loss", [])], "val_loss": [float(x) for x in val],
               "best_epoch": int(np.argmin(val)) + 1 if val else len(h.get("loss", [])),
-              "parameters": int(model.count_params())}
+              "parameters": int(model.count_params()), "stopped_by_budget": callbacks[0].stopped_by_budget}
   return GenerativeModel(model, vocab, config, ids, full, training)
 
 

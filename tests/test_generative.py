@@ -295,3 +295,17 @@ def test_offline_table(world):
   np.testing.assert_array_equal(out["found"].numpy(), [True, False])
   np.testing.assert_array_equal(out["item_ids"].numpy()[0].astype(str), t.next_ids[1].astype(str))
   assert (out["item_ids"].numpy()[1] == b"").all() and (out["scores"].numpy()[1] == NO_ITEM_SCORE).all()
+
+
+def test_best_weights_are_restored_however_training_ends():
+  from semrec.generative.retriever import _BestWeights
+  model = tf.keras.Sequential([tf.keras.layers.Dense(1, use_bias=False, kernel_initializer="zeros")])
+  model.build([None, 1])
+  cb = _BestWeights()
+  cb.set_model(model)
+  cb.on_train_begin()
+  for w, val in [(1.0, 0.5), (2.0, 0.3), (3.0, 0.4)]:  # epoch 2 (weight 2.0) has the lowest val_loss
+    model.set_weights([np.array([[w]], np.float32)])
+    cb.on_epoch_end(0, {"val_loss": val})
+  cb.on_train_end()  # training ended by the epoch limit, not by early stopping
+  assert model.get_weights()[0][0, 0] == 2.0
