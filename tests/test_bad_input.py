@@ -716,6 +716,22 @@ def test_cold_items_tie_is_warned(tmp_path):
     preflight(run, ["retrieval"])
 
 
+def test_tied_served_retriever_is_a_logged_warning(caplog):
+  """Item 9, at the choice itself: variants tied for the best validation score are named in a warning."""
+  import logging
+  from semrec.towers import select_served
+  with caplog.at_level(logging.WARNING, logger="semrec.towers.comparison"):
+    served = select_served({"hashed_id": {"selection_score": 1.0}, "content": {"selection_score": 1.0},
+                            "sid_spm_hashed": {"selection_score": 0.5}})
+  assert served["variant"] == "hashed_id" and served["tied"] == ["hashed_id", "content"]
+  assert re.search(r"served retriever: hashed_id, content tie for the best validation selection score \(1\.0000\); "
+                   r"'hashed_id' is served by variant order, not by quality", caplog.text), caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="semrec.towers.comparison"):
+    assert "tied" not in select_served({"a": {"selection_score": 0.2}, "b": {"selection_score": 0.1}})
+  assert caplog.text == ""
+
+
 def test_one_item_catalogue_gets_an_actionable_error(tmp_path):
   """Item 9: a 1-item catalogue is told to add items (it was told `set codebook_size <= 1`, which the config
   refuses)."""

@@ -310,10 +310,20 @@ def run_variant(variant: str, cfg: ComparisonConfig, split, side: ItemSide, qual
 
 
 def select_served(results: dict) -> dict:
-  """The variant with the best validation selection score, and why (every variant's score)."""
+  """The variant with the best validation selection score, and why (every variant's score). A tie for the best
+  score is logged as a warning naming the tied variants (the first in variant order is served: a tie, not a
+  quality difference) and recorded as ``tied``."""
   scores = {v: float(r["selection_score"]) for v, r in results.items()}
   best = max(scores, key=scores.get)
-  return {"variant": best, "selection_score": scores[best], "scores": scores}
+  tied = [v for v, x in scores.items() if x == scores[best]]
+  if len(tied) > 1:
+    import logging
+    logging.getLogger(__name__).warning(
+        "served retriever: %s tie for the best validation selection score (%.4f); %r is served by variant order, "
+        "not by quality (e.g. too few candidates for the selection k, or too few validation queries)",
+        ", ".join(tied), scores[best], best)
+  out = {"variant": best, "selection_score": scores[best], "scores": scores}
+  return {**out, "tied": tied} if len(tied) > 1 else out
 
 
 def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
