@@ -192,7 +192,23 @@ def _build_config(config_path, dataset, interactions, items, text_columns, quali
   return eff.validate()
 
 
+RUN_OPTION_NAMES = ("config_path", "run_dir", "dataset", "interactions", "items", "text_columns", "quality_columns",
+                    "seed", "split", "no_exclude_history", "quick", "force")
+
+
 def _run_options(f):
+  """Adds the shared run options (and ``--verbose``) to a command function.
+
+  The function must take every one of them (``RUN_OPTION_NAMES``) or ``**kwargs``: checked here, when the
+  command is declared, so a command that forgets one fails at import (and in every test) instead of on every
+  call (issue 26: ``semrec batch encode`` did not take ``split``).
+  """
+  import inspect
+  params = inspect.signature(f).parameters
+  if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    missing = [n for n in RUN_OPTION_NAMES if n not in params]
+    if missing:
+      raise TypeError(f"command function {f.__name__}() does not take the shared run options {missing}")
   opts = [
       click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
                    help="YAML RunConfig (see docs/config.md); flags below override it."),

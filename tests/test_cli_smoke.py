@@ -278,6 +278,20 @@ CALLS = {
 }
 
 
+def test_a_command_must_take_every_shared_option():
+  """The cause of item 1: `_run_options` refuses, when the command is declared, a function that does not take
+  one of the shared options (the list it checks is the options it adds)."""
+  from semrec.cli_common import RUN_OPTION_NAMES, _run_options
+  assert [p.name for p in main.commands["run"].params if p.name != "verbose"] == list(RUN_OPTION_NAMES)
+  with pytest.raises(TypeError, match=r"batch_encode_cmd\(\) does not take the shared run options \['split', "
+                                      r"'no_exclude_history'\]"):
+    @_run_options
+    def batch_encode_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed,
+                         quick, force):  # the signature of issue 26
+      pass
+  _run_options(lambda **kwargs: None)  # a function taking **kwargs takes them all
+
+
 def test_every_command_has_a_call_test():
   import click
   leaves = {p for p, cmd in _commands() if not isinstance(cmd, click.Group)}
