@@ -349,7 +349,8 @@ class CascadeServer:
     split = EvalSplit(x["split_kind"], train, np.zeros(0, dtype=object), None, {})
     learned = []
     with np.load(os.path.join(path, RETRIEVER_FILE), allow_pickle=False) as t:
-      for src, info in x["learned_sources"].items():
+      for src in [n for n in x["sources"] if n in x["learned_sources"]]:  # merge order (the manifest's keys are sorted)
+        info = x["learned_sources"][src]
         tower = _load_signature(os.path.join(path, MODELS_DIR), src)
         tables = {f: t[key] for f, key in x["table_keys"][src].items()}
         learned.append(ScoreSource(src, _tower_score_fn(tower, t[f"candidates__{src}"], tables, index,
