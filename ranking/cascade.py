@@ -58,6 +58,9 @@ class CascadeConfig:
     queries_per_user: The last this many positions of each user's train sequence are training queries.
     hard_negatives: Negatives per training query drawn from its merged candidates.
     random_negatives: Uniform negatives per training query from the train items.
+    explicit_negatives: At most this many of the user's explicit negatives (train rows with label 0, e.g. a
+      low rating) between the query's previous positive and the request, per training query (labelled data
+      only; ``explicit_negative_rows``).
     max_epochs: Ranker epochs; the best on validation final-list NDCG@10 is kept.
     mode: The ranker's item representation (``semrec.ranking.MODE_COMPONENTS``: random_hash, unigram, bigram,
       prefix, spm, spm+hash, dense).
@@ -75,6 +78,7 @@ class CascadeConfig:
   queries_per_user: int = 5
   hard_negatives: int = 12
   random_negatives: int = 3
+  explicit_negatives: int = 2
   max_epochs: int = 3
   mode: str = "spm+hash"
   table_budget: int = 4096
@@ -90,11 +94,12 @@ class CascadeConfig:
               "embedding_dim", "history_length", "batch_size"):
       if int(getattr(self, f)) < 1:
         raise ValueError(f"CascadeConfig.{f} must be >= 1, got {getattr(self, f)}")
-    for f in ("hard_negatives", "random_negatives", "fresh_window"):
+    for f in ("hard_negatives", "random_negatives", "explicit_negatives", "fresh_window"):
       if int(getattr(self, f)) < 0:
         raise ValueError(f"CascadeConfig.{f} must be >= 0, got {getattr(self, f)}")
-    if self.hard_negatives + self.random_negatives < 1:
-      raise ValueError("CascadeConfig needs at least one negative per query (hard_negatives + random_negatives)")
+    if self.hard_negatives + self.random_negatives + self.explicit_negatives < 1:
+      raise ValueError("CascadeConfig needs at least one negative per query "
+                       "(hard_negatives + random_negatives + explicit_negatives)")
     if self.mode not in MODE_COMPONENTS:
       raise ValueError(f"CascadeConfig.mode must be one of {tuple(MODE_COMPONENTS)}, got {self.mode!r}")
     if self.learning_rate <= 0:
@@ -272,22 +277,47 @@ def with_extra(merged: MergedCandidates, extra: np.ndarray) -> MergedCandidates:
                           np.concatenate([merged.scores, np.zeros((Q, X, S), np.float32)], axis=1), merged.sources)
 
 
+def explicit_negative_rows(split, queries: Queries, index: pd.Index) -> list:
+  """Q int64 arrays of catalogue rows: per training query, the user's explicit negatives (``split.train`` rows
+  with label 0) after the user's previous positive and up to the request time: what the user saw and rejected on
+  the way to the target. Empty for implicit logs (every row a positive)."""
+  empty = np.zeros(0, np.int64)
+  neg = split.train[split.train["label"] <= 0]
+  if not len(neg):
+    return [empty] * len(queries)
+  pos_times = {u: np.sort(g.to_numpy(np.int64)) for u, g in split.train_positives.groupby("user_id")["timestamp"]}
+  by_user = {u: (g["timestamp"].to_numpy(np.int64), index.get_indexer(g["item_id"].to_numpy().astype(object)))
+             for u, g in neg.groupby("user_id")}
+  out = []
+  for u, t in zip(queries.user_ids, np.asarray(queries.timestamps, np.int64)):
+    if u not in by_user:
+      out.append(empty)
+      continue
+    pt = pos_times.get(u, np.zeros(0, np.int64))
+    i = int(np.searchsorted(pt, t, side="left"))
+    prev = pt[i - 1] if i > 0 else np.iinfo(np.int64).min
+    nt, nr = by_user[u]
+    out.append(nr[(nt > prev) & (nt <= t) & (nr >= 0)])
+  return out
+
+
 def training_slots(merged: MergedCandidates, queries: Queries, index: pd.Index, future: dict,
-                   config: CascadeConfig) -> tuple:
+                   config: CascadeConfig, explicit: Optional[list] = None) -> tuple:
   """(augmented MergedCandidates, pairs [n, 2] (query, slot), labels [n] float32) for training queries.
 
   Per query: its positive (the actual next item; appended as an extra slot when no source returned it), up
   to ``hard_negatives`` of its merged candidates and ``random_negatives`` uniform items of
   ``queries.candidates`` (the train items), none of them the positive, a history item or a validation / test
-  item of the user (``future``, from ``user_future_items``). Queries whose target is not in the catalogue
-  are skipped.
+  item of the user (``future``, from ``user_future_items``); then up to ``explicit_negatives`` of the query's
+  ``explicit`` rows (``explicit_negative_rows``: labelled data's rejected items), appended as extra slots.
+  Queries whose target is not in the catalogue are skipped.
   """
   rng = np.random.default_rng(config.seed + 17)
   pool = (index.get_indexer(np.asarray(queries.candidates, dtype=object)) if queries.candidates is not None
           else np.arange(len(index)))
   pool = pool[pool >= 0]
-  M, R = merged.rows.shape[1], int(config.random_negatives)
-  extra = np.full((len(queries), 1 + R), -1, np.int64)
+  M, R, X = merged.rows.shape[1], int(config.random_negatives), int(config.explicit_negatives)
+  extra = np.full((len(queries), 1 + R + X), -1, np.int64)
   pairs, labels = [], []
   for q in range(len(queries)):
     target = index.get_indexer(np.asarray(queries.targets[q][:1], dtype=object))
@@ -321,6 +351,11 @@ def training_slots(merged: MergedCandidates, queries: Queries, index: pd.Index, 
         labels.append(0.0)
         taken.add(int(r))
         j += 1
+    rejected = [int(r) for r in (explicit[q] if explicit is not None else ()) if int(r) != pt][-X:] if X else []
+    for j, r in enumerate(rejected):
+      extra[q, 1 + R + j] = r
+      pairs.append((q, M + 1 + R + j))
+      labels.append(0.0)
   return (with_extra(merged, extra), np.asarray(pairs, np.int64).reshape(-1, 2), np.asarray(labels, np.float32))
 
 
@@ -523,7 +558,8 @@ def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_
   if not len(tq):
     raise ValueError("the train log has no user with two or more positives: no training query for the ranker")
   train_stage = candidate_stage(train_sources, tq, index, cfg)
-  merged, pairs, labels = training_slots(train_stage.merged, tq, index, user_future_items(split), cfg)
+  merged, pairs, labels = training_slots(train_stage.merged, tq, index, user_future_items(split), cfg,
+                                         explicit_negative_rows(split, tq, index))
   ex = cf.examples(merged, tq, pairs, labels)
   sid = np.asarray(item_features.arrays["sid"])
   names = tuple(s.name for s in train_sources)

@@ -233,3 +233,26 @@ def test_list_source_drops_removed_items_and_maps_ids():
   # query 0: a (history) removed, zz unknown -> c, b; query 1: d not a candidate, "" padding -> b, a.
   assert res.rows.tolist() == [[2, 1, -1, -1, -1], [1, 0, -1, -1, -1]]
   np.testing.assert_allclose(res.scores[:, :2], [[3.0, 1.0], [8.0, 7.0]])
+
+
+def test_explicit_negatives_between_previous_positive_and_request():
+  from semrec.ranking.cascade import (CascadeConfig, explicit_negative_rows, merge_candidates, training_queries,
+                                      training_slots)
+  # u0: a+ @0, x- @1, b+ @2, y- @3, c+ @4, d+ @5, e+ @6; leave_one_out keeps a..d (+ x, y) for training
+  # (e = test, d = validation is the second to last positive: train = a, x, b, y, c).
+  rows = [("u0", "a", 0, 1.0), ("u0", "x", 1, 0.0), ("u0", "b", 2, 1.0), ("u0", "y", 3, 0.0), ("u0", "c", 4, 1.0),
+          ("u0", "d", 5, 1.0), ("u0", "e", 6, 1.0)]
+  inter = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "label"])
+  items = ["a", "b", "c", "d", "e", "x", "y"]
+  split = make_split(RecDataset("t", inter, pd.DataFrame({"item_id": items, "title": items})), "leave_one_out")
+  index = catalogue_index(items)
+  tq = training_queries(split, queries_per_user=5)
+  assert [t[0] for t in tq.targets] == ["b", "c"]
+  # b @2: previous positive a @0 -> x @1; c @4: previous positive b @2 -> y @3.
+  explicit = explicit_negative_rows(split, tq, index)
+  assert [index[r].tolist() for r in explicit] == [["x"], ["y"]]
+  empty = SourceResult("none", np.full((2, 1), -1, np.int64), np.zeros((2, 1), np.float32))
+  cfg = CascadeConfig(candidates=2, per_source=1, hard_negatives=0, random_negatives=0, explicit_negatives=1)
+  merged, pairs, labels = training_slots(merge_candidates([empty], total=2), tq, index, {}, cfg, explicit)
+  got = {(int(q), items[merged.rows[q, s]], float(y)) for (q, s), y in zip(pairs, labels)}
+  assert got == {(0, "b", 1.0), (0, "x", 0.0), (1, "c", 1.0), (1, "y", 0.0)}
