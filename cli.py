@@ -43,7 +43,7 @@ def main(verbose, debug):
 @_run_options
 def run_cmd(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick, split,
             no_exclude_history, force):
-  """The whole job: encode -> SIDs -> retrieval comparison -> index -> ranker comparison -> export -> verify."""
+  """The whole job: encode -> SIDs -> retrieval comparison -> index -> two-stage ranking -> export -> verify."""
   from semrec.pipeline import STAGE_ORDER, run_all
   with _UserErrors():
     run = _open_run(config_path, run_dir, dataset, interactions, items, text_columns, quality_columns, seed, quick,
@@ -57,7 +57,7 @@ main.add_command(_stage_command("train-retrieval", "retrieval",
                                 "Train the two-tower retriever for every item-tower configuration; warm/cold recall."))
 main.add_command(_stage_command("index", "index", "Build the ScaNN / brute-force index over candidate embeddings."))
 main.add_command(_stage_command("train-ranker", "ranking",
-                                "Train the SID ranker for every representation mode (sequential training, AUC)."))
+                                "Two-stage: candidates from every retriever -> the SID ranker; final-list metrics."))
 main.add_command(_stage_command("export", "export", "Export every served artefact in TF Serving layout."))
 
 
@@ -106,8 +106,8 @@ def experiment_group():
   """Comparison experiments."""
 
 
-experiment_group.add_command(_stage_command("ranking", "ranking",
-                                            "The ranking representation sweep (modes x table budgets x history)."))
+experiment_group.add_command(_stage_command("ranking", "ranking-sweep",
+                                            "The ranking representation sweep on labelled impressions (AUC)."))
 experiment_group.add_command(_stage_command("retrieval", "retrieval",
                                             "The retrieval item-tower comparison (with/without quality vector)."))
 

@@ -41,7 +41,8 @@ def stage_ranking_sweep(run: Run) -> dict:
                                   seeds=tuple(run.config.seed + s for s in range(cfg.num_seeds)),
                                   use_history=cfg.use_history, codebook_size=K, num_periods=cfg.num_periods,
                                   base_config=base, embedding_dim=cfg.embedding_dim, data=data,
-                                  output_dir=run.stage_dir("ranking-sweep"))
+                                  output_dir=run.stage_dir("ranking-sweep"),
+                                  checkpoint_dir=os.path.join(run.stage_dir("ranking-sweep"), "checkpoint"))
   if result.files.get("png"):
     import shutil
     shutil.copyfile(result.files["png"], run.path("plots", "ranking_auc_by_mode.png"))
