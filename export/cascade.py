@@ -220,7 +220,7 @@ def export_cascade(base_dir: str, cascade, split, item_features: ItemFeatures, r
       table_keys[src] = keys
       tables[f"candidates__{src}"] = embed_candidates(model, inputs)
       learned[src] = {"max_history": max_h, "features": list(inputs.feature_names),
-                      "multi_interest": bool(np.ndim(tables[f"candidates__{src}"]) != 2)}
+                      "multi_interest": bool(getattr(model, "multi_interest", False))}
     cache = None if dense else {"item_id": ids.astype(str), "sid": np.asarray(item_features.arrays["sid"])}
     export_ranker(models, cascade.model, cascade.featurizer.features(ex), name=RANKER_NAME, item_cache=cache,
                   data_fingerprint=data_fingerprint)
@@ -302,6 +302,35 @@ def _tower_score_fn(fn, cands: np.ndarray, tables: dict, index: pd.Index, max_hi
   return score_fn
 
 
+def _share_score_fns(sources: list) -> list:
+  """Sources built on the same scorer (fresh items and content kNN share the kNN's ``scores``) score a request
+  once: the scorer's last (queries, rows) result is reused when the next source asks for the same ones (same
+  values; one catalogue pass instead of two)."""
+  memo = {}
+  for src in sources:
+    fn = src.score_fn
+    key = (getattr(fn, "__self__", None) and id(fn.__self__), getattr(fn, "__func__", fn))
+    if sum(1 for o in sources if (getattr(o.score_fn, "__self__", None) and id(o.score_fn.__self__),
+                                  getattr(o.score_fn, "__func__", o.score_fn)) == key) < 2:
+      continue
+    if key not in memo:
+      memo[key] = _last_call_cache(fn)
+    src.score_fn = memo[key]
+  return sources
+
+
+def _last_call_cache(fn):
+  last = {}
+
+  def cached(queries: Queries, rows: np.ndarray) -> np.ndarray:
+    rows_key = np.asarray(rows, np.int64).tobytes()
+    if last.get("queries") is not queries or last.get("rows") != rows_key:
+      last.update(queries=queries, rows=rows_key, out=fn(queries, rows))
+    return last["out"].copy()
+
+  return cached
+
+
 def _load_signature(models_dir: str, name: str):
   """The ``serving_default`` function of the latest version of ``<models_dir>/<name>/`` (the loaded SavedModel is
   kept alive on the function)."""
@@ -355,7 +384,8 @@ class CascadeServer:
         tables = {f: t[key] for f, key in x["table_keys"][src].items()}
         learned.append(ScoreSource(src, _tower_score_fn(tower, t[f"candidates__{src}"], tables, index,
                                                         info["max_history"])))
-    sources = learned + build_sources(split, ids, arrays.get("content"), None, x["fresh_window"], x["knn_decay"])
+    sources = _share_score_fns(
+        learned + build_sources(split, ids, arrays.get("content"), None, x["fresh_window"], x["knn_decay"]))
     if [s.name for s in sources] != list(x["sources"]):
       raise sl.ExportError(f"{path}: rebuilt sources {[s.name for s in sources]} differ from the manifest's "
                            f"{x['sources']}")
