@@ -50,7 +50,7 @@ def quick_cascade(export_base: str, epochs: int = 1, train_queries: int = 3000, 
   ids, emb = ds.item_ids.astype(object), content_embeddings(ds, CACHE)
   split = make_split(ds, "temporal", seed=seed)
   base = ComparisonConfig(seed=seed)
-  cfg = dataclasses.replace(base, fit=dataclasses.replace(base.fit, max_epochs=epochs, patience=0),
+  cfg = dataclasses.replace(base, fit=dataclasses.replace(base.fit, max_epochs=max(epochs, 1), patience=0),
                             variants=tuple(variants or base.variants))
   side = prepare_item_side(ds, split, ids, emb, cfg, **sid_stage(emb, ids, split, cfg))
   t0 = time.time()
@@ -148,8 +148,13 @@ def main():
   rank = time_each(server.rank, stages, len(warm))[len(warm):]
   out = {"chain": percentiles(chain), "steps": {"candidates (sources + merge)": percentiles(candidates),
                                                 "rank (features + ranker SavedModel)": percentiles(rank)}}
+  from semrec.export.cascade import request_queries
+  queries = [request_queries([p]) for p in parsed]
+  out["steps"]["per source (retrieve k=per_source)"] = {
+      src.name: percentiles(time_each(lambda q, src=src: src.retrieve(q, server.config.per_source, server.index),
+                                      queries[:len(warm) + 50], len(warm))[len(warm):])
+      for src in server.sources}
   if learned:
-    from semrec.export.cascade import request_queries
     src = server.sources[0]
 
     def alone(p):
@@ -170,7 +175,10 @@ def main():
   print(f"cascade chain ({len(x['sources'])} sources, M={x['candidates']}, top-10): p50 {c['p50_ms']} ms, "
         f"p99 {c['p99_ms']} ms (target {TARGET_P99_MS} ms)")
   for name, s in out["steps"].items():
-    print(f"  {name}: p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
+    if "p50_ms" in s:
+      print(f"  {name}: p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms")
+    else:
+      print(f"  {name}: " + ", ".join(f"{n} p50 {v['p50_ms']} ms" for n, v in s.items()))
   if r:
     print(f"retriever alone ({r['source']}, top-10): p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms")
   print(f"load average before/after: {out['loadavg_before']} / {out['loadavg_after']} on {os.cpu_count()} cores; "
