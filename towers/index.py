@@ -42,6 +42,11 @@ class IndexConfig:
       for dot product).
     reorder: Candidates rescored exactly after AH per search for the index's k; default
       max(reorder_factor * k, 100). A search for another k rescores max(reorder_factor * k, 100).
+    soar_lambda: ScaNN's SOAR spilling for dot product (Sun et al., "SOAR", NeurIPS 2023): each item is also
+      assigned to a second leaf whose residual is near-orthogonal to its first, so a query whose true
+      neighbour sits in a leaf it does not probe still finds it through the second; lambda = 1 is the paper's
+      and ScaNN's recommended setting. The tree then holds each item twice (its partition index doubles; the
+      AH codes and the dataset do not). None: no spilling (TFRS's ScaNN layer, ``to_keras_layer``, has none).
     reorder_factor: Exactly rescored candidates per neighbour returned (AH scores rank well but not exactly:
       rescoring 10x as many as asked recovers the exact order of the top k).
     target_recall: Recall the calibration aims at on the calibration queries (above the .95 served target, so
@@ -58,6 +63,7 @@ class IndexConfig:
   dimensions_per_block: int = 2
   anisotropic_quantization_threshold: float = 0.2
   reorder: Optional[int] = None
+  soar_lambda: Optional[float] = 1.0
   reorder_factor: int = 10
   target_recall: float = 0.97
   calibration_k: int = 10
@@ -97,7 +103,7 @@ class IndexConfig:
             "reorder": self.reorder or self.reorder_for(self.k),
             "dimensions_per_block": self.dimensions_per_block,
             "anisotropic_quantization_threshold": self.anisotropic_quantization_threshold,
-            "training_sample_size": min(self.training_sample_size, n)}
+            "soar_lambda": self.soar_lambda, "training_sample_size": min(self.training_sample_size, n)}
 
 
 def _import_scann():
@@ -308,7 +314,7 @@ def build_index(embeddings, item_ids=None, kind: Optional[str] = None,
   p = config.scann_params(len(emb))
   builder = scann.builder(emb, config.k, "dot_product")
   builder = builder.tree(num_leaves=p["num_leaves"], num_leaves_to_search=p["num_leaves_to_search"],
-                         training_sample_size=p["training_sample_size"])
+                         training_sample_size=p["training_sample_size"], soar_lambda=p["soar_lambda"])
   builder = builder.score_ah(p["dimensions_per_block"],
                              anisotropic_quantization_threshold=p["anisotropic_quantization_threshold"],
                              training_sample_size=p["training_sample_size"])
