@@ -21,7 +21,6 @@ import time
 from typing import Callable, Optional
 
 import numpy as np
-import pandas as pd
 import tensorflow as tf
 
 from semrec.towers.inputs import RetrievalInputs, item_frequencies
