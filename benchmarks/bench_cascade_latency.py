@@ -20,6 +20,10 @@ Writes ``benchmarks/results/bench_cascade_latency.json`` (p50 / p90 / p99 / mean
 of the chain, the load average before and after, the machine's core count).
 
   nice -n 0 python -m semrec.benchmarks.bench_cascade_latency
+  # one thread per pool: no hand-offs between TF / BLAS threads for these small per-request ops (3x faster on
+  # a busy 2-core machine; the figures in docs/export.md)
+  TF_NUM_INTEROP_THREADS=1 TF_NUM_INTRAOP_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+    nice -n 0 python -m semrec.benchmarks.bench_cascade_latency --cascade <export>/cascade/1
   python -m semrec.benchmarks.bench_cascade_latency --run-dir runs/movielens
 """
 from __future__ import annotations
@@ -168,7 +172,9 @@ def main():
               "meets_target": out["chain"]["p99_ms"] <= TARGET_P99_MS,
               "replay": {k: replay[k] for k in ("errors", "num_requests", "max_abs_diff")},
               "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in load_after],
-              "cpu_count": os.cpu_count(), "nice": os.nice(0), "build_seconds": round(build_seconds, 1),
+              "cpu_count": os.cpu_count(),
+              "thread_env": {v: os.environ.get(v) for v in ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS",
+                                                          "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}, "nice": os.nice(0), "build_seconds": round(build_seconds, 1),
               "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
   write_json(args.out, out)
   c, r = out["chain"], out.get("retriever_alone", {})
