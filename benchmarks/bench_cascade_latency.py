@@ -11,7 +11,8 @@ Where the cascade comes from:
 - ``--cascade DIR``: an exported ``cascade/<version>`` directory;
 - ``--run-dir DIR``: the latest ``export/models/cascade/<v>`` of a finished ``semrec run``;
 - otherwise a quick cascade is trained here on the bundled MovieLens (temporal split, seed 0): the default
-  retriever variants trained ``--epochs`` epoch(s) each (0: built, not trained: the same towers and latency), the default ``CascadeConfig`` (M = 200 candidates,
+  retriever variants trained ``--epochs`` epoch(s) each (0: built, not trained: the same towers and latency),
+  the default ``CascadeConfig`` (M = 200 candidates,
   100 per source) with a one-epoch ranker on ``--train-queries`` training queries, then exported
   (``semrec.export.export_cascade``). Quality is not the point here; the shapes (sources, M, ranker) are the
   defaults', which is what the latency depends on.
@@ -166,7 +167,8 @@ def main():
 
     out["retriever_alone"] = {"source": src.name, **percentiles(time_each(alone, parsed, len(warm))[len(warm):])}
   load_after = os.getloadavg()
-  out.update({"origin": origin, "retriever_epochs": None if (args.run_dir or args.cascade) else args.epochs, "export": path, "sources": x["sources"], "candidates_M": x["candidates"],
+  out.update({"origin": origin, "retriever_epochs": None if (args.run_dir or args.cascade) else args.epochs,
+              "export": path, "sources": x["sources"], "candidates_M": x["candidates"],
               "per_source": x["per_source"], "k": 10, "catalogue": x["num_items"], "requests": len(timed),
               "history_items": 50, "target_p99_ms": TARGET_P99_MS,
               "meets_target": out["chain"]["p99_ms"] <= TARGET_P99_MS,
@@ -174,7 +176,8 @@ def main():
               "loadavg_before": [round(v, 2) for v in load_before], "loadavg_after": [round(v, 2) for v in load_after],
               "cpu_count": os.cpu_count(),
               "thread_env": {v: os.environ.get(v) for v in ("TF_NUM_INTEROP_THREADS", "TF_NUM_INTRAOP_THREADS",
-                                                          "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}, "nice": os.nice(0), "build_seconds": round(build_seconds, 1),
+                                                          "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")},
+              "nice": os.nice(0), "build_seconds": round(build_seconds, 1),
               "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
   write_json(args.out, out)
   c, r = out["chain"], out.get("retriever_alone", {})

@@ -271,13 +271,13 @@ class _ServingFeaturizer(CascadeFeaturizer):
     self._empty = train.iloc[:0]
 
   def context(self, queries: Queries) -> np.ndarray:
-    from semrec.ranking.data import context_features
+    from semrec.ranking.data import CONTEXT_COLUMNS, context_features
     out = []
     for u, t in zip(queries.user_ids, np.asarray(queries.timestamps, np.int64)):
       rows = self._user_rows.get(u)
       log = self.train.iloc[rows] if rows is not None else self._empty
       out.append(context_features(pd.DataFrame({"user_id": [u], "timestamp": [t]}), log))
-    return np.concatenate(out) if out else np.zeros((0, 6), np.float32)
+    return np.concatenate(out) if out else np.zeros((0, len(CONTEXT_COLUMNS)), np.float32)
 
 
 def _tower_score_fn(fn, cands: np.ndarray, tables: dict, index: pd.Index, max_history: int):
