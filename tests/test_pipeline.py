@@ -152,11 +152,13 @@ def test_semrec_run_synthetic_quick_end_to_end(tmp_path):
   assert rk["candidate_recall"]["merged"]["overall"] > 0.5, rk["candidate_recall"]
   assert {"transition", "popularity", "fresh_items", "content_knn"} <= set(rk["sources"])
   assert set(metrics["stages"]["retrieval"]["variants"]) <= set(rk["sources"])  # every trained retriever
-  # Export: all 7 artefacts load in a fresh process and reproduce their export-time outputs.
+  # Export: all 8 artefacts load in a fresh process and reproduce their export-time outputs (the served
+  # cascade: its recorded requests' top-k through CascadeServer).
   assert metrics["stages"]["verify"]["ok"]
   models = metrics["stages"]["verify"]["models"]
   assert {m["name"] for m in models} == {"sid_assigner", "candidate_tower", "query_tower", "retrieval_brute_force",
-                                         "retrieval_scann", "cascade_ranker", "scann_index"}
+                                         "retrieval_scann", "cascade_ranker", "scann_index", "cascade"}
+  assert rk["production"]["cascade_export"].endswith(os.path.join("cascade", "1"))
   assert all(m["ok"] for m in models) and all((m["max_abs_diff"] or 0.0) <= 1e-4 for m in models)
   report = open(os.path.join(run_dir, "report.md")).read()
   for png in ("sid_code_usage.png", "sid_prefix_similarity.png", "retrieval_recall.png", "final_list.png"):
