@@ -111,7 +111,7 @@ def test_semrec_run_synthetic_quick_end_to_end(tmp_path):
                       catch_exceptions=False)
   assert res.exit_code == 0, res.output
   # The console metrics table.
-  assert "utilisation per level" in res.output and "recall@100" in res.output and "AUC" in res.output
+  assert "utilisation per level" in res.output and "recall@100" in res.output and "final list" in res.output
   for stage in STAGE_ORDER:
     assert os.path.exists(os.path.join(run_dir, stage, "_DONE.json")), stage
   metrics = json.load(open(os.path.join(run_dir, "metrics.json")))
