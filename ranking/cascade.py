@@ -5,7 +5,8 @@ H history length, C context width, E cascade features per candidate.
 
 Training (``train_cascade``) uses the *train* log only. Training queries are (history, next item) pairs
 cut from each user's time-ordered train positives (``training_queries``: the last ``queries_per_user``
-positions of every user, a seeded sample of at most ``max_train_queries``), ranked over the items with a
+positions of every user, by default as many as spread ``max_train_queries`` evenly over the users; a seeded
+sample of at most ``max_train_queries``), ranked over the items with a
 train interaction. Each query's merged candidates come from the same sources that serve (the transition
 source leaves the query's own transition out, so its count is what it would be without this example);
 the positive is the actual next item, the negatives ``hard_negatives`` items drawn from the merged
@@ -55,13 +56,16 @@ class CascadeConfig:
     fresh_window: The fresh-item source returns items not seen before ``request time - fresh_window`` (0 =
       items without an interaction before the request; in timestamp units).
     max_train_queries: Training queries sampled from the train log (seeded).
-    queries_per_user: The last this many positions of each user's train sequence are training queries.
+    queries_per_user: The last this many positions of each user's train sequence are training queries (None:
+      ceil(max_train_queries / users), so a log with few long histories still gives enough queries).
     hard_negatives: Negatives per training query drawn from its merged candidates.
     random_negatives: Uniform negatives per training query from the train items.
     explicit_negatives: At most this many of the user's explicit negatives (train rows with label 0, e.g. a
       low rating) between the query's previous positive and the request, per training query (labelled data
       only; ``explicit_negative_rows``).
-    max_epochs: Ranker epochs; the best on validation final-list NDCG@10 is kept.
+    max_epochs: Ranker epochs at most; the best on validation final-list NDCG@10 is kept.
+    patience: Stop after this many epochs without a better validation NDCG@10.
+    valid_queries: At most this many validation queries (seeded sample) score each epoch.
     mode: The ranker's item representation (``semrec.ranking.MODE_COMPONENTS``: random_hash, unigram, bigram,
       prefix, spm, spm+hash, dense).
     table_budget: Rows of the representation's tables (the SPM vocabulary size for spm modes).
@@ -74,12 +78,14 @@ class CascadeConfig:
   candidates: int = 200
   per_source: int = 100
   fresh_window: int = 0
-  max_train_queries: int = 12000
-  queries_per_user: int = 5
+  max_train_queries: int = 8000
+  queries_per_user: Optional[int] = None
   hard_negatives: int = 12
   random_negatives: int = 3
   explicit_negatives: int = 2
-  max_epochs: int = 3
+  max_epochs: int = 6
+  patience: int = 2
+  valid_queries: int = 1000
   mode: str = "spm+hash"
   table_budget: int = 4096
   embedding_dim: int = 32
@@ -90,13 +96,15 @@ class CascadeConfig:
 
   def __post_init__(self):
     from semrec.ranking.experiment import MODE_COMPONENTS
-    for f in ("candidates", "per_source", "max_train_queries", "queries_per_user", "max_epochs", "table_budget",
-              "embedding_dim", "history_length", "batch_size"):
+    for f in ("candidates", "per_source", "max_train_queries", "max_epochs", "patience", "valid_queries",
+              "table_budget", "embedding_dim", "history_length", "batch_size"):
       if int(getattr(self, f)) < 1:
         raise ValueError(f"CascadeConfig.{f} must be >= 1, got {getattr(self, f)}")
     for f in ("hard_negatives", "random_negatives", "explicit_negatives", "fresh_window"):
       if int(getattr(self, f)) < 0:
         raise ValueError(f"CascadeConfig.{f} must be >= 0, got {getattr(self, f)}")
+    if self.queries_per_user is not None and int(self.queries_per_user) < 1:
+      raise ValueError(f"CascadeConfig.queries_per_user must be >= 1 or None, got {self.queries_per_user}")
     if self.hard_negatives + self.random_negatives + self.explicit_negatives < 1:
       raise ValueError("CascadeConfig needs at least one negative per query "
                        "(hard_negatives + random_negatives + explicit_negatives)")
@@ -111,12 +119,14 @@ def cascade_feature_names(sources: Sequence[str]) -> list:
   return [f"{s}:{f}" for s in sources for f in PER_SOURCE_FEATURES] + list(ITEM_FEATURES)
 
 
-def training_queries(split, queries_per_user: int = 5, max_queries: int = 12000, seed: int = 0) -> Queries:
+def training_queries(split, queries_per_user: Optional[int] = None, max_queries: int = 8000, seed: int = 0) -> Queries:
   """(history, next item) queries from the train log: for each user's time-ordered train positives
   i_0..i_{n-1}, positions t = max(1, n - queries_per_user) .. n - 1 give history i_0..i_{t-1}, target i_t, at
-  the time of i_t; a seeded sample of at most ``max_queries``. Candidates: the train items (items seen only
-  in validation or test are never a training candidate)."""
+  the time of i_t; a seeded sample of at most ``max_queries``. ``queries_per_user=None``: ceil(max_queries /
+  users). Candidates: the train items (items seen only in validation or test are never a training candidate)."""
   pos = split.train_positives.sort_values(["user_id", "timestamp"], kind="stable")
+  if queries_per_user is None:
+    queries_per_user = -(-int(max_queries) // max(pos["user_id"].nunique(), 1))
   users, hists, targets, times = [], [], [], []
   for u, g in pos.groupby("user_id", sort=True):
     items = g["item_id"].to_numpy().astype(object)
@@ -502,6 +512,14 @@ class Cascade:
     return out
 
 
+def subset_stage(stage: CascadeStage, rows: np.ndarray) -> CascadeStage:
+  """The queries ``rows`` of ``stage`` (their sources' lists and merged candidates)."""
+  m = stage.merged
+  return CascadeStage(stage.queries.subset(rows), [SourceResult(r.name, r.rows[rows], r.scores[rows])
+                                                   for r in stage.results],
+                      MergedCandidates(m.rows[rows], m.ranks[rows], m.scores[rows], m.sources))
+
+
 def candidate_stage(sources: Sequence[ScoreSource], queries: Queries, index: pd.Index, config: CascadeConfig,
                     quotas: Optional[dict] = None) -> CascadeStage:
   """Every source on ``queries`` (top ``per_source``), merged to ``candidates`` per query."""
@@ -568,10 +586,16 @@ def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_
   model = build_ranker(rcfg, item_features, split.train)
   featurizer = make_featurizer(rcfg, item_features)
   cascade = Cascade(model, featurizer, cf, cfg, names, [], 0, len(ex), 0.0)
+  if len(valid_stage.queries) > cfg.valid_queries:
+    keep = np.sort(np.random.default_rng(cfg.seed + 29).choice(len(valid_stage.queries), cfg.valid_queries,
+                                                               replace=False))
+    valid_stage = subset_stage(valid_stage, keep)
   valid = valid_stage.queries
   best, best_weights = -1.0, None
   from tqdm.auto import tqdm
   for epoch in tqdm(range(cfg.max_epochs), desc="cascade ranker", disable=not progress, leave=False):
+    if cascade.best_epoch and epoch - cascade.best_epoch >= cfg.patience:
+      break
     ds = featurizer.dataset(ex, cfg.batch_size, shuffle=True, seed=cfg.seed * 7919 + epoch)
     fit = model.fit(ds, epochs=1, verbose=0)
     scores = cascade.scores(valid_stage)

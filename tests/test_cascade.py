@@ -153,6 +153,9 @@ def test_training_queries_come_from_the_train_log_only():
   for u, h, t in zip(tq.user_ids, tq.histories, tq.targets):
     assert (u, t[0]) in train_pairs and all((u, i) in train_pairs for i in h)
   assert len(tq) == 2 * ds.interactions["user_id"].nunique()
+  # Default: max_queries spread over the users (60 users, 120 queries -> the last 2 positions of each).
+  spread = training_queries(split, max_queries=120)
+  assert len(spread) == 120 and pd.Series(spread.user_ids).value_counts().eq(2).all()
 
 
 def test_transition_source_leaves_the_training_query_own_transition_out():
