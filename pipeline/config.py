@@ -147,6 +147,7 @@ class SidStageConfig:
     codebook_size: K, codes per level: the run's one codebook size (retrieval and ranking read it from the SID
       table); at most the catalogue size.
     epochs: RQ-VAE training epochs (rqvae only).
+    batch_size: RQ-VAE training batch size (rqvae only; small catalogues need small batches to take enough steps).
     cluster_ks: k-means granularities of the cluster IDs (each clipped to the catalogue size).
     unique_suffix: Add the TIGER-style disambiguation suffix to the SID table.
   """
@@ -154,6 +155,7 @@ class SidStageConfig:
   num_levels: int = setting(3, min=1)
   codebook_size: int = setting(256, min=2)
   epochs: int = setting(40, min=1)
+  batch_size: int = setting(256, min=1)
   cluster_ks: Tuple[int, ...] = setting((100, 1000), min=1)
   unique_suffix: bool = True
 
@@ -161,7 +163,7 @@ class SidStageConfig:
   def model(self) -> RQVAEConfig:
     """The library ``RQVAEConfig`` (its other fields: library defaults; the stage sets the run seed)."""
     return RQVAEConfig(mode=self.mode, num_levels=self.num_levels, codebook_size=self.codebook_size,
-                       epochs=self.epochs)
+                       epochs=self.epochs, batch_size=self.batch_size)
 
 
 # The variants `semrec run` trains: the library's DEFAULT_VARIANTS minus seq_cold_hashed_content, the costliest
@@ -328,7 +330,7 @@ class RunConfig:
     encoder = self.encoder
     if self.data.type == "synthetic":
       encoder = rep(encoder, image_architecture="resnet18", image_size=32, audio_architecture="vggish-small")
-    sid = rep(self.sid, codebook_size=16, epochs=2, cluster_ks=(8, 16))
+    sid = rep(self.sid, codebook_size=16, epochs=2, batch_size=64, cluster_ks=(8, 16))
     retrieval = rep(self.retrieval, embedding_dim=8, max_history=5, epochs=1, spm_vocab_size=64, top_k=10)
     ranking = rep(self.ranking, modes=("random_hash", "unigram", "spm"), budgets=(64, 128), use_history=(True,),
                   num_periods=4, embedding_dim=8, history_length=5, batch_size=64, production_budget=64)

@@ -123,7 +123,7 @@ CONFIG_CASES = [
     ("config-production-mode", "`production_mode: nonsense`", _config("ranking:\n  production_mode: nonsense\n"), 1,
      r"Error: .*c\.yaml: ranking\.production_mode: 'nonsense' is not one of \["),
     ("config-unknown-key", "a misspelt key", _config("sid:\n  modle: {}\n"), 1,
-     r"Error: .*c\.yaml: sid: unknown config key 'modle' \(known: cluster_ks, codebook_size, "),
+     r"Error: .*c\.yaml: sid: unknown config key 'modle' \(known: batch_size, cluster_ks, codebook_size, "),
     ("config-old-key", "a key of the config before issue 27 (`sid.model`)",
      _config("sid:\n  model:\n    codebook_size: 64\n"), 1, r"Error: .*c\.yaml: sid: unknown config key 'model'"),
     ("config-yaml-syntax", "invalid YAML", _config("sid: [unclosed\n"), 1, r"Error: .*c\.yaml: cannot be read as YAML"),

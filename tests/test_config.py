@@ -61,7 +61,7 @@ def test_yaml_round_trip_and_unknown_keys(tmp_path):
   save_yaml(cfg, path)
   assert load_yaml(RunConfig, path) == cfg
   assert to_dict(cfg)["sid"]["codebook_size"] == 16
-  with pytest.raises(ConfigError, match=r"^sid: unknown config key 'modle' \(known: cluster_ks, codebook_size, "):
+  with pytest.raises(ConfigError, match=r"^sid: unknown config key 'modle' \(known: batch_size, cluster_ks, codebook_size, "):
     from_dict(RunConfig, {"sid": {"modle": {}}})
   # A pre-issue-27 file (sid.model / ranking.ranker) is refused by name, not silently read as defaults.
   with pytest.raises(ConfigError, match=r"^sid: unknown config key 'model'"):
