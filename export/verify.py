@@ -181,23 +181,31 @@ def _check_structure(check: ModelCheck, manifest: Optional[dict]) -> None:
         check.error(f"missing file {rel}")
 
 
-def _run_cascade_child(check: ModelCheck, timeout: float) -> None:
-  """Replays a cascade export's recorded requests in a fresh process (``semrec.export.cascade``)."""
-  from semrec.export.cascade import CHILD_SCRIPT as CASCADE_CHILD
-  args = {"dir": check.path, "marker": RESULT_MARKER, "watch_modules": list(FORBIDDEN_MODULES)}
+def _child_result(check: ModelCheck, script: str, args: dict, timeout: float) -> Optional[dict]:
+  """Runs ``script`` in a fresh Python process with ``args`` (JSON) and returns the dict it printed after
+  ``RESULT_MARKER``; None after recording on ``check`` why there is none (time-out, exit without a result)."""
   try:
-    proc = subprocess.run([sys.executable, "-c", CASCADE_CHILD, json.dumps(args)], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", script, json.dumps(args)], capture_output=True, text=True,
                           timeout=timeout, env=child_env(), cwd=tempfile.gettempdir())
   except subprocess.TimeoutExpired:
     check.error(f"loading in a fresh process timed out after {timeout:.0f}s")
-    return
+    return None
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
   if not lines:
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
     check.error(f"the fresh process loading {check.path} exited with code {proc.returncode} without a result: "
                 + " | ".join(tail))
+    return None
+  return json.loads(lines[-1][len(RESULT_MARKER):])
+
+
+def _run_cascade_child(check: ModelCheck, timeout: float) -> None:
+  """Replays a cascade export's recorded requests in a fresh process (``semrec.export.cascade``)."""
+  from semrec.export.cascade import CHILD_SCRIPT as CASCADE_CHILD
+  args = {"dir": check.path, "marker": RESULT_MARKER, "watch_modules": list(FORBIDDEN_MODULES)}
+  res = _child_result(check, CASCADE_CHILD, args, timeout)
+  if res is None:
     return
-  res = json.loads(lines[-1][len(RESULT_MARKER):])
   for e in res["errors"]:
     check.error(f"fresh-process replay of {check.path}: {e}")
   check.num_requests, check.max_abs_diff = res["num_requests"], res["max_abs_diff"]
@@ -232,19 +240,9 @@ def _run_child(check: ModelCheck, manifest: dict, timeout: float) -> None:
           "k": int((manifest.get("extra") or {}).get("k", 0)),
           "num_items": int((manifest.get("extra") or {}).get("num_items", 0)),
           "watch_modules": list(FORBIDDEN_MODULES)}
-  try:
-    proc = subprocess.run([sys.executable, "-c", CHILD_SCRIPT, json.dumps(args)], capture_output=True, text=True,
-                          timeout=timeout, env=child_env(), cwd=tempfile.gettempdir())
-  except subprocess.TimeoutExpired:
-    check.error(f"loading in a fresh process timed out after {timeout:.0f}s")
+  res = _child_result(check, CHILD_SCRIPT, args, timeout)
+  if res is None:
     return
-  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_MARKER)]
-  if not lines:
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    check.error(f"the fresh process loading {vdir} exited with code {proc.returncode} without a result: "
-                + " | ".join(tail))
-    return
-  res = json.loads(lines[-1][len(RESULT_MARKER):])
   for e in res["errors"]:
     check.error(f"fresh-process check of {vdir}: {e}")
   check.num_requests = res["num_requests"]
