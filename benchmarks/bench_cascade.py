@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
-from semrec.benchmarks.bench_retrieval import CACHE, RESULTS, aggregate, load_dataset, sid_stage
-from semrec.benchmarks.bench_baselines import content_embeddings, default_dev_dir
+from semrec.benchmarks.bench_retrieval import CACHE, RESULTS, load_dataset, run_report, sid_stage
+from semrec.benchmarks.bench_baselines import content_embeddings
 
 RUNS = ("scientific:leave_one_out", "microlens:leave_one_out", "scientific:cold_items", "microlens:cold_items",
         "movielens:temporal", "movielens:leave_one_out", "movielens:cold_items")
@@ -87,7 +87,6 @@ def acceptance(kind: str, agg: dict, per_seed: list) -> dict:
 
 
 def main():
-  from semrec.atomic import write_json
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--runs", nargs="+", default=list(RUNS), help="dataset:split pairs")
   parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -95,27 +94,10 @@ def main():
                       "(default: ComparisonConfig's; a SID variant is added if none is named: the ranker needs SIDs)")
   parser.add_argument("--out", default=os.path.join(RESULTS, "bench_cascade.json"))
   args = parser.parse_args()
-  report = {"command": "python -m semrec.benchmarks.bench_cascade --runs " + " ".join(args.runs) +
-            " --seeds " + " ".join(map(str, args.seeds)) +
-            (" --variants " + " ".join(args.variants) if args.variants else ""), "runs": {}}
-  if os.path.exists(args.out):
-    import json
-    with open(args.out) as f:
-      report["runs"] = json.load(f).get("runs", {})
-  for run in args.runs:
-    name, kind = run.split(":")
-    if name != "movielens" and not os.path.isdir(os.path.join(default_dev_dir(), name)):
-      print(f"skip {run}: {default_dev_dir() or 'the dev-benchmarks folder'}/{name} not found")
-      continue
-    per_seed, t0 = [], time.time()
-    for seed in args.seeds:
-      print(f"== {run} seed {seed}", flush=True)
-      per_seed.append(run_one(name, kind, seed, args.variants))
-    agg = aggregate(per_seed)
-    report["runs"][run] = {"seeds": args.seeds, "mean_std": agg, "per_seed": per_seed,
-                           "acceptance": acceptance(kind, agg, per_seed), "seconds": round(time.time() - t0, 1)}
-    print(_table(run, agg), "\n", report["runs"][run]["acceptance"], flush=True)
-    write_json(args.out, report)
+  command = ("python -m semrec.benchmarks.bench_cascade --runs " + " ".join(args.runs) + " --seeds " +
+             " ".join(map(str, args.seeds)) + (" --variants " + " ".join(args.variants) if args.variants else ""))
+  run_report(command, args.runs, args.seeds, args.out, lambda name, kind, agg, per_seed: acceptance(kind, agg, per_seed),
+             _table, lambda name, kind, seed: run_one(name, kind, seed, args.variants))
 
 
 def _table(run: str, agg: dict) -> str:

@@ -134,27 +134,39 @@ def main():
   if args.merge:
     write_json(args.out, merge_reports(args.merge))
     return
-  report = {"command": "python -m semrec.benchmarks.bench_retrieval " + " ".join(
+  command = "python -m semrec.benchmarks.bench_retrieval " + " ".join(
       [f"--runs {' '.join(args.runs)}", f"--seeds {' '.join(map(str, args.seeds))}"] +
-      ([f"--variants {' '.join(args.variants)}"] if args.variants else [])), "runs": {}}
-  if os.path.exists(args.out):
+      ([f"--variants {' '.join(args.variants)}"] if args.variants else []))
+  run_report(command, args.runs, args.seeds, args.out, acceptance, _table,
+             lambda name, kind, seed: run_one(name, kind, seed, args.variants, work_dir=args.work_dir))
+
+
+def run_report(command: str, runs, seeds, out: str, accept, table, run_seed) -> dict:
+  """Runs ``run_seed(name, kind, seed)`` for every "<dataset>:<split>" of ``runs`` and seed, and writes the
+  report to ``out`` after each run (runs already in ``out`` are kept): per run the per-seed results, their mean /
+  std (``aggregate``), ``accept(name, kind, agg, per_seed)`` and the seconds. A dev set that is absent is skipped
+  with a message. Shared by the benchmarks that compare models on these runs (bench_retrieval, bench_cascade)."""
+  from semrec.atomic import write_json
+  report = {"command": command, "runs": {}}
+  if os.path.exists(out):
     import json
-    with open(args.out) as f:
+    with open(out) as f:
       report["runs"] = json.load(f).get("runs", {})
-  for run in args.runs:
+  for run in runs:
     name, kind = run.split(":")
     if name != "movielens" and not os.path.isdir(os.path.join(default_dev_dir(), name)):
       print(f"skip {run}: {default_dev_dir() or 'the dev-benchmarks folder'}/{name} not found")
       continue
     per_seed, t0 = [], time.time()
-    for seed in args.seeds:
+    for seed in seeds:
       print(f"== {run} seed {seed}", flush=True)
-      per_seed.append(run_one(name, kind, seed, args.variants, work_dir=args.work_dir))
+      per_seed.append(run_seed(name, kind, seed))
     agg = aggregate(per_seed)
-    report["runs"][run] = {"seeds": args.seeds, "mean_std": agg, "per_seed": per_seed,
-                           "acceptance": acceptance(name, kind, agg, per_seed), "seconds": time.time() - t0}
-    print(_table(run, agg), "\n", report["runs"][run]["acceptance"], flush=True)
-    write_json(args.out, report)
+    report["runs"][run] = {"seeds": list(seeds), "mean_std": agg, "per_seed": per_seed,
+                           "acceptance": accept(name, kind, agg, per_seed), "seconds": time.time() - t0}
+    print(table(run, agg), "\n", report["runs"][run]["acceptance"], flush=True)
+    write_json(out, report)
+  return report
 
 
 def merge_reports(paths) -> dict:
