@@ -68,8 +68,8 @@ def quick_cascade(export_base: str, epochs: int = 1, train_queries: int = 3000, 
   feats = side.features
   ccfg = CascadeConfig(max_epochs=1, max_train_queries=train_queries, seed=seed)
   content = feats.arrays.get("content")
-  serve = build_sources(split, feats.item_ids, content, retrievers, ccfg.fresh_window)
-  train = build_sources(split, feats.item_ids, content, retrievers, ccfg.fresh_window, training=True)
+  serve = build_sources(split, feats.item_ids, content, retrievers, ccfg.fresh_window, seed=seed)
+  train = build_sources(split, feats.item_ids, content, retrievers, ccfg.fresh_window, training=True, seed=seed)
   valid = split.queries("valid")
   valid = valid.subset(np.arange(min(300, len(valid))))
   cascade = train_cascade(split, feats, side.sid_codebook_size, train, candidate_stage(

@@ -180,7 +180,7 @@ def export_cascade(base_dir: str, cascade, split, item_features: ItemFeatures, r
   content = item_features.arrays.get("content")
   cfg = cascade.config
   if sources is None:
-    sources = build_sources(split, ids, content, retrievers, cfg.fresh_window, knn_decay)
+    sources = build_sources(split, ids, content, retrievers, cfg.fresh_window, knn_decay, seed=cfg.seed)
   names = tuple(s.name for s in sources)
   if names != tuple(cascade.sources):
     raise sl.ExportError(f"model {name!r}: sources {names} differ from the cascade's {tuple(cascade.sources)}")
@@ -385,7 +385,8 @@ class CascadeServer:
         learned.append(ScoreSource(src, _tower_score_fn(tower, t[f"candidates__{src}"], tables, index,
                                                         info["max_history"])))
     sources = _share_score_fns(
-        learned + build_sources(split, ids, arrays.get("content"), None, x["fresh_window"], x["knn_decay"]))
+        learned + build_sources(split, ids, arrays.get("content"), None, x["fresh_window"], x["knn_decay"],
+                               seed=int(x["cascade_config"].get("seed", 0))))
     if [s.name for s in sources] != list(x["sources"]):
       raise sl.ExportError(f"{path}: rebuilt sources {[s.name for s in sources]} differ from the manifest's "
                            f"{x['sources']}")

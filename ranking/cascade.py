@@ -407,11 +407,12 @@ def retriever_score_fn(model, inputs) -> callable:
 
 
 def build_sources(split, item_ids, content: Optional[np.ndarray], retrievers: Optional[dict] = None,
-                  fresh_window: int = 0, knn_decay: float = 0.5, training: bool = False) -> list:
+                  fresh_window: int = 0, knn_decay: float = 0.5, training: bool = False, seed: int = 0) -> list:
   """The cascade's sources, in merge priority order: each trained retriever ({name: (model, inputs)}), the
   fresh-item source (content kNN over the items not seen before the request, ``fresh_item_filter``), next-item
   transition counts, content kNN over the catalogue, popularity (the fallback).
 
+  ``seed`` orders the transition and popularity sources' equal counts (``semrec.towers.PopularityBaseline``).
   ``training=True`` builds the training-query variant (the transition source leaves each query's own
   transition out: ``leave_own_transition_out``). Without ``content`` there is no fresh-item or kNN source.
   """
@@ -423,11 +424,11 @@ def build_sources(split, item_ids, content: Optional[np.ndarray], retrievers: Op
     knn = ContentKnnBaseline(decay=knn_decay).fit(split, item_ids, content)
     fresh = fresh_item_filter(first_seen_times(split.train, index), fresh_window)
     out.append(ScoreSource("fresh_items", knn.scores, item_filter=fresh))
-  trans = TransitionBaseline().fit(split, item_ids)
+  trans = TransitionBaseline(seed=seed).fit(split, item_ids)
   out.append(ScoreSource("transition", leave_own_transition_out(trans) if training else trans.scores))
   if content is not None:
     out.append(ScoreSource("content_knn", knn.scores))
-  out.append(ScoreSource("popularity", PopularityBaseline().fit(split, item_ids).scores))
+  out.append(ScoreSource("popularity", PopularityBaseline(seed=seed).fit(split, item_ids).scores))
   return out
 
 
@@ -566,7 +567,7 @@ def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_
     config: ``CascadeConfig``.
   """
   from semrec.ranking.model import needs_content
-  from semrec.ranking.training import make_featurizer
+  from semrec.ranking.training import EpochMeanLoss, make_featurizer
   from semrec.towers.evaluation import evaluate_scores
   cfg = config or CascadeConfig()
   t0 = time.time()
@@ -597,12 +598,13 @@ def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_
     if cascade.best_epoch and epoch - cascade.best_epoch >= cfg.patience:
       break
     ds = featurizer.dataset(ex, cfg.batch_size, shuffle=True, seed=cfg.seed * 7919 + epoch)
-    fit = model.fit(ds, epochs=1, verbose=0)
+    mean_loss = EpochMeanLoss()
+    model.fit(ds, epochs=1, verbose=0, callbacks=[mean_loss])
     scores = cascade.scores(valid_stage)
     m = evaluate_scores(final_list_scores(scores, valid_stage.merged, len(index)), valid, item_features.item_ids,
                         ks=(10,))
     ndcg = float(m["overall"]["ndcg@10"])
-    cascade.history.append({"epoch": epoch + 1, "loss": float(fit.history["loss"][-1]), "valid_ndcg@10": ndcg,
+    cascade.history.append({"epoch": epoch + 1, "loss": mean_loss.mean, "valid_ndcg@10": ndcg,
                             "valid_recall@10": float(m["overall"]["recall@10"])})
     if ndcg > best:
       best, best_weights, cascade.best_epoch = ndcg, model.get_weights(), epoch + 1

@@ -21,6 +21,30 @@ from semrec.ranking.metrics import sliced_auc
 from semrec.ranking.model import Ranker, RankerConfig, needs_content
 
 
+class EpochMeanLoss(tf.keras.callbacks.Callback):
+  """Mean training loss over the batches of the last epoch.
+
+  A ``tfrs.Model``'s ``train_step`` returns the *batch* loss, so ``History.history["loss"]`` holds the last
+  batch's value (a 3-example remainder batch can read 1e-6 while the epoch averaged 0.2); ``mean`` is the
+  epoch's average over batches (float, NaN before any batch).
+  """
+
+  def __init__(self):
+    super().__init__()
+    self._losses = []
+
+  def on_epoch_begin(self, epoch, logs=None):
+    self._losses = []
+
+  def on_train_batch_end(self, batch, logs=None):
+    if logs and "loss" in logs:
+      self._losses.append(float(logs["loss"]))
+
+  @property
+  def mean(self) -> float:
+    return float(np.mean(self._losses)) if self._losses else float("nan")
+
+
 @dataclasses.dataclass
 class RankerRun:
   """A trained ranker and its sequential-protocol evaluation.
@@ -166,8 +190,9 @@ def train_sequential(config: RankerConfig, item_features: Optional[ItemFeatures]
   start = time.perf_counter()
   for i, ex in enumerate(tqdm(data.train_examples, desc=f"train {modes}", disable=not progress, leave=False)):
     ds = featurizer.dataset(ex, config.batch_size, shuffle=True, seed=config.seed * 7919 + i)
-    hist = model.fit(ds, epochs=1, verbose=verbose)
-    period_metrics.append({k: float(v[-1]) for k, v in hist.history.items()})
+    mean_loss = EpochMeanLoss()
+    hist = model.fit(ds, epochs=1, verbose=verbose, callbacks=[mean_loss])
+    period_metrics.append({**{k: float(v[-1]) for k, v in hist.history.items()}, "loss": mean_loss.mean})
     n_train += len(ex)
     if on_period_end is not None:
       on_period_end(i, model)

@@ -76,8 +76,9 @@ def run_two_stage(split, comparison: dict, comparison_config, output_dir: str, c
   retrievers = trained_retrievers(comparison, comparison_config, split, output_dir)
   extra = [s if hasattr(s, "score_fn") or hasattr(s, "list_fn") else history_list_source(s, index, cfg.history_length)
            for s in extra_sources]
-  serve = build_sources(split, ids, content, retrievers, cfg.fresh_window, decay)
-  train_sources = build_sources(split, ids, content, retrievers, cfg.fresh_window, decay, training=True)
+  serve = build_sources(split, ids, content, retrievers, cfg.fresh_window, decay, seed=cfg.seed)
+  train_sources = build_sources(split, ids, content, retrievers, cfg.fresh_window, decay, training=True,
+                                seed=cfg.seed)
   serve = serve[:len(retrievers)] + extra + serve[len(retrievers):]
   train_sources = train_sources[:len(retrievers)] + extra + train_sources[len(retrievers):]
   valid_stage = candidate_stage(serve, split.queries("valid"), index, cfg)

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 
 from semrec.data import ItemFeatures, Queries, RecDataset, make_split
+from semrec.ranking.cascade import build_sources
 from semrec.ranking.candidates import (ScoreSource, SourceResult, candidate_recall, catalogue_index,
                                        fresh_item_filter, merge_candidates, removed_items, top_k_rows)
 
@@ -259,3 +260,33 @@ def test_explicit_negatives_between_previous_positive_and_request():
   merged, pairs, labels = training_slots(merge_candidates([empty], total=2), tq, index, {}, cfg, explicit)
   got = {(int(q), items[merged.rows[q, s]], float(y)) for (q, s), y in zip(pairs, labels)}
   assert got == {(0, "b", 1.0), (0, "x", 0.0), (1, "c", 1.0), (1, "y", 0.0)}
+
+
+def test_epoch_mean_loss_averages_the_batches_not_the_last_one():
+  from semrec.ranking.training import EpochMeanLoss
+  cb = EpochMeanLoss()
+  assert np.isnan(cb.mean)
+  cb.on_epoch_begin(0)
+  for b, loss in enumerate((0.2, 0.4, 1e-6)):  # a tiny remainder batch last
+    cb.on_train_batch_end(b, {"loss": loss})
+  assert cb.mean == pytest.approx((0.2 + 0.4 + 1e-6) / 3)
+  cb.on_epoch_begin(1)
+  cb.on_train_batch_end(0, {"loss": 0.5})
+  assert cb.mean == pytest.approx(0.5)
+
+
+def test_build_sources_orders_equal_counts_by_the_seed():
+  """Popularity's equal counts follow the run's seed, not catalogue order (issue 26: baselines used seed 0)."""
+  ds, _ = _world()
+  extra = [f"z{j}" for j in range(30)]  # never interacted: 33 zero-count items with the 3 new ones
+  ds = RecDataset("tiny", ds.interactions, pd.concat([ds.items, pd.DataFrame({"item_id": extra, "title": extra})]))
+  ids = ds.items["item_id"].to_numpy().astype(object)
+  split = make_split(ds, "leave_one_out")
+  q = split.queries("test")
+  tails = []
+  for seed in (0, 1):
+    pop = [s for s in build_sources(split, ids, None, seed=seed) if s.name == "popularity"][0]
+    order = np.argsort(-pop.score_fn(q, np.arange(1))[0], kind="stable")
+    assert set(ids[order[:30]]) == set(ids[:30])  # the 30 counted warm items first under any seed
+    tails.append(order[30:])
+  assert not np.array_equal(tails[0], tails[1])  # the zero-count items: a seed-dependent order

@@ -362,7 +362,7 @@ def run_retrieval_comparison(dataset: RecDataset, split, content_ids, content,
     knn["decay"], knn["validation_recall@10"] = select_knn_decay(split, ids, x)
   for stage in ("valid", "test"):
     for name, m in evaluate_baselines(split, ids, x, stage=stage, names=cfg.baselines, ks=cfg.fit.ks,
-                                      knn_decay=knn.get("decay", 0.5)).items():
+                                      knn_decay=knn.get("decay", 0.5), seed=cfg.seed).items():
       base.setdefault(name, {})[stage] = m
   quality = _quality(dataset, split, cfg)
   results = {}
