@@ -220,7 +220,7 @@ def _run_options(f):
                    help="Generic format: interactions CSV/Parquet (user_id,item_id,timestamp[,rating|label])."),
       click.option("--items", type=click.Path(exists=True, dir_okay=False), default=None,
                    help="Generic format: items CSV/Parquet (item_id, text columns, media paths, quality)."),
-      click.option("--text-columns", default=None, help="Generic format: comma-separated item text columns."),
+      click.option("--text-columns", default=None, help="Generic format: comma-separated item text columns (default: title, name, text, description, ... whichever the items table has)."),
       click.option("--quality-columns", default=None, help="Generic format: comma-separated numeric quality columns."),
       click.option("--seed", type=int, default=None, help="Global seed."),
       click.option("--split", type=click.Choice(SPLITS), default=None,

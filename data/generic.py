@@ -227,15 +227,40 @@ def check_item_references(interactions: pd.DataFrame, items: pd.DataFrame, path:
         f"(not in the items table; {int(unknown.sum())} such rows)")
 
 
-def load_generic(interactions_path: str, items_path: str, text_columns: Sequence[str] = ("title",),
+TEXT_COLUMN_NAMES = ("title", "name", "text", "description", "brand", "categories", "category", "genres", "tags")
+
+
+def auto_text_columns(items: pd.DataFrame, quality_columns: Sequence[str] = ()) -> tuple:
+  """The item text columns used when none are named: those of ``TEXT_COLUMN_NAMES`` the table has (in that
+  order), else every non-numeric column but ``item_id``, the media paths and the quality columns (file order).
+  Raises ``DataError`` when the table has no such column."""
+  named = tuple(c for c in TEXT_COLUMN_NAMES if c in items.columns)
+  if named:
+    return named
+  skip = {"item_id", *MEDIA_COLUMNS, *quality_columns}
+  rest = tuple(c for c in items.columns if c not in skip and not pd.api.types.is_numeric_dtype(items[c]))
+  if not rest:
+    raise DataError(f"items table: no text column (looked for {list(TEXT_COLUMN_NAMES)} or any non-numeric "
+                    f"column besides item_id; columns: {list(items.columns)}); name one with --text-columns")
+  return rest
+
+
+def load_generic(interactions_path: str, items_path: str, text_columns: Optional[Sequence[str]] = None,
                  quality_columns: Sequence[str] = (), name: Optional[str] = None,
                  positive_threshold: float = 3.5, like_threshold: float = 4.5) -> RecDataset:
   """Loads the generic format (CSV or Parquet) into a :class:`RecDataset`.
 
-  Relative ``image_path``/``audio_path`` values are resolved against the items file's folder.
+  Relative ``image_path``/``audio_path`` values are resolved against the items file's folder. ``text_columns``
+  None or empty: ``auto_text_columns`` (e.g. ``title``; ``text`` for a table whose text column is so named).
   """
   raw_inter = read_table(interactions_path)
   raw_items = read_table(items_path)
+  if not text_columns:
+    try:
+      text_columns = auto_text_columns(raw_items, quality_columns)
+    except DataError as e:
+      raise DataError(f"{items_path}: {e}") from None
+  text_columns = tuple(text_columns)
   inter = normalize_interactions(raw_inter, interactions_path, positive_threshold, like_threshold)
   # Row numbers in errors refer to the file, so check references before sorting matters: re-map.
   items = normalize_items(raw_items, items_path, text_columns, quality_columns)

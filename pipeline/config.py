@@ -70,7 +70,8 @@ class DataConfig:
     type: ``movielens`` (bundled), ``synthetic`` (multimodal world) or ``generic`` (your CSV/Parquet files).
     interactions: Path of the interactions table (generic only).
     items: Path of the items table (generic only).
-    text_columns: Item text columns (generic only).
+    text_columns: Item text columns (generic only; empty: ``title``, ``text``, ``description``, ... whichever
+      the items table has, see ``semrec.data.generic.auto_text_columns``).
     quality_columns: Numeric item quality columns (generic only).
     synthetic: Size of the synthetic world (synthetic only).
     train_fraction: Fraction of interactions (by time) before the train/test cutoff (temporal split, and the
@@ -83,7 +84,7 @@ class DataConfig:
   type: str = setting("movielens", choices=DATASETS)
   interactions: str = ""
   items: str = ""
-  text_columns: Tuple[str, ...] = ("title",)
+  text_columns: Tuple[str, ...] = ()
   quality_columns: Tuple[str, ...] = ()
   synthetic: SyntheticWorldConfig = dataclasses.field(default_factory=SyntheticWorldConfig)
   train_fraction: float = setting(0.8, min=0.0, max=1.0, min_exclusive=True, max_exclusive=True)

@@ -173,3 +173,21 @@ def test_item_features_gather_and_tf_dataset():
   ds = make_tf_dataset({"item_id": np.array(["a", "b", "a"], dtype=object), "x": np.arange(3.0)}, batch_size=2)
   batches = list(ds.as_numpy_iterator())
   assert batches[0]["item_id"].tolist() == [b"a", b"b"] and len(batches) == 2
+
+
+def test_generic_text_columns_are_found_when_not_named(tmp_path):
+  """A public log whose item text column is ``text`` (not ``title``) loads without --text-columns."""
+  from semrec.data.generic import DataError, auto_text_columns, load_generic
+  pd.DataFrame({"user_id": [0, 0, 1], "item_id": [0, 1, 1], "timestamp": [0, 1, 0]}).to_csv(tmp_path / "i.csv",
+                                                                                           index=False)
+  pd.DataFrame({"item_id": [0, 1], "text": ["red shoe", "blue hat"], "price": [1.0, 2.0]}).to_csv(
+      tmp_path / "t.csv", index=False)
+  ds = load_generic(str(tmp_path / "i.csv"), str(tmp_path / "t.csv"))
+  assert tuple(ds.text_columns) == ("text",)
+  assert list(ds.items["text"]) == ["red shoe", "blue hat"]
+  # Named columns win, in TEXT_COLUMN_NAMES order; else every non-numeric column but the id and media paths.
+  assert auto_text_columns(pd.DataFrame(columns=["item_id", "description", "title"])) == ("title", "description")
+  frame = pd.DataFrame({"item_id": [1], "blurb": ["x"], "image_path": ["a.png"], "score": [3.0]})
+  assert auto_text_columns(frame) == ("blurb",)
+  with pytest.raises(DataError, match="no text column"):
+    auto_text_columns(pd.DataFrame({"item_id": [1], "score": [3.0]}))
