@@ -146,7 +146,8 @@ def _default_requests(split, index: pd.Index, num: int) -> list:
 
 
 def export_cascade(base_dir: str, cascade, split, item_features: ItemFeatures, retrievers: Optional[Mapping] = None,
-                   knn_decay: float = 0.5, *, sources: Optional[Sequence[ScoreSource]] = None,
+                   knn_decay: float = 0.5, *, fresh_scorer: str = "content_knn",
+                   sources: Optional[Sequence[ScoreSource]] = None,
                    quotas: Optional[dict] = None, requests: Optional[Sequence[dict]] = None, num_requests: int = 4,
                    k: int = 10, name: str = CASCADE_KIND, data_fingerprint: Optional[str] = None,
                    metrics: Optional[dict] = None) -> ExportResult:
@@ -161,6 +162,8 @@ def export_cascade(base_dir: str, cascade, split, item_features: ItemFeatures, r
     retrievers: {source name: (``TwoTowerRetriever``, ``RetrievalInputs``)}: the learned sources, in merge
       order (``semrec.ranking.run_two_stage``'s ``retrievers``).
     knn_decay: The content-kNN recency decay the sources were built with.
+    fresh_scorer: What orders the fresh-item source ("content_knn" or a learned source's name; ``run_two_stage``'s
+      "fresh_scorer").
     sources: The in-memory serving sources (default rebuilt with ``build_sources``); they compute the recorded
       requests' expected results.
     quotas: Merge quotas (default ``merge_candidates``' default).
@@ -180,7 +183,8 @@ def export_cascade(base_dir: str, cascade, split, item_features: ItemFeatures, r
   content = item_features.arrays.get("content")
   cfg = cascade.config
   if sources is None:
-    sources = build_sources(split, ids, content, retrievers, cfg.fresh_window, knn_decay, seed=cfg.seed)
+    sources = build_sources(split, ids, content, retrievers, cfg.fresh_window, knn_decay, seed=cfg.seed,
+                            fresh_scorer=fresh_scorer)
   names = tuple(s.name for s in sources)
   if names != tuple(cascade.sources):
     raise sl.ExportError(f"model {name!r}: sources {names} differ from the cascade's {tuple(cascade.sources)}")
@@ -240,6 +244,7 @@ def export_cascade(base_dir: str, cascade, split, item_features: ItemFeatures, r
              "quotas": None if quotas is None else dict(quotas), "candidates": int(cfg.candidates),
              "per_source": int(cfg.per_source), "fresh_window": int(cfg.fresh_window),
              "history_length": int(cfg.history_length), "knn_decay": float(knn_decay), "split_kind": split.kind,
+             "fresh_scorer": str(fresh_scorer),
              "cascade_config": dataclasses.asdict(cfg), "cascade_features": cascade_feature_names(names),
              "ranker": {"tasks": list(rank_cfg.tasks), "history_length": int(rank_cfg.history_length),
                         "include_content": bool(dense), "include_history": bool(rank_cfg.use_history),
@@ -376,17 +381,16 @@ class CascadeServer:
     index = catalogue_index(ids)
     feats = ItemFeatures(ids, arrays)
     split = EvalSplit(x["split_kind"], train, np.zeros(0, dtype=object), None, {})
-    learned = []
+    learned = {}
     with np.load(os.path.join(path, RETRIEVER_FILE), allow_pickle=False) as t:
       for src in [n for n in x["sources"] if n in x["learned_sources"]]:  # merge order (the manifest's keys are sorted)
         info = x["learned_sources"][src]
         tower = _load_signature(os.path.join(path, MODELS_DIR), src)
         tables = {f: t[key] for f, key in x["table_keys"][src].items()}
-        learned.append(ScoreSource(src, _tower_score_fn(tower, t[f"candidates__{src}"], tables, index,
-                                                        info["max_history"])))
-    sources = _share_score_fns(
-        learned + build_sources(split, ids, arrays.get("content"), None, x["fresh_window"], x["knn_decay"],
-                               seed=int(x["cascade_config"].get("seed", 0))))
+        learned[src] = _tower_score_fn(tower, t[f"candidates__{src}"], tables, index, info["max_history"])
+    sources = _share_score_fns(build_sources(split, ids, arrays.get("content"), learned, x["fresh_window"],
+                                             x["knn_decay"], seed=int(x["cascade_config"].get("seed", 0)),
+                                             fresh_scorer=x.get("fresh_scorer", "content_knn")))
     if [s.name for s in sources] != list(x["sources"]):
       raise sl.ExportError(f"{path}: rebuilt sources {[s.name for s in sources]} differ from the manifest's "
                            f"{x['sources']}")

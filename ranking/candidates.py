@@ -214,6 +214,42 @@ def fresh_item_filter(first_seen: np.ndarray, window: int = 0) -> ScoreFn:
   return item_filter
 
 
+def available_item_filter(first_seen: np.ndarray, horizon: int) -> ScoreFn:
+  """The catalogue as it stood at each training request: items first seen no later than ``timestamp +
+  horizon`` (``first_seen`` [N] from ``first_seen_times``).
+
+  A test request ranks every catalogue item, including items first seen up to one evaluated period after it
+  (the test part's new items). A training request cut from the train log would otherwise rank items that only
+  appear years later; as negatives they teach the ranker that a fresh item is never the answer. Bounding the
+  training catalogue by the same horizon keeps fresh candidates alike in training and at test.
+  """
+  if horizon < 0:
+    raise ValueError(f"catalogue horizon must be >= 0, got {horizon}")
+  first_seen = np.asarray(first_seen, np.int64)
+
+  def item_filter(queries: Queries, rows: np.ndarray) -> np.ndarray:
+    t = np.asarray(queries.timestamps, np.int64)[np.asarray(rows, np.int64)]
+    limit = np.minimum(t, np.iinfo(np.int64).max - int(horizon)) + int(horizon)
+    return first_seen[None, :] <= limit[:, None]
+
+  return item_filter
+
+
+def all_of(*filters: Optional[ScoreFn]) -> Optional[ScoreFn]:
+  """The conjunction of item filters (None entries ignored; None when there is none)."""
+  fs = [f for f in filters if f is not None]
+  if len(fs) <= 1:
+    return fs[0] if fs else None
+
+  def item_filter(queries: Queries, rows: np.ndarray) -> np.ndarray:
+    out = np.asarray(fs[0](queries, rows), bool).copy()
+    for f in fs[1:]:
+      out &= np.asarray(f(queries, rows), bool)
+    return out
+
+  return item_filter
+
+
 @dataclasses.dataclass
 class MergedCandidates:
   """The merged candidate set of Q queries.
@@ -319,6 +355,6 @@ def candidate_recall(candidate_rows: np.ndarray, targets: list, cold: Optional[n
   return out
 
 
-__all__ = ["ListSource", "MergedCandidates", "ScoreSource", "history_list_source", "SourceResult", "candidate_recall", "catalogue_index",
-           "default_quotas", "first_seen_times", "fresh_item_filter", "merge_candidates", "removed_items",
+__all__ = ["ListSource", "MergedCandidates", "ScoreSource", "history_list_source", "SourceResult", "all_of",
+           "available_item_filter", "candidate_recall", "catalogue_index", "default_quotas", "first_seen_times", "fresh_item_filter", "merge_candidates", "removed_items",
            "target_rows", "top_k_rows"]

@@ -55,6 +55,12 @@ class CascadeConfig:
     per_source: k, candidates asked of each source before the merge.
     fresh_window: The fresh-item source returns items not seen before ``request time - fresh_window`` (0 =
       items without an interaction before the request; in timestamp units).
+    fresh_scorer: What orders the fresh items: "auto" (the scorer, content kNN or a trained retriever, with the
+      best validation Recall@``per_source`` of new-item targets among the fresh items: ``choose_fresh_scorer``;
+      content kNN when validation has fewer than 100 new-item targets), "content_knn", or a retriever's name.
+    catalogue_horizon: Training requests rank the items first seen no later than request time + this
+      (``available_item_filter``; timestamp units). None: the span of the split's evaluated (validation + test)
+      period (``evaluation_horizon``), the reach of a test request.
     max_train_queries: Training queries sampled from the train log (seeded).
     queries_per_user: The last this many positions of each user's train sequence are training queries (None:
       ceil(max_train_queries / users), so a log with few long histories still gives enough queries).
@@ -78,6 +84,8 @@ class CascadeConfig:
   candidates: int = 200
   per_source: int = 100
   fresh_window: int = 0
+  fresh_scorer: str = "auto"
+  catalogue_horizon: Optional[int] = None
   max_train_queries: int = 8000
   queries_per_user: Optional[int] = None
   hard_negatives: int = 12
@@ -103,6 +111,11 @@ class CascadeConfig:
     for f in ("hard_negatives", "random_negatives", "explicit_negatives", "fresh_window"):
       if int(getattr(self, f)) < 0:
         raise ValueError(f"CascadeConfig.{f} must be >= 0, got {getattr(self, f)}")
+    if self.catalogue_horizon is not None and int(self.catalogue_horizon) < 0:
+      raise ValueError(f"CascadeConfig.catalogue_horizon must be >= 0 or None, got {self.catalogue_horizon}")
+    if not isinstance(self.fresh_scorer, str) or not self.fresh_scorer:
+      raise ValueError(f"CascadeConfig.fresh_scorer must be 'auto', 'content_knn' or a retriever name, got "
+                       f"{self.fresh_scorer!r}")
     if self.queries_per_user is not None and int(self.queries_per_user) < 1:
       raise ValueError(f"CascadeConfig.queries_per_user must be >= 1 or None, got {self.queries_per_user}")
     if self.hard_negatives + self.random_negatives + self.explicit_negatives < 1:
@@ -312,14 +325,15 @@ def explicit_negative_rows(split, queries: Queries, index: pd.Index) -> list:
 
 
 def training_slots(merged: MergedCandidates, queries: Queries, index: pd.Index, future: dict,
-                   config: CascadeConfig, explicit: Optional[list] = None) -> tuple:
+                   config: CascadeConfig, explicit: Optional[list] = None, available=None) -> tuple:
   """(augmented MergedCandidates, pairs [n, 2] (query, slot), labels [n] float32) for training queries.
 
   Per query: its positive (the actual next item; appended as an extra slot when no source returned it), up
   to ``hard_negatives`` of its merged candidates and ``random_negatives`` uniform items of
   ``queries.candidates`` (the train items), none of them the positive, a history item or a validation / test
-  item of the user (``future``, from ``user_future_items``); then up to ``explicit_negatives`` of the query's
-  ``explicit`` rows (``explicit_negative_rows``: labelled data's rejected items), appended as extra slots.
+  item of the user (``future``, from ``user_future_items``), nor, with ``available`` (an item filter, e.g.
+  ``available_item_filter``), an item outside the query's catalogue; then up to ``explicit_negatives`` of the
+  query's ``explicit`` rows (``explicit_negative_rows``: labelled data's rejected items), appended as extra slots.
   Queries whose target is not in the catalogue are skipped.
   """
   rng = np.random.default_rng(config.seed + 17)
@@ -350,7 +364,8 @@ def training_slots(merged: MergedCandidates, queries: Queries, index: pd.Index, 
       pairs.append((q, int(s)))
       labels.append(0.0)
     taken = banned | {int(r) for r in row if r >= 0}
-    draws = rng.choice(pool, size=min(4 * R + 4, len(pool)), replace=False) if (R and len(pool)) else ()
+    qpool = pool if available is None else pool[np.asarray(available(queries, np.array([q])), bool)[0, pool]]
+    draws = rng.choice(qpool, size=min(4 * R + 4, len(qpool)), replace=False) if (R and len(qpool)) else ()
     j = 0
     for r in draws:
       if j >= R:
@@ -406,29 +421,83 @@ def retriever_score_fn(model, inputs) -> callable:
   return score_fn
 
 
-def build_sources(split, item_ids, content: Optional[np.ndarray], retrievers: Optional[dict] = None,
-                  fresh_window: int = 0, knn_decay: float = 0.5, training: bool = False, seed: int = 0) -> list:
-  """The cascade's sources, in merge priority order: each trained retriever ({name: (model, inputs)}), the
-  fresh-item source (content kNN over the items not seen before the request, ``fresh_item_filter``), next-item
-  transition counts, content kNN over the catalogue, popularity (the fallback).
+def evaluation_horizon(split) -> int:
+  """The span of the split's evaluated period: latest minus earliest validation / test request time (0 without
+  validation or test queries). A test request ranks items first seen up to this long after it."""
+  times = [np.asarray(split.queries(st).timestamps, np.int64) for st in ("valid", "test")]
+  times = np.concatenate([t for t in times if len(t)]) if any(len(t) for t in times) else np.zeros(0, np.int64)
+  return int(times.max() - times.min()) if len(times) else 0
 
-  ``seed`` orders the transition and popularity sources' equal counts (``semrec.towers.PopularityBaseline``).
-  ``training=True`` builds the training-query variant (the transition source leaves each query's own
-  transition out: ``leave_own_transition_out``). Without ``content`` there is no fresh-item or kNN source.
-  """
+
+def resolved_horizon(config: CascadeConfig, split) -> int:
+  """The training catalogue horizon: ``config.catalogue_horizon``, or ``evaluation_horizon(split)`` when None."""
+  return int(config.catalogue_horizon) if config.catalogue_horizon is not None else evaluation_horizon(split)
+
+
+def _score_fns(retrievers: Optional[dict]) -> dict:
+  """{name: score_fn} from {name: (model, inputs) or a ready ``score_fn``}."""
+  return {n: (r if callable(r) else retriever_score_fn(*r)) for n, r in (retrievers or {}).items()}
+
+
+def choose_fresh_scorer(split, item_ids, scorers: dict, fresh_window: int = 0, k: int = 100,
+                        min_cold_queries: int = 100) -> tuple:
+  """(name, {name: validation recall}): the scorer of ``scorers`` ({name: score_fn}) whose top-``k`` among the
+  fresh items (``fresh_item_filter``) holds the most validation new-item targets. "content_knn" (or the first
+  scorer) when validation has fewer than ``min_cold_queries`` new-item targets (``selection_score``'s rule)."""
   from semrec.ranking.candidates import first_seen_times, fresh_item_filter
+  if not scorers:
+    raise ValueError("choose_fresh_scorer needs at least one scorer")
+  default = "content_knn" if "content_knn" in scorers else next(iter(scorers))
+  valid = split.queries("valid")
+  cold = np.flatnonzero(np.asarray(valid.cold, bool)) if len(valid) else np.zeros(0, np.int64)
+  if len(cold) < min_cold_queries or len(scorers) == 1:
+    return default, {}
+  index = catalogue_index(item_ids)
+  q = valid.subset(cold)
+  fresh = fresh_item_filter(first_seen_times(split.train, index), fresh_window)
+  recall = {}
+  for name, fn in scorers.items():
+    res = ScoreSource(name, fn, item_filter=fresh).retrieve(q, k, index)
+    recall[name] = candidate_recall(res.rows, target_rows(q, index))["overall"]
+  best = max(recall, key=lambda n: (recall[n], n == default))
+  return best, recall
+
+
+def build_sources(split, item_ids, content: Optional[np.ndarray], retrievers: Optional[dict] = None,
+                  fresh_window: int = 0, knn_decay: float = 0.5, training: bool = False, seed: int = 0,
+                  fresh_scorer: str = "content_knn", catalogue_horizon: Optional[int] = None) -> list:
+  """The cascade's sources, in merge priority order: each trained retriever (``retrievers``: {name: (model,
+  inputs) or a ready ``score_fn``}), the fresh-item source (the items not seen before the request,
+  ``fresh_item_filter``, ordered by ``fresh_scorer``: "content_knn" or a retriever's name), next-item transition
+  counts, content kNN over the catalogue, popularity (the fallback).
+
+  ``training=True`` builds the training-query variant: the transition source leaves each query's own transition
+  out (``leave_own_transition_out``), and with ``catalogue_horizon`` every source ranks only the items available
+  at the request (``available_item_filter``). ``seed`` orders the transition and popularity sources' equal
+  counts (``semrec.towers.PopularityBaseline``). Without ``content`` there is no content kNN source, and a fresh
+  source only when ``fresh_scorer`` names a retriever.
+  """
+  from semrec.ranking.candidates import all_of, available_item_filter, first_seen_times, fresh_item_filter
   from semrec.towers.baselines import ContentKnnBaseline, PopularityBaseline, TransitionBaseline
   index = catalogue_index(item_ids)
-  out = [ScoreSource(name, retriever_score_fn(m, i)) for name, (m, i) in (retrievers or {}).items()]
-  if content is not None:
-    knn = ContentKnnBaseline(decay=knn_decay).fit(split, item_ids, content)
-    fresh = fresh_item_filter(first_seen_times(split.train, index), fresh_window)
-    out.append(ScoreSource("fresh_items", knn.scores, item_filter=fresh))
+  fns = _score_fns(retrievers)
+  first = first_seen_times(split.train, index)
+  avail = (available_item_filter(first, int(catalogue_horizon)) if training and catalogue_horizon is not None
+           else None)
+  out = [ScoreSource(name, fn, item_filter=avail) for name, fn in fns.items()]
+  knn = ContentKnnBaseline(decay=knn_decay).fit(split, item_ids, content) if content is not None else None
+  if fresh_scorer != "content_knn" and fresh_scorer not in fns:
+    raise ValueError(f"fresh_scorer {fresh_scorer!r} is neither 'content_knn' nor a retriever "
+                     f"({sorted(fns)})")
+  fresh_fn = fns[fresh_scorer] if fresh_scorer in fns else (knn.scores if knn is not None else None)
+  if fresh_fn is not None:
+    out.append(ScoreSource("fresh_items", fresh_fn, item_filter=all_of(fresh_item_filter(first, fresh_window),
+                                                                       avail)))
   trans = TransitionBaseline(seed=seed).fit(split, item_ids)
-  out.append(ScoreSource("transition", leave_own_transition_out(trans) if training else trans.scores))
-  if content is not None:
-    out.append(ScoreSource("content_knn", knn.scores))
-  out.append(ScoreSource("popularity", PopularityBaseline(seed=seed).fit(split, item_ids).scores))
+  out.append(ScoreSource("transition", leave_own_transition_out(trans) if training else trans.scores, avail))
+  if knn is not None:
+    out.append(ScoreSource("content_knn", knn.scores, avail))
+  out.append(ScoreSource("popularity", PopularityBaseline(seed=seed).fit(split, item_ids).scores, avail))
   return out
 
 
@@ -562,7 +631,7 @@ def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_
     split: The ``EvalSplit`` (its train log only feeds training; validation picks the epoch).
     item_features: Catalogue table with ``sid`` [N, L] (and ``content`` for a dense mode).
     codebook_size: K, the SID codebook size (codes in [0, K)).
-    train_sources: ``build_sources(..., training=True)``.
+    train_sources: ``build_sources(..., training=True, catalogue_horizon=resolved_horizon(config, split))``.
     valid_stage: ``candidate_stage`` of the validation queries with the serving sources.
     config: ``CascadeConfig``.
   """
@@ -577,8 +646,10 @@ def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_
   if not len(tq):
     raise ValueError("the train log has no user with two or more positives: no training query for the ranker")
   train_stage = candidate_stage(train_sources, tq, index, cfg)
+  from semrec.ranking.candidates import available_item_filter
+  available = available_item_filter(cf.first_seen, resolved_horizon(cfg, split))
   merged, pairs, labels = training_slots(train_stage.merged, tq, index, user_future_items(split), cfg,
-                                         explicit_negative_rows(split, tq, index))
+                                         explicit_negative_rows(split, tq, index), available)
   ex = cf.examples(merged, tq, pairs, labels)
   sid = np.asarray(item_features.arrays["sid"])
   names = tuple(s.name for s in train_sources)

@@ -13,8 +13,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from semrec.ranking.cascade import (Cascade, CascadeConfig, build_sources, candidate_stage, evaluate_cascade,
-                                    train_cascade)
+from semrec.ranking.cascade import (Cascade, CascadeConfig, build_sources, candidate_stage, choose_fresh_scorer,
+                                    evaluate_cascade, resolved_horizon, retriever_score_fn, train_cascade)
 from semrec.ranking.candidates import catalogue_index, history_list_source
 
 
@@ -60,7 +60,10 @@ def run_two_stage(split, comparison: dict, comparison_config, output_dir: str, c
      "baselines": {name: test metrics}, "best_retriever": variant, "history": per-epoch record,
      "seconds": {"sources": s, "train": s, "evaluate": s}, "config": dict, "test_stage": CascadeStage,
      "retrievers_trained": {variant: (model, inputs)}, "serve_sources": the serving ``ScoreSource`` list,
-     "knn_decay": the content-kNN decay used} (the last three are what ``semrec.export.export_cascade`` needs).
+     "knn_decay": the content-kNN decay used, "fresh_scorer": what orders the fresh items,
+     "fresh_scorer_recall": {scorer: its validation new-item recall among the fresh items} (empty when not
+     chosen on validation)} ("retrievers_trained" to "fresh_scorer" are what ``semrec.export.export_cascade``
+     needs).
   """
   cfg = config or CascadeConfig()
   side = comparison["item_side"]
@@ -76,9 +79,11 @@ def run_two_stage(split, comparison: dict, comparison_config, output_dir: str, c
   retrievers = trained_retrievers(comparison, comparison_config, split, output_dir)
   extra = [s if hasattr(s, "score_fn") or hasattr(s, "list_fn") else history_list_source(s, index, cfg.history_length)
            for s in extra_sources]
-  serve = build_sources(split, ids, content, retrievers, cfg.fresh_window, decay, seed=cfg.seed)
-  train_sources = build_sources(split, ids, content, retrievers, cfg.fresh_window, decay, training=True,
-                                seed=cfg.seed)
+  fns = {v: retriever_score_fn(m, i) for v, (m, i) in retrievers.items()}
+  fresh, fresh_recall = _fresh_scorer(cfg, split, ids, content, fns, decay)
+  serve = build_sources(split, ids, content, fns, cfg.fresh_window, decay, seed=cfg.seed, fresh_scorer=fresh)
+  train_sources = build_sources(split, ids, content, fns, cfg.fresh_window, decay, training=True, seed=cfg.seed,
+                                fresh_scorer=fresh, catalogue_horizon=resolved_horizon(cfg, split))
   serve = serve[:len(retrievers)] + extra + serve[len(retrievers):]
   train_sources = train_sources[:len(retrievers)] + extra + train_sources[len(retrievers):]
   valid_stage = candidate_stage(serve, split.queries("valid"), index, cfg)
@@ -102,7 +107,22 @@ def run_two_stage(split, comparison: dict, comparison_config, output_dir: str, c
           "train_examples": {m: c.train_examples for m, c in cascades.items()},
           "seconds": {"sources": round(t1 - t0, 1), "train": round(t2 - t1, 1), "evaluate": round(time.time() - t2, 1)},
           "config": dataclasses.asdict(cfg), "test_stage": test_stage,
-          "retrievers_trained": retrievers, "serve_sources": serve, "knn_decay": decay}
+          "retrievers_trained": retrievers, "serve_sources": serve, "knn_decay": decay,
+          "fresh_scorer": fresh, "fresh_scorer_recall": fresh_recall}
+
+
+def _fresh_scorer(cfg: CascadeConfig, split, ids, content, fns: dict, decay: float) -> tuple:
+  """(``cfg.fresh_scorer`` resolved, validation recalls): "auto" -> ``choose_fresh_scorer`` over content kNN
+  (with content) and every trained retriever."""
+  if cfg.fresh_scorer != "auto":
+    return cfg.fresh_scorer, {}
+  scorers = dict(fns)
+  if content is not None:
+    from semrec.towers.baselines import ContentKnnBaseline
+    scorers = {"content_knn": ContentKnnBaseline(decay=decay).fit(split, ids, content).scores, **fns}
+  if not scorers:
+    return "content_knn", {}
+  return choose_fresh_scorer(split, ids, scorers, cfg.fresh_window, cfg.per_source)
 
 
 def two_stage_table(result: dict, metrics: Sequence[str] = ("recall@10", "ndcg@10", "recall@100"),

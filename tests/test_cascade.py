@@ -290,3 +290,74 @@ def test_build_sources_orders_equal_counts_by_the_seed():
     assert set(ids[order[:30]]) == set(ids[:30])  # the 30 counted warm items first under any seed
     tails.append(order[30:])
   assert not np.array_equal(tails[0], tails[1])  # the zero-count items: a seed-dependent order
+
+
+def test_training_catalogue_horizon_and_filter_conjunction():
+  from semrec.ranking.candidates import all_of, available_item_filter
+  first_seen = np.array([0, 10, 20, 35, np.iinfo(np.int64).max])  # e: never seen in train
+  q = _queries([["a"], ["a"]], [["b"], ["c"]], [10, 20])
+  # Horizon 10: at t=10 the items first seen by 20 exist (a, b, c); at t=20 those by 30 (still not d at 35);
+  # e (never seen in train) at neither.
+  assert available_item_filter(first_seen, 10)(q, np.arange(2)).tolist() == [
+      [True, True, True, False, False], [True, True, True, False, False]]
+  assert available_item_filter(first_seen, 15)(q, np.arange(2))[1].tolist() == [True, True, True, True, False]
+  fresh_and_available = all_of(fresh_item_filter(first_seen, 0), available_item_filter(first_seen, 10), None)
+  # Fresh at t (not seen before t) and available by t + 10: t=10 -> b (10), c (20); t=20 -> c only.
+  assert fresh_and_available(q, np.arange(2)).tolist() == [[False, True, True, False, False],
+                                                           [False, False, True, False, False]]
+  assert all_of(None, None) is None
+  with pytest.raises(ValueError, match="horizon"):
+    available_item_filter(first_seen, -1)
+
+
+def test_training_sources_and_random_negatives_stay_inside_the_horizon():
+  from semrec.ranking.candidates import available_item_filter, first_seen_times
+  from semrec.ranking.cascade import (CascadeConfig, candidate_stage, evaluation_horizon, training_queries,
+                                      training_slots, user_future_items)
+  ds, feats = _world()
+  assert evaluation_horizon(make_split(ds, "leave_one_out")) == 1  # positions 0..7: valid at 6, test at 7
+  # Topic 2's users start 100 time units later, so its items do not exist yet for the other users' requests.
+  late = ds.interactions["user_id"].str[1:].astype(int) % 3 == 2
+  inter = ds.interactions.assign(timestamp=ds.interactions["timestamp"] + np.where(late, 100, 0))
+  split = make_split(RecDataset("tiny", inter, ds.items), "leave_one_out")
+  index = catalogue_index(feats.item_ids)
+  first = first_seen_times(split.train, index)
+  cfg = CascadeConfig(candidates=12, per_source=8, hard_negatives=4, random_negatives=6, mode="unigram")
+  tq = training_queries(split, cfg.queries_per_user, cfg.max_train_queries)
+  sources = build_sources(split, feats.item_ids, feats.arrays["content"], training=True, catalogue_horizon=0)
+  stage = candidate_stage(sources, tq, index, cfg)
+  limit = np.asarray(tq.timestamps, np.int64)
+  for r in stage.results:  # horizon 0: no source returns an item first seen after the request
+    q, s = np.nonzero(r.rows >= 0)
+    assert (first[r.rows[q, s]] <= limit[q]).all(), r.name
+  merged, pairs, labels = training_slots(stage.merged, tq, index, user_future_items(split), cfg,
+                                         available=available_item_filter(first, 0))
+  q, s = pairs[labels == 0, 0], pairs[labels == 0, 1]
+  assert (first[merged.rows[q, s]] <= limit[q]).all()  # nor any negative, random ones included
+  # Without the horizon the random negatives do reach later items (the check above can fail).
+  merged2, pairs2, labels2 = training_slots(stage.merged, tq, index, user_future_items(split), cfg)
+  q2, s2 = pairs2[labels2 == 0, 0], pairs2[labels2 == 0, 1]
+  assert (first[merged2.rows[q2, s2]] > limit[q2]).any()
+
+
+def test_fresh_scorer_is_the_one_that_finds_validation_new_items():
+  from semrec.ranking.cascade import choose_fresh_scorer
+  ds, feats = _world(num_users=240)
+  split = make_split(ds, "cold_items")  # validation targets: held-out items without a train interaction
+  valid = split.queries("valid")
+  ids = feats.item_ids
+  index = catalogue_index(ids)
+  assert int(np.sum(valid.cold)) >= 100
+
+  def good(queries, rows):  # an oracle: each query's own target first
+    out = np.zeros((len(rows), len(ids)))
+    for i, r in enumerate(rows):
+      out[i, index.get_indexer(queries.targets[r])] = 1.0
+    return out
+
+  bad = lambda queries, rows: -good(queries, rows)  # noqa: E731
+  name, recall = choose_fresh_scorer(split, ids, {"content_knn": bad, "tower": good}, k=1)
+  assert name == "tower" and recall["tower"] == 1.0 and recall["content_knn"] == 0.0
+  # Too few new-item targets on validation: content kNN, no measurement.
+  assert choose_fresh_scorer(split, ids, {"content_knn": bad, "tower": good}, min_cold_queries=10 ** 6) == (
+      "content_knn", {})

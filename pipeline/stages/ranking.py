@@ -64,7 +64,8 @@ def stage_ranking(run: Run) -> dict:
   # The whole chain (sources -> merge -> ranker -> top-k) for semrec.export.CascadeServer.
   from semrec.export import export_cascade
   cascade_export = export_cascade(export_dir(run), cascade, run.split, res["item_side"].features,
-                                  two["retrievers_trained"], two["knn_decay"], sources=two["serve_sources"],
+                                  two["retrievers_trained"], two["knn_decay"], fresh_scorer=two["fresh_scorer"],
+                                  sources=two["serve_sources"],
                                   data_fingerprint=run.data_fingerprint,
                                   metrics={"final": two["final"][cascade.config.mode]["overall"]})
   write_json(os.path.join(out_dir, "two_stage.json"), {
