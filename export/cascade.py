@@ -266,23 +266,29 @@ def export_cascade(base_dir: str, cascade, split, item_features: ItemFeatures, r
 
 
 class _ServingFeaturizer(CascadeFeaturizer):
-  """``CascadeFeaturizer`` whose request context reads only the requesting user's train rows (the same
-  ``context_features`` values: a user's activity and positive rate count that user's rows alone), so a request
-  does not sort the whole train log."""
+  """``CascadeFeaturizer`` whose request context is counted from per-user arrays built once at load (each user's
+  train times, sorted, and the running count of positives), so a request does neither sort the train log nor
+  build a DataFrame; the values are ``context_features``' (``context_from_counts`` on the same counts)."""
 
   def __init__(self, item_features: ItemFeatures, train: pd.DataFrame, fresh_window: int, history_length: int):
     super().__init__(item_features, train, fresh_window, history_length)
-    self._user_rows = {u: g for u, g in train.groupby("user_id", sort=False).indices.items()}
-    self._empty = train.iloc[:0]
+    t = train["timestamp"].to_numpy(np.int64)
+    y = train["label"].to_numpy(np.float64) if "label" in train.columns else np.zeros(len(train))
+    self._users = {}
+    for u, rows in train.groupby("user_id", sort=False).indices.items():
+      order = rows[np.argsort(t[rows], kind="stable")]
+      self._users[u] = (t[order], np.concatenate([[0.0], np.cumsum(y[order])]))
 
   def context(self, queries: Queries) -> np.ndarray:
-    from semrec.ranking.data import CONTEXT_COLUMNS, context_features
-    out = []
-    for u, t in zip(queries.user_ids, np.asarray(queries.timestamps, np.int64)):
-      rows = self._user_rows.get(u)
-      log = self.train.iloc[rows] if rows is not None else self._empty
-      out.append(context_features(pd.DataFrame({"user_id": [u], "timestamp": [t]}), log))
-    return np.concatenate(out) if out else np.zeros((0, len(CONTEXT_COLUMNS)), np.float32)
+    from semrec.ranking.data import context_from_counts
+    ts = np.asarray(queries.timestamps, np.int64)
+    activity, positives = np.zeros(len(ts), np.int64), np.zeros(len(ts))
+    for i, (u, t) in enumerate(zip(queries.user_ids, ts)):
+      if u in self._users:
+        times, cum = self._users[u]
+        activity[i] = np.searchsorted(times, t, side="left")
+        positives[i] = cum[activity[i]]
+    return context_from_counts(ts, activity, positives)
 
 
 def _tower_score_fn(fn, cands: np.ndarray, tables: dict, index: pd.Index, max_history: int):

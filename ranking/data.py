@@ -40,8 +40,6 @@ def context_features(interactions: pd.DataFrame, log: pd.DataFrame) -> np.ndarra
   log1p(count) / 5, ``user_positive_rate`` = (positives + 1) / (count + 2) (0.5 with no past).
   """
   ts = interactions["timestamp"].to_numpy(np.int64)
-  hour = (ts % 86400) / 86400.0
-  weekday = ((ts // 86400) % 7) / 7.0
   # Per row, count the same user's earlier log entries: one searchsorted over (user, time) keys
   # sorted together (vectorised; O((n + log) log log) instead of a pass per user).
   users = pd.Index(pd.unique(pd.concat([log["user_id"], interactions["user_id"]], ignore_index=True)))
@@ -56,12 +54,21 @@ def context_features(interactions: pd.DataFrame, log: pd.DataFrame) -> np.ndarra
   q_u = users.get_indexer(interactions["user_id"]).astype(np.int64)
   start = np.searchsorted(log_key, q_u * span, side="left")
   end = np.searchsorted(log_key, q_u * span + (ts - t0), side="left")
-  activity = (end - start).astype(np.float64)
-  positives = cum_y[end] - cum_y[start]
+  return context_from_counts(ts, end - start, cum_y[end] - cum_y[start])
+
+
+def context_from_counts(timestamps: np.ndarray, activity: np.ndarray, positives: np.ndarray) -> np.ndarray:
+  """[n, C] float32 request context (``context_features``' columns) from request times [n] int64 and the user's
+  earlier interaction count and positive count [n] (the serving path counts them per user without pandas)."""
+  ts = np.asarray(timestamps, np.int64)
+  activity = np.asarray(activity, np.float64)
+  positives = np.asarray(positives, np.float64)
+  hour = (ts % 86400) / 86400.0
+  weekday = ((ts // 86400) % 7) / 7.0
   out = np.stack([np.sin(2 * np.pi * hour), np.cos(2 * np.pi * hour), np.sin(2 * np.pi * weekday),
                   np.cos(2 * np.pi * weekday), np.log1p(activity) / 5.0, (positives + 1) / (activity + 2)],
                  axis=1)
-  return out.astype(np.float32)
+  return out.reshape(len(ts), -1).astype(np.float32)
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from semrec.data import make_split
+from semrec.data import Queries, make_split
 from semrec.ranking.candidates import catalogue_index
 from tests.test_cascade import _world
 
@@ -183,3 +183,23 @@ def test_catalogue_smaller_than_the_candidate_count(served, server):
   exp_rows, exp_scores = final_top_k(mem.merged.rows[0], served["cascade"].scores(mem)[0], 40)
   assert list(ids) == [served["feats"].item_ids[r] for r in exp_rows] and len(ids) == 32
   np.testing.assert_allclose(scores, exp_scores, atol=1e-5)
+
+
+def test_serving_context_equals_the_training_context():
+  """The server counts a user's past per user (no DataFrame per request); the values must be the library's."""
+  from semrec.export.cascade import _ServingFeaturizer
+  from semrec.ranking.cascade import CascadeFeaturizer
+  ds, feats = _world(num_users=12)
+  split = make_split(ds, "leave_one_out")
+  train = split.train.copy()
+  train.loc[train.index[::3], "label"] = 0.0  # some explicit negatives: the positive rate is not 1
+  rng = np.random.default_rng(0)
+  users = np.array(list(train["user_id"].unique()[:6]) + ["nobody"], dtype=object)
+  times = np.concatenate([rng.integers(0, 9, size=6), [4]]).astype(np.int64)
+  times[0] = int(train.loc[train["user_id"] == users[0], "timestamp"].iloc[2])  # a time equal to a train row's
+  q = Queries(users, [np.zeros(0, dtype=object)] * 7, [np.zeros(0, dtype=object)] * 7, times,
+              [np.zeros(0, dtype=object)] * 7, np.zeros(7, bool), None)
+  want = CascadeFeaturizer(feats, train).context(q)
+  got = _ServingFeaturizer(feats, train, 0, 20).context(q)
+  np.testing.assert_array_equal(got, want)
+  assert want[-1, -1] == 0.5 and want[-1, -2] == 0.0  # the unknown user: no past
