@@ -58,6 +58,9 @@ class CascadeConfig:
     fresh_scorer: What orders the fresh items: "auto" (the scorer, content kNN or a trained retriever, with the
       best validation Recall@``per_source`` of new-item targets among the fresh items: ``choose_fresh_scorer``;
       content kNN when validation has fewer than 100 new-item targets), "content_knn", or a retriever's name.
+    fresh_share: Share of the training queries whose target is a new item (its first train interaction), drawn
+      from anywhere in the users' sequences (``training_queries``). None: the validation share of new-item
+      targets (``fresh_target_share``, at most 0.5; about 0 on leave-one-out logs, so nothing changes there).
     catalogue_horizon: Training requests rank the items first seen no later than request time + this
       (``available_item_filter``; timestamp units). None: the span of the split's evaluated (validation + test)
       period (``evaluation_horizon``), the reach of a test request.
@@ -85,6 +88,7 @@ class CascadeConfig:
   per_source: int = 100
   fresh_window: int = 0
   fresh_scorer: str = "auto"
+  fresh_share: Optional[float] = None
   catalogue_horizon: Optional[int] = None
   max_train_queries: int = 8000
   queries_per_user: Optional[int] = None
@@ -111,6 +115,8 @@ class CascadeConfig:
     for f in ("hard_negatives", "random_negatives", "explicit_negatives", "fresh_window"):
       if int(getattr(self, f)) < 0:
         raise ValueError(f"CascadeConfig.{f} must be >= 0, got {getattr(self, f)}")
+    if self.fresh_share is not None and not 0.0 <= float(self.fresh_share) <= 1.0:
+      raise ValueError(f"CascadeConfig.fresh_share must be in [0, 1] or None, got {self.fresh_share}")
     if self.catalogue_horizon is not None and int(self.catalogue_horizon) < 0:
       raise ValueError(f"CascadeConfig.catalogue_horizon must be >= 0 or None, got {self.catalogue_horizon}")
     if not isinstance(self.fresh_scorer, str) or not self.fresh_scorer:
@@ -132,30 +138,54 @@ def cascade_feature_names(sources: Sequence[str]) -> list:
   return [f"{s}:{f}" for s in sources for f in PER_SOURCE_FEATURES] + list(ITEM_FEATURES)
 
 
-def training_queries(split, queries_per_user: Optional[int] = None, max_queries: int = 8000, seed: int = 0) -> Queries:
+def training_queries(split, queries_per_user: Optional[int] = None, max_queries: int = 8000, seed: int = 0,
+                     fresh_share: float = 0.0) -> Queries:
   """(history, next item) queries from the train log: for each user's time-ordered train positives
   i_0..i_{n-1}, positions t = max(1, n - queries_per_user) .. n - 1 give history i_0..i_{t-1}, target i_t, at
   the time of i_t; a seeded sample of at most ``max_queries``. ``queries_per_user=None``: ceil(max_queries /
-  users). Candidates: the train items (items seen only in validation or test are never a training candidate)."""
+  users). Candidates: the train items (items seen only in validation or test are never a training candidate).
+
+  ``fresh_share`` > 0: that share of the sample (at most) is drawn from the positions, anywhere in a user's
+  sequence, whose target is the item's first train interaction (a new item when it was chosen), the rest as
+  above; the served requests' share of new-item targets is what the ranker then learns from
+  (``fresh_target_share``)."""
   pos = split.train_positives.sort_values(["user_id", "timestamp"], kind="stable")
   if queries_per_user is None:
     queries_per_user = -(-int(max_queries) // max(pos["user_id"].nunique(), 1))
-  users, hists, targets, times = [], [], [], []
+  first = pos.groupby("item_id", sort=False)["timestamp"].transform("min")
+  users, hists, targets, times, fresh = [], [], [], [], []
   for u, g in pos.groupby("user_id", sort=True):
     items = g["item_id"].to_numpy().astype(object)
     ts = g["timestamp"].to_numpy(np.int64)
-    for t in range(max(1, len(items) - int(queries_per_user)), len(items)):
+    is_first = first.loc[g.index].to_numpy(np.int64) == ts
+    last = set(range(max(1, len(items) - int(queries_per_user)), len(items)))
+    for t in sorted(last | (set(np.flatnonzero(is_first[1:]) + 1) if fresh_share > 0 else set())):
       users.append(u)
       hists.append(items[:t])
       targets.append(items[t:t + 1])
       times.append(ts[t])
-  n = len(users)
-  keep = np.arange(n)
-  if n > max_queries:
-    keep = np.sort(np.random.default_rng(seed).choice(n, size=int(max_queries), replace=False))
+      fresh.append(t not in last)
+  fresh = np.asarray(fresh, bool)
+  regular = np.flatnonzero(~fresh)
+  rng = np.random.default_rng(seed)
+  n_fresh = min(int(round(float(fresh_share) * max_queries)), int(fresh.sum()))
+  keep = regular if len(regular) <= max_queries - n_fresh else rng.choice(regular, size=int(max_queries) - n_fresh,
+                                                                          replace=False)
+  if n_fresh:
+    keep = np.concatenate([keep, rng.choice(np.flatnonzero(fresh), size=n_fresh, replace=False)])
+  keep = np.sort(keep)
   pick = lambda seq: [seq[i] for i in keep]  # noqa: E731
   return Queries(np.array(users, dtype=object)[keep], pick(hists), pick(targets), np.array(times, np.int64)[keep],
                  pick(hists), np.zeros(len(keep), bool), np.asarray(split.train_items, dtype=object))
+
+
+def fresh_target_share(split, max_share: float = 0.5) -> float:
+  """The share of validation targets that are new items (``Queries.cold``), at most ``max_share``: how often a
+  served request's answer is an item without a past, which ``training_queries(fresh_share=...)`` reproduces."""
+  valid = split.queries("valid")
+  if not len(valid):
+    return 0.0
+  return float(min(np.mean(np.asarray(valid.cold, bool)), max_share))
 
 
 def user_future_items(split) -> dict:
@@ -642,7 +672,8 @@ def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_
   t0 = time.time()
   index = catalogue_index(item_features.item_ids)
   cf = CascadeFeaturizer(item_features, split.train, cfg.fresh_window, cfg.history_length)
-  tq = training_queries(split, cfg.queries_per_user, cfg.max_train_queries, cfg.seed)
+  share = fresh_target_share(split) if cfg.fresh_share is None else float(cfg.fresh_share)
+  tq = training_queries(split, cfg.queries_per_user, cfg.max_train_queries, cfg.seed, share)
   if not len(tq):
     raise ValueError("the train log has no user with two or more positives: no training query for the ranker")
   train_stage = candidate_stage(train_sources, tq, index, cfg)

@@ -361,3 +361,25 @@ def test_fresh_scorer_is_the_one_that_finds_validation_new_items():
   # Too few new-item targets on validation: content kNN, no measurement.
   assert choose_fresh_scorer(split, ids, {"content_knn": bad, "tower": good}, min_cold_queries=10 ** 6) == (
       "content_knn", {})
+
+
+def test_fresh_share_draws_queries_whose_target_is_a_new_item():
+  from semrec.ranking.candidates import first_seen_times
+  from semrec.ranking.cascade import fresh_target_share, training_queries
+  ds, feats = _world(num_users=90)
+  # User u starts at 10 u: an item's first train interaction is its earliest user's, anywhere in that sequence.
+  users = ds.interactions["user_id"].str[1:].astype(int).to_numpy()
+  inter = ds.interactions.assign(timestamp=ds.interactions["timestamp"] + 10 * users)
+  split = make_split(RecDataset("tiny", inter, ds.items), "leave_one_out")
+  first = first_seen_times(split.train, catalogue_index(feats.item_ids))
+  index = catalogue_index(feats.item_ids)
+
+  def new_share(q):
+    rows = index.get_indexer(np.array([t[0] for t in q.targets], dtype=object))
+    return np.mean(first[rows] == np.asarray(q.timestamps))
+
+  plain = training_queries(split, queries_per_user=1, max_queries=40)
+  mixed = training_queries(split, queries_per_user=1, max_queries=40, fresh_share=0.5)
+  assert len(plain) == len(mixed) == 40
+  assert new_share(mixed) >= 0.5 > new_share(plain)
+  assert fresh_target_share(split) == 0.0  # leave-one-out here: every validation target is a train item
