@@ -59,8 +59,10 @@ class CascadeConfig:
       best validation Recall@``per_source`` of new-item targets among the fresh items: ``choose_fresh_scorer``;
       content kNN when validation has fewer than 100 new-item targets), "content_knn", or a retriever's name.
     fresh_share: Share of the training queries whose target is a new item (its first train interaction), drawn
-      from anywhere in the users' sequences (``training_queries``). None: the validation share of new-item
-      targets (``fresh_target_share``, at most 0.5; about 0 on leave-one-out logs, so nothing changes there).
+      from anywhere in the users' sequences (``training_queries``); None: the validation share of new-item
+      targets (``fresh_target_share``, at most 0.5; about 0 on leave-one-out logs). Default 0: on MovieLens
+      temporal (seed 0) None raised the final list's cold Recall@100 from .071 to .108 but cut its NDCG@10 by
+      19% (docs/ranking.md), a trade a user makes knowingly.
     catalogue_horizon: Training requests rank the items first seen no later than request time + this
       (``available_item_filter``; timestamp units). None: the span of the split's evaluated (validation + test)
       period (``evaluation_horizon``), the reach of a test request.
@@ -88,7 +90,7 @@ class CascadeConfig:
   per_source: int = 100
   fresh_window: int = 0
   fresh_scorer: str = "auto"
-  fresh_share: Optional[float] = None
+  fresh_share: Optional[float] = 0.0
   catalogue_horizon: Optional[int] = None
   max_train_queries: int = 8000
   queries_per_user: Optional[int] = None
