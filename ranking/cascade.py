@@ -623,9 +623,14 @@ def subset_stage(stage: CascadeStage, rows: np.ndarray) -> CascadeStage:
 
 
 def candidate_stage(sources: Sequence[ScoreSource], queries: Queries, index: pd.Index, config: CascadeConfig,
-                    quotas: Optional[dict] = None) -> CascadeStage:
-  """Every source on ``queries`` (top ``per_source``), merged to ``candidates`` per query."""
-  results = [s.retrieve(queries, config.per_source, index) for s in sources]
+                    quotas: Optional[dict] = None, executor=None) -> CascadeStage:
+  """Every source on ``queries`` (top ``per_source``), merged to ``candidates`` per query. With ``executor`` (a
+  ``concurrent.futures.Executor``, e.g. the server's thread pool) the sources run concurrently; the results and
+  their order are the same."""
+  def retrieve(source):
+    return source.retrieve(queries, config.per_source, index)
+
+  results = list(executor.map(retrieve, sources) if executor is not None else map(retrieve, sources))
   return CascadeStage(queries, results, merge_candidates(results, config.candidates, quotas))
 
 
