@@ -195,7 +195,7 @@ def export_cascade(base_dir: str, cascade, split, item_features: ItemFeatures, r
   parsed = [parse_request(r["history"], r["timestamp"], index, r.get("user_id")) for r in reqs]
   queries = request_queries(parsed)
   stage = candidate_stage(sources, queries, index, cfg, quotas)
-  mem = cascade.scores(stage)
+  mem = cascade.final_scores(stage)
   for r, p, row, sc in zip(reqs, parsed, stage.merged.rows, mem):
     top, top_scores = final_top_k(row, sc, k)
     r.update(expected_item_ids=[str(ids[i]) for i in top], expected_scores=[float(s) for s in top_scores],
@@ -245,6 +245,7 @@ def export_cascade(base_dir: str, cascade, split, item_features: ItemFeatures, r
              "per_source": int(cfg.per_source), "fresh_window": int(cfg.fresh_window),
              "history_length": int(cfg.history_length), "knn_decay": float(knn_decay), "split_kind": split.kind,
              "fresh_scorer": str(fresh_scorer),
+             "blend": {"source": cascade.blend_source, "weight": float(cascade.blend_weight)},
              "cascade_config": dataclasses.asdict(cfg), "cascade_features": cascade_feature_names(names),
              "ranker": {"tasks": list(rank_cfg.tasks), "history_length": int(rank_cfg.history_length),
                         "include_content": bool(dense), "include_history": bool(rank_cfg.use_history),
@@ -512,8 +513,18 @@ class CascadeServer:
       out[q, s] = p.numpy()
     return out
 
+  def final_scores(self, stage: CascadeStage, probabilities: np.ndarray) -> np.ndarray:
+    """[1, M] the final list's scores: the ranker's probabilities, or their blend with the exported blend
+    source's ranks (``semrec.ranking.cascade.rank_blend``, as ``Cascade.final_scores``)."""
+    from semrec.ranking.cascade import rank_blend
+    blend = self.manifest["extra"].get("blend") or {}
+    if not blend.get("weight") or blend.get("source") is None:
+      return probabilities
+    return rank_blend(probabilities, stage.merged, stage.merged.sources.index(blend["source"]), blend["weight"])
+
   def recommend(self, history: Sequence[str], timestamp, k: int = 10, user_id: Optional[str] = None) -> tuple:
-    """(item_ids [k'] object, scores [k'] float32 ranker probabilities), best first, k' <= min(k, M).
+    """(item_ids [k'] object, scores [k'] float32: the ranker's probabilities, or the blend scores when the
+    cascade blends a source's order in), best first, k' <= min(k, M).
 
     Args:
       history: The user's item ids, most recent last (ids unknown to the catalogue are dropped).
@@ -524,7 +535,7 @@ class CascadeServer:
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
       raise ValueError(f"k: must be an integer >= 1, got {k!r}")
     stage = self.candidates(self.parse(history, timestamp, user_id))
-    rows, scores = final_top_k(stage.merged.rows[0], self.rank(stage)[0], k)
+    rows, scores = final_top_k(stage.merged.rows[0], self.final_scores(stage, self.rank(stage))[0], k)
     return self.item_ids[rows], scores
 
 

@@ -591,6 +591,10 @@ class Cascade:
     best_epoch: The epoch kept (1-based).
     train_examples: Training pairs per epoch.
     train_seconds: Wall time of candidate generation + training.
+    blend_source: The source whose order is blended into the final list (``rank_blend``; None: the ranker's
+      order alone), chosen on validation with ``blend_weight`` (``choose_blend``).
+    blend_weight: w in [0, 1] of that source's rank.
+    blend_scores: {"<source>@<w>": validation final-list NDCG@10} of the blends tried.
   """
   model: object
   featurizer: object
@@ -601,6 +605,17 @@ class Cascade:
   best_epoch: int
   train_examples: int
   train_seconds: float
+  blend_source: Optional[str] = None
+  blend_weight: float = 0.0
+  blend_scores: dict = dataclasses.field(default_factory=dict)
+
+  def final_scores(self, stage: CascadeStage, probabilities: Optional[np.ndarray] = None) -> np.ndarray:
+    """[Q, M] float32 scores ordering each query's final list: the ranker's probabilities, or with a blend
+    (``blend_weight`` > 0) ``rank_blend`` of them with ``blend_source``'s ranks (-inf on padding slots)."""
+    p = self.scores(stage) if probabilities is None else probabilities
+    if not self.blend_weight or self.blend_source is None:
+      return p
+    return rank_blend(p, stage.merged, stage.merged.sources.index(self.blend_source), self.blend_weight)
 
   def scores(self, stage: CascadeStage, batch_size: int = 4096) -> np.ndarray:
     """[Q, M] float32 ranker probabilities of ``stage``'s merged candidates (-inf on padding slots)."""
@@ -612,6 +627,48 @@ class Cascade:
       q, s = np.nonzero(stage.merged.rows >= 0)
       out[q, s] = p
     return out
+
+
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def rank_blend(probabilities: np.ndarray, merged: MergedCandidates, source: int, weight: float) -> np.ndarray:
+  """[Q, M] float32 -((1 - w) log(1 + r_ranker) + w log(1 + r_source)): a candidate's rank by the ranker's
+  probability (ties: merge order) blended with its rank in source ``source`` (M when that source did not
+  return it); -inf on padding. w = 0 orders as the ranker, w = 1 as the source (its list inside the merged
+  candidates, the rest after)."""
+  p = np.asarray(probabilities, np.float64)
+  valid = merged.rows >= 0
+  order = np.argsort(np.where(valid, -p, np.inf), axis=1, kind="stable")
+  r_model = np.empty_like(order)
+  np.put_along_axis(r_model, order, np.arange(order.shape[1])[None, :].repeat(len(order), 0), axis=1)
+  r_src = merged.ranks[:, :, source].astype(np.float64)
+  r_src = np.where(r_src >= 0, r_src, merged.rows.shape[1])
+  out = -((1.0 - weight) * np.log1p(r_model) + weight * np.log1p(r_src))
+  return np.where(valid, out, -np.inf).astype(np.float32)
+
+
+def choose_blend(probabilities: np.ndarray, stage: CascadeStage, item_ids, sources: Sequence[str],
+                 weights: Sequence[float] = BLEND_WEIGHTS) -> tuple:
+  """(source or None, w, {"<source>@<w>": NDCG@10}): the blend of the ranker with one of ``sources`` whose final
+  list has the best NDCG@10 on ``stage`` (validation), by ``semrec.towers.choose_point`` (the first best in grid
+  order; w = 0, the ranker alone, comes first, so a tie keeps the ranker)."""
+  from semrec.towers.evaluation import evaluate_scores
+  from semrec.towers.tuning import choose_point
+  n = len(item_ids)
+
+  def ndcg(scores):
+    m = evaluate_scores(final_list_scores(scores, stage.merged, n), stage.queries, item_ids, ks=(10,))
+    return float(m["overall"]["ndcg@10"])
+
+  table = {(None, 0.0): ndcg(probabilities)}
+  for name in sources:
+    j = stage.merged.sources.index(name)
+    for w in weights:
+      if w > 0:
+        table[(name, float(w))] = ndcg(rank_blend(probabilities, stage.merged, j, w))
+  (name, w), _ = choose_point(table)
+  return name, w, {f"{k[0]}@{k[1]}": v for k, v in table.items()}
 
 
 def subset_stage(stage: CascadeStage, rows: np.ndarray) -> CascadeStage:
@@ -660,7 +717,8 @@ def source_list_scores(result: SourceResult, num_items: int) -> callable:
 
 
 def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_sources: Sequence[ScoreSource],
-                  valid_stage: CascadeStage, config: Optional[CascadeConfig] = None, progress: bool = True) -> Cascade:
+                  valid_stage: CascadeStage, config: Optional[CascadeConfig] = None, progress: bool = True,
+                  blend_sources: Optional[Sequence[str]] = ()) -> Cascade:
   """Trains the cascade ranker on candidates of training queries from the train log (see the module
   docstring); the epoch with the best validation final-list NDCG@10 is kept.
 
@@ -671,6 +729,8 @@ def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_
     train_sources: ``build_sources(..., training=True, catalogue_horizon=resolved_horizon(config, split))``.
     valid_stage: ``candidate_stage`` of the validation queries with the serving sources.
     config: ``CascadeConfig``.
+    blend_sources: Sources whose order may be blended into the final list (``choose_blend`` on validation;
+      None: every source; empty: none, the ranker's order).
   """
   from semrec.ranking.model import needs_content
   from semrec.ranking.training import EpochMeanLoss, make_featurizer
@@ -718,6 +778,10 @@ def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_
     if ndcg > best:
       best, best_weights, cascade.best_epoch = ndcg, model.get_weights(), epoch + 1
   model.set_weights(best_weights)
+  blend = [n for n in (names if blend_sources is None else blend_sources) if n in names]
+  if blend:
+    cascade.blend_source, cascade.blend_weight, cascade.blend_scores = choose_blend(
+        cascade.scores(valid_stage), valid_stage, item_features.item_ids, blend)
   cascade.train_seconds = round(time.time() - t0, 1)
   return cascade
 
@@ -733,7 +797,7 @@ def evaluate_cascade(cascade: Cascade, stage: CascadeStage, item_ids, ks=(5, 10,
   from semrec.towers.evaluation import evaluate_scores
   n = len(item_ids)
   q = stage.queries
-  final = evaluate_scores(final_list_scores(cascade.scores(stage), stage.merged, n), q, item_ids, ks=ks,
+  final = evaluate_scores(final_list_scores(cascade.final_scores(stage), stage.merged, n), q, item_ids, ks=ks,
                           ndcg_ks=ndcg_ks)
   srcs = {r.name: evaluate_scores(source_list_scores(r, n), q, item_ids, ks=tuple(k for k in ks
                                                                                   if k <= r.rows.shape[1]),

@@ -93,7 +93,7 @@ def run_two_stage(split, comparison: dict, comparison_config, output_dir: str, c
   for mode in (cfg.mode, *[m for m in compare_modes if m != cfg.mode]):
     mcfg = dataclasses.replace(cfg, mode=mode)
     cascades[mode] = train_cascade(split, feats, side.sid_codebook_size, train_sources, valid_stage, mcfg,
-                                   progress=progress)
+                                   progress=progress, blend_sources=None)
   t2 = time.time()
   evals = {m: evaluate_cascade(c, test_stage, ids) for m, c in cascades.items()}
   main = evals[cfg.mode]

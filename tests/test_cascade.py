@@ -383,3 +383,40 @@ def test_fresh_share_draws_queries_whose_target_is_a_new_item():
   assert len(plain) == len(mixed) == 40
   assert new_share(mixed) >= 0.5 > new_share(plain)
   assert fresh_target_share(split) == 0.0  # leave-one-out here: every validation target is a train item
+
+
+def test_rank_blend_golden_and_the_two_ends():
+  from semrec.ranking.candidates import MergedCandidates
+  from semrec.ranking.cascade import rank_blend
+  # One query, 4 slots (the last padding); source 0 ranked slots 2, 0 (ranks 0, 1) and not slot 1.
+  rows = np.array([[5, 6, 7, -1]])
+  ranks = np.array([[[1], [-1], [0], [-1]]], np.int32)
+  merged = MergedCandidates(rows, ranks, np.zeros((1, 4, 1), np.float32), ("s",))
+  p = np.array([[0.9, 0.5, 0.1, -np.inf]])  # ranker ranks: slot 0 -> 0, slot 1 -> 1, slot 2 -> 2
+  w0 = rank_blend(p, merged, 0, 0.0)
+  np.testing.assert_allclose(w0[0, :3], -np.log1p([0, 1, 2]), rtol=1e-6)
+  assert w0[0, 3] == -np.inf
+  w1 = rank_blend(p, merged, 0, 1.0)  # the source's order; slot 1 (not returned) gets rank M = 4
+  np.testing.assert_allclose(w1[0, :3], -np.log1p([1, 4, 0]), rtol=1e-6)
+  half = rank_blend(p, merged, 0, 0.5)
+  np.testing.assert_allclose(half[0, :3], -0.5 * (np.log1p([0, 1, 2]) + np.log1p([1, 4, 0])), rtol=1e-6)
+  assert list(np.argsort(-half[0, :3])) == [0, 2, 1]
+
+
+def test_choose_blend_keeps_the_ranker_unless_a_source_is_better_on_validation():
+  from semrec.ranking.candidates import MergedCandidates
+  from semrec.ranking.cascade import CascadeStage, choose_blend
+  ids = np.array(["a", "b", "c", "d"], dtype=object)
+  q = _queries([["x"], ["x"]], [["b"], ["c"]], [1, 1], exclude=[[], []])
+  rows = np.array([[0, 1, 2, 3], [0, 1, 2, 3]])
+  # Source "good" ranks each query's target first; "bad" ranks it last.
+  good = np.array([[[1], [0], [2], [3]], [[1], [2], [0], [3]]], np.int32)
+  bad = 3 - good
+  merged = MergedCandidates(rows, np.concatenate([good, bad], axis=2), np.zeros((2, 4, 2), np.float32),
+                            ("good", "bad"))
+  stage = CascadeStage(q, [], merged)
+  weak = np.array([[0.9, 0.1, 0.2, 0.3], [0.9, 0.3, 0.1, 0.2]])  # the ranker puts "a" first, target later
+  name, w, table = choose_blend(weak, stage, ids, ["good", "bad"])
+  assert name == "good" and w == 0.75 and table["None@0.0"] < table["good@0.75"]  # 0.75: first to put it first
+  strong = np.array([[0.1, 0.9, 0.2, 0.3], [0.1, 0.3, 0.9, 0.2]])  # the ranker is already perfect: tie -> ranker
+  assert choose_blend(strong, stage, ids, ["good", "bad"])[:2] == (None, 0.0)
