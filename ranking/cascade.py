@@ -653,12 +653,10 @@ def choose_blend(probabilities: np.ndarray, stage: CascadeStage, item_ids, sourc
   """(source or None, w, {"<source>@<w>": NDCG@10}): the blend of the ranker with one of ``sources`` whose final
   list has the best NDCG@10 on ``stage`` (validation), by ``semrec.towers.choose_point`` (the first best in grid
   order; w = 0, the ranker alone, comes first, so a tie keeps the ranker)."""
-  from semrec.towers.evaluation import evaluate_scores
   from semrec.towers.tuning import choose_point
-  n = len(item_ids)
 
   def ndcg(scores):
-    m = evaluate_scores(final_list_scores(scores, stage.merged, n), stage.queries, item_ids, ks=(10,))
+    m = evaluate_list(stage.merged.rows, scores, stage.queries, item_ids, ks=(10,), ndcg_ks=(10,))
     return float(m["overall"]["ndcg@10"])
 
   table = {(None, 0.0): ndcg(probabilities)}
@@ -691,29 +689,39 @@ def candidate_stage(sources: Sequence[ScoreSource], queries: Queries, index: pd.
   return CascadeStage(queries, results, merge_candidates(results, config.candidates, quotas))
 
 
-def final_list_scores(scores: np.ndarray, merged: MergedCandidates, num_items: int) -> callable:
-  """``score_fn(rows) -> [q, N]`` of the final lists for ``semrec.towers.evaluate_scores``: each merged
-  candidate scored by the ranker (``scores`` [Q, M], in [0, 1]); every other item -1 (after the list)."""
-  def score_fn(rows: np.ndarray) -> np.ndarray:
-    out = np.full((len(rows), num_items), -1.0)
-    for i, r in enumerate(rows):
-      ok = merged.rows[r] >= 0
-      out[i, merged.rows[r][ok]] = scores[r][ok]
-    return out
-  return score_fn
+def evaluate_list(rows: np.ndarray, scores: np.ndarray, queries: Queries, item_ids, ks=(5, 10, 20, 50, 100),
+                  ndcg_ks=(5, 10)) -> dict:
+  """``semrec.towers.evaluate_scores``' metrics of per-query lists, without [Q, N] score matrices.
+
+  ``rows`` [Q, L] catalogue rows (-1 padding) with ``scores`` [Q, L] (higher first). A target's rank is the
+  number of list items ahead of it, ties broken by catalogue row as ``evaluate_scores`` does; a target outside
+  its list is a miss at every K (a short, padded list is not topped up in catalogue order). The lists hold no
+  removed item (the sources drop them), so for full lists (L >= K) this equals ``evaluate_scores`` over "list
+  scores, every other item below".
+  """
+  from semrec.towers.evaluation import metrics_from_target_ranks, slice_metrics
+  rows = np.asarray(rows, np.int64)
+  sc = np.where(rows >= 0, np.asarray(scores, np.float64), -np.inf)
+  index = catalogue_index(item_ids)
+  tg = target_rows(queries, index)
+  width = max((len(t) for t in tg), default=1) or 1
+  ranks = np.full((len(tg), width), -1, np.int64)
+  for i, t in enumerate(tg):
+    for j, r in enumerate(t):
+      hit = np.flatnonzero(rows[i] == r) if r >= 0 else ()
+      if len(hit):
+        ts = sc[i, hit[0]]
+        ranks[i, j] = int(((sc[i] > ts) | ((sc[i] == ts) & (rows[i] < r) & (rows[i] >= 0))).sum())
+      else:
+        ranks[i, j] = len(index)  # not in the list: after it (and after any K <= L)
+  per_query = metrics_from_target_ranks(ranks, ks, ndcg_ks)
+  return slice_metrics(per_query, np.asarray(queries.cold, bool))
 
 
-def source_list_scores(result: SourceResult, num_items: int) -> callable:
-  """``score_fn`` of one source's own list (its top-k by its order, then the rest), for ``evaluate_scores``."""
+def source_list_order(result: SourceResult) -> np.ndarray:
+  """[Q, k] scores that order a source's own list as it returned it (k, k - 1, ..., 1)."""
   k = result.rows.shape[1]
-
-  def score_fn(rows: np.ndarray) -> np.ndarray:
-    out = np.full((len(rows), num_items), -1.0)
-    for i, r in enumerate(rows):
-      ok = result.rows[r] >= 0
-      out[i, result.rows[r][ok]] = (k - np.arange(k))[ok]
-    return out
-  return score_fn
+  return np.broadcast_to(np.arange(k, 0, -1, dtype=np.float64)[None, :], result.rows.shape)
 
 
 def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_sources: Sequence[ScoreSource],
@@ -734,7 +742,6 @@ def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_
   """
   from semrec.ranking.model import needs_content
   from semrec.ranking.training import EpochMeanLoss, make_featurizer
-  from semrec.towers.evaluation import evaluate_scores
   cfg = config or CascadeConfig()
   t0 = time.time()
   index = catalogue_index(item_features.item_ids)
@@ -770,8 +777,7 @@ def train_cascade(split, item_features: ItemFeatures, codebook_size: int, train_
     mean_loss = EpochMeanLoss()
     model.fit(ds, epochs=1, verbose=0, callbacks=[mean_loss])
     scores = cascade.scores(valid_stage)
-    m = evaluate_scores(final_list_scores(scores, valid_stage.merged, len(index)), valid, item_features.item_ids,
-                        ks=(10,))
+    m = evaluate_list(valid_stage.merged.rows, scores, valid, item_features.item_ids, ks=(10,), ndcg_ks=(10,))
     ndcg = float(m["overall"]["ndcg@10"])
     cascade.history.append({"epoch": epoch + 1, "loss": mean_loss.mean, "valid_ndcg@10": ndcg,
                             "valid_recall@10": float(m["overall"]["recall@10"])})
@@ -792,16 +798,13 @@ def evaluate_cascade(cascade: Cascade, stage: CascadeStage, item_ids, ks=(5, 10,
 
   Returns {"final": metrics, "sources": {name: metrics}, "candidate_recall": {"merged": {slice: r},
   "<source>": {slice: r}}, "candidates": M}; metrics as ``semrec.towers.evaluate_scores`` (overall / warm /
-  cold), history excluded as in retrieval.
+  cold), history excluded as in retrieval (``evaluate_list``).
   """
-  from semrec.towers.evaluation import evaluate_scores
-  n = len(item_ids)
   q = stage.queries
-  final = evaluate_scores(final_list_scores(cascade.final_scores(stage), stage.merged, n), q, item_ids, ks=ks,
-                          ndcg_ks=ndcg_ks)
-  srcs = {r.name: evaluate_scores(source_list_scores(r, n), q, item_ids, ks=tuple(k for k in ks
-                                                                                  if k <= r.rows.shape[1]),
-                                  ndcg_ks=ndcg_ks) for r in stage.results}
+  final = evaluate_list(stage.merged.rows, cascade.final_scores(stage), q, item_ids, ks=ks, ndcg_ks=ndcg_ks)
+  srcs = {r.name: evaluate_list(r.rows, source_list_order(r), q, item_ids,
+                                ks=tuple(k for k in ks if k <= r.rows.shape[1]), ndcg_ks=ndcg_ks)
+          for r in stage.results}
   targets = target_rows(q, catalogue_index(item_ids))
   cold = np.asarray(q.cold, bool)
   recall = {"merged": candidate_recall(stage.merged.rows, targets, cold)}

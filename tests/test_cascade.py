@@ -420,3 +420,42 @@ def test_choose_blend_keeps_the_ranker_unless_a_source_is_better_on_validation()
   assert name == "good" and w == 0.75 and table["None@0.0"] < table["good@0.75"]  # 0.75: first to put it first
   strong = np.array([[0.1, 0.9, 0.2, 0.3], [0.1, 0.3, 0.9, 0.2]])  # the ranker is already perfect: tie -> ranker
   assert choose_blend(strong, stage, ids, ["good", "bad"])[:2] == (None, 0.0)
+
+
+def test_evaluate_list_equals_evaluate_scores_on_list_scores():
+  """The list metrics are evaluate_scores' over "list scores, every other item below" (ties by catalogue row)."""
+  from semrec.ranking.cascade import evaluate_list
+  from semrec.towers.evaluation import evaluate_scores
+  rng = np.random.default_rng(3)
+  ids = np.array([f"i{j}" for j in range(30)], dtype=object)
+  Q, L = 40, 12
+  hist = [list(rng.choice(ids, size=3, replace=False)) for _ in range(Q)]
+  rows = np.full((Q, L), -1, np.int64)
+  scores = np.zeros((Q, L))
+  for q in range(Q):  # lists never hold a history item; full length (L >= every K)
+    allowed = [j for j in range(30) if ids[j] not in hist[q]]
+    n = L
+    rows[q, :n] = rng.choice(allowed, size=n, replace=False)
+    scores[q, :n] = rng.integers(0, 4, size=n)  # many ties
+  targets = [list(rng.choice(ids, size=int(rng.integers(1, 3)), replace=False)) for _ in range(Q)]
+  queries = _queries(hist, targets, np.ones(Q))
+  queries.cold = rng.random(Q) < 0.3
+
+  def score_fn(qrows):
+    out = np.full((len(qrows), 30), -10.0)
+    for i, q in enumerate(qrows):
+      ok = rows[q] >= 0
+      out[i, rows[q][ok]] = scores[q][ok]
+    return out
+
+  want = evaluate_scores(score_fn, queries, ids, ks=(1, 5, 10), ndcg_ks=(5, 10))
+  got = evaluate_list(rows, scores, queries, ids, ks=(1, 5, 10), ndcg_ks=(5, 10))
+  assert got.keys() == want.keys()
+  for s in want:
+    for k, v in want[s].items():
+      assert got[s][k] == pytest.approx(v), (s, k)
+  # A short list (padding): a target outside it is a miss at any K, not found by the catalogue's order.
+  short = np.array([[0, 1, -1, -1]])
+  one = _queries([[]], [["i2"]], [1])
+  assert evaluate_list(short, np.array([[2.0, 1.0, 0.0, 0.0]]), one, ids, ks=(4,), ndcg_ks=(4,))[
+      "overall"]["recall@4"] == 0.0
