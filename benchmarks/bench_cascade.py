@@ -54,7 +54,7 @@ def run_one(name: str, kind: str, seed: int, variants=None, verbose: bool = True
   main = two["final"][two["config"]["mode"]]["overall"]
   b = two["retrievers"][best]["overall"]
   return {"models": models, "best_retriever": best, "served": res["served"]["variant"],
-          "candidate_recall": two["candidate_recall"], "history": two["history"],
+          "candidate_recall": two["candidate_recall"], "history": two["history"], "blend": two["blend"],
           "train_examples": two["train_examples"], "seconds": {"comparison": round(t1 - t0, 1), **two["seconds"]},
           "ratios": {"final_ndcg10_over_best": main["ndcg@10"] / max(b["ndcg@10"], 1e-12),
                      "final_r10_minus_best": main["recall@10"] - b["recall@10"]}}

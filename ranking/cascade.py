@@ -690,7 +690,7 @@ def candidate_stage(sources: Sequence[ScoreSource], queries: Queries, index: pd.
 
 
 def evaluate_list(rows: np.ndarray, scores: np.ndarray, queries: Queries, item_ids, ks=(5, 10, 20, 50, 100),
-                  ndcg_ks=(5, 10)) -> dict:
+                  ndcg_ks=(5, 10), chunk: int = 1024) -> dict:
   """``semrec.towers.evaluate_scores``' metrics of per-query lists, without [Q, N] score matrices.
 
   ``rows`` [Q, L] catalogue rows (-1 padding) with ``scores`` [Q, L] (higher first). A target's rank is the
@@ -705,15 +705,19 @@ def evaluate_list(rows: np.ndarray, scores: np.ndarray, queries: Queries, item_i
   index = catalogue_index(item_ids)
   tg = target_rows(queries, index)
   width = max((len(t) for t in tg), default=1) or 1
-  ranks = np.full((len(tg), width), -1, np.int64)
+  tgm = np.full((len(tg), width), -1, np.int64)
   for i, t in enumerate(tg):
-    for j, r in enumerate(t):
-      hit = np.flatnonzero(rows[i] == r) if r >= 0 else ()
-      if len(hit):
-        ts = sc[i, hit[0]]
-        ranks[i, j] = int(((sc[i] > ts) | ((sc[i] == ts) & (rows[i] < r) & (rows[i] >= 0))).sum())
-      else:
-        ranks[i, j] = len(index)  # not in the list: after it (and after any K <= L)
+    tgm[i, :len(t)] = t
+  ranks = np.full(tgm.shape, -1, np.int64)
+  for lo in range(0, len(tgm), chunk):
+    r, s, t = rows[lo:lo + chunk], sc[lo:lo + chunk], tgm[lo:lo + chunk]
+    eq = (r[:, :, None] == t[:, None, :]) & (t >= 0)[:, None, :]  # [q, L, T]
+    found, pos = eq.any(axis=1), eq.argmax(axis=1)  # [q, T]
+    ts = np.take_along_axis(s, pos, axis=1)  # each found target's own score
+    ahead = (s[:, :, None] > ts[:, None, :]) | ((s[:, :, None] == ts[:, None, :]) & (r[:, :, None] < t[:, None, :])
+                                                & (r >= 0)[:, :, None])
+    # not in the list: after it (a miss at every K <= N)
+    ranks[lo:lo + chunk] = np.where(t < 0, -1, np.where(found, ahead.sum(axis=1), len(index)))
   per_query = metrics_from_target_ranks(ranks, ks, ndcg_ks)
   return slice_metrics(per_query, np.asarray(queries.cold, bool))
 

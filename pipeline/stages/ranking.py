@@ -79,6 +79,7 @@ def stage_ranking(run: Run) -> dict:
           "headline": {"final": main, "best": two["retrievers"][best],
                        "content_knn": two["baselines"].get("content_knn"), "transition": two["baselines"].get("transition")},
           "production": {"mode": cascade.config.mode, "export": exported.path, "best_epoch": cascade.best_epoch,
+                         "blend": {"source": cascade.blend_source, "weight": cascade.blend_weight},
                          "cascade_export": cascade_export.path}}
 
 
