@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from semrec.benchmarks.bench_retrieval import CACHE, RESULTS, load_dataset, run_report, sid_stage
+from semrec.benchmarks.bench_retrieval import CACHE, RESULTS, load_dataset, merge_reports, run_report, sid_stage
 from semrec.benchmarks.bench_baselines import content_embeddings
 
 RUNS = ("scientific:leave_one_out", "microlens:leave_one_out", "scientific:cold_items", "microlens:cold_items",
@@ -93,7 +93,14 @@ def main():
   parser.add_argument("--variants", nargs="*", default=None, help="retrievers trained and used as sources "
                       "(default: ComparisonConfig's; a SID variant is added if none is named: the ranker needs SIDs)")
   parser.add_argument("--out", default=os.path.join(RESULTS, "bench_cascade.json"))
+  parser.add_argument("--merge", nargs="*", default=None,
+                      help="combine the per-seed results of these JSON files (e.g. one process per seed) into --out")
   args = parser.parse_args()
+  if args.merge:
+    from semrec.atomic import write_json
+    write_json(args.out, merge_reports(args.merge, lambda name, kind, agg, per_seed: acceptance(kind, agg, per_seed),
+                                       _table))
+    return
   command = ("python -m semrec.benchmarks.bench_cascade --runs " + " ".join(args.runs) + " --seeds " +
              " ".join(map(str, args.seeds)) + (" --variants " + " ".join(args.variants) if args.variants else ""))
   run_report(command, args.runs, args.seeds, args.out, lambda name, kind, agg, per_seed: acceptance(kind, agg, per_seed),

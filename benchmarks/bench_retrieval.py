@@ -169,9 +169,12 @@ def run_report(command: str, runs, seeds, out: str, accept, table, run_seed) -> 
   return report
 
 
-def merge_reports(paths) -> dict:
+def merge_reports(paths, accept=None, table=None) -> dict:
   """One report from several (each from its own process): per-seed results concatenated per run, then the
-  mean / std and acceptance recomputed."""
+  mean / std and ``accept(name, kind, agg, per_seed)`` (default this benchmark's acceptance) recomputed and
+  printed with ``table(run, agg)``."""
+  accept = accept or acceptance
+  table = table or _table
   import json
   runs, commands = {}, []
   for p in paths:
@@ -187,8 +190,8 @@ def merge_reports(paths) -> dict:
   for run, r in runs.items():
     name, kind = run.split(":")
     r["mean_std"] = aggregate(r["per_seed"])
-    r["acceptance"] = acceptance(name, kind, r["mean_std"], r["per_seed"])
-    print(_table(run, r["mean_std"]), "\n", r["acceptance"])
+    r["acceptance"] = accept(name, kind, r["mean_std"], r["per_seed"])
+    print(table(run, r["mean_std"]), "\n", r["acceptance"])
   return {"command": commands, "runs": runs}
 
 
