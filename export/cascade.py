@@ -311,71 +311,16 @@ class _QueryTower:
     return self.fn(**{k: tf.constant(v) for k, v in flat.items()})["embedding"].numpy()
 
 
-class _LearnedScores:
-  """Every learned source's scores of a request from one matrix product over their *distinct* candidate columns.
+def _tower_score_fn(tower: _QueryTower, candidates: np.ndarray):
+  """A ``ScoreSource`` score function: the tower's query vectors' ``dot_scores`` with the exported candidate
+  vectors [N, d'] (a multi-interest query's best vector)."""
+  from semrec.towers.evaluation import dot_scores
+  cands = np.asarray(candidates, np.float32)
 
-  The served candidate vectors of several towers share column blocks (the content and lexical score blocks
-  hold the same item vectors in every content tower: ``semrec.towers.score_blocks``), so the server keeps each
-  distinct non-zero column once (U [N, u]) and maps every source's query vector onto it; one [S q, u] x [u, N]
-  product then reads the catalogue's vectors once instead of once per tower. The values are each tower's
-  ``dot_scores`` (the same sums, grouped). ``prepare`` runs the towers (on ``executor`` if given) and the
-  product for a request; ``score_fn(name)`` is the source's score function (it prepares on a miss).
-  """
+  def score_fn(queries: Queries, rows: np.ndarray) -> np.ndarray:
+    return dot_scores(tower(queries, rows), cands)
 
-  def __init__(self, towers: Mapping[str, _QueryTower], candidates: Mapping[str, np.ndarray]):
-    import threading
-    self.towers, self.names = dict(towers), list(towers)
-    columns, self.maps = {}, {}
-    for name in self.names:
-      c = np.asarray(candidates[name], np.float32)
-      m = np.full(c.shape[1], -1, np.int64)
-      for j in range(c.shape[1]):
-        col = np.ascontiguousarray(c[:, j])
-        if col.any():
-          m[j] = columns.setdefault(col.tobytes(), len(columns))
-      self.maps[name] = m
-    n = next(iter(candidates.values())).shape[0] if candidates else 0
-    self.unique = (np.stack([np.frombuffer(b, np.float32) for b in columns], axis=1) if columns
-                   else np.zeros((n, 1), np.float32))
-    self.total_columns = int(sum(np.asarray(candidates[nm]).shape[1] for nm in self.names))
-    self._lock, self._last = threading.Lock(), {}
-
-  def _project(self, name: str, q: np.ndarray) -> np.ndarray:
-    """[..., u] the query vectors [..., d'] of ``name`` mapped onto the distinct columns."""
-    m = self.maps[name]
-    keep = np.flatnonzero(m >= 0)
-    out = np.zeros((self.unique.shape[1],) + q.shape[:-1], np.float32)
-    np.add.at(out, m[keep], np.moveaxis(q[..., keep], -1, 0))  # a column repeated within a tower adds up
-    return np.moveaxis(out, 0, -1)
-
-  def prepare(self, queries: Queries, rows: np.ndarray, executor=None) -> dict:
-    """{name: [q, N] float32 scores} of every learned source for ``queries[rows]`` (cached for the request)."""
-    key = np.asarray(rows, np.int64).tobytes()
-    with self._lock:
-      if self._last.get("queries") is queries and self._last.get("rows") == key:
-        return self._last["scores"]
-      run = (lambda nm: self.towers[nm](queries, rows))  # noqa: E731
-      vecs = dict(zip(self.names, executor.map(run, self.names) if executor is not None else map(run, self.names)))
-      blocks = []
-      for nm in self.names:
-        v = np.asarray(vecs[nm], np.float32)
-        v = v[:, None, :] if v.ndim == 2 else v  # [q, K, d']
-        blocks.append(self._project(nm, v))
-      k = [b.shape[1] for b in blocks]
-      flat = np.concatenate([b.reshape(-1, self.unique.shape[1]) for b in blocks], axis=0)
-      prod = flat @ self.unique.T  # [sum q K, N]
-      scores, at = {}, 0
-      for nm, b in zip(self.names, blocks):
-        part = prod[at:at + b.shape[0] * b.shape[1]].reshape(b.shape[0], b.shape[1], -1)
-        scores[nm] = part.max(axis=1)  # a multi-interest query's best vector, as dot_scores
-        at += b.shape[0] * b.shape[1]
-      self._last = {"queries": queries, "rows": key, "scores": scores}
-      return scores
-
-  def score_fn(self, name: str):
-    def score_fn(queries: Queries, rows: np.ndarray) -> np.ndarray:
-      return self.prepare(queries, rows)[name].copy()
-    return score_fn
+  return score_fn
 
 
 def _share_score_fns(sources: list) -> list:
@@ -431,10 +376,8 @@ class CascadeServer:
   """
 
   def __init__(self, path: str, manifest: dict, index: pd.Index, sources: list, featurizer: CascadeFeaturizer,
-               ranking_featurizer, ranker_fn, config: CascadeConfig, quotas: Optional[dict],
-               learned_scores: Optional[_LearnedScores] = None):
+               ranking_featurizer, ranker_fn, config: CascadeConfig, quotas: Optional[dict]):
     self.path, self.manifest, self.index = path, manifest, index
-    self.learned_scores = learned_scores
     self.item_ids = np.asarray(index, dtype=object)
     self.sources, self.featurizer, self.ranking_featurizer = sources, featurizer, ranking_featurizer
     self.ranker_fn, self.config, self.quotas = ranker_fn, config, quotas
@@ -462,16 +405,13 @@ class CascadeServer:
     index = catalogue_index(ids)
     feats = ItemFeatures(ids, arrays)
     split = EvalSplit(x["split_kind"], train, np.zeros(0, dtype=object), None, {})
-    towers, cands = {}, {}
+    learned = {}
     with np.load(os.path.join(path, RETRIEVER_FILE), allow_pickle=False) as t:
       for src in [n for n in x["sources"] if n in x["learned_sources"]]:  # merge order (the manifest's keys are sorted)
         info = x["learned_sources"][src]
         tables = {f: t[key] for f, key in x["table_keys"][src].items()}
-        towers[src] = _QueryTower(_load_signature(os.path.join(path, MODELS_DIR), src), tables, index,
-                                  info["max_history"])
-        cands[src] = t[f"candidates__{src}"]
-    shared = _LearnedScores(towers, cands)
-    learned = {src: shared.score_fn(src) for src in towers}
+        tower = _QueryTower(_load_signature(os.path.join(path, MODELS_DIR), src), tables, index, info["max_history"])
+        learned[src] = _tower_score_fn(tower, t[f"candidates__{src}"])
     sources = _share_score_fns(build_sources(split, ids, arrays.get("content"), learned, x["fresh_window"],
                                              x["knn_decay"], seed=int(x["cascade_config"].get("seed", 0)),
                                              fresh_scorer=x.get("fresh_scorer", "content_knn")))
@@ -484,20 +424,17 @@ class CascadeServer:
                                            include_content=r["include_content"], include_history=r["include_history"])
     cfg = CascadeConfig(**x["cascade_config"])
     return cls(path, manifest, index, sources, featurizer, ranking_featurizer,
-               _load_signature(os.path.join(path, MODELS_DIR), RANKER_NAME), cfg, x["quotas"], shared)
+               _load_signature(os.path.join(path, MODELS_DIR), RANKER_NAME), cfg, x["quotas"])
 
   def parse(self, history: Sequence[str], timestamp, user_id: Optional[str] = None) -> CascadeRequest:
     """The validated request (``parse_request``): known history, dropped unknown ids, time, user."""
     return parse_request(history, timestamp, self.index, user_id)
 
   def candidates(self, request: CascadeRequest) -> CascadeStage:
-    """The request's sources and merged candidates (``semrec.ranking.candidate_stage``): the learned towers
-    first (concurrently, then one product for all: ``_LearnedScores``), then every source concurrently on the
-    server's thread pool."""
-    queries = request_queries([request])
-    if self.learned_scores is not None:
-      self.learned_scores.prepare(queries, np.arange(len(queries)), self._pool)
-    return candidate_stage(self.sources, queries, self.index, self.config, self.quotas, executor=self._pool)
+    """The request's sources, run concurrently on the server's thread pool, and merged candidates
+    (``semrec.ranking.candidate_stage``)."""
+    return candidate_stage(self.sources, request_queries([request]), self.index, self.config, self.quotas,
+                           executor=self._pool)
 
   def rank(self, stage: CascadeStage) -> np.ndarray:
     """[1, M] float32 ranker probabilities of the merged candidates (-inf on padding), via the exported ranker:

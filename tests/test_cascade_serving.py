@@ -203,28 +203,3 @@ def test_serving_context_equals_the_training_context():
   got = _ServingFeaturizer(feats, train, 0, 20).context(q)
   np.testing.assert_array_equal(got, want)
   assert want[-1, -1] == 0.5 and want[-1, -2] == 0.0  # the unknown user: no past
-
-
-def test_learned_scores_share_columns_and_equal_each_towers_dot_products():
-  from semrec.export.cascade import _LearnedScores
-  from semrec.towers.evaluation import dot_scores
-  rng = np.random.default_rng(0)
-  n = 7
-  shared = rng.normal(size=(n, 3)).astype(np.float32)  # a block both towers hold (e.g. the content block)
-  a = np.concatenate([rng.normal(size=(n, 2)), shared, np.zeros((n, 1))], axis=1).astype(np.float32)  # + a zero column
-  col = rng.normal(size=(n, 1)).astype(np.float32)
-  b = np.concatenate([shared, col, col], axis=1).astype(np.float32)  # a column repeated within the tower
-  qa = rng.normal(size=(2, 6)).astype(np.float32)
-  qb = rng.normal(size=(2, 3, 5)).astype(np.float32)  # multi-interest: K = 3 vectors per query
-  towers = {"a": lambda queries, rows: qa[rows], "b": lambda queries, rows: qb[rows]}
-  ls = _LearnedScores(towers, {"a": a, "b": b})
-  assert ls.unique.shape[1] == 2 + 3 + 1 < ls.total_columns  # 6 distinct non-zero columns of 11
-  got = ls.prepare(object(), np.arange(2))
-  np.testing.assert_allclose(got["a"], dot_scores(qa, a), rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(got["b"], dot_scores(qb, b), rtol=1e-5, atol=1e-5)
-  q = object()  # the same request: computed once, then served from the cache
-  calls = []
-  ls.towers["a"] = lambda queries, rows: calls.append(1) or qa[rows]
-  first = ls.score_fn("a")(q, np.arange(2))
-  second = ls.score_fn("b")(q, np.arange(2))
-  assert len(calls) == 1 and first.shape == second.shape == (2, n)
