@@ -292,33 +292,24 @@ class _ServingFeaturizer(CascadeFeaturizer):
     return context_from_counts(ts, activity, positives)
 
 
-class _QueryTower:
-  """An exported query tower: a request's flat inputs gathered as ``semrec.towers.query_features`` does (unknown
-  / padding ids -> the tables' last, zero row) -> its query vectors [q, d'] (or [q, K, d'])."""
-
-  def __init__(self, fn, tables: dict, index: pd.Index, max_history: int):
-    self.fn, self.tables, self.index, self.max_history = fn, tables, index, int(max_history)
-
-  def __call__(self, queries: Queries, rows: np.ndarray) -> np.ndarray:
-    import tensorflow as tf
-    sub = queries.subset(rows)
-    hist = sub.padded_histories(self.max_history)
-    r = self.index.get_indexer(hist.reshape(-1)).reshape(hist.shape)
-    r = np.where(r < 0, len(self.index), r)
-    feats = {"history": {"item_id": hist.astype(str), **{k: v[r] for k, v in self.tables.items()}},
-             "user_id": sub.user_ids.astype(str), "timestamp": np.asarray(sub.timestamps, np.int64)}
-    flat, _ = flatten_features(feats)
-    return self.fn(**{k: tf.constant(v) for k, v in flat.items()})["embedding"].numpy()
-
-
-def _tower_score_fn(tower: _QueryTower, candidates: np.ndarray):
-  """A ``ScoreSource`` score function: the tower's query vectors' ``dot_scores`` with the exported candidate
-  vectors [N, d'] (a multi-interest query's best vector)."""
+def _tower_score_fn(fn, cands: np.ndarray, tables: dict, index: pd.Index, max_history: int):
+  """A ``ScoreSource`` score function over an exported query tower: the tower's flat inputs gathered as
+  ``semrec.towers.query_features`` does (unknown / padding ids -> the tables' last, zero row), its vectors'
+  ``dot_scores`` with the exported candidate vectors."""
+  import tensorflow as tf
   from semrec.towers.evaluation import dot_scores
-  cands = np.asarray(candidates, np.float32)
+  pad = len(index)
 
   def score_fn(queries: Queries, rows: np.ndarray) -> np.ndarray:
-    return dot_scores(tower(queries, rows), cands)
+    sub = queries.subset(rows)
+    hist = sub.padded_histories(max_history)
+    r = index.get_indexer(hist.reshape(-1)).reshape(hist.shape)
+    r = np.where(r < 0, pad, r)
+    feats = {"history": {"item_id": hist.astype(str), **{k: v[r] for k, v in tables.items()}},
+             "user_id": sub.user_ids.astype(str), "timestamp": np.asarray(sub.timestamps, np.int64)}
+    flat, _ = flatten_features(feats)
+    q = fn(**{k: tf.constant(v) for k, v in flat.items()})["embedding"].numpy()
+    return dot_scores(q, cands)
 
   return score_fn
 
@@ -410,8 +401,8 @@ class CascadeServer:
       for src in [n for n in x["sources"] if n in x["learned_sources"]]:  # merge order (the manifest's keys are sorted)
         info = x["learned_sources"][src]
         tables = {f: t[key] for f, key in x["table_keys"][src].items()}
-        tower = _QueryTower(_load_signature(os.path.join(path, MODELS_DIR), src), tables, index, info["max_history"])
-        learned[src] = _tower_score_fn(tower, t[f"candidates__{src}"])
+        learned[src] = _tower_score_fn(_load_signature(os.path.join(path, MODELS_DIR), src),
+                                       t[f"candidates__{src}"], tables, index, info["max_history"])
     sources = _share_score_fns(build_sources(split, ids, arrays.get("content"), learned, x["fresh_window"],
                                              x["knn_decay"], seed=int(x["cascade_config"].get("seed", 0)),
                                              fresh_scorer=x.get("fresh_scorer", "content_knn")))
@@ -451,13 +442,10 @@ class CascadeServer:
     return out
 
   def final_scores(self, stage: CascadeStage, probabilities: np.ndarray) -> np.ndarray:
-    """[1, M] the final list's scores: the ranker's probabilities, or their blend with the exported blend
-    source's ranks (``semrec.ranking.cascade.rank_blend``, as ``Cascade.final_scores``)."""
-    from semrec.ranking.cascade import rank_blend
+    """[1, M] the final list's scores (``semrec.ranking.cascade.final_list_scores`` with the exported blend)."""
+    from semrec.ranking.cascade import final_list_scores
     blend = self.manifest["extra"].get("blend") or {}
-    if not blend.get("weight") or blend.get("source") is None:
-      return probabilities
-    return rank_blend(probabilities, stage.merged, stage.merged.sources.index(blend["source"]), blend["weight"])
+    return final_list_scores(probabilities, stage.merged, blend.get("source"), blend.get("weight", 0.0))
 
   def recommend(self, history: Sequence[str], timestamp, k: int = 10, user_id: Optional[str] = None) -> tuple:
     """(item_ids [k'] object, scores [k'] float32: the ranker's probabilities, or the blend scores when the

@@ -613,9 +613,7 @@ class Cascade:
     """[Q, M] float32 scores ordering each query's final list: the ranker's probabilities, or with a blend
     (``blend_weight`` > 0) ``rank_blend`` of them with ``blend_source``'s ranks (-inf on padding slots)."""
     p = self.scores(stage) if probabilities is None else probabilities
-    if not self.blend_weight or self.blend_source is None:
-      return p
-    return rank_blend(p, stage.merged, stage.merged.sources.index(self.blend_source), self.blend_weight)
+    return final_list_scores(p, stage.merged, self.blend_source, self.blend_weight)
 
   def scores(self, stage: CascadeStage, batch_size: int = 4096) -> np.ndarray:
     """[Q, M] float32 ranker probabilities of ``stage``'s merged candidates (-inf on padding slots)."""
@@ -646,6 +644,15 @@ def rank_blend(probabilities: np.ndarray, merged: MergedCandidates, source: int,
   r_src = np.where(r_src >= 0, r_src, merged.rows.shape[1])
   out = -((1.0 - weight) * np.log1p(r_model) + weight * np.log1p(r_src))
   return np.where(valid, out, -np.inf).astype(np.float32)
+
+
+def final_list_scores(probabilities: np.ndarray, merged: MergedCandidates, source: Optional[str],
+                      weight: float) -> np.ndarray:
+  """[Q, M] the final list's scores: the ranker's probabilities, or with a blend (``source`` named, ``weight`` >
+  0) ``rank_blend`` of them with that source's ranks. The in-memory ``Cascade`` and the server both call this."""
+  if not weight or source is None:
+    return probabilities
+  return rank_blend(probabilities, merged, merged.sources.index(source), weight)
 
 
 def choose_blend(probabilities: np.ndarray, stage: CascadeStage, item_ids, sources: Sequence[str],
